@@ -1,0 +1,3 @@
+from pneumolab.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,170 @@
+"""Lightning DataModule serving the splits from the uint8 cache.
+
+Train gets random augmentation; val and test get only the deterministic ``EvalPreset``.
+Normalisation statistics and class weights come from the training split only. Synthetic sets
+join the training loader and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
+
+from pneumolab.config import DataConfig
+from pneumolab.data.cache import load_cache
+from pneumolab.data.manifest import CLASSES, Manifest
+from pneumolab.errors import InputError, LeakageError
+
+__all__ = ["CachedImages", "ChestXrayDataModule", "train_statistics"]
+
+log = logging.getLogger(__name__)
+
+
+class CachedImages(Dataset):
+    """Rows ``indices`` of a ``(N, S, S) uint8`` cache; items are ``(transform(image), target)``."""
+
+    def __init__(self, images: np.ndarray, indices: list[int], targets: list[int], transform: Any) -> None:
+        self.images, self.indices, self.targets, self.transform = images, list(indices), list(targets), transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = torch.from_numpy(np.array(self.images[self.indices[i]]))[None]  # (1, S, S) uint8, copied out of the mmap
+        return self.transform(x), self.targets[i]
+
+    def __repr__(self) -> str:
+        counts = Counter(self.targets)
+        return f"CachedImages({len(self)}: " + ", ".join(f"{c}={counts[i]}" for i, c in enumerate(CLASSES)) + ")"
+
+
+def train_statistics(images: np.ndarray, indices: list[int], chunk: int = 512) -> tuple[float, float]:
+    """Pixel mean and std (in [0, 1]) over the given rows, streamed in chunks to bound memory."""
+    total, total_sq, count = 0.0, 0.0, 0
+    for start in range(0, len(indices), chunk):
+        x = images[np.asarray(indices[start : start + chunk])].astype(np.float64) / 255.0
+        total += x.sum()
+        total_sq += np.square(x).sum()
+        count += x.size
+    mean = total / count
+    return float(mean), float(np.sqrt(max(total_sq / count - mean**2, 1e-12)))
+
+
+class ChestXrayDataModule(L.LightningDataModule):
+    """Serves train/val/test from a dataset folder made by ``pneumolab data index`` and ``data split``.
+
+    Example:
+        >>> dm = ChestXrayDataModule(DataConfig(data_dir="runs/data/sample"))   # doctest: +SKIP
+        >>> dm.setup(); x, y = next(iter(dm.train_dataloader()))  # x: (B, 1, 128, 128) float
+    """
+
+    def __init__(self, config: DataConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.mean: float | None = None
+        self.std: float | None = None
+        self.datasets: dict[str, Dataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        from pneumolab.data.transforms import EvalPreset, TrainPreset
+
+        cfg = self.config
+        manifest = Manifest.load(cfg.data_dir)
+        if not manifest.indices("val"):
+            raise InputError(f"{cfg.data_dir} has no validation split: run `pneumolab data split {cfg.data_dir}` first")
+        images = load_cache(manifest, cfg.image_size, cfg.data_dir / "cache")
+        train_idx = manifest.indices("train", source="real")
+        self.mean, self.std = train_statistics(images, train_idx)  # train only: val/test must not shape inputs
+        norm = {"mean": self.mean, "std": self.std, "normalization": cfg.normalization}
+        train_tf, eval_tf = TrainPreset(**norm, augment=cfg.augment), EvalPreset(**norm)
+
+        def subset(split: str, transform: Any, source: str | None = None) -> CachedImages:
+            idx = manifest.indices(split, source)
+            return CachedImages(images, idx, [manifest.records[i].target for i in idx], transform)
+
+        train_parts = [subset("train", train_tf)]
+        for syn_dir in cfg.synthetic:
+            train_parts.append(self._synthetic(manifest, syn_dir, train_tf))
+        self.datasets = {"train": ConcatDataset(train_parts) if len(train_parts) > 1 else train_parts[0]}
+        self.datasets["val"] = subset("val", eval_tf)
+        if manifest.indices("test"):
+            self.datasets["test"] = subset("test", eval_tf)
+        log.info("data: %s", {k: repr(v) for k, v in self.datasets.items()})
+
+    def _synthetic(self, manifest: Manifest, syn_dir: Any, transform: Any) -> CachedImages:
+        """Load a synthetic set for the training loader; refuse anything that could reach val/test."""
+        syn = Manifest.load(syn_dir)
+        not_train = [r.path for r in syn.records if r.split != "train" or r.source != "synthetic"]
+        if not_train:
+            raise LeakageError(
+                f"{syn_dir}: {len(not_train)} row(s) are not synthetic training images (e.g. {not_train[0]}); "
+                "only source=synthetic, split=train rows may be added to training"
+            )
+        held_out = {r.sha256 for r in manifest.records if r.split != "train"}
+        if any(r.sha256 in held_out for r in syn.records):
+            raise LeakageError(f"{syn_dir}: contains an image identical to a validation/test image")
+        images = load_cache(syn, self.config.image_size, Path(syn_dir) / "cache")
+        return CachedImages(images, list(range(len(syn))), [r.target for r in syn.records], transform)
+
+    @property
+    def train_targets(self) -> list[int]:
+        ds = self.datasets["train"]
+        parts = ds.datasets if isinstance(ds, ConcatDataset) else [ds]
+        return [t for p in parts for t in p.targets]
+
+    def class_weights(self) -> torch.Tensor:
+        """``N / (K * N_c)`` per class from the training loader's labels (1.0 each if ``balance != "weights"``)."""
+        if self.config.balance != "weights":
+            return torch.ones(len(CLASSES))
+        counts = np.bincount(self.train_targets, minlength=len(CLASSES)).astype(np.float64)
+        return torch.tensor(counts.sum() / (len(CLASSES) * np.maximum(counts, 1)), dtype=torch.float32)
+
+    def preprocessing(self) -> dict[str, Any]:
+        """What inference needs to rebuild ``EvalPreset`` (stored in checkpoints)."""
+        return {
+            "image_size": self.config.image_size,
+            "mean": self.mean,
+            "std": self.std,
+            "normalization": self.config.normalization,
+            "channels": 1,
+            "classes": list(CLASSES),
+        }
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        cfg = self.config
+        sampler = None
+        if train and cfg.balance == "sampler":
+            targets = np.asarray(self.train_targets)
+            w = 1.0 / np.bincount(targets, minlength=len(CLASSES))[targets]
+            g = torch.Generator().manual_seed(cfg.seed)
+            sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(targets), generator=g)
+        return DataLoader(
+            self.datasets[split],
+            batch_size=cfg.batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            drop_last=train and len(self.datasets[split]) > cfg.batch_size,  # a batch of 1 breaks BatchNorm
+            num_workers=cfg.num_workers,
+            persistent_workers=cfg.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        if "test" not in self.datasets:
+            raise InputError(f"{self.config.data_dir} has no test split")
+        return self._loader("test", train=False)

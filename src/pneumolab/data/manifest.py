@@ -1,0 +1,164 @@
+"""The manifest: one row per image (path, label, patient_id, split, source, sha256, width, height).
+
+A dataset directory made by ``pneumolab data index`` holds ``manifest.csv`` (the rows) and
+``manifest.json`` (where the paths are rooted, what kind of source it was, notes such as "no
+patient ids"). Everything downstream (splits, cache, DataModule) reads only this.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from pneumolab.errors import InputError, LeakageError
+from pneumolab.io import atomic_write_json, atomic_write_text
+
+__all__ = ["CLASSES", "SPLITS", "Manifest", "Record", "check_no_leakage", "normalise_label"]
+
+CLASSES = ("NORMAL", "PNEUMONIA")  # index = target; 1 = pneumonia is the positive class
+SPLITS = ("train", "val", "test")
+SOURCES = ("real", "synthetic")
+_LABEL_ALIASES = {"normal": "NORMAL", "0": "NORMAL", "pneumonia": "PNEUMONIA", "1": "PNEUMONIA"}
+
+
+def normalise_label(value: str) -> str | None:
+    """``"normal"``/``"0"`` -> ``"NORMAL"``, ``"Pneumonia"``/``"1"`` -> ``"PNEUMONIA"``; anything else -> ``None``."""
+    return _LABEL_ALIASES.get(str(value).strip().lower())
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image. ``path`` is relative to the manifest root; ``patient_id`` is ``""`` when unknown."""
+
+    path: str
+    label: str
+    patient_id: str
+    split: str
+    source: str
+    sha256: str
+    width: int
+    height: int
+    source_split: str  # the split the source put it in, before ``pneumolab data split``
+
+    @property
+    def target(self) -> int:
+        return CLASSES.index(self.label)
+
+    @property
+    def group(self) -> str:
+        """What must stay within one split: the patient, or the image itself when the patient is unknown."""
+        return f"patient:{self.patient_id}" if self.patient_id else f"image:{self.sha256}"
+
+
+_COLUMNS = [f.name for f in fields(Record)]
+
+
+@dataclass
+class Manifest:
+    """Rows plus metadata; ``root`` is the folder the rows' paths are relative to."""
+
+    root: Path
+    records: list[Record]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __repr__(self) -> str:
+        counts = Counter((r.split, r.label) for r in self.records)
+        parts = ", ".join(f"{s}/{c}={counts[(s, c)]}" for s in SPLITS for c in CLASSES if counts[(s, c)])
+        return f"Manifest({len(self)} images: {parts}; root={self.root})"
+
+    def indices(self, split: str, source: str | None = None) -> list[int]:
+        """Row indices of one split (optionally one source), in manifest order."""
+        return [i for i, r in enumerate(self.records) if r.split == split and (source is None or r.source == source)]
+
+    def content_hash(self) -> str:
+        """SHA-256 over the ordered image hashes: changes iff the pixels the cache holds would change."""
+        h = hashlib.sha256()
+        for r in self.records:
+            h.update(r.sha256.encode())
+        return h.hexdigest()
+
+    def with_splits(self, splits: list[str], **meta: Any) -> Manifest:
+        """A copy with new split assignments (one per row) and extra metadata."""
+        records = [replace(r, split=s) for r, s in zip(self.records, splits, strict=True)]
+        return Manifest(self.root, records, {**self.meta, **meta})
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=_COLUMNS, lineterminator="\n")
+        w.writeheader()
+        for r in self.records:
+            w.writerow(asdict(r))
+        return buf.getvalue()
+
+    def save(self, out_dir: str | Path) -> None:
+        """Write ``manifest.csv`` and ``manifest.json`` into ``out_dir`` atomically, after checking for leakage."""
+        check_no_leakage(self.records)
+        out_dir = Path(out_dir)
+        atomic_write_text(out_dir / "manifest.csv", self.to_csv())
+        atomic_write_json(out_dir / "manifest.json", {"root": str(self.root), **self.meta})
+
+    @classmethod
+    def load(cls, data_dir: str | Path) -> Manifest:
+        """Read a dataset directory written by :meth:`save` (or ``pneumolab data index``)."""
+        data_dir = Path(data_dir)
+        csv_path, meta_path = data_dir / "manifest.csv", data_dir / "manifest.json"
+        if not csv_path.is_file() or not meta_path.is_file():
+            raise InputError(
+                f"{data_dir} is not a pneumolab dataset directory (no manifest.csv/manifest.json): "
+                f"run `pneumolab data index SOURCE --out {data_dir}` first"
+            )
+        meta = json.loads(meta_path.read_text())
+        root = Path(meta.pop("root"))
+        with csv_path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            missing = set(_COLUMNS) - set(reader.fieldnames or [])
+            if missing:
+                raise InputError(f"{csv_path}: missing columns {sorted(missing)}; expected {_COLUMNS}")
+            records = []
+            for line, row in enumerate(reader, start=2):
+                try:
+                    records.append(_parse_row(row))
+                except (ValueError, KeyError) as e:
+                    raise InputError(f"{csv_path}, line {line}: {e}") from None
+        check_no_leakage(records)
+        return cls(root, records, meta)
+
+
+def _parse_row(row: dict[str, str]) -> Record:
+    if row["label"] not in CLASSES:
+        raise ValueError(f"label {row['label']!r} is not one of {CLASSES}")
+    if row["split"] not in SPLITS or row["source"] not in SOURCES:
+        raise ValueError(f"split {row['split']!r} / source {row['source']!r} not in {SPLITS} / {SOURCES}")
+    return Record(**{**row, "width": int(row["width"]), "height": int(row["height"])})
+
+
+def check_no_leakage(records: list[Record]) -> None:
+    """Raise :class:`LeakageError` if a patient or an identical image sits in two splits, or a synthetic
+    image sits outside train."""
+    synthetic_out = [r.path for r in records if r.source == "synthetic" and r.split != "train"]
+    if synthetic_out:
+        raise LeakageError(
+            f"{len(synthetic_out)} synthetic image(s) are outside the training split (e.g. {synthetic_out[0]}): "
+            "synthetic images may only be added to train"
+        )
+    for key, what in ((lambda r: r.patient_id, "patient"), (lambda r: r.sha256, "identical image")):
+        where: dict[str, set[str]] = {}
+        for r in records:
+            if k := key(r):
+                where.setdefault(k, set()).add(r.split)
+        shared = sorted(k for k, s in where.items() if len(s) > 1)
+        if shared:
+            example = next(r.path for r in records if key(r) == shared[0])
+            raise LeakageError(
+                f"{len(shared)} {what}(s) appear in more than one split (e.g. {example} in "
+                f"{sorted(where[shared[0]])}): splits must be disjoint; re-run `pneumolab data split`"
+            )

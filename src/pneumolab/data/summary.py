@@ -1,0 +1,42 @@
+"""A dataset summary: what a user checks before training (counts, balance, patients, sizes, notes)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from statistics import median
+from typing import Any
+
+from pneumolab.data.manifest import CLASSES, SPLITS, Manifest
+
+__all__ = ["summarize"]
+
+
+def summarize(manifest: Manifest) -> dict[str, Any]:
+    """Counts per split and class, patients, images per patient, image sizes and notes, as plain data."""
+    splits: dict[str, Any] = {}
+    for split in SPLITS:
+        rows = [r for r in manifest.records if r.split == split]
+        if not rows:
+            continue
+        labels = Counter(r.label for r in rows)
+        known = [r.patient_id for r in rows if r.patient_id]
+        per_patient = Counter(known)
+        splits[split] = {
+            "images": len(rows),
+            **{c: labels[c] for c in CLASSES},
+            "pneumonia_share": round(labels["PNEUMONIA"] / len(rows), 3),
+            "patients": len(per_patient) if known else None,  # None: the source has no patient ids
+            "images_per_patient_max": max(per_patient.values()) if known else None,
+            "synthetic": sum(r.source == "synthetic" for r in rows),
+        }
+    short = [min(r.width, r.height) for r in manifest.records]
+    return {
+        "root": str(manifest.root),
+        "source_kind": manifest.meta.get("source_kind"),
+        "images": len(manifest),
+        "splits": splits,
+        "split_settings": manifest.meta.get("split"),
+        "shorter_side_px": {"min": min(short), "median": median(short), "max": max(short)},
+        "square_224": sum(r.width == r.height == 224 for r in manifest.records),
+        "notes": manifest.meta.get("notes", []),
+    }

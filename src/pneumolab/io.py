@@ -1,0 +1,44 @@
+"""Atomic file writes: a reader never sees a half-written output, an interrupted write leaves none."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text"]
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` only if the block succeeds.
+
+    Example:
+        >>> with atomic_path("out/manifest.csv") as tmp:   # doctest: +SKIP
+        ...     tmp.write_text("...")
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(target: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_json(target: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``target`` atomically."""
+    atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")

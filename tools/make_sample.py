@@ -27,7 +27,8 @@ def _patient(name: str) -> str:
 
 
 def main(src: Path, dst: Path, seed: int = 7) -> None:
-    rows = list(csv.DictReader(open(src / "MANIFEST.csv")))
+    with open(src / "MANIFEST.csv") as f:
+        rows = list(csv.DictReader(f))
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["split"], r["label"], _patient(r["filename"]))].append(r)
@@ -60,7 +61,9 @@ def main(src: Path, dst: Path, seed: int = 7) -> None:
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src / r["split"] / r["label"] / r["filename"], out)
             total += out.stat().st_size
-    counts = {(s, lab): sum(r["label"] == lab for r in rs) for s, rs in chosen.items() for lab in ("NORMAL", "PNEUMONIA")}
+    counts = {
+        (s, lab): sum(r["label"] == lab for r in rs) for s, rs in chosen.items() for lab in ("NORMAL", "PNEUMONIA")
+    }
     lines = [f"| {s} | {lab} | {n} |" for (s, lab), n in sorted(counts.items())]
     (dst / "SAMPLE.md").write_text(SAMPLE_MD.format(table="\n".join(lines), mb=total / 1e6))
     print(f"wrote {sum(len(v) for v in chosen.values())} images, {total / 1e6:.2f} MB")

@@ -19,10 +19,15 @@ from pneumolab.errors import InputError
 
 __all__ = ["app", "main"]
 
+
+def _examples(*lines: str) -> str:
+    return "Examples:\n\n" + "\n\n".join(f"  {line}" for line in lines)
+
+
 app = typer.Typer(
     name="pneumolab",
     help="Pneumonia detection on chest X-rays: patient-disjoint data, the study's models, honest metrics.",
-    epilog="Examples:\n\n  pneumolab demo\n\n  pneumolab data prepare data/chest_xray --out runs/data/kermany --size 128",
+    epilog=_examples("pneumolab demo", "pneumolab data prepare data/chest_xray --out runs/data/kermany --size 128"),
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,
@@ -30,9 +35,11 @@ app = typer.Typer(
 )
 data_app = typer.Typer(
     help="Index, validate, split and cache a chest X-ray dataset.",
-    epilog="Examples:\n\n  pneumolab data index data/chest_xray --out runs/data/kermany\n\n"
-    "  pneumolab data split runs/data/kermany --val-fraction 0.1 --seed 0\n\n"
-    "  pneumolab data cache runs/data/kermany --size 128",
+    epilog=_examples(
+        "pneumolab data index data/chest_xray --out runs/data/kermany",
+        "pneumolab data split runs/data/kermany --val-fraction 0.1 --seed 0",
+        "pneumolab data cache runs/data/kermany --size 128",
+    ),
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -51,8 +58,7 @@ def _command(group: typer.Typer, name: str, examples: list[str]) -> Callable:
                 typer.echo(f"error: {e}", err=True)
                 raise typer.Exit(2) from None
 
-        epilog = "Examples:\n\n" + "\n\n".join(f"  {e}" for e in examples)
-        return group.command(name, epilog=epilog)(run)
+        return group.command(name, epilog=_examples(*examples))(run)
 
     return wrap
 

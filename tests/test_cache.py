@@ -1,0 +1,46 @@
+import numpy as np
+from conftest import write_image
+from PIL import Image
+
+from pneumolab.data.cache import build_cache, cache_path, load_cache
+from pneumolab.data.index import index_source
+from pneumolab.data.manifest import Manifest
+from pneumolab.data.splits import split_manifest
+
+
+def test_cache_holds_resized_images_in_manifest_order(prepared_dir) -> None:
+    m = Manifest.load(prepared_dir)
+    arr = load_cache(m, 32, prepared_dir / "cache")
+    assert arr.shape == (len(m), 32, 32) and arr.dtype == np.uint8
+    for i in (0, len(m) // 2, len(m) - 1):
+        src = Image.open(m.root / m.records[i].path).convert("L").resize((32, 32), Image.BILINEAR)
+        assert np.array_equal(arr[i], np.asarray(src))
+
+
+def test_cache_is_reused_and_survives_a_new_split(prepared_dir) -> None:
+    m = Manifest.load(prepared_dir)
+    path = build_cache(m, 32, prepared_dir / "cache")
+    mtime = path.stat().st_mtime_ns
+    assert build_cache(m, 32, prepared_dir / "cache") == path and path.stat().st_mtime_ns == mtime
+    resplit = split_manifest(m, seed=5)
+    assert cache_path(resplit, 32, prepared_dir / "cache") == path  # same pixels, same cache
+
+
+def test_cache_is_rebuilt_when_the_manifest_changes(kaggle_dir, tmp_path) -> None:
+    out = tmp_path / "ds"
+    m1 = index_source(kaggle_dir, out, workers=1).manifest
+    p1 = build_cache(m1, 32, out / "cache")
+    write_image(kaggle_dir / "train" / "NORMAL" / "IM-0800-0001.jpeg", seed=4321)
+    m2 = index_source(kaggle_dir, out, workers=1).manifest
+    p2 = build_cache(m2, 32, out / "cache", workers=2)
+    assert p1 != p2 and not p1.exists() and p2.exists()  # stale cache of the same size removed
+    assert np.load(p2).shape[0] == len(m2) == len(m1) + 1
+    assert build_cache(m2, 48, out / "cache").exists() and p2.exists()  # other sizes are independent
+    assert not list((out / "cache").glob(".*tmp"))
+
+
+def test_parallel_and_serial_builds_agree(prepared_dir, tmp_path) -> None:
+    m = Manifest.load(prepared_dir)
+    a = np.load(build_cache(m, 24, tmp_path / "c1", workers=1))
+    b = np.load(build_cache(m, 24, tmp_path / "c2", workers=2))
+    assert np.array_equal(a, b)

@@ -1,0 +1,93 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import make_npz, tree_digest
+
+from pneumolab.cli import main
+from pneumolab.data import sample_root
+from pneumolab.data.manifest import Manifest
+
+COMMANDS = [
+    [],
+    ["data"],
+    ["data", "index"],
+    ["data", "split"],
+    ["data", "cache"],
+    ["data", "summary"],
+    ["data", "prepare"],
+    ["demo"],
+]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "top")
+def test_every_help_shows_examples(cmd, capsys) -> None:
+    assert main([*cmd, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "Examples:" in out and "pneumolab " in out.split("Examples:")[1]
+
+
+def test_python_dash_m_works() -> None:
+    res = subprocess.run([sys.executable, "-m", "pneumolab", "version"], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == __import__("pneumolab").__version__
+
+
+def test_demo_runs_on_the_bundled_sample_without_touching_it(tmp_path, capsys) -> None:
+    before = tree_digest(sample_root())
+    assert main(["demo", "--out", str(tmp_path), "--size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "val" in out and "patients" in out and "CC BY 4.0" in out
+    m = Manifest.load(tmp_path / "data")
+    assert 200 <= len(m) <= 400 and {r.split for r in m.records} == {"train", "val", "test"}
+    assert list((tmp_path / "data" / "cache").glob("images_32_*.npy"))
+    assert tree_digest(sample_root()) == before
+    assert main(["demo", "--out", str(tmp_path), "--size", "32"]) == 0  # idempotent
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_sample_is_small_attributed_and_has_several_images_per_patient() -> None:
+    root = sample_root()
+    size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    assert size <= 5_000_000
+    assert "CC BY 4.0" in (root / "SAMPLE.md").read_text() and "Kermany" in (root / "SAMPLE.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["data", "index", "{tmp}/missing", "--out", "{tmp}/o"], "does not exist"),
+        (["data", "split", "{tmp}/nothing"], "not a pneumolab dataset directory"),
+        (["data", "cache", "{tmp}/nothing"], "run `pneumolab data index"),
+    ],
+)
+def test_bad_input_exits_2_with_one_sentence(tmp_path, capsys, args, message) -> None:
+    assert main([a.format(tmp=tmp_path) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_usage_errors_exit_2(capsys) -> None:
+    assert main(["data", "bogus"]) == 2
+    assert main(["data", "split", "x", "--source-val", "sometimes"]) == 2
+
+
+def test_strict_index_exits_2(kaggle_dir, tmp_path, capsys) -> None:
+    (kaggle_dir / "train" / "NORMAL" / "IM-0999-0001.jpeg").write_bytes(b"")
+    assert main(["data", "index", str(kaggle_dir), "--out", str(tmp_path / "a"), "--workers", "1"]) == 0
+    assert "IM-0999-0001.jpeg: file is empty" in capsys.readouterr().out
+    assert main(["data", "index", str(kaggle_dir), "--out", str(tmp_path / "b"), "--strict"]) == 2
+
+
+def test_medmnist_split_message_and_summary_json(tmp_path, capsys) -> None:
+    npz = make_npz(tmp_path / "pneumoniamnist.npz")
+    out = tmp_path / "ds"
+    assert main(["data", "index", str(npz), "--out", str(out)]) == 0
+    assert main(["data", "split", str(out), "--source-val", "merge"]) == 2
+    assert "--by-image" in capsys.readouterr().err
+    assert main(["data", "split", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["data", "summary", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["splits"]["train"]["patients"] is None
+    assert any("no patient ids" in n for n in summary["notes"])

@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+import torch
+from conftest import write_image
+
+from pneumolab.config import AugmentConfig, DataConfig
+from pneumolab.data.cache import load_cache
+from pneumolab.data.datamodule import ChestXrayDataModule
+from pneumolab.data.index import index_source
+from pneumolab.data.manifest import Manifest
+from pneumolab.errors import InputError, LeakageError
+
+
+def _dm(data_dir, **kw) -> ChestXrayDataModule:
+    dm = ChestXrayDataModule(DataConfig(data_dir=data_dir, image_size=32, batch_size=8, num_workers=0, **kw))
+    dm.setup()
+    return dm
+
+
+def _all(loader) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*loader, strict=True)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def test_batches_and_normalisation_from_train_only(prepared_dir) -> None:
+    dm = _dm(prepared_dir)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (8, 1, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    m = Manifest.load(prepared_dir)
+    arr = load_cache(m, 32, prepared_dir / "cache")
+    train = arr[m.indices("train")].astype(np.float64) / 255
+    assert dm.mean == pytest.approx(train.mean(), abs=1e-9) and dm.std == pytest.approx(train.std(), abs=1e-9)
+    everything = arr.astype(np.float64) / 255
+    assert dm.mean != pytest.approx(everything.mean(), abs=1e-6)  # val/test pixels did not shape the statistics
+
+
+def test_augmentation_never_touches_val_or_test(prepared_dir) -> None:
+    dm = _dm(prepared_dir, augment=AugmentConfig(rotation_deg=20, translate=0.1))
+    m = Manifest.load(prepared_dir)
+    arr = load_cache(m, 32, prepared_dir / "cache")
+    for split, loader in (("val", dm.val_dataloader), ("test", dm.test_dataloader)):
+        x1, _ = _all(loader())
+        x2, _ = _all(loader())
+        assert torch.equal(x1, x2)
+        expected = (torch.from_numpy(arr[m.indices(split)].astype(np.float32) / 255)[:, None] - dm.mean) / dm.std
+        assert torch.allclose(x1, expected, atol=1e-5)
+    torch.manual_seed(0)
+    t1 = dm.datasets["train"][0][0]
+    t2 = dm.datasets["train"][0][0]
+    assert not torch.equal(t1, t2)  # train items are augmented afresh each time
+
+
+def test_class_weights_and_sampler(prepared_dir) -> None:
+    dm = _dm(prepared_dir)
+    counts = np.bincount(dm.train_targets, minlength=2)
+    n = counts.sum()
+    assert dm.class_weights().tolist() == pytest.approx([n / (2 * counts[0]), n / (2 * counts[1])])
+    sampled = _dm(prepared_dir, balance="sampler")
+    assert sampled.class_weights().tolist() == [1.0, 1.0]
+    torch.manual_seed(0)
+    ys = torch.cat([y for _ in range(20) for _, y in sampled.train_dataloader()])
+    assert abs(ys.float().mean().item() - 0.5) < 0.05  # the sampler balances the classes
+
+
+def test_per_image_normalisation(prepared_dir) -> None:
+    dm = _dm(prepared_dir, normalization="per_image")
+    x, _ = _all(dm.val_dataloader())
+    assert torch.allclose(x.mean(dim=(1, 2, 3)), torch.zeros(len(x)), atol=1e-4)
+    assert dm.preprocessing()["normalization"] == "per_image"
+
+
+def test_requires_a_split(kaggle_dir, tmp_path) -> None:
+    out = tmp_path / "unsplit"
+    index_source(kaggle_dir, out, workers=1)
+    m = Manifest.load(out)
+    m.with_splits([r.split if r.split != "val" else "train" for r in m.records]).save(out)
+    with pytest.raises(InputError, match="pneumolab data split"):
+        _dm(out)
+
+
+def _synthetic_set(tmp_path, split: str = "train", source: str = "synthetic"):
+    src = tmp_path / "gan"
+    for i in range(6):
+        write_image(src / ("PNEUMONIA" if i % 2 else "NORMAL") / f"fake_{i}.png", seed=5000 + i)
+    rows = [f"{'PNEUMONIA' if i % 2 else 'NORMAL'}/fake_{i}.png,{i % 2}" for i in range(6)]
+    (src / "list.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "gan_set"
+    m = index_source(src / "list.csv", out, workers=1).manifest
+    from dataclasses import replace
+
+    Manifest(m.root, [replace(r, source=source, split=split) for r in m.records], m.meta).save(out)
+    return out
+
+
+def test_synthetic_images_only_enter_the_training_loader(prepared_dir, tmp_path) -> None:
+    plain = _dm(prepared_dir)
+    syn = _dm(prepared_dir, synthetic=[_synthetic_set(tmp_path)])
+    assert len(syn.datasets["train"]) == len(plain.datasets["train"]) + 6
+    assert len(syn.datasets["val"]) == len(plain.datasets["val"])
+    assert len(syn.datasets["test"]) == len(plain.datasets["test"])
+    assert syn.mean == plain.mean  # statistics from real training images only
+
+
+def test_a_real_set_cannot_be_smuggled_in_as_synthetic(prepared_dir, tmp_path) -> None:
+    with pytest.raises(LeakageError, match="only source=synthetic"):
+        _dm(prepared_dir, synthetic=[_synthetic_set(tmp_path, source="real")])

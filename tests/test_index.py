@@ -1,0 +1,170 @@
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import make_kaggle, make_npz, tree_digest, write_dicom, write_image
+from PIL import Image
+
+from pneumolab.data.index import index_source
+from pneumolab.data.manifest import Manifest
+from pneumolab.errors import InputError, LeakageError
+
+
+def _add_bad_files(root) -> dict[str, str]:
+    """Add one file per kind of problem; returns {relative path: expected problem kind}."""
+    pn, no = root / "train" / "PNEUMONIA", root / "train" / "NORMAL"
+    (pn / "person500_bacteria_1.jpeg").write_bytes(b"")
+    good = write_image(pn / "person501_bacteria_1.jpeg", seed=999, size=(256, 256)).read_bytes()
+    (pn / "person501_bacteria_1.jpeg").write_bytes(good[: len(good) // 2])
+    (no / "IM-0900-0001.png").write_text("not an image at all")
+    write_image(no / "IM-0901-0001.jpeg", seed=998, size=(20, 20))
+    write_image(no / "person502_virus_1.jpeg", seed=997)  # a pneumonia file name in the NORMAL folder
+    Image.new("1", (12000, 12000)).save(no / "IM-0902-0001.png")
+    return {
+        "train/PNEUMONIA/person500_bacteria_1.jpeg": "empty_file",
+        "train/PNEUMONIA/person501_bacteria_1.jpeg": "truncated",
+        "train/NORMAL/IM-0900-0001.png": "not_an_image",
+        "train/NORMAL/IM-0901-0001.jpeg": "too_small",
+        "train/NORMAL/person502_virus_1.jpeg": "label_mismatch",
+        "train/NORMAL/IM-0902-0001.png": "decompression_bomb",
+    }
+
+
+def test_index_kaggle_layout(kaggle_dir, tmp_path) -> None:
+    result = index_source(kaggle_dir, tmp_path / "out", workers=1)
+    m = Manifest.load(tmp_path / "out")
+    assert len(m) == 14 * 3 + 12 * 2 + 2 + 6 == len(result.manifest)
+    r = next(r for r in m.records if r.path.endswith("person101_bacteria_2.jpeg"))
+    assert (r.label, r.patient_id, r.split, r.source, r.width, r.height) == (
+        "PNEUMONIA",
+        "101",
+        "train",
+        "real",
+        48,
+        40,
+    )
+    assert r.sha256 == __import__("hashlib").sha256((kaggle_dir / r.path).read_bytes()).hexdigest()
+    assert {r.split for r in m.records} == {"train", "val", "test"}
+    assert next(r for r in m.records if "IM-0003-0001" in r.path).patient_id == "IM-0003"
+
+
+def test_class_folder_names_are_case_insensitive(tmp_path) -> None:
+    root = make_kaggle(tmp_path / "src", test=False)
+    (root / "train" / "NORMAL").rename(root / "train" / "normal")
+    (root / "train" / "PNEUMONIA").rename(root / "train" / "Pneumonia")
+    m = index_source(root, tmp_path / "out", workers=1).manifest
+    assert {r.label for r in m.records} == {"NORMAL", "PNEUMONIA"}
+
+
+def test_each_bad_file_is_reported_and_skipped_and_source_untouched(kaggle_dir, tmp_path) -> None:
+    expected = _add_bad_files(kaggle_dir)
+    (kaggle_dir / "train" / "NORMAL" / "notes.txt").write_text("ignored")
+    before = tree_digest(kaggle_dir)
+    result = index_source(kaggle_dir, tmp_path / "out", workers=2)
+    assert tree_digest(kaggle_dir) == before
+    with open(tmp_path / "out" / "problems.csv") as f:
+        found = {row["path"]: row["kind"] for row in csv.DictReader(f)}
+    assert found == expected
+    paths = {r.path for r in result.manifest.records}
+    assert not paths & set(expected)
+    report = json.loads((tmp_path / "out" / "index_report.json").read_text())
+    assert report["problems"]["truncated"] == 1 and report["images_ok"] == len(paths)
+    assert report["ignored_files"] == ["train/NORMAL/notes.txt"]
+    assert not list((tmp_path / "out").glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_strict_fails_on_any_bad_file(kaggle_dir, tmp_path) -> None:
+    (kaggle_dir / "train" / "NORMAL" / "IM-0900-0001.png").write_text("text")
+    with pytest.raises(InputError, match=r"1 bad file.*IM-0900-0001.png.*without --strict"):
+        index_source(kaggle_dir, tmp_path / "out", strict=True, workers=1)
+
+
+def test_converted_modes_are_counted(kaggle_dir, tmp_path) -> None:
+    write_image(kaggle_dir / "train" / "NORMAL" / "IM-0700-0001.png", seed=5, mode="RGB")
+    write_image(kaggle_dir / "train" / "NORMAL" / "IM-0701-0001.png", seed=6, mode="RGBA")
+    arr16 = (np.arange(40 * 40).reshape(40, 40) * 40).astype(np.uint16)
+    Image.fromarray(arr16).save(kaggle_dir / "train" / "NORMAL" / "IM-0702-0001.png")
+    report = index_source(kaggle_dir, tmp_path / "out", workers=1).report
+    conv = report["converted_to_8bit_grayscale"]
+    assert conv["RGB"] == 1 and conv["RGBA"] == 1 and sum(conv.values()) == 3
+
+
+def test_duplicates_within_split_are_reported_across_splits_are_an_error(kaggle_dir, tmp_path) -> None:
+    pn = kaggle_dir / "train" / "PNEUMONIA"
+    shutil.copy(pn / "person100_virus_0.jpeg", pn / "person100_virus_9.jpeg")
+    report = index_source(kaggle_dir, tmp_path / "a", workers=1).report
+    assert report["duplicates_within_split"] == [
+        ["train/PNEUMONIA/person100_virus_0.jpeg", "train/PNEUMONIA/person100_virus_9.jpeg"]
+    ]
+    shutil.copy(pn / "person101_bacteria_0.jpeg", kaggle_dir / "test" / "PNEUMONIA" / "person950_virus_1.jpeg")
+    with pytest.raises(LeakageError, match="byte-identical across splits"):
+        index_source(kaggle_dir, tmp_path / "b", workers=1)
+
+
+def test_patient_in_train_and_test_is_an_error(kaggle_dir, tmp_path) -> None:
+    write_image(kaggle_dir / "test" / "PNEUMONIA" / "person100_virus_77.jpeg", seed=4242)
+    with pytest.raises(LeakageError, match="patient"):
+        index_source(kaggle_dir, tmp_path / "out", workers=1)
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("missing", "does not exist"),
+        ("empty", "no train/val/test or NORMAL/PNEUMONIA folders"),
+        ("no_images", "no images found"),
+        ("single_class", "only NORMAL images"),
+    ],
+)
+def test_unusable_sources_raise_one_clear_sentence(tmp_path, setup: str, message: str) -> None:
+    src = tmp_path / "src"
+    if setup == "empty":
+        src.mkdir()
+    elif setup == "no_images":
+        (src / "train" / "NORMAL").mkdir(parents=True)
+    elif setup == "single_class":
+        write_image(src / "train" / "NORMAL" / "IM-0001-0001.jpeg", seed=1)
+    with pytest.raises(InputError, match=message):
+        index_source(src, tmp_path / "out", workers=1)
+
+
+def test_medmnist_npz(tmp_path) -> None:
+    npz = make_npz(tmp_path / "pneumoniamnist_28.npz")
+    result = index_source(npz, tmp_path / "out", workers=1)
+    m = result.manifest
+    assert len(m) == 60 and all(r.patient_id == "" for r in m.records)
+    assert m.records[0].path.startswith("pneumoniamnist_28.npz#")
+    assert "no patient ids" in " ".join(m.meta["notes"])
+    assert {r.split for r in m.records} == {"train", "val", "test"}
+
+
+def test_csv_with_dicom_hashes_patient_ids_and_never_stores_them(tmp_path) -> None:
+    src = tmp_path / "hospital"
+    for i in range(6):
+        arr = (np.random.default_rng(i).integers(0, 4096, (40, 40))).astype(np.uint16)
+        write_dicom(src / f"n{i}.dcm", arr, patient_id=f"MRN-SECRET-{i // 2}", photometric="MONOCHROME1")
+        write_image(src / f"p{i}.png", seed=100 + i)
+    rows = [f"n{i}.dcm,normal," for i in range(6)] + [f"p{i}.png,1,P{i // 3}" for i in range(6)]
+    (src / "list.csv").write_text("path,label,patient_id\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    m = index_source(src / "list.csv", out, workers=1, salt="s").manifest
+    dicom_ids = [r.patient_id for r in m.records if r.path.endswith(".dcm")]
+    assert len(set(dicom_ids)) == 3 and all(len(p) == 16 for p in dicom_ids)  # 2 images per hashed patient
+    assert {r.patient_id for r in m.records if r.path.endswith(".png")} == {"P0", "P1"}
+    for f in out.iterdir():
+        if f.is_file():
+            text = f.read_text()
+            assert "SECRET" not in text and "Doe" not in text, f.name
+
+
+def test_csv_bad_label_is_reported(tmp_path) -> None:
+    src = tmp_path / "h"
+    write_image(src / "a.png", seed=1)
+    write_image(src / "b.png", seed=2)
+    write_image(src / "c.png", seed=3)
+    (src / "l.csv").write_text("path,label\na.png,NORMAL\nb.png,PNEUMONIA\nc.png,covid\n")
+    result = index_source(src / "l.csv", tmp_path / "out", workers=1)
+    assert [(p.path, p.kind) for p in result.problems] == [("c.png", "unknown_label")]
+    assert "line 4" in result.problems[0].detail

@@ -286,6 +286,95 @@ def demo(
     _prepare(sample_root(), out / "data", size, 0.1, 0, False, False, SourceVal.auto, None)
 
 
+@_command(
+    app,
+    "train",
+    [
+        "pneumolab train -c cpu/resnet18 --data runs/demo/data",
+        "pneumolab train -c configs/cpu/resnet34_improved.yaml --data runs/data/kermany optim.lr=3e-4 trainer.max_epochs=20",
+        "pneumolab train -c seed/densenet121 --data runs/data/kermany --devices 4 --accelerator gpu",
+        "pneumolab train --resume runs/train/resnet18",
+    ],
+)
+def train_cmd(
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. optim.lr=3e-4.")] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", "-c", help="YAML file or preset (cpu/NAME, seed/NAME).")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset folder (same as data.data_dir=...).")] = None,
+    name: Annotated[str | None, typer.Option(help="Run name: runs/train/NAME (auto-numbered if taken).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = None,
+    devices: Annotated[int | None, typer.Option(help="Devices (GPUs or CPU processes) for DDP.")] = None,
+    num_nodes: Annotated[int | None, typer.Option(help="Nodes for multi-node DDP (torchrun/SLURM).")] = None,
+    accelerator: Annotated[str | None, typer.Option(help="cpu, gpu or auto.")] = None,
+    print_config: Annotated[bool, typer.Option(help="Print the resolved config and exit.")] = False,
+) -> None:
+    """Train one classifier (any registered model) with validation-only early stopping and checkpointing."""
+    import yaml
+
+    from pneumolab.config import TrainConfig, load_config
+    from pneumolab.training.trainer import load_run_config, train
+
+    extra = list(overrides or [])
+    for key, value in (("data.data_dir", data), ("name", name), ("trainer.devices", devices),
+                       ("trainer.num_nodes", num_nodes), ("trainer.accelerator", accelerator)):  # fmt: skip
+        if value is not None:
+            extra.append(f"{key}={value}")
+    if resume is not None:
+        if extra or config:
+            raise InputError("--resume continues a run with its saved config; drop -c and overrides")
+        cfg = load_run_config(resume)
+    else:
+        cfg = load_config(TrainConfig, config, extra)
+    if print_config:
+        typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        return
+    result = train(cfg, resume=resume)
+    s = result.summary
+    if s:
+        best = s["best_val"]
+        typer.echo(
+            f"done: {s['model']} @ {s['image_size']}px, best epoch {s['best_epoch']} of {s['epochs_run']}: "
+            f"val AUROC {best.get('val/auroc', float('nan')):.4f}, val acc {best.get('val/acc', float('nan')):.4f}; "
+            f"{s['wall_s']:.0f} s, {s['train_images_per_s']:.0f} img/s -> {result.run_dir}"
+        )
+
+
+@_command(app, "models", ["pneumolab models", "pneumolab models --size 224"])
+def models_cmd(size: Size = 128) -> None:
+    """List every registered model with its parameters and GFLOPs at SIZE x SIZE (1 channel)."""
+    from pneumolab.models import count_flops, create_model, get_spec, list_models
+
+    typer.echo(f"{'model':<20} {'params':>12} {'GFLOPs@' + str(size):>11}  description")
+    for name in list_models():
+        model = create_model(name)
+        params = sum(p.numel() for p in model.parameters())
+        try:
+            gflops = f"{count_flops(model, size) / 1e9:.3f}"
+        except RuntimeError:  # input too small for this architecture
+            gflops = "too small"
+        typer.echo(f"{name:<20} {params:>12,} {gflops:>11}  {get_spec(name).description}")
+    typer.echo("GFLOPs count a multiply and an add as two operations.")
+
+
+@_command(
+    app, "tensorboard", ["pneumolab tensorboard runs/train/resnet18 runs/train/cnn_base", "tensorboard --logdir runs/"]
+)
+def tensorboard_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders to compare.")],
+    port: Annotated[int, typer.Option(help="Port (binds 127.0.0.1).")] = 6006,
+) -> None:
+    """Open TensorBoard on one or more runs (scalars, input grids, histograms, graph)."""
+    import subprocess
+
+    missing = [str(r) for r in runs if not (r / "tensorboard").is_dir()]
+    if missing:
+        raise InputError(f"no TensorBoard logs in {', '.join(missing)}: give folders made by `pneumolab train`")
+    spec = ",".join(f"{r.name}:{r / 'tensorboard'}" for r in runs)
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "tensorboard.main", "--logdir_spec", spec,
+                                      "--host", "127.0.0.1", "--port", str(port)]))  # fmt: skip
+
+
 @_command(app, "version", ["pneumolab version"])
 def version() -> None:
     """Print the installed version."""
@@ -294,7 +383,13 @@ def version() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 bad input or usage)."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    lib = logging.getLogger("pneumolab")
+    if not lib.handlers:  # main() may run many times in one process (tests)
+        lib.addHandler(handler)
+        lib.setLevel(logging.INFO)
+        lib.propagate = False
     try:
         app(args=argv, prog_name="pneumolab")
     except SystemExit as e:  # typer/click end every run with SystemExit(code)

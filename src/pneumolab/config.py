@@ -12,11 +12,22 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pneumolab.errors import InputError
 
-__all__ = ["AugmentConfig", "DataConfig", "StrictModel", "load_config", "parse_overrides"]
+__all__ = [
+    "AugmentConfig",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "StrictModel",
+    "TrainConfig",
+    "TrainerConfig",
+    "load_config",
+    "parse_overrides",
+    "resolve_config_path",
+]
 
 M = TypeVar("M", bound="StrictModel")
 
@@ -58,6 +69,64 @@ class DataConfig(StrictModel):
     seed: int = 0
 
 
+class ModelConfig(StrictModel):
+    """Which registered model, and how to build it ("improved" variants are configs, not classes)."""
+
+    name: str = "resnet18"
+    dropout: float | None = Field(None, ge=0, lt=1)  # before the head; None keeps the architecture's default
+    weights: Path | None = None  # local torchvision ImageNet state dict; never downloaded
+    kwargs: dict[str, Any] = {}
+
+
+class OptimConfig(StrictModel):
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
+    schedule: Literal["cosine", "plateau", "none"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)  # cosine: linear warm-up, then cosine decay to 0 over max_epochs
+    plateau_patience: int = Field(2, ge=0)
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class TrainerConfig(StrictModel):
+    max_epochs: int = Field(10, ge=1)
+    max_time_min: float | None = Field(None, gt=0)  # wall-clock budget; stops after the current epoch
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    channels_last: bool = False
+    gradient_clip: float | None = Field(None, gt=0)
+    monitor: Literal["val/auroc", "val/loss", "val/acc"] = "val/auroc"  # validation only, never test
+    early_stopping_patience: int | None = Field(5, ge=1)  # None: no early stopping
+    deterministic: bool = True
+    accelerator: str = "auto"
+    devices: int = Field(1, ge=1)
+    num_nodes: int = Field(1, ge=1)
+    histogram_every_n_epochs: int = Field(5, ge=0)  # 0: no weight/gradient histograms
+    log_images: bool = True  # a grid of augmented inputs in TensorBoard each epoch
+    log_graph: bool = True
+    log_every_n_steps: int = Field(10, ge=1)
+    limit_train_batches: float | int | None = None  # smoke tests only
+    limit_val_batches: float | int | None = None
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) else v  # `trainer.precision=32` parses as an int
+
+
+class TrainConfig(StrictModel):
+    """Everything ``pneumolab train`` needs; saved resolved as ``config.yaml`` in the run and in checkpoints."""
+
+    name: str = "run"
+    out_dir: Path = Path("runs/train")
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    optim: OptimConfig = OptimConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["a.b=3", "c=[1,2]", "d=text"]`` -> ``{"a": {"b": 3}, "c": [1, 2], "d": "text"}``."""
     out: dict[str, Any] = {}
@@ -65,8 +134,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise InputError(f"override {item!r} must look like key=value (e.g. image_size=128)")
+        words = {"null": None, "none": None, "true": True, "false": False}  # YAML spellings too
         try:
-            value = ast.literal_eval(raw)
+            value = words[raw.strip().lower()] if raw.strip().lower() in words else ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             value = raw  # a bare word is a string
         node = out
@@ -95,21 +165,46 @@ def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+PRESETS = Path(__file__).parent / "configs"
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A config file path, or a packaged preset name such as ``cpu/resnet18``."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    preset = PRESETS / (str(name) if str(name).endswith(".yaml") else f"{name}.yaml")
+    if preset.is_file():
+        return preset
+    names = sorted(p.relative_to(PRESETS).with_suffix("").as_posix() for p in PRESETS.rglob("*.yaml"))
+    raise InputError(f"config {name} not found: give a YAML file or a preset ({', '.join(names)})")
+
+
+def _read_yaml(path: Path, depth: int = 0) -> dict[str, Any]:
+    """Read a YAML config; a ``base: other.yaml`` key (relative to this file) is read first and overridden."""
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise InputError(f"cannot read config {path}: {e}") from None
+    if not isinstance(loaded, dict):
+        raise InputError(f"config {path} must be a mapping of keys to values")
+    if "base" in loaded:
+        if depth > 8:
+            raise InputError(f"config {path}: `base` chain is too deep (a cycle?)")
+        loaded = _merge(_read_yaml(path.parent / str(loaded.pop("base")), depth + 1), loaded)
+    return loaded
+
+
 def load_config(model: type[M], path: str | Path | None = None, overrides: list[str] | None = None, **base: Any) -> M:
-    """Build ``model`` from keyword defaults, then a YAML file, then ``key=value`` overrides.
+    """Build ``model`` from keyword defaults, then a YAML file (or preset name), then ``key=value`` overrides.
 
     Raises:
         InputError: unreadable YAML, an unknown key (with the nearest valid one) or a bad value.
     """
     data: dict[str, Any] = dict(base)
     if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise InputError(f"cannot read config {path}: {e}") from None
-        if not isinstance(loaded, dict):
-            raise InputError(f"config {path} must be a mapping of keys to values")
-        data = _merge(data, loaded)
+        path = resolve_config_path(path)
+        data = _merge(data, _read_yaml(path))
     data = _merge(data, parse_overrides(overrides or []))
     try:
         return model.model_validate(data)
@@ -122,5 +217,5 @@ def load_config(model: type[M], path: str | Path | None = None, overrides: list[
                 near = difflib.get_close_matches(str(err["loc"][-1]), _field_names(model, err["loc"][:-1]), n=1)
                 msg = f"unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
             msgs.append(msg)
-        where = f" in {path}" if path else ""
+        where = f" ({path} + overrides)" if path else ""
         raise InputError(f"invalid {model.__name__}{where}: " + "; ".join(msgs)) from None

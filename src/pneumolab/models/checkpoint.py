@@ -1,0 +1,57 @@
+"""Self-describing model files: weights plus everything needed to rebuild model and preprocessing.
+
+``model.pt`` holds only tensors and plain Python values, so it loads with ``weights_only=True``
+(no pickled code runs). Inference rebuilds preprocessing from it, never from its own constants.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pneumolab import __version__
+from pneumolab.errors import InputError
+from pneumolab.io import atomic_path
+from pneumolab.models.registry import create_model
+
+__all__ = ["load_model_file", "save_model_file"]
+
+FORMAT = "pneumolab.model/1"
+
+
+def save_model_file(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Write ``{"format", "version", "state_dict", **meta}`` atomically.
+
+    ``meta`` must hold ``model_name``, ``model_kwargs``, ``preprocessing`` and ``classes``; anything
+    else (config, metrics, threshold) is kept as is. Values must be plain (str, numbers, lists, dicts).
+    """
+    missing = {"model_name", "model_kwargs", "preprocessing", "classes"} - set(meta)
+    if missing:
+        raise ValueError(f"model file metadata lacks {sorted(missing)}")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, "version": __version__, **meta, "state_dict": state}, tmp)
+
+
+def load_model_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model (in eval mode) and return it with its metadata (without the weights)."""
+    path = Path(path)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such model file") from None
+    except Exception as e:
+        raise InputError(f"{path}: not a loadable pneumolab model file ({type(e).__name__})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise InputError(
+            f"{path}: not a pneumolab model file (format {blob.get('format') if isinstance(blob, dict) else '?'})"
+        )
+    meta = {k: v for k, v in blob.items() if k != "state_dict"}
+    kwargs = dict(meta["model_kwargs"])
+    kwargs.pop("weights", None)  # the trained weights replace any ImageNet initialisation
+    model = create_model(meta["model_name"], num_classes=len(meta["classes"]), **kwargs)
+    model.load_state_dict(blob["state_dict"])
+    return model.eval(), meta

@@ -1,0 +1,140 @@
+"""The original study's own networks: its two CNNs and its two AlexNets.
+
+The AlexNets are exactly the structures printed in the study's report (1-channel input, 2 outputs;
+layer indices match the printout so state-dict keys do too). The report gives no layer list for
+its CNNs, so ``cnn_base``/``cnn_improved`` are designed here and documented in their docstrings.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from pneumolab.models.registry import register_model
+
+__all__ = ["AlexNet", "SmallCNN"]
+
+
+class AlexNet(nn.Module):
+    """``features`` -> ``AdaptiveAvgPool2d(6)`` -> ``classifier`` (the report's printed layout)."""
+
+    def __init__(self, features: nn.Sequential, classifier: nn.Sequential) -> None:
+        super().__init__()
+        self.features = features
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = classifier
+
+    def forward(self, x):  # (B, C, H, W) -> (B, num_classes)
+        x = self.avgpool(self.features(x))  # (B, C', 6, 6)
+        return self.classifier(x.flatten(1))
+
+
+def _pool() -> nn.MaxPool2d:
+    return nn.MaxPool2d(kernel_size=3, stride=2)
+
+
+@register_model(
+    "alexnet_base",
+    input_size=128,
+    gradcam_layer="features.11",
+    classifier="classifier.6",
+    first_conv="features.0",
+    description="The study's BaseAlexNet: 5 conv 64-192-384-256-256, FC 9216-4096-4096-2 (~57M params)",
+)
+def alexnet_base(*, num_classes: int = 2, in_chans: int = 1, dropout: float | None = None, weights=None) -> AlexNet:
+    """BaseAlexNet as printed in the report (min input 63 px)."""
+    p = 0.5 if dropout is None else dropout
+    features = nn.Sequential(
+        nn.Conv2d(in_chans, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True), _pool(),
+        nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True), _pool(),
+        nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True), _pool(),
+    )  # fmt: skip
+    classifier = nn.Sequential(
+        nn.Dropout(p), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
+        nn.Dropout(p), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+        nn.Linear(4096, num_classes),
+    )  # fmt: skip
+    return AlexNet(features, classifier)
+
+
+@register_model(
+    "alexnet_improved",
+    input_size=128,
+    gradcam_layer="features.7",
+    classifier="classifier.6",
+    first_conv="features.0",
+    description="The study's ImprovedAlexNet: 3 conv 32-64-128, FC 4608-1024-512-2 (~5M params)",
+)
+def alexnet_improved(*, num_classes: int = 2, in_chans: int = 1, dropout: float | None = None, weights=None) -> AlexNet:
+    """ImprovedAlexNet as printed in the report (min input 63 px)."""
+    p = 0.5 if dropout is None else dropout
+    features = nn.Sequential(
+        nn.Conv2d(in_chans, 32, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True), _pool(),
+        nn.Conv2d(32, 64, kernel_size=5, padding=2), nn.ReLU(inplace=True), _pool(),
+        nn.Conv2d(64, 128, kernel_size=3, padding=1), nn.ReLU(inplace=True), _pool(),
+    )  # fmt: skip
+    classifier = nn.Sequential(
+        nn.Dropout(p), nn.Linear(128 * 6 * 6, 1024), nn.ReLU(inplace=True),
+        nn.Dropout(p), nn.Linear(1024, 512), nn.ReLU(inplace=True),
+        nn.Linear(512, num_classes),
+    )  # fmt: skip
+    return AlexNet(features, classifier)
+
+
+class SmallCNN(nn.Module):
+    """Conv blocks -> global average pool -> head. Size-agnostic (any input >= 2**len(blocks) px)."""
+
+    def __init__(self, features: nn.Sequential, head: nn.Module) -> None:
+        super().__init__()
+        self.features = features
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = head
+
+    def forward(self, x):  # (B, C, H, W) -> (B, num_classes)
+        return self.head(self.pool(self.features(x)).flatten(1))  # features: (B, C', H/2^k, W/2^k)
+
+
+def _block(cin: int, cout: int, *, bn: bool, convs: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(convs):
+        layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1, bias=not bn)]
+        layers += [nn.BatchNorm2d(cout)] if bn else []
+        layers += [nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers, nn.MaxPool2d(2))
+
+
+@register_model(
+    "cnn_base",
+    input_size=128,
+    gradcam_layer="features.3",
+    classifier="head.3",
+    first_conv="features.0.0",
+    description="The study's base CNN: 4 blocks conv3x3-ReLU-maxpool 32-64-128-128, GAP, FC 128-64-2",
+)
+def cnn_base(*, num_classes: int = 2, in_chans: int = 1, dropout: float | None = None, weights=None) -> SmallCNN:
+    """Base CNN: 4 x [Conv3x3 -> ReLU -> MaxPool2] (32, 64, 128, 128 channels), global average pool,
+    Linear(128, 64) -> ReLU -> Linear(64, num_classes). No normalisation, no dropout (unless asked)."""
+    chans = [in_chans, 32, 64, 128, 128]
+    features = nn.Sequential(*[_block(a, b, bn=False, convs=1) for a, b in zip(chans, chans[1:], strict=False)])
+    head = nn.Sequential(
+        nn.Linear(128, 64), nn.ReLU(inplace=True), nn.Dropout(dropout or 0.0), nn.Linear(64, num_classes)
+    )
+    return SmallCNN(features, head)
+
+
+@register_model(
+    "cnn_improved",
+    input_size=128,
+    gradcam_layer="features.3",
+    classifier="head.1",
+    first_conv="features.0.0",
+    description="The study's improved CNN: 4 blocks of 2x conv3x3-BN-ReLU 16-32-64-128, GAP, dropout, FC",
+)
+def cnn_improved(*, num_classes: int = 2, in_chans: int = 1, dropout: float | None = None, weights=None) -> SmallCNN:
+    """Improved CNN (deeper, BatchNorm, dropout): 4 x [(Conv3x3 -> BN -> ReLU) x 2 -> MaxPool2]
+    (16, 32, 64, 128 channels), global average pool, Dropout(0.3) -> Linear(128, num_classes)."""
+    chans = [in_chans, 16, 32, 64, 128]
+    features = nn.Sequential(*[_block(a, b, bn=True, convs=2) for a, b in zip(chans, chans[1:], strict=False)])
+    head = nn.Sequential(nn.Dropout(0.3 if dropout is None else dropout), nn.Linear(128, num_classes))
+    return SmallCNN(features, head)

@@ -1,0 +1,115 @@
+"""The one LightningModule that trains every registered classifier (nothing here knows an architecture)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+
+from pneumolab.models import create_model
+
+__all__ = ["ClassifierModule"]
+
+
+class ClassifierModule(L.LightningModule):
+    """Cross-entropy classifier over ``classes`` (index 1 = PNEUMONIA, the positive class).
+
+    Args:
+        model_name: registry name; ``model_kwargs`` are passed to :func:`~pneumolab.models.create_model`.
+        init_weights: local ImageNet weights for a fresh run (``None`` when resuming or loading).
+        optim: :class:`~pneumolab.config.OptimConfig` as a dict.
+        class_weights: per-class loss weights from the training split.
+        preprocessing: what inference needs to rebuild the eval transform.
+        classes: class names in target order.
+        config: the resolved run config (stored in every checkpoint).
+        channels_last: NHWC memory format (1.05-1.7x faster convolutions on CPU).
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        model_kwargs: dict[str, Any],
+        optim: dict[str, Any],
+        class_weights: list[float],
+        preprocessing: dict[str, Any],
+        classes: list[str],
+        config: dict[str, Any],
+        init_weights: str | None = None,
+        channels_last: bool = False,
+        monitor: str = "val/auroc",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["init_weights"])
+        self.net = create_model(model_name, num_classes=len(classes), weights=init_weights, **model_kwargs)
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32))
+        self.train_acc = BinaryAccuracy()
+        self.val_acc = BinaryAccuracy()
+        self.val_auroc = BinaryAUROC()
+        size = preprocessing["image_size"]
+        self.example_input_array = torch.zeros(2, preprocessing.get("channels", 1), size, size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) -> (B, num_classes) logits
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = batch
+        logits = self(x)
+        smoothing = self.hparams.optim.get("label_smoothing", 0.0)
+        loss = F.cross_entropy(logits.float(), y, weight=self.class_weights, label_smoothing=smoothing)
+        prob = logits.float().softmax(dim=1)[:, 1]  # (B,) P(pneumonia)
+        return loss, prob, y
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss, prob, y = self._step(batch)
+        self.train_acc(prob, y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        loss, prob, y = self._step(batch)
+        self.val_auroc.update(prob, y)
+        self.val_acc.update(prob, y)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y))
+        # Metric objects: Lightning computes them over the whole epoch and reduces across DDP ranks.
+        self.log("val/auroc", self.val_auroc, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(y))
+
+    def configure_optimizers(self) -> Any:
+        o = self.hparams.optim
+        # No weight decay on biases and norm parameters (1-D tensors): decaying them only hurts.
+        decay = [p for p in self.net.parameters() if p.requires_grad and p.ndim > 1]
+        no_decay = [p for p in self.net.parameters() if p.requires_grad and p.ndim <= 1]
+        groups = [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+        if o["optimizer"] == "sgd":
+            opt = torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], nesterov=True)
+        elif o["optimizer"] == "adam":
+            opt = torch.optim.Adam(groups, lr=o["lr"])
+        else:
+            opt = torch.optim.AdamW(groups, lr=o["lr"])
+        if o["schedule"] == "plateau":
+            mode = "min" if self.hparams.monitor.endswith("loss") else "max"
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode=mode, factor=o["plateau_factor"], patience=o["plateau_patience"]
+            )
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": self.hparams.monitor}}
+        if o["schedule"] == "cosine":
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            warm = min(total - 1, int(o["warmup_epochs"] * total / max(1, self.trainer.max_epochs)))
+
+            def lr_lambda(step: int) -> float:
+                if step < warm:
+                    return (step + 1) / warm
+                return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return opt

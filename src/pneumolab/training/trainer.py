@@ -1,0 +1,206 @@
+"""The Trainer factory and ``train()``: run directory, data, module, callbacks, loggers, fit, export.
+
+Every command that trains a classifier goes through :func:`train`. A run writes to its own folder
+``<out_dir>/<name>[-N]``: ``config.yaml`` (resolved), ``checkpoints/{best,last}.ckpt``,
+``history.csv`` (one row per epoch), ``logs/metrics.csv`` (every logged step), ``tensorboard/`` events, ``model.pt`` (self-describing best model) and
+``summary.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import yaml
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from pneumolab import __version__
+from pneumolab.config import TrainConfig, load_config
+from pneumolab.data.datamodule import ChestXrayDataModule
+from pneumolab.errors import InputError
+from pneumolab.io import atomic_write_json, atomic_write_text
+from pneumolab.models.checkpoint import save_model_file
+from pneumolab.training.callbacks import AtomicCheckpointIO, EpochHistory, TensorBoardExtras, Throughput, read_history
+from pneumolab.training.classifier import ClassifierModule
+
+__all__ = ["TrainResult", "build_trainer", "load_run_config", "new_run_dir", "train"]
+
+log = logging.getLogger(__name__)
+_RUN_DIR_ENV = "PNEUMOLAB_RUN_DIR"  # lets DDP worker processes (re-launched commands) find rank 0's run folder
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+def new_run_dir(out_dir: Path, name: str) -> Path:
+    """``out_dir/name``, or ``name-2``, ``name-3``... if taken (runs are never overwritten)."""
+    for i in range(1, 10_000):
+        path = out_dir / (name if i == 1 else f"{name}-{i}")
+        if not path.exists():
+            return path
+    raise InputError(f"{out_dir}: too many runs named {name!r}")
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    """The resolved config a run saved (used by ``--resume``)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise InputError(
+            f"{run_dir} is not a training run (no config.yaml); give the folder that `pneumolab train` made"
+        )
+    return load_config(TrainConfig, path)
+
+
+def build_trainer(cfg: TrainConfig, run_dir: Path, *, progress_bar: bool = True) -> tuple[L.Trainer, Throughput]:
+    """A Lightning Trainer with pneumolab's callbacks and loggers (used by every training command)."""
+    t = cfg.trainer
+    mode = "min" if t.monitor.endswith("loss") else "max"
+    throughput = Throughput()
+    callbacks: list[L.Callback] = [
+        ModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="best",
+            monitor=t.monitor,
+            mode=mode,
+            save_last=True,
+            save_top_k=1,
+            enable_version_counter=False,
+        ),
+        LearningRateMonitor(logging_interval="epoch"),
+        TensorBoardExtras(t.histogram_every_n_epochs, t.log_images),
+        EpochHistory(run_dir / "history.csv"),
+        throughput,
+    ]
+    if t.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor=t.monitor, mode=mode, patience=t.early_stopping_patience))
+    n_proc = t.devices * t.num_nodes
+    trainer = L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=t.max_epochs,
+        max_time=None if t.max_time_min is None else {"minutes": t.max_time_min},
+        precision=t.precision,
+        gradient_clip_val=t.gradient_clip,
+        deterministic=t.deterministic,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy="ddp" if n_proc > 1 else "auto",
+        callbacks=callbacks,
+        logger=[
+            CSVLogger(run_dir, name="logs", version="", flush_logs_every_n_steps=1),  # on disk before a kill
+            TensorBoardLogger(run_dir, name="tensorboard", version="", log_graph=t.log_graph, default_hp_metric=False),
+        ],
+        plugins=[AtomicCheckpointIO()],
+        log_every_n_steps=t.log_every_n_steps,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=progress_bar,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+    )
+    return trainer, throughput
+
+
+def train(cfg: TrainConfig, *, resume: Path | None = None, progress_bar: bool = True) -> TrainResult:
+    """Train (or, with ``resume``, continue) one classifier and export its best checkpoint.
+
+    Args:
+        cfg: the resolved config (for ``resume``, the run's own ``config.yaml``).
+        resume: a run folder; training continues from its ``checkpoints/last.ckpt``.
+        progress_bar: show Lightning's progress bar and model summary.
+
+    Raises:
+        InputError: unknown model, bad weights file, unprepared data, nothing to resume.
+    """
+    if resume is not None:
+        run_dir = Path(resume)
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise InputError(
+                f"{run_dir}: nothing to resume (no checkpoints/last.ckpt: it stopped before its first epoch ended); "
+                "start the run again"
+            )
+    else:
+        run_dir = Path(os.environ.get(_RUN_DIR_ENV) or new_run_dir(cfg.out_dir, cfg.name))
+        last = None
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = ChestXrayDataModule(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    module = ClassifierModule(
+        model_name=cfg.model.name,
+        model_kwargs={"dropout": cfg.model.dropout, **cfg.model.kwargs},
+        optim=cfg.optim.model_dump(mode="json"),
+        class_weights=dm.class_weights().tolist(),
+        preprocessing=dm.preprocessing(),
+        classes=dm.preprocessing()["classes"],
+        config=cfg.model_dump(mode="json"),
+        init_weights=None if (resume or cfg.model.weights is None) else str(cfg.model.weights),
+        channels_last=cfg.trainer.channels_last,
+        monitor=cfg.trainer.monitor,
+    )
+    trainer, throughput = build_trainer(cfg, run_dir, progress_bar=progress_bar)
+    if trainer.is_global_zero and resume is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    multi = trainer.world_size > 1 and _RUN_DIR_ENV not in os.environ
+    if multi:
+        os.environ[_RUN_DIR_ENV] = str(run_dir)  # inherited by the worker processes Lightning starts
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=last, weights_only=True)
+    finally:
+        if multi:
+            os.environ.pop(_RUN_DIR_ENV, None)
+    if not trainer.is_global_zero:
+        return TrainResult(run_dir, {})
+    return TrainResult(run_dir, _finish(trainer, throughput, run_dir, cfg))
+
+
+def _finish(trainer: L.Trainer, throughput: Throughput, run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
+    """Export the best checkpoint as ``model.pt`` and write ``summary.json``."""
+    ckpt_cb = trainer.checkpoint_callback
+    best_path = Path(ckpt_cb.best_model_path) if ckpt_cb and ckpt_cb.best_model_path else None
+    monitor = cfg.trainer.monitor
+    epochs = [r for r in read_history(run_dir / "history.csv") if monitor in r]
+    best_row: dict[str, float] = {}
+    if epochs:
+        pick = min if monitor.endswith("loss") else max
+        best_row = pick(epochs, key=lambda r: r.get(monitor, float("nan")))
+    summary: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "model": cfg.model.name,
+        "image_size": cfg.data.image_size,
+        "epochs_run": trainer.current_epoch,
+        "best_epoch": int(best_row["epoch"]) if best_row else None,
+        "monitor": monitor,
+        "best_val": {k: round(v, 5) for k, v in best_row.items() if k.startswith("val/")},
+        "stopped_early": bool(trainer.should_stop and trainer.current_epoch < cfg.trainer.max_epochs),
+        **throughput.summary(),
+        "version": __version__,
+    }
+    if best_path and best_path.is_file():
+        best = ClassifierModule.load_from_checkpoint(best_path, map_location="cpu", weights_only=True)
+        hp = best.hparams
+        save_model_file(
+            run_dir / "model.pt",
+            best.net,
+            {
+                "model_name": hp.model_name,
+                "model_kwargs": dict(hp.model_kwargs),
+                "preprocessing": dict(hp.preprocessing),
+                "classes": list(hp.classes),
+                "config": dict(hp.config),
+                "metrics": {"split": "val", **summary["best_val"]},
+                "best_epoch": summary["best_epoch"],
+            },
+        )
+        summary["model_file"] = str(run_dir / "model.pt")
+    atomic_write_json(run_dir / "summary.json", summary)
+    return summary

@@ -117,3 +117,26 @@ def write_dicom(
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory) -> Path:
+    """The bundled real sample, indexed and split once per test session."""
+    from pneumolab.data import sample_root
+    from pneumolab.data.index import index_source
+    from pneumolab.data.manifest import Manifest
+    from pneumolab.data.splits import split_manifest
+
+    out = tmp_path_factory.mktemp("sample") / "data"
+    index_source(sample_root(), out, workers=1)
+    split_manifest(Manifest.load(out)).save(out)
+    return out
+
+
+def tiny_train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    """CLI arguments for a seconds-long training of the small CNN at 32 px."""
+    return [
+        "train", "-c", "cpu/cnn_base", "--data", str(data), f"out_dir={out}", "data.image_size=32",
+        "data.num_workers=0", "trainer.max_epochs=2", "trainer.precision=32", "trainer.channels_last=false",
+        "trainer.log_every_n_steps=1", *extra,
+    ]  # fmt: skip

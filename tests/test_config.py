@@ -1,6 +1,6 @@
 import pytest
 
-from pneumolab.config import DataConfig, load_config, parse_overrides
+from pneumolab.config import PRESETS, DataConfig, load_config, parse_overrides
 from pneumolab.errors import InputError
 
 
@@ -11,6 +11,7 @@ def test_overrides_parse_literals_and_nesting() -> None:
         "d": "text",
         "e": True,
     }
+    assert parse_overrides(["a=null", "b=none", "c=None", "d=false"]) == {"a": None, "b": "none", "c": None, "d": False}
     with pytest.raises(InputError, match="key=value"):
         parse_overrides(["novalue"])
 
@@ -35,3 +36,32 @@ def test_yaml_then_overrides(tmp_path) -> None:
 def test_bad_keys_and_values_are_named(overrides, message) -> None:
     with pytest.raises(InputError, match=message):
         load_config(DataConfig, None, overrides, data_dir="d")
+
+
+def test_presets_resolve_and_improved_variants_inherit_their_base() -> None:
+    from pneumolab.config import TrainConfig
+
+    cfg = load_config(TrainConfig, "cpu/resnet34_improved", ["data.data_dir=d"])
+    assert (cfg.name, cfg.model.name, cfg.model.dropout, cfg.optim.weight_decay) == (
+        "resnet34_improved",
+        "resnet34",
+        0.5,
+        5e-4,
+    )
+    assert cfg.data.image_size == 128 and cfg.trainer.early_stopping_patience == 3
+    seed = load_config(TrainConfig, "seed/resnet34", ["data.data_dir=d"])
+    assert seed.data.image_size == 224 and seed.optim.optimizer == "adam"
+    with pytest.raises(InputError, match=r"not found.*cpu/resnet18"):
+        load_config(TrainConfig, "cpu/resnet99", ["data.data_dir=d"])
+
+
+@pytest.mark.parametrize(
+    "preset", sorted(p.relative_to(PRESETS).with_suffix("").as_posix() for p in PRESETS.rglob("*.yaml"))
+)
+def test_every_preset_is_valid_and_names_a_registered_model(preset: str) -> None:
+    from pneumolab.config import TrainConfig
+    from pneumolab.models import list_models
+
+    cfg = load_config(TrainConfig, preset, ["data.data_dir=d"])
+    assert cfg.model.name in list_models()
+    assert cfg.data.image_size == (128 if preset.startswith("cpu/") else 224)

@@ -291,9 +291,10 @@ def demo(
     "train",
     [
         "pneumolab train -c cpu/resnet18 --data runs/demo/data",
-        "pneumolab train -c configs/cpu/resnet34_improved.yaml --data runs/data/kermany optim.lr=3e-4 trainer.max_epochs=20",
+        "pneumolab train -c configs/cpu/resnet34_improved.yaml --data runs/data/kermany optim.lr=3e-4",
         "pneumolab train -c seed/densenet121 --data runs/data/kermany --devices 4 --accelerator gpu",
         "pneumolab train --resume runs/train/resnet18",
+        "pneumolab train --resume runs/train/resnet18 trainer.max_epochs=20",
     ],
 )
 def train_cmd(
@@ -321,9 +322,11 @@ def train_cmd(
         if value is not None:
             extra.append(f"{key}={value}")
     if resume is not None:
-        if extra or config:
-            raise InputError("--resume continues a run with its saved config; drop -c and overrides")
-        cfg = load_run_config(resume)
+        # A resumed run keeps its model, data and optimiser; only trainer limits may change (e.g. more epochs).
+        if config or any(not e.startswith("trainer.") for e in extra):
+            raise InputError("--resume continues a run with its saved config; only trainer.* overrides are allowed")
+        saved = load_run_config(resume).model_dump(mode="json")
+        cfg = load_config(TrainConfig, None, extra, **saved)
     else:
         cfg = load_config(TrainConfig, config, extra)
     if print_config:

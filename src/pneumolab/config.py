@@ -134,7 +134,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise InputError(f"override {item!r} must look like key=value (e.g. image_size=128)")
-        words = {"null": None, "none": None, "true": True, "false": False}  # YAML spellings too
+        words = {"null": None, "true": True, "false": False}  # YAML spellings; `None`/`True` are literals already
         try:
             value = words[raw.strip().lower()] if raw.strip().lower() in words else ast.literal_eval(raw)
         except (ValueError, SyntaxError):
@@ -195,8 +195,10 @@ def _read_yaml(path: Path, depth: int = 0) -> dict[str, Any]:
     return loaded
 
 
-def load_config(model: type[M], path: str | Path | None = None, overrides: list[str] | None = None, **base: Any) -> M:
-    """Build ``model`` from keyword defaults, then a YAML file (or preset name), then ``key=value`` overrides.
+def load_config(
+    schema: type[M], path: str | Path | None = None, overrides: list[str] | None = None, /, **base: Any
+) -> M:
+    """Build ``schema`` from keyword defaults, then a YAML file (or preset name), then ``key=value`` overrides.
 
     Raises:
         InputError: unreadable YAML, an unknown key (with the nearest valid one) or a bad value.
@@ -207,15 +209,15 @@ def load_config(model: type[M], path: str | Path | None = None, overrides: list[
         data = _merge(data, _read_yaml(path))
     data = _merge(data, parse_overrides(overrides or []))
     try:
-        return model.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as e:
         msgs = []
         for err in e.errors():
             key = ".".join(str(p) for p in err["loc"])
             msg = f"{key}: {err['msg']}"
             if err["type"] == "extra_forbidden":
-                near = difflib.get_close_matches(str(err["loc"][-1]), _field_names(model, err["loc"][:-1]), n=1)
+                near = difflib.get_close_matches(str(err["loc"][-1]), _field_names(schema, err["loc"][:-1]), n=1)
                 msg = f"unknown key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
             msgs.append(msg)
         where = f" ({path} + overrides)" if path else ""
-        raise InputError(f"invalid {model.__name__}{where}: " + "; ".join(msgs)) from None
+        raise InputError(f"invalid {schema.__name__}{where}: " + "; ".join(msgs)) from None

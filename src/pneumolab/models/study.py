@@ -7,6 +7,8 @@ its CNNs, so ``cnn_base``/``cnn_improved`` are designed here and documented in t
 
 from __future__ import annotations
 
+import itertools
+
 from torch import nn
 
 from pneumolab.models.registry import register_model
@@ -116,7 +118,7 @@ def cnn_base(*, num_classes: int = 2, in_chans: int = 1, dropout: float | None =
     """Base CNN: 4 x [Conv3x3 -> ReLU -> MaxPool2] (32, 64, 128, 128 channels), global average pool,
     Linear(128, 64) -> ReLU -> Linear(64, num_classes). No normalisation, no dropout (unless asked)."""
     chans = [in_chans, 32, 64, 128, 128]
-    features = nn.Sequential(*[_block(a, b, bn=False, convs=1) for a, b in zip(chans, chans[1:], strict=False)])
+    features = nn.Sequential(*[_block(a, b, bn=False, convs=1) for a, b in itertools.pairwise(chans)])
     head = nn.Sequential(
         nn.Linear(128, 64), nn.ReLU(inplace=True), nn.Dropout(dropout or 0.0), nn.Linear(64, num_classes)
     )
@@ -135,6 +137,6 @@ def cnn_improved(*, num_classes: int = 2, in_chans: int = 1, dropout: float | No
     """Improved CNN (deeper, BatchNorm, dropout): 4 x [(Conv3x3 -> BN -> ReLU) x 2 -> MaxPool2]
     (16, 32, 64, 128 channels), global average pool, Dropout(0.3) -> Linear(128, num_classes)."""
     chans = [in_chans, 16, 32, 64, 128]
-    features = nn.Sequential(*[_block(a, b, bn=True, convs=2) for a, b in zip(chans, chans[1:], strict=False)])
+    features = nn.Sequential(*[_block(a, b, bn=True, convs=2) for a, b in itertools.pairwise(chans)])
     head = nn.Sequential(nn.Dropout(0.3 if dropout is None else dropout), nn.Linear(128, num_classes))
     return SmallCNN(features, head)

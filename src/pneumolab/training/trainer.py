@@ -2,8 +2,8 @@
 
 Every command that trains a classifier goes through :func:`train`. A run writes to its own folder
 ``<out_dir>/<name>[-N]``: ``config.yaml`` (resolved), ``checkpoints/{best,last}.ckpt``,
-``history.csv`` (one row per epoch), ``logs/metrics.csv`` (every logged step), ``tensorboard/`` events, ``model.pt`` (self-describing best model) and
-``summary.json``.
+``history.csv`` (one row per epoch), ``logs/metrics.csv`` (every logged step), ``tensorboard/``
+events, ``model.pt`` (the self-describing best model) and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -65,15 +65,11 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, *, progress_bar: bool = True)
     mode = "min" if t.monitor.endswith("loss") else "max"
     throughput = Throughput()
     callbacks: list[L.Callback] = [
-        ModelCheckpoint(
-            dirpath=run_dir / "checkpoints",
-            filename="best",
-            monitor=t.monitor,
-            mode=mode,
-            save_last=True,
-            save_top_k=1,
-            enable_version_counter=False,
+        ModelCheckpoint(  # the best epoch on validation (first: this is trainer.checkpoint_callback)
+            dirpath=run_dir / "checkpoints", filename="best", monitor=t.monitor, mode=mode, enable_version_counter=False
         ),
+        # Every epoch, for --resume. Lightning's save_last only saves when the best improved.
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False),
         LearningRateMonitor(logging_interval="epoch"),
         TensorBoardExtras(t.histogram_every_n_epochs, t.log_images),
         EpochHistory(run_dir / "history.csv"),
@@ -147,7 +143,7 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress_bar: bool = 
         monitor=cfg.trainer.monitor,
     )
     trainer, throughput = build_trainer(cfg, run_dir, progress_bar=progress_bar)
-    if trainer.is_global_zero and resume is None:
+    if trainer.is_global_zero:  # also on resume: trainer limits may have changed
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     multi = trainer.world_size > 1 and _RUN_DIR_ENV not in os.environ

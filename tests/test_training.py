@@ -1,0 +1,181 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import tiny_train_args
+
+from pneumolab.cli import main
+from pneumolab.config import TrainConfig, load_config
+from pneumolab.data.datamodule import ChestXrayDataModule
+from pneumolab.models.checkpoint import load_model_file
+from pneumolab.training.callbacks import read_history
+from pneumolab.training.classifier import ClassifierModule
+from pneumolab.training.trainer import train
+
+
+def test_train_cli_writes_a_complete_self_describing_run(sample_data, tmp_path, capsys) -> None:
+    assert main(tiny_train_args(sample_data, tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "done: cnn_base @ 32px, best epoch" in out and "val AUROC" in out and "img/s" in out
+    run = tmp_path / "cnn_base"
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["model"]["name"] == "cnn_base" and cfg["data"]["image_size"] == 32
+
+    history = read_history(run / "history.csv")
+    assert [r["epoch"] for r in history] == [0, 1]
+    assert all(0 <= r["val/auroc"] <= 1 and r["train/loss"] > 0 for r in history)
+    summary = json.loads((run / "summary.json").read_text())
+    best = max(history, key=lambda r: r["val/auroc"])
+    assert summary["best_epoch"] == best["epoch"]  # selected on validation AUROC
+    assert summary["best_val"]["val/auroc"] == pytest.approx(best["val/auroc"], abs=1e-5)
+
+    model, meta = load_model_file(run / "model.pt")  # weights_only load
+    assert meta["model_name"] == "cnn_base" and meta["classes"] == ["NORMAL", "PNEUMONIA"]
+    assert meta["preprocessing"]["image_size"] == 32 and meta["metrics"]["split"] == "val"
+    assert meta["config"]["data"]["data_dir"] == str(sample_data)
+    ckpt = ClassifierModule.load_from_checkpoint(run / "checkpoints" / "best.ckpt", weights_only=True).eval()
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), ckpt(x))
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "histograms": 0}).Reload()
+    tags = events.Tags()
+    assert {"val/auroc", "val/loss", "train/loss_epoch"} <= set(tags["scalars"])
+    assert "train/inputs" in tags["images"]
+    assert any(t.startswith("weight/") for t in tags["histograms"])
+    assert any(t.startswith("grad/") for t in tags["histograms"])
+
+
+def _cfg(data: Path, out: Path, name: str) -> TrainConfig:
+    args = tiny_train_args(data, out, f"name={name}")
+    return load_config(TrainConfig, "cpu/cnn_base", [a for a in args[5:]], data={"data_dir": str(data)})
+
+
+def test_same_seed_same_data_same_metrics(sample_data, tmp_path) -> None:
+    a = train(_cfg(sample_data, tmp_path, "a"), progress_bar=False)
+    b = train(_cfg(sample_data, tmp_path, "b"), progress_bar=False)
+    assert read_history(a.run_dir / "history.csv") == read_history(b.run_dir / "history.csv")  # bit-identical
+    sa, sb = torch.load(a.run_dir / "model.pt")["state_dict"], torch.load(b.run_dir / "model.pt")["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_training_never_reads_the_test_split(sample_data, tmp_path, monkeypatch) -> None:
+    def forbidden(self):
+        raise AssertionError("training touched the test split")
+
+    monkeypatch.setattr(ChestXrayDataModule, "test_dataloader", forbidden)
+    assert train(_cfg(sample_data, tmp_path, "t"), progress_bar=False).summary["best_epoch"] is not None
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["optim.lrr=0.1"], "unknown key 'optim.lrr' (did you mean 'lr'?)"),
+        (["model.name=resnet99"], "unknown model 'resnet99'"),
+        (["trainer.max_epochs=0"], "trainer.max_epochs"),
+    ],
+)
+def test_bad_config_exits_2_naming_the_key(sample_data, tmp_path, capsys, extra, message) -> None:
+    assert main(tiny_train_args(sample_data, tmp_path, *extra)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_resume_refuses_bad_requests(tmp_path, sample_data, capsys) -> None:
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "not a training run" in capsys.readouterr().err
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(_cfg(sample_data, tmp_path, "r").model_dump(mode="json")))
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "optim.lr=1"]) == 2
+    assert "only trainer.* overrides" in capsys.readouterr().err
+
+
+def test_resume_after_sigkill_loses_at_most_one_epoch(sample_data, tmp_path) -> None:
+    args = tiny_train_args(sample_data, tmp_path, "trainer.max_epochs=200", "trainer.early_stopping_patience=null")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pneumolab", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    run = tmp_path / "cnn_base"
+    deadline = time.time() + 120
+    while len(read_history(run / "history.csv")) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]  # index of the last saved epoch
+    assert last >= 1 and last >= len(read_history(run / "history.csv")) - 2  # at most the running epoch is lost
+    assert main(["train", "--resume", str(run), f"trainer.max_epochs={last + 3}"]) == 0
+    epochs = [int(r["epoch"]) for r in read_history(run / "history.csv")]
+    assert epochs == list(range(last + 3))  # every epoch once, none lost, none repeated
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == last + 2
+    assert len(list(tmp_path.iterdir())) == 1  # no second run folder
+
+
+DDP_SCRIPT = r"""
+import json, sys
+from pathlib import Path
+import lightning as L
+from pneumolab.config import TrainConfig, load_config
+from pneumolab.training import trainer as T
+
+out = Path(sys.argv[2])
+
+class ShardSpy(L.Callback):
+    def on_train_epoch_start(self, trainer, pl_module):
+        idx = list(iter(trainer.train_dataloader.sampler))
+        (out / f"rank{trainer.global_rank}.json").write_text(json.dumps({"train": idx}))
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            (out / f"val{trainer.global_rank}_{trainer.current_epoch}.json").write_text(
+                json.dumps({"auroc": float(pl_module.val_auroc.compute())}))
+
+build = T.build_trainer
+def spied(cfg, run_dir, progress_bar=True):
+    trainer, throughput = build(cfg, run_dir, progress_bar=False)
+    trainer.callbacks.append(ShardSpy())
+    return trainer, throughput
+T.build_trainer = spied
+cfg = load_config(TrainConfig, "cpu/cnn_base", [
+    f"out_dir={out / 'runs'}", "data.image_size=32", "data.num_workers=0", "trainer.max_epochs=1",
+    "trainer.precision=32", "trainer.channels_last=false", "trainer.devices=2", "trainer.accelerator=cpu",
+    "data.balance=none"], data={"data_dir": sys.argv[1]})
+T.train(cfg, progress_bar=False)
+"""
+
+
+def test_ddp_two_cpu_processes_shard_reduce_and_checkpoint_once(sample_data, tmp_path) -> None:
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    res = subprocess.run(
+        [sys.executable, str(script), str(sample_data), str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text())["train"] for r in (0, 1))
+    assert r0 and r1 and not set(r0) & set(r1)  # disjoint shards...
+    a0, a1 = (json.loads((tmp_path / f"val{r}_0.json").read_text())["auroc"] for r in (0, 1))
+    assert a0 == pytest.approx(a1)  # ...and the validation metric is reduced over both ranks' shards
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and {p.name for p in (runs[0] / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
+
+    # The reduced AUROC equals the AUROC of the saved model over the whole validation split.
+    from torchmetrics.functional.classification import binary_auroc
+
+    model, _ = load_model_file(runs[0] / "model.pt")
+    dm = ChestXrayDataModule(_cfg(sample_data, tmp_path, "x").data)
+    dm.setup()
+    xs, ys = zip(*dm.val_dataloader(), strict=True)
+    with torch.no_grad():
+        prob = model(torch.cat(xs)).softmax(1)[:, 1]
+    assert float(binary_auroc(prob, torch.cat(ys))) == pytest.approx(a0, abs=1e-5)
+    assert len(r0) + len(r1) == len(dm.datasets["train"])  # together the shards cover the training split

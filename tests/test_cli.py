@@ -9,16 +9,8 @@ from pneumolab.cli import main
 from pneumolab.data import sample_root
 from pneumolab.data.manifest import Manifest
 
-COMMANDS = [
-    [],
-    ["data"],
-    ["data", "index"],
-    ["data", "split"],
-    ["data", "cache"],
-    ["data", "summary"],
-    ["data", "prepare"],
-    ["demo"],
-]
+COMMANDS = [[], ["data"], ["data", "index"], ["data", "split"], ["data", "cache"], ["data", "summary"],
+            ["data", "prepare"], ["demo"], ["train"], ["models"], ["tensorboard"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "top")
@@ -35,15 +27,17 @@ def test_python_dash_m_works() -> None:
 
 def test_demo_runs_on_the_bundled_sample_without_touching_it(tmp_path, capsys) -> None:
     before = tree_digest(sample_root())
-    assert main(["demo", "--out", str(tmp_path), "--size", "32"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--size", "32", "--epochs", "1"]) == 0
     out = capsys.readouterr().out
     assert "train" in out and "val" in out and "patients" in out and "CC BY 4.0" in out
+    assert "done: cnn_base @ 32px" in out and (tmp_path / "train" / "cnn_base" / "model.pt").is_file()
     m = Manifest.load(tmp_path / "data")
     assert 200 <= len(m) <= 400 and {r.split for r in m.records} == {"train", "val", "test"}
     assert list((tmp_path / "data" / "cache").glob("images_32_*.npy"))
     assert tree_digest(sample_root()) == before
-    assert main(["demo", "--out", str(tmp_path), "--size", "32"]) == 0  # idempotent
-    assert "up to date" in capsys.readouterr().out
+    assert main(["demo", "--out", str(tmp_path), "--size", "32", "--epochs", "1"]) == 0  # idempotent
+    out = capsys.readouterr().out
+    assert "up to date" in out and "cnn_base-2" in out  # the cache is reused; runs are never overwritten
 
 
 def test_sample_is_small_attributed_and_has_several_images_per_patient() -> None:

@@ -274,16 +274,36 @@ def data_prepare(
     _prepare(source, out, size, val_fraction, seed, strict, by_image, source_val, workers)
 
 
-@_command(app, "demo", ["pneumolab demo", "pneumolab demo --out /tmp/pneumolab-demo --size 64"])
+@_command(app, "demo", ["pneumolab demo", "pneumolab demo --out /tmp/pneumolab-demo --size 64 --epochs 2"])
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where the demo writes its outputs.")] = Path("runs/demo"),
     size: Size = 128,
+    epochs: Annotated[int, typer.Option(help="Training epochs of the demo model.")] = 5,
 ) -> None:
-    """The main job on the bundled real sample (index, validate, split, cache, summarise)."""
+    """The main job on the bundled real sample: index, validate, split, cache, then train the study's base CNN."""
+    from pneumolab.config import TrainConfig, load_config
     from pneumolab.data import sample_root
 
     typer.echo(f"pneumolab {__version__} demo on the bundled Kermany sample (CC BY 4.0, see {sample_root()}/SAMPLE.md)")
     _prepare(sample_root(), out / "data", size, 0.1, 0, False, False, SourceVal.auto, None)
+    overrides = [f"data.data_dir={out / 'data'}", f"out_dir={out / 'train'}", f"data.image_size={size}",
+                 f"trainer.max_epochs={epochs}"]  # fmt: skip
+    typer.echo(f"\ntraining cnn_base for {epochs} epoch(s) at {size} px (validation selects the checkpoint) ...")
+    _train(load_config(TrainConfig, "cpu/cnn_base", overrides), resume=None, progress_bar=False)
+
+
+def _train(cfg, resume: Path | None, progress_bar: bool = True) -> None:
+    from pneumolab.training.trainer import train
+
+    result = train(cfg, resume=resume, progress_bar=progress_bar)
+    s = result.summary
+    if s:
+        best = s["best_val"]
+        typer.echo(
+            f"done: {s['model']} @ {s['image_size']}px, best epoch {s['best_epoch']} of {s['epochs_run']}: "
+            f"val AUROC {best.get('val/auroc', float('nan')):.4f}, val acc {best.get('val/acc', float('nan')):.4f}; "
+            f"{s['wall_s']:.0f} s, {s['train_images_per_s']:.0f} img/s -> {result.run_dir}"
+        )
 
 
 @_command(
@@ -314,7 +334,7 @@ def train_cmd(
     import yaml
 
     from pneumolab.config import TrainConfig, load_config
-    from pneumolab.training.trainer import load_run_config, train
+    from pneumolab.training.trainer import load_run_config
 
     extra = list(overrides or [])
     for key, value in (("data.data_dir", data), ("name", name), ("trainer.devices", devices),
@@ -332,15 +352,54 @@ def train_cmd(
     if print_config:
         typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         return
-    result = train(cfg, resume=resume)
-    s = result.summary
-    if s:
-        best = s["best_val"]
-        typer.echo(
-            f"done: {s['model']} @ {s['image_size']}px, best epoch {s['best_epoch']} of {s['epochs_run']}: "
-            f"val AUROC {best.get('val/auroc', float('nan')):.4f}, val acc {best.get('val/acc', float('nan')):.4f}; "
-            f"{s['wall_s']:.0f} s, {s['train_images_per_s']:.0f} img/s -> {result.run_dir}"
-        )
+    _train(cfg, resume)
+
+
+@_command(
+    app,
+    "evaluate",
+    [
+        "pneumolab evaluate runs/train/resnet18 --data runs/data/kermany --split val",
+        "pneumolab evaluate runs/train/resnet18 --data path/to/chest_xray --split test",
+        "pneumolab evaluate runs/train/resnet18/model.pt --data hospital.csv --split all --policy 'sensitivity>=0.95'",
+    ],
+)
+def evaluate_cmd(
+    model: Annotated[Path, typer.Argument(help="Run folder or model.pt.")],
+    data: Annotated[Path, typer.Option(help="Dataset folder, Kaggle-layout folder, CSV or npz.")],
+    split: Annotated[str, typer.Option(help="test, val, train or all.")] = "test",
+    out: Annotated[Path | None, typer.Option(help="Output folder (default RUN/eval/<data>-<split>).")] = None,
+    policy: Annotated[
+        str | None,
+        typer.Option(help="Also report the threshold this policy picks on validation, e.g. sensitivity>=0.95."),
+    ] = None,
+    n_boot: Annotated[int, typer.Option(help="Patient-level bootstrap resamples.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+) -> None:
+    """Predictions, metrics with patient-level 95% CIs, and plots on one split; the stored threshold is kept."""
+    from pneumolab.evaluation.evaluate import evaluate
+
+    if split not in ("test", "val", "train", "all"):
+        raise InputError(f"--split {split!r}: choose test, val, train or all")
+    r = evaluate(model, data, split=split, out=out, policy=policy, n_boot=n_boot, seed=seed)
+    m = r["at_threshold"]
+    typer.echo(f"{r['model']} on the {split} split of {r['data']}: {m['n_images']} images, {m['n_patients']} patients")
+    typer.echo(f"threshold {r['threshold']['value']:.4f} ({r['threshold']['origin']})")
+    for key in ("auroc", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy", "accuracy", "ece"):
+        v = m[key]
+        typer.echo(f"  {key:<18} {v['value']:.4f}  [{v['ci_low']:.4f}, {v['ci_high']:.4f}]")
+    c = r["calibration"]
+    typer.echo(
+        f"  ECE {c['ece_uncalibrated']:.4f} -> {c['ece_calibrated']:.4f} after temperature {c['temperature']:.3f}"
+    )
+    if "warning" in r:
+        typer.echo(f"warning: {r['warning']}")
+    if "alternative_threshold" in r:
+        a = r["alternative_threshold"]
+        am = a["metrics"]
+        typer.echo(f"policy {a['policy']}: threshold {a['value']:.4f} ({a['origin']}): sensitivity "
+                   f"{am['sensitivity']['value']:.4f}, specificity {am['specificity']['value']:.4f}")  # fmt: skip
+    typer.echo(f"wrote {Path(r['plots']['roc']).parent}")
 
 
 @_command(app, "models", ["pneumolab models", "pneumolab models --size 224"])

@@ -123,8 +123,20 @@ class TrainConfig(StrictModel):
     seed: int = 0
     model: ModelConfig = ModelConfig()
     data: DataConfig
+    threshold_policy: str = "youden"  # operating point chosen on validation: youden, sensitivity>=0.95, ...
     optim: OptimConfig = OptimConfig()
     trainer: TrainerConfig = TrainerConfig()
+
+    @field_validator("threshold_policy")
+    @classmethod
+    def _known_policy(cls, v: str) -> str:
+        from pneumolab.evaluation.thresholds import parse_policy
+
+        try:
+            parse_policy(v)
+        except InputError as e:
+            raise ValueError(str(e)) from None
+        return v
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -22,9 +24,15 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from pneumolab import __version__
 from pneumolab.config import TrainConfig, load_config
 from pneumolab.data.datamodule import ChestXrayDataModule
+from pneumolab.data.manifest import Manifest
 from pneumolab.errors import InputError
+from pneumolab.evaluation.calibration import apply_temperature, fit_temperature
+from pneumolab.evaluation.metrics import compute_metrics
+from pneumolab.evaluation.model_card import write_model_card
+from pneumolab.evaluation.predict import predict_logits
+from pneumolab.evaluation.thresholds import choose_threshold
 from pneumolab.io import atomic_write_json, atomic_write_text
-from pneumolab.models.checkpoint import save_model_file
+from pneumolab.models.checkpoint import load_model_file, save_model_file
 from pneumolab.training.callbacks import AtomicCheckpointIO, EpochHistory, TensorBoardExtras, Throughput, read_history
 from pneumolab.training.classifier import ClassifierModule
 
@@ -184,6 +192,7 @@ def _finish(trainer: L.Trainer, throughput: Throughput, run_dir: Path, cfg: Trai
     if best_path and best_path.is_file():
         best = ClassifierModule.load_from_checkpoint(best_path, map_location="cpu", weights_only=True)
         hp = best.hparams
+        summary["operating_point"] = _operating_point(best.net, dict(hp.preprocessing), cfg)
         save_model_file(
             run_dir / "model.pt",
             best.net,
@@ -195,8 +204,33 @@ def _finish(trainer: L.Trainer, throughput: Throughput, run_dir: Path, cfg: Trai
                 "config": dict(hp.config),
                 "metrics": {"split": "val", **summary["best_val"]},
                 "best_epoch": summary["best_epoch"],
+                **summary["operating_point"],
             },
         )
         summary["model_file"] = str(run_dir / "model.pt")
+        write_model_card(run_dir, load_model_file(run_dir / "model.pt")[1], [])
     atomic_write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def _operating_point(net: torch.nn.Module, preprocessing: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+    """Fit temperature scaling and choose the decision threshold, both on the validation split only."""
+    manifest = Manifest.load(cfg.data.data_dir)
+    val = manifest.indices("val")
+    logits = predict_logits(net, preprocessing, manifest, val, cfg.data.data_dir / "cache")  # (N, 2)
+    y = np.array([manifest.records[i].target for i in val])
+    temperature = fit_temperature(torch.from_numpy(logits), torch.from_numpy(y))
+    raw = torch.from_numpy(logits).softmax(1)[:, 1].numpy()
+    calibrated = apply_temperature(torch.from_numpy(logits), temperature).numpy()
+    op = choose_threshold(calibrated, y, cfg.threshold_policy)
+    return {
+        "temperature": temperature,
+        "threshold": op["threshold"],
+        "threshold_policy": cfg.threshold_policy,
+        "operating_point": {"split": "val", "sensitivity": op["sensitivity"], "specificity": op["specificity"]},
+        "calibration": {
+            "split": "val",
+            "ece_before": compute_metrics(raw, y)["ece"],
+            "ece_after": compute_metrics(calibrated, y)["ece"],
+        },
+    }

@@ -1,0 +1,1 @@
+"""Evaluation: metrics with patient-level bootstrap CIs, thresholds, calibration, plots, reports."""

@@ -1,0 +1,180 @@
+"""``pneumolab evaluate``: predictions, metrics with patient-level CIs, and plots for one model on one split.
+
+The threshold and temperature come from the model file (chosen on validation when training ended);
+the evaluated split never changes them. ``policy`` reports an alternative threshold, again chosen on
+the model's own validation split, next to the stored one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pneumolab.data.index import index_source
+from pneumolab.data.manifest import CLASSES, Manifest
+from pneumolab.errors import InputError
+from pneumolab.evaluation import plots
+from pneumolab.evaluation.calibration import apply_temperature
+from pneumolab.evaluation.metrics import compute_metrics, metrics_with_ci
+from pneumolab.evaluation.model_card import write_model_card
+from pneumolab.evaluation.predict import predict_logits
+from pneumolab.evaluation.thresholds import choose_threshold
+from pneumolab.io import atomic_write_json, atomic_write_text
+from pneumolab.models.checkpoint import load_model_file
+from pneumolab.training.callbacks import read_history
+
+__all__ = ["evaluate", "resolve_model_file"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_model_file(target: str | Path) -> Path:
+    """A run folder (its ``model.pt``) or a model file."""
+    target = Path(target)
+    if target.is_dir():
+        if not (target / "model.pt").is_file():
+            raise InputError(f"{target} has no model.pt: give a finished run folder or a model file")
+        return target / "model.pt"
+    if not target.is_file():
+        raise InputError(f"{target}: no such run folder or model file")
+    return target
+
+
+def _dataset(data: Path, out: Path) -> tuple[Manifest, Path]:
+    """A dataset folder as is, or any source (Kaggle folder, CSV, npz) indexed into ``out/data``."""
+    if (data / "manifest.csv").is_file():
+        return Manifest.load(data), data
+    index_source(data, out / "data")
+    return Manifest.load(out / "data"), out / "data"
+
+
+def _probabilities(model, meta: dict[str, Any], manifest: Manifest, rows: list[int], data_dir: Path):
+    logits = torch.from_numpy(predict_logits(model, meta["preprocessing"], manifest, rows, data_dir / "cache"))
+    raw = logits.softmax(1)[:, 1].numpy()
+    cal = apply_temperature(logits, meta.get("temperature", 1.0)).numpy()
+    return raw.astype(np.float64), cal.astype(np.float64)
+
+
+def evaluate(
+    model_target: str | Path,
+    data: str | Path,
+    *,
+    split: str = "test",
+    out: str | Path | None = None,
+    policy: str | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Evaluate a model on ``split`` of ``data`` and write predictions, metrics and plots to ``out``.
+
+    Args:
+        model_target: run folder or ``model.pt``.
+        data: dataset folder (``pneumolab data index``), or a Kaggle folder / CSV / npz indexed on the fly.
+        split: ``test``, ``val``, ``train`` or ``all``.
+        out: output folder (default ``<run>/eval/<data name>-<split>``).
+        policy: also report the threshold this policy picks on the model's *validation* split.
+        n_boot: patient-level bootstrap resamples for the CIs.
+    """
+    model_file = resolve_model_file(model_target)
+    model, meta = load_model_file(model_file)
+    data = Path(data)
+    out = Path(out) if out else model_file.parent / "eval" / f"{data.resolve().name}-{split}"
+    manifest, data_dir = _dataset(data, out)
+    rows = list(range(len(manifest))) if split == "all" else manifest.indices(split)
+    if not rows:
+        present = sorted({r.split for r in manifest.records})
+        raise InputError(f"{data} has no {split!r} images (it has {present}); choose --split from those or 'all'")
+    y = np.array([manifest.records[i].target for i in rows])
+    groups = np.array([manifest.records[i].group for i in rows])
+    raw, prob = _probabilities(model, meta, manifest, rows, data_dir)
+
+    threshold = float(meta.get("threshold", 0.5))
+    result: dict[str, Any] = {
+        "model_file": str(model_file),
+        "model": meta["model_name"],
+        "data": str(data.resolve()),
+        "split": split,
+        "threshold": {
+            "value": threshold,
+            "origin": f"chosen on the validation split at training time, policy {meta.get('threshold_policy', 'none')}"
+            if "threshold" in meta
+            else "default 0.5 (the model file stores no threshold)",
+        },
+        "at_threshold": metrics_with_ci(prob, y, groups, threshold, n_boot=n_boot, seed=seed),
+        "at_0.5": metrics_with_ci(prob, y, groups, 0.5, n_boot=n_boot, seed=seed),
+        "calibration": {
+            "temperature": meta.get("temperature", 1.0),
+            "ece_uncalibrated": compute_metrics(raw, y)["ece"],
+            "ece_calibrated": compute_metrics(prob, y)["ece"],
+        },
+        "counts": {c: int((y == i).sum()) for i, c in enumerate(CLASSES)},
+    }
+    own = Path(meta["config"]["data"]["data_dir"]).resolve() == data_dir.resolve()
+    if own and split in ("train", "val"):
+        result["warning"] = f"the {split} split was used to train or select this model: these numbers are optimistic"
+    if policy:
+        result["alternative_threshold"] = _policy_on_validation(model, meta, policy, n_boot, seed, prob, y, groups)
+
+    out.mkdir(parents=True, exist_ok=True)
+    _write_predictions(out / "predictions.csv", manifest, rows, prob, threshold)
+    result["plots"] = _plots(result, prob, raw, y, groups, threshold, model_file, out)
+    atomic_write_json(out / "metrics.json", result)
+    if model_file.name == "model.pt" and (model_file.parent / "config.yaml").is_file():  # inside a run folder
+        evaluations = [json.loads(p.read_text()) for p in sorted(model_file.parent.glob("eval/*/metrics.json"))]
+        write_model_card(model_file.parent, meta, evaluations)
+    return result
+
+
+def _policy_on_validation(model, meta, policy, n_boot, seed, prob, y, groups) -> dict[str, Any]:
+    val_dir = Path(meta["config"]["data"]["data_dir"])
+    val_manifest = Manifest.load(val_dir)
+    val_rows = val_manifest.indices("val")
+    _, val_prob = _probabilities(model, meta, val_manifest, val_rows, val_dir)
+    op = choose_threshold(val_prob, np.array([val_manifest.records[i].target for i in val_rows]), policy)
+    return {
+        "policy": policy,
+        "value": op["threshold"],
+        "origin": f"chosen now on the validation split of {val_dir} (not stored in the model file)",
+        "metrics": metrics_with_ci(prob, y, groups, op["threshold"], n_boot=n_boot, seed=seed),
+    }
+
+
+def _write_predictions(path: Path, manifest: Manifest, rows: list[int], prob: np.ndarray, threshold: float) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "patient_id", "label", "probability", "prediction"])
+    for i, p in zip(rows, prob, strict=True):
+        r = manifest.records[i]
+        w.writerow([r.path, r.patient_id, r.label, f"{p:.6f}", CLASSES[int(p >= threshold)]])
+    atomic_write_text(path, buf.getvalue())
+
+
+def _plots(result, prob, raw, y, groups, threshold, model_file: Path, out: Path) -> dict[str, str]:
+    where = f"{result['split']} split, {Path(result['data']).name}"
+    m = result["at_threshold"]
+    paths = {
+        "roc": plots.plot_roc(prob, y, groups, threshold, m["auroc"], f"ROC ({where})", out / "roc.png"),
+        "pr": plots.plot_pr(prob, y, m["auprc"], f"Precision-recall ({where})", out / "pr.png"),
+        "confusion": plots.plot_confusion(
+            m["confusion"], list(CLASSES), f"t={threshold:.3f} ({where})", out / "confusion.png"
+        ),
+        "reliability": plots.plot_reliability(
+            raw,
+            prob,
+            y,
+            (result["calibration"]["ece_uncalibrated"], result["calibration"]["ece_calibrated"]),
+            f"Reliability ({where})",
+            out / "reliability.png",
+        ),
+    }
+    history = read_history(model_file.parent / "history.csv")
+    if history:
+        paths["curves"] = plots.plot_curves(history, "Training curves (train / validation)", out / "curves.png")
+    return {k: str(v) for k, v in paths.items()}

@@ -1,0 +1,154 @@
+"""Binary classification metrics with patient-level bootstrap confidence intervals.
+
+Every metric is computed from *weighted* confusion counts and weighted rank statistics, so one
+code path serves both the point estimate (all weights 1) and ``B`` bootstrap resamples at once
+(weights = how often each image's patient was drawn, shape ``(B, N)``): no Python loop over
+resamples. The positive class is PNEUMONIA (target 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import numpy as np
+
+from pneumolab.errors import InputError
+
+__all__ = ["METRICS", "bootstrap_weights", "compute_metrics", "metrics_with_ci"]
+
+log = logging.getLogger(__name__)
+
+METRICS = (
+    "accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "npv", "f1",
+    "auroc", "auprc", "brier", "ece",
+)  # fmt: skip
+N_ECE_BINS = 15
+
+
+def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1), np.nan)
+
+
+def _weighted_metrics(prob: np.ndarray, y: np.ndarray, w: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+    """Metrics for each row of ``w`` (shape ``(B, N)``); returns arrays of shape ``(B,)``."""
+    pred = prob >= threshold  # (N,)
+    pos, neg = y == 1, y == 0
+    tp, fn = (w * (pred & pos)).sum(1), (w * (~pred & pos)).sum(1)
+    fp, tn = (w * (pred & neg)).sum(1), (w * (~pred & neg)).sum(1)
+    n = tp + fn + fp + tn
+    sens, spec = _div(tp, tp + fn), _div(tn, tn + fp)
+    prec = _div(tp, tp + fp)
+    out = {
+        "accuracy": _div(tp + tn, n),
+        "balanced_accuracy": (sens + spec) / 2,
+        "sensitivity": sens,
+        "specificity": spec,
+        "precision": prec,
+        "npv": _div(tn, tn + fn),
+        "f1": _div(2 * tp, 2 * tp + fp + fn),
+        "brier": _div((w * (prob - y) ** 2).sum(1), n),
+        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+    }  # fmt: skip
+    out.update(_rank_metrics(prob, y, w))
+    out["ece"] = _ece(prob, y, w)
+    return out
+
+
+def _rank_metrics(prob: np.ndarray, y: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
+    """Weighted AUROC (Mann-Whitney, ties count 1/2) and average precision (AUPRC), per row of ``w``."""
+    order = np.argsort(-prob, kind="stable")  # descending score
+    p, yy, ww = prob[order], y[order], w[:, order]
+    # Group tied scores: metrics only change between distinct thresholds.
+    starts = np.r_[0, np.flatnonzero(np.diff(p)) + 1]  # (G,)
+    wpos = np.add.reduceat(ww * (yy == 1), starts, axis=1)  # (B, G) positive weight per tie group
+    wneg = np.add.reduceat(ww * (yy == 0), starts, axis=1)
+    tp, fp = np.cumsum(wpos, 1), np.cumsum(wneg, 1)  # predicted positive at each group's threshold
+    P, Nn = tp[:, -1], fp[:, -1]
+    # AUROC: each positive beats the negatives ranked below it, and half of those tied with it.
+    neg_below = Nn[:, None] - fp  # negatives with a strictly lower score than the group
+    auroc = _div((wpos * (neg_below + 0.5 * wneg)).sum(1), P * Nn)
+    precision = _div(tp, tp + fp)
+    auprc = _div((wpos * np.nan_to_num(precision)).sum(1), P)
+    return {"auroc": auroc, "auprc": auprc}
+
+
+def _ece(prob: np.ndarray, y: np.ndarray, w: np.ndarray, bins: int = N_ECE_BINS) -> np.ndarray:
+    """Expected calibration error with equal-width bins on P(pneumonia), per row of ``w``."""
+    idx = np.minimum((prob * bins).astype(int), bins - 1)  # (N,)
+    onehot = np.eye(bins)[idx]  # (N, bins)
+    wb = w @ onehot  # (B, bins) weight per bin
+    conf = w @ (onehot * prob[:, None])
+    acc = w @ (onehot * y[:, None])
+    total = wb.sum(1)
+    return _div(np.abs(conf - acc).sum(1), total)
+
+
+def _check(prob: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    prob, y = np.asarray(prob, dtype=np.float64), np.asarray(y).astype(int)
+    if prob.shape != y.shape or prob.ndim != 1 or len(y) == 0:
+        raise InputError(f"need equal-length 1-D probabilities and labels, got {prob.shape} and {y.shape}")
+    if np.isnan(prob).any() or (prob < 0).any() or (prob > 1).any():
+        raise InputError("probabilities must lie in [0, 1] with no NaN")
+    if not set(np.unique(y)) <= {0, 1}:
+        raise InputError(f"labels must be 0/1, got {sorted(set(np.unique(y)))}")
+    return prob, y
+
+
+def compute_metrics(prob: np.ndarray, y: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """All metrics at ``threshold`` (predict pneumonia iff ``prob >= threshold``).
+
+    With one class only, AUROC/AUPRC (and whatever divides by an empty class) are NaN, with a warning.
+    """
+    prob, y = _check(prob, y)
+    if len(np.unique(y)) < 2:
+        warnings.warn("only one class present: AUROC, AUPRC and class-conditional metrics are NaN", stacklevel=2)
+    m = _weighted_metrics(prob, y, np.ones((1, len(y))), threshold)
+    return {k: float(v[0]) for k, v in m.items()}
+
+
+def bootstrap_weights(groups: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """``(n_boot, N)`` image weights from resampling *patients* with replacement.
+
+    Each resample draws as many patients as there are, and every image of a drawn patient gets the
+    number of times its patient was drawn, so a patient's images always travel together.
+    """
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)  # image -> patient index
+    n_groups = inverse.max() + 1
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_groups, size=(n_boot, n_groups))  # (B, G) patients drawn
+    counts = np.zeros((n_boot, n_groups))
+    np.add.at(counts, (np.arange(n_boot)[:, None], draws), 1)
+    return counts[:, inverse]  # (B, N)
+
+
+def metrics_with_ci(
+    prob: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    threshold: float,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """Point estimates and percentile ``1 - alpha`` CIs from a patient-level bootstrap.
+
+    Returns ``{metric: {"value", "ci_low", "ci_high"}, ..., "confusion": {...}, "n_images", "n_patients"}``.
+    Resamples in which a metric is undefined (e.g. no negatives drawn) are left out of its CI.
+    """
+    prob, y = _check(prob, y)
+    point = compute_metrics(prob, y, threshold)
+    boot = _weighted_metrics(prob, y, bootstrap_weights(groups, n_boot, seed), threshold)
+    out: dict[str, Any] = {}
+    for name in METRICS:
+        vals = boot[name][np.isfinite(boot[name])]
+        lo, hi = np.quantile(vals, [alpha / 2, 1 - alpha / 2]) if len(vals) else (np.nan, np.nan)
+        out[name] = {"value": point[name], "ci_low": float(lo), "ci_high": float(hi)}
+    out["confusion"] = {k: int(point[k]) for k in ("tp", "fp", "tn", "fn")}
+    out["n_images"] = len(y)
+    out["n_patients"] = len(np.unique(groups))
+    out["bootstrap"] = {"resamples": n_boot, "seed": seed, "unit": "patient", "ci": 1 - alpha}
+    return out

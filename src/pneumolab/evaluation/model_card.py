@@ -1,0 +1,90 @@
+"""``MODEL_CARD.md`` for a run: intended use, data, preprocessing, metrics with CIs, operating point,
+calibration and known limitations (Mitchell et al., "Model Cards for Model Reporting", 2019)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pneumolab.io import atomic_write_text
+
+__all__ = ["render_model_card", "write_model_card"]
+
+_ROWS = ("auroc", "sensitivity", "specificity", "precision", "npv", "f1", "balanced_accuracy", "accuracy", "ece")
+
+
+def _fmt(m: dict[str, float]) -> str:
+    return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+
+
+def render_model_card(meta: dict[str, Any], evaluations: list[dict[str, Any]]) -> str:
+    """Markdown text of the card from a model file's metadata and its evaluations (``metrics.json``)."""
+    cfg, pre = meta["config"], meta["preprocessing"]
+    op = meta.get("operating_point", {})
+    lines = [
+        f"# Model card: {cfg['name']} ({meta['model_name']})",
+        "",
+        "## Intended use",
+        "Research and **decision support only**: flags chest X-rays that may show pneumonia for a clinician to "
+        "review. It is **not a diagnostic device**, has no regulatory clearance, and must not be used to rule "
+        "pneumonia in or out without a qualified reader.",
+        "",
+        "## Model",
+        f"- Architecture: `{meta['model_name']}` ({meta['model_kwargs']}), pneumolab {meta.get('version', '?')}",
+        f"- Training: {cfg['trainer']['max_epochs']} epochs max, {cfg['optim']['optimizer']} lr {cfg['optim']['lr']}, "
+        f"best epoch {meta.get('best_epoch')} selected on validation {cfg['trainer']['monitor']}",
+        "",
+        "## Data and splits",
+        f"- Training data: `{cfg['data']['data_dir']}`; validation split carved from train by patient "
+        "(patient-disjoint, stratified, seeded); test data is read only by `pneumolab evaluate`.",
+        "- Synthetic training images: " + (", ".join(cfg["data"]["synthetic"]) or "none"),
+        "",
+        "## Preprocessing (rebuilt from the model file at inference)",
+        f"- Grayscale, resized to {pre['image_size']}x{pre['image_size']} (aspect ratio not kept), "
+        f"normalisation `{pre['normalization']}` (mean {pre['mean']:.4f}, std {pre['std']:.4f} from the training "
+        "split only)",
+        "",
+        "## Operating point and calibration",
+        f"- Threshold {meta.get('threshold', 0.5):.4f} on P(pneumonia), "
+        f"policy `{meta.get('threshold_policy', 'none')}`, "
+        f"chosen on the validation split (sensitivity {op.get('sensitivity', float('nan')):.3f}, "
+        f"specificity {op.get('specificity', float('nan')):.3f} there)",
+        f"- Temperature scaling T = {meta.get('temperature', 1.0):.3f} fitted on validation; "
+        f"validation ECE {meta.get('calibration', {}).get('ece_before', float('nan')):.3f} -> "
+        f"{meta.get('calibration', {}).get('ece_after', float('nan')):.3f}",
+        "",
+        "## Metrics (95% CIs from a patient-level bootstrap)",
+    ]
+    if not evaluations:
+        lines.append("No evaluation yet: run `pneumolab evaluate RUN --data DATA`.")
+    for ev in evaluations:
+        m = ev["at_threshold"]
+        lines += [
+            "",
+            f"### {ev['split']} split of `{ev['data']}` ({m['n_images']} images, {m['n_patients']} patients)",
+            f"Threshold {ev['threshold']['value']:.4f} ({ev['threshold']['origin']}).",
+            *([f"**Warning:** {ev['warning']}."] if ev.get("warning") else []),
+            "",
+            "| metric | value [95% CI] |",
+            "| --- | --- |",
+            *[f"| {k} | {_fmt(m[k])} |" for k in _ROWS],
+        ]
+    lines += [
+        "",
+        "## Known limitations",
+        "- Trained on pediatric (1-5 years) anterior-posterior chest X-rays from a single centre (Guangzhou "
+        "Women and Children's Medical Center, Kermany et al. 2018); adults, PA/lateral views, other hospitals, "
+        "scanners and post-processing are out of distribution.",
+        "- Internal validation is nearly saturated on this dataset, while the official test split shows a known "
+        "acquisition shift (specificity drops sharply): report specificity, not only AUROC, on external data.",
+        "- Labels are image-level NORMAL/PNEUMONIA from the source; bacterial vs viral and other findings are not "
+        "distinguished. Prevalence differs between sites, so PPV/NPV do not transfer.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(run_dir: Path, meta: dict[str, Any], evaluations: list[dict[str, Any]]) -> Path:
+    path = Path(run_dir) / "MODEL_CARD.md"
+    atomic_write_text(path, render_model_card(meta, evaluations))
+    return path

@@ -1,0 +1,115 @@
+"""Evaluation figures (PNG): ROC with a bootstrap band and the operating point, precision-recall,
+confusion matrix, reliability diagram and training curves. Every title names the split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+import numpy as np
+
+from pneumolab.evaluation.metrics import N_ECE_BINS, bootstrap_weights
+from pneumolab.io import atomic_path
+
+__all__ = ["plot_confusion", "plot_curves", "plot_pr", "plot_reliability", "plot_roc", "roc_band"]
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return path
+
+
+def _roc_points(prob: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted ROC for each row of ``w``: (B, G+1) FPR and TPR at every distinct threshold."""
+    order = np.argsort(-prob, kind="stable")
+    p, yy, ww = prob[order], y[order], w[:, order]
+    starts = np.r_[0, np.flatnonzero(np.diff(p)) + 1]
+    tp = np.cumsum(np.add.reduceat(ww * (yy == 1), starts, axis=1), 1)
+    fp = np.cumsum(np.add.reduceat(ww * (yy == 0), starts, axis=1), 1)
+    zeros = np.zeros((len(w), 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.hstack([zeros, fp / fp[:, -1:]]), np.hstack([zeros, tp / tp[:, -1:]])
+
+
+def roc_band(prob, y, groups, n_boot: int = 300, seed: int = 0, grid: int = 101):
+    """FPR grid, ROC TPR and its 95% patient-bootstrap band (2.5th/97.5th percentiles)."""
+    fpr_grid = np.linspace(0, 1, grid)
+    fpr, tpr = _roc_points(prob, y, np.ones((1, len(y))))
+    curve = np.interp(fpr_grid, fpr[0], tpr[0])
+    bf, bt = _roc_points(prob, y, bootstrap_weights(groups, n_boot, seed))
+    ok = np.isfinite(bf[:, -1]) & np.isfinite(bt[:, -1])
+    band = np.array([np.interp(fpr_grid, f, t) for f, t in zip(bf[ok], bt[ok], strict=True)])
+    return fpr_grid, curve, np.quantile(band, 0.025, axis=0), np.quantile(band, 0.975, axis=0)
+
+
+def plot_roc(prob, y, groups, threshold: float, auroc: dict, title: str, path: Path) -> Path:
+    grid, curve, lo, hi = roc_band(prob, y, groups)
+    pred = prob >= threshold
+    sens = (pred & (y == 1)).sum() / max(1, (y == 1).sum())
+    spec = (~pred & (y == 0)).sum() / max(1, (y == 0).sum())
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.fill_between(grid, lo, hi, alpha=0.25, label="95% CI (patient bootstrap)")
+    ax.plot(grid, curve, label=f"AUROC {auroc['value']:.3f} [{auroc['ci_low']:.3f}, {auroc['ci_high']:.3f}]")
+    ax.plot([1 - spec], [sens], "o", color="C3", label=f"operating point t={threshold:.3f}")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=7)
+    return _save(fig, path)
+
+
+def plot_pr(prob, y, auprc: dict, title: str, path: Path) -> Path:
+    order = np.argsort(-prob, kind="stable")
+    tp = np.cumsum(y[order] == 1)
+    fp = np.cumsum(y[order] == 0)
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.step(tp / max(1, tp[-1]), tp / (tp + fp), where="post", label=f"AUPRC {auprc['value']:.3f}")
+    ax.axhline((y == 1).mean(), ls=":", color="grey", label="prevalence")
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower left", fontsize=7)
+    return _save(fig, path)
+
+
+def plot_confusion(confusion: dict, classes: list[str], title: str, path: Path) -> Path:
+    m = np.array([[confusion["tn"], confusion["fp"]], [confusion["fn"], confusion["tp"]]])  # rows: truth
+    fig, ax = plt.subplots(figsize=(3.8, 3.4))
+    ax.imshow(m, cmap="Blues")
+    for (i, j), v in np.ndenumerate(m):
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > m.max() / 2 else "black")
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=classes, yticklabels=classes, xlabel="predicted",
+           ylabel="true", title=title)  # fmt: skip
+    return _save(fig, path)
+
+
+def plot_reliability(prob_raw, prob_cal, y, ece: tuple[float, float], title: str, path: Path) -> Path:
+    edges = np.linspace(0, 1, N_ECE_BINS + 1)
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    for p, name, e in ((prob_raw, "uncalibrated", ece[0]), (prob_cal, "temperature-scaled", ece[1])):
+        idx = np.minimum((p * N_ECE_BINS).astype(int), N_ECE_BINS - 1)
+        has = np.bincount(idx, minlength=N_ECE_BINS) > 0
+        conf = np.bincount(idx, p, N_ECE_BINS)[has] / np.bincount(idx, minlength=N_ECE_BINS)[has]
+        acc = np.bincount(idx, y, N_ECE_BINS)[has] / np.bincount(idx, minlength=N_ECE_BINS)[has]
+        ax.plot(conf, acc, "o-", label=f"{name} (ECE {e:.3f})")
+    ax.plot(edges, edges, ":", color="grey")
+    ax.set(xlabel="predicted P(pneumonia)", ylabel="observed pneumonia rate", title=title, xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left", fontsize=7)
+    return _save(fig, path)
+
+
+def plot_curves(history: list[dict[str, float]], title: str, path: Path) -> Path:
+    """Loss, accuracy and AUROC per epoch from a run's ``history.csv``."""
+    epochs = [int(r["epoch"]) for r in history]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for ax, key in zip(axes, ("loss", "acc", "auroc"), strict=True):
+        for split in ("train", "val"):
+            vals = [r.get(f"{split}/{key}", np.nan) for r in history]
+            if not np.all(np.isnan(vals)):
+                ax.plot(epochs, vals, "o-", label=split)
+        ax.set(xlabel="epoch", title=key)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -402,6 +402,28 @@ def evaluate_cmd(
     typer.echo(f"wrote {Path(r['plots']['roc']).parent}")
 
 
+@_command(
+    app,
+    "compare",
+    [
+        "pneumolab compare runs/train/cnn_base runs/train/resnet18 --data runs/data/kermany --split val --out runs/rep",
+        "pneumolab compare runs/train/* --data path/to/chest_xray --split test --out runs/report-test",
+    ],
+)
+def compare_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (or model files) to compare.")],
+    data: Annotated[Path, typer.Option(help="Dataset folder, Kaggle-layout folder, CSV or npz.")],
+    out: Annotated[Path, typer.Option(help="Folder for report.md, report.html and figures.")],
+    split: Annotated[str, typer.Option(help="test, val, train or all.")] = "test",
+    n_boot: Annotated[int, typer.Option(help="Patient-level bootstrap resamples.")] = 2000,
+) -> None:
+    """Comparison report (the study's table, CIs, paired AUROC tests, GAN section) over runs on one split."""
+    from pneumolab.evaluation.report import compare
+
+    path = compare(runs, data, out, split=split, n_boot=n_boot)
+    typer.echo(f"wrote {path} and {path.with_suffix('.md')}")
+
+
 @_command(app, "models", ["pneumolab models", "pneumolab models --size 224"])
 def models_cmd(size: Size = 128) -> None:
     """List every registered model with its parameters and GFLOPs at SIZE x SIZE (1 channel)."""

@@ -25,7 +25,7 @@ def fit_temperature(logits: torch.Tensor, y: torch.Tensor, max_iter: int = 200) 
         return loss
 
     opt.step(closure)
-    return float(log_t.exp().clamp(0.05, 20.0))
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:

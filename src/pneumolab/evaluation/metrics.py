@@ -16,7 +16,7 @@ import numpy as np
 
 from pneumolab.errors import InputError
 
-__all__ = ["METRICS", "bootstrap_weights", "compute_metrics", "metrics_with_ci"]
+__all__ = ["METRICS", "bootstrap_weights", "compute_metrics", "metrics_with_ci", "rank_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +52,12 @@ def _weighted_metrics(prob: np.ndarray, y: np.ndarray, w: np.ndarray, threshold:
         "brier": _div((w * (prob - y) ** 2).sum(1), n),
         "tp": tp, "fp": fp, "tn": tn, "fn": fn,
     }  # fmt: skip
-    out.update(_rank_metrics(prob, y, w))
+    out.update(rank_metrics(prob, y, w))
     out["ece"] = _ece(prob, y, w)
     return out
 
 
-def _rank_metrics(prob: np.ndarray, y: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
+def rank_metrics(prob: np.ndarray, y: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
     """Weighted AUROC (Mann-Whitney, ties count 1/2) and average precision (AUPRC), per row of ``w``."""
     order = np.argsort(-prob, kind="stable")  # descending score
     p, yy, ww = prob[order], y[order], w[:, order]

@@ -3,6 +3,7 @@ confusion matrix, reliability diagram and training curves. Every title names the
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -14,13 +15,20 @@ import numpy as np
 from pneumolab.evaluation.metrics import N_ECE_BINS, bootstrap_weights
 from pneumolab.io import atomic_path
 
-__all__ = ["plot_confusion", "plot_curves", "plot_pr", "plot_reliability", "plot_roc", "roc_band"]
+__all__ = ["fig_to_png", "plot_confusion", "plot_curves", "plot_pr", "plot_reliability", "plot_roc", "roc_band"]
+
+
+def fig_to_png(fig) -> bytes:
+    """Render and close a figure; PNG bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def _save(fig, path: Path) -> Path:
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
+        tmp.write_bytes(fig_to_png(fig))
     return path
 
 

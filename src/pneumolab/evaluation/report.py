@@ -1,0 +1,232 @@
+"""``pneumolab compare``: the study's comparison table and more, from runs evaluated on the same data.
+
+Writes ``report.md`` and a self-contained ``report.html`` (plots embedded): one row per run with
+accuracy, precision, recall, F1 (the study's table) plus AUROC, sensitivity, specificity with 95%
+patient-bootstrap CIs, size and cost; pairwise AUROC differences from a *paired* patient bootstrap
+with p-values; and sections for GAN-augmented vs plain runs when both are present.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import logging
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from pneumolab.errors import InputError
+from pneumolab.evaluation.evaluate import evaluate, resolve_model_file
+from pneumolab.evaluation.metrics import bootstrap_weights, rank_metrics
+from pneumolab.evaluation.plots import fig_to_png, roc_band
+from pneumolab.io import atomic_path, atomic_write_text
+from pneumolab.models import count_flops
+from pneumolab.models.checkpoint import load_model_file
+
+__all__ = ["RunResult", "compare", "paired_auroc_test"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    name: str
+    run_dir: Path
+    meta: dict[str, Any]
+    summary: dict[str, Any]
+    metrics: dict[str, Any]
+    predictions: dict[str, tuple[float, int, str]]  # path -> (probability, label, patient group)
+    params: int
+    gflops: float
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.meta["config"]["data"].get("synthetic"))
+
+
+def _load_run(run: Path, data: Path, split: str, n_boot: int) -> RunResult:
+    model_file = resolve_model_file(run)
+    out = model_file.parent / "eval" / f"{data.resolve().name}-{split}"
+    metrics_file = out / "metrics.json"
+    fresh = metrics_file.is_file() and metrics_file.stat().st_mtime >= model_file.stat().st_mtime
+    metrics = (
+        json.loads(metrics_file.read_text())
+        if fresh
+        else evaluate(model_file, data, split=split, out=out, n_boot=n_boot)
+    )
+    if Path(metrics["data"]) != data.resolve():
+        metrics = evaluate(model_file, data, split=split, out=out, n_boot=n_boot)
+    model, meta = load_model_file(model_file)
+    with (out / "predictions.csv").open() as f:
+        preds = {r["path"]: (float(r["probability"]), int(r["label"] == "PNEUMONIA"), r["patient_id"] or r["path"])
+                 for r in csv.DictReader(f)}  # fmt: skip
+    summary_file = model_file.parent / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    size = meta["preprocessing"]["image_size"]
+    return RunResult(
+        name=meta["config"].get("name", model_file.parent.name) if model_file.parent.name != "." else run.name,
+        run_dir=model_file.parent, meta=meta, summary=summary, metrics=metrics, predictions=preds,
+        params=sum(p.numel() for p in model.parameters()), gflops=count_flops(model, size) / 1e9,
+    )  # fmt: skip
+
+
+def paired_auroc_test(a: RunResult, b: RunResult, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
+    """AUROC(a) - AUROC(b) on the images both predicted, with a paired patient-level bootstrap.
+
+    Both models are scored on the *same* resampled patients in every resample, so the CI and the
+    two-sided p-value (2 x the smaller tail share of differences at or beyond 0) reflect the
+    correlation between them.
+    """
+    common = sorted(set(a.predictions) & set(b.predictions))
+    if not common:
+        raise InputError(f"runs {a.name} and {b.name} share no evaluated images; evaluate them on the same data")
+    pa = np.array([a.predictions[k][0] for k in common])
+    pb = np.array([b.predictions[k][0] for k in common])
+    y = np.array([a.predictions[k][1] for k in common])
+    groups = np.array([a.predictions[k][2] for k in common])
+    w = np.vstack([np.ones(len(common)), bootstrap_weights(groups, n_boot, seed)])  # row 0: the point estimate
+    diff = rank_metrics(pa, y, w)["auroc"] - rank_metrics(pb, y, w)["auroc"]
+    boot = diff[1:][np.isfinite(diff[1:])]
+    p = min(1.0, 2 * min((boot <= 0).mean(), (boot >= 0).mean()))
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return {"diff": float(diff[0]), "ci_low": float(lo), "ci_high": float(hi), "p_value": float(p), "n": len(common)}
+
+
+def _ci(m: dict[str, float]) -> str:
+    return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> dict[str, Any]:
+    return {"header": header, "rows": rows}
+
+
+def _main_tables(runs: list[RunResult]) -> list[tuple[str, dict[str, Any]]]:
+    def values(r: RunResult, at: str, keys: tuple[str, ...]) -> list[str]:
+        return [f"{r.metrics[at][k]['value']:.4f}" for k in keys]
+
+    study = _table(
+        ["run", "accuracy", "precision", "recall", "F1", "accuracy @0.5", "F1 @0.5"],
+        [[r.name, *values(r, "at_threshold", ("accuracy", "precision", "sensitivity", "f1")),
+          *values(r, "at_0.5", ("accuracy", "f1"))] for r in runs],
+    )  # fmt: skip
+    full = _table(
+        ["run", "AUROC [95% CI]", "sensitivity", "specificity", "balanced acc.", "ECE", "threshold (policy)"],
+        [[r.name, _ci(r.metrics["at_threshold"]["auroc"]), _ci(r.metrics["at_threshold"]["sensitivity"]),
+          _ci(r.metrics["at_threshold"]["specificity"]), _ci(r.metrics["at_threshold"]["balanced_accuracy"]),
+          f"{r.metrics['calibration']['ece_calibrated']:.3f}",
+          f"{r.metrics['threshold']['value']:.3f} ({r.meta.get('threshold_policy', '-')})"] for r in runs],
+    )  # fmt: skip
+    cost = _table(
+        ["run", "model", "params", "GFLOPs", "image px", "epochs (best)", "train wall s", "train img/s", "synthetic"],
+        [[r.name, r.meta["model_name"], f"{r.params:,}", f"{r.gflops:.2f}", str(r.meta["preprocessing"]["image_size"]),
+          f"{r.summary.get('epochs_run', '?')} ({r.summary.get('best_epoch', '?')})", str(r.summary.get("wall_s", "?")),
+          str(r.summary.get("train_images_per_s", "?")), "yes" if r.synthetic else "no"] for r in runs],
+    )  # fmt: skip
+    return [
+        ("The study's table (at each model's validation-chosen threshold; recall = sensitivity)", study),
+        ("Discrimination, operating point and calibration (95% patient-bootstrap CIs)", full),
+        ("Size and cost", cost),
+    ]
+
+
+def _pairwise(runs: list[RunResult], n_boot: int) -> dict[str, Any]:
+    rows = []
+    for a, b in combinations(runs, 2):
+        t = paired_auroc_test(a, b, n_boot)
+        verdict = "yes" if t["p_value"] < 0.05 else "no"
+        rows.append([a.name, b.name, f"{t['diff']:+.4f}", f"[{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]",
+                     f"{t['p_value']:.3f}", verdict])  # fmt: skip
+    return _table(["A", "B", "AUROC A - B", "95% CI", "p (paired bootstrap)", "significant at 5%?"], rows)
+
+
+def _gan_section(runs: list[RunResult], n_boot: int) -> dict[str, Any] | None:
+    rows = []
+    for g in (r for r in runs if r.synthetic):
+        for p in (r for r in runs if not r.synthetic and r.meta["model_name"] == g.meta["model_name"]):
+            t = paired_auroc_test(g, p, n_boot)
+            dspec = (
+                g.metrics["at_threshold"]["specificity"]["value"] - p.metrics["at_threshold"]["specificity"]["value"]
+            )
+            diff = f"{t['diff']:+.4f} [{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]"
+            rows.append([g.meta["model_name"], g.name, p.name, diff, f"{t['p_value']:.3f}", f"{dspec:+.4f}"])
+    if not rows:
+        return None
+    return _table(
+        ["model", "with GAN images", "without", "AUROC difference [95% CI]", "p", "specificity difference"], rows
+    )
+
+
+def _roc_figure(runs: list[RunResult], title: str) -> bytes:
+    fig, ax = plt.subplots(figsize=(5.2, 5))
+    for r in runs:
+        vals = list(r.predictions.values())
+        p, y, g = (np.array([v[i] for v in vals]) for i in range(3))
+        grid, curve, lo, hi = roc_band(p, y, g)
+        line = ax.plot(grid, curve, label=f"{r.name} ({r.metrics['at_threshold']['auroc']['value']:.3f})")[0]
+        ax.fill_between(grid, lo, hi, alpha=0.12, color=line.get_color())
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=7)
+    return fig_to_png(fig)
+
+
+def _md_table(t: dict[str, Any]) -> str:
+    lines = ["| " + " | ".join(t["header"]) + " |", "|" + " --- |" * len(t["header"])]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in t["rows"]])
+
+
+def _html_table(t: dict[str, Any]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in t["header"])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in t["rows"])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def compare(runs: list[Path], data: str | Path, out: str | Path, *, split: str = "test", n_boot: int = 2000) -> Path:
+    """Evaluate (or reuse the evaluations of) ``runs`` on one split of ``data`` and write the report to ``out``.
+
+    Returns:
+        The path of ``report.html``.
+    """
+    if not runs:
+        raise InputError("give at least one run folder to compare")
+    data, out = Path(data), Path(out)
+    results = [_load_run(Path(r), data, split, n_boot) for r in runs]
+    where = f"{split} split of {data.resolve()}"
+    sections: list[tuple[str, Any]] = list(_main_tables(results))
+    if len(results) > 1:
+        sections.append(("Pairwise AUROC comparisons (paired patient-level bootstrap)", _pairwise(results, n_boot)))
+    if (gan := _gan_section(results, n_boot)) is not None:
+        sections.append(("GAN augmentation: runs with synthetic training images vs the same model without", gan))
+    roc = _roc_figure(results, f"ROC, {where}")
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "roc.png", suffix=".png") as tmp:
+        tmp.write_bytes(roc)  # also embedded in report.html
+    intro = (
+        f"Evaluated on the **{where}**. Thresholds were chosen on each run's validation split when training "
+        "ended and are not changed here. Intervals are 95% percentile CIs from a bootstrap that resamples "
+        f"patients ({n_boot} resamples). A difference is only called significant when its paired-bootstrap "
+        "p-value is below 0.05. Model cards: " + ", ".join(f"`{r.run_dir / 'MODEL_CARD.md'}`" for r in results)
+    )
+    md = [f"# pneumolab comparison report\n\n{intro}\n"]
+    for title, table in sections:
+        md.append(f"## {title}\n\n{_md_table(table)}\n")
+    md.append("## ROC curves\n\n![ROC](roc.png)\n")
+    atomic_write_text(out / "report.md", "\n".join(md))
+    img = base64.b64encode(roc).decode()
+    body = "".join(f"<h2>{html.escape(t)}</h2>{_html_table(tab)}" for t, tab in sections)
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>pneumolab comparison</title><style>"
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px}"
+        "th{background:#f2f2f2}</style></head><body><h1>pneumolab comparison report</h1>"
+        f"<p>{html.escape(intro).replace('**', '')}</p>{body}<h2>ROC curves</h2>"
+        f"<img alt='ROC curves' src='data:image/png;base64,{img}'></body></html>"
+    )
+    atomic_write_text(out / "report.html", page)
+    return out / "report.html"

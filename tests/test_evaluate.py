@@ -1,0 +1,111 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_train_args
+
+from pneumolab.cli import main
+from pneumolab.evaluation.evaluate import evaluate
+from pneumolab.evaluation.report import compare
+from pneumolab.models.checkpoint import load_model_file
+
+
+@pytest.fixture(scope="module")
+def two_runs(sample_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    assert main(tiny_train_args(sample_data, out)) == 0
+    assert main(tiny_train_args(sample_data, out, "-c", "cpu/cnn_improved", "trainer.max_epochs=1")) == 0
+    return out / "cnn_base", out / "cnn_improved"
+
+
+def test_training_stores_a_validation_operating_point(two_runs) -> None:
+    _, meta = load_model_file(two_runs[0] / "model.pt")
+    assert 0 < meta["threshold"] < 1 and meta["threshold_policy"] == "youden"
+    assert meta["operating_point"]["split"] == "val" and meta["temperature"] > 0
+    card = (two_runs[0] / "MODEL_CARD.md").read_text()
+    assert "not a diagnostic device" in card and "pediatric" in card
+
+
+def test_evaluate_writes_predictions_metrics_plots_and_keeps_the_threshold(
+    two_runs, sample_data, tmp_path, capsys
+) -> None:
+    run = two_runs[0]
+    before = (run / "model.pt").read_bytes()
+    code = main(["evaluate", str(run), "--data", str(sample_data), "--out", str(tmp_path), "--n-boot", "300",
+                 "--policy", "sensitivity>=0.95"])  # fmt: skip
+    assert code == 0
+    assert "threshold" in capsys.readouterr().out
+    assert (run / "model.pt").read_bytes() == before  # evaluate never changes the stored threshold
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    _, meta = load_model_file(run / "model.pt")
+    assert m["split"] == "test" and m["threshold"]["value"] == meta["threshold"]
+    assert "validation" in m["threshold"]["origin"]
+    assert m["alternative_threshold"]["policy"] == "sensitivity>=0.95"
+    assert m["alternative_threshold"]["metrics"]["sensitivity"]["value"] >= m["at_threshold"]["sensitivity"]["value"]
+    auroc = m["at_threshold"]["auroc"]
+    assert auroc["ci_low"] <= auroc["value"] <= auroc["ci_high"]
+    with open(tmp_path / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == m["at_threshold"]["n_images"] == 75 and rows[0].keys() == {
+        "path", "patient_id", "label", "probability", "prediction",
+    }  # fmt: skip
+    t = m["threshold"]["value"]
+    assert all((r["prediction"] == "PNEUMONIA") == (float(r["probability"]) >= t) for r in rows)
+    for name in ("roc", "pr", "confusion", "reliability", "curves"):
+        assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    tp = sum(r["label"] == r["prediction"] == "PNEUMONIA" for r in rows)
+    assert m["at_threshold"]["confusion"]["tp"] == tp
+
+
+def test_evaluating_the_selection_split_warns(two_runs, sample_data, tmp_path) -> None:
+    m = evaluate(two_runs[0], sample_data, split="val", out=tmp_path, n_boot=100)
+    assert "optimistic" in m["warning"]
+
+
+def test_evaluate_on_a_raw_folder_indexes_it_first(two_runs, tmp_path) -> None:
+    from pneumolab.data import sample_root
+
+    m = evaluate(two_runs[0], sample_root(), split="test", out=tmp_path / "ext", n_boot=100)
+    assert m["at_threshold"]["n_images"] == 75 and (tmp_path / "ext" / "data" / "manifest.csv").is_file()
+
+
+def test_evaluate_errors(two_runs, sample_data, tmp_path, capsys) -> None:
+    assert main(["evaluate", str(tmp_path), "--data", str(sample_data)]) == 2
+    assert "no model.pt" in capsys.readouterr().err
+    assert main(["evaluate", str(two_runs[0]), "--data", str(sample_data), "--split", "holdout"]) == 2
+
+
+def test_compare_renders_every_section(two_runs, sample_data, tmp_path) -> None:
+    import yaml
+
+    # A third run that claims synthetic training images, to render the GAN section.
+    gan = tmp_path / "gan_run"
+    gan.mkdir()
+    model, meta = load_model_file(two_runs[0] / "model.pt")
+    meta["config"]["data"]["synthetic"] = ["runs/gan/pneumonia"]
+    meta["config"]["name"] = "cnn_base_gan"
+    from pneumolab.models.checkpoint import save_model_file
+
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    save_model_file(gan / "model.pt", model, {k: v for k, v in meta.items() if k not in ("format", "version")})
+    (gan / "config.yaml").write_text(yaml.safe_dump(meta["config"]))
+    html = compare([*two_runs, gan], sample_data, tmp_path / "report", n_boot=200)
+    text = (tmp_path / "report" / "report.md").read_text()
+    for section in ("The study's table", "Discrimination", "Size and cost", "Pairwise AUROC", "GAN augmentation"):
+        assert section in text, section
+    assert "cnn_base_gan" in text and "p (paired bootstrap)" in text
+    page = html.read_text()
+    assert page.startswith("<!doctype html>") and "data:image/png;base64," in page and "<table>" in page
+
+
+def test_paired_test_of_a_model_against_itself_is_not_significant(two_runs, sample_data) -> None:
+    from pneumolab.evaluation.report import _load_run, paired_auroc_test
+
+    r = _load_run(two_runs[0], sample_data, "test", 200)
+    t = paired_auroc_test(r, r, n_boot=200)
+    assert t["diff"] == 0 and t["p_value"] == 1.0 and np.isclose(t["ci_low"], 0)

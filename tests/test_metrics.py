@@ -1,0 +1,110 @@
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score
+from torchmetrics.functional.classification import binary_calibration_error
+
+from pneumolab.errors import InputError
+from pneumolab.evaluation.calibration import apply_temperature, fit_temperature
+from pneumolab.evaluation.metrics import bootstrap_weights, compute_metrics, metrics_with_ci
+from pneumolab.evaluation.thresholds import choose_threshold, parse_policy
+
+
+def test_metrics_match_hand_computed_values() -> None:
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    p = np.array([0.9, 0.8, 0.6, 0.3, 0.7, 0.4, 0.2, 0.1, 0.1, 0.05])
+    m = compute_metrics(p, y, threshold=0.5)
+    # At 0.5: TP=3 (0.9, 0.8, 0.6), FN=1 (0.3), FP=1 (0.7), TN=5.
+    assert (m["tp"], m["fn"], m["fp"], m["tn"]) == (3, 1, 1, 5)
+    assert m["sensitivity"] == pytest.approx(3 / 4)
+    assert m["specificity"] == pytest.approx(5 / 6)
+    assert m["precision"] == pytest.approx(3 / 4)
+    assert m["npv"] == pytest.approx(5 / 6)
+    assert m["accuracy"] == pytest.approx(8 / 10)
+    assert m["balanced_accuracy"] == pytest.approx((3 / 4 + 5 / 6) / 2)
+    assert m["f1"] == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
+    # AUROC: of 4x6 positive-negative pairs, only (0.6 vs 0.7), (0.3 vs 0.7), (0.3 vs 0.4) are misordered.
+    assert m["auroc"] == pytest.approx(21 / 24)
+    assert m["brier"] == pytest.approx(np.mean((p - y) ** 2))
+
+
+def test_rank_metrics_and_ece_agree_with_reference_implementations() -> None:
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 400)
+    p = np.round(np.clip(0.35 * y + 0.65 * rng.random(400), 0, 1), 2)  # many ties
+    m = compute_metrics(p, y)
+    assert m["auroc"] == pytest.approx(roc_auc_score(y, p))
+    assert m["auprc"] == pytest.approx(average_precision_score(y, p))
+    ref = binary_calibration_error(torch.tensor(p), torch.tensor(y), n_bins=15, norm="l1")
+    assert m["ece"] == pytest.approx(float(ref), abs=1e-6)
+
+
+def test_one_class_only_gives_nan_with_a_warning_not_a_crash() -> None:
+    with pytest.warns(UserWarning, match="only one class"):
+        m = compute_metrics(np.array([0.2, 0.9]), np.array([1, 1]))
+    assert np.isnan(m["auroc"]) and np.isnan(m["specificity"]) and m["sensitivity"] == 0.5
+
+
+def test_bad_inputs_raise() -> None:
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        compute_metrics(np.array([1.2]), np.array([1]))
+    with pytest.raises(InputError, match="equal-length"):
+        compute_metrics(np.array([0.1, 0.2]), np.array([1]))
+
+
+def test_bootstrap_keeps_a_patients_images_together() -> None:
+    groups = np.array(["a", "a", "a", "b", "c", "c"])
+    w = bootstrap_weights(groups, n_boot=500, seed=0)
+    assert w.shape == (500, 6)
+    assert (w[:, 0] == w[:, 1]).all() and (w[:, 1] == w[:, 2]).all() and (w[:, 4] == w[:, 5]).all()
+    assert (w[:, [0, 3, 4]].sum(1) == 3).all()  # 3 patients drawn per resample
+
+
+def test_ci_is_seeded_and_contains_the_point_estimate() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    p = np.clip(0.3 * y + 0.7 * rng.random(200), 0, 1)
+    groups = np.arange(200) // 4
+    a = metrics_with_ci(p, y, groups, 0.5, n_boot=500, seed=3)
+    b = metrics_with_ci(p, y, groups, 0.5, n_boot=500, seed=3)
+    c = metrics_with_ci(p, y, groups, 0.5, n_boot=500, seed=4)
+    assert a == b and a["auroc"] != c["auroc"]
+    for name in ("auroc", "sensitivity", "specificity", "f1", "ece"):
+        assert a[name]["ci_low"] <= a[name]["value"] <= a[name]["ci_high"], name
+    assert a["n_patients"] == 50 and a["bootstrap"]["unit"] == "patient"
+
+
+def test_threshold_policies() -> None:
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
+    youden = choose_threshold(p, y, "youden")
+    # t=0.4: sens 1, spec 3/4 (J=.75); t=0.7: sens 3/4, spec 1 (J=.75): the tie goes to the higher threshold.
+    assert youden["threshold"] == 0.7 and youden["specificity"] == 1.0
+    sens = choose_threshold(p, y, "sensitivity>=0.95")
+    assert sens["threshold"] == 0.4 and sens["sensitivity"] == 1.0
+    spec = choose_threshold(p, y, "specificity>=0.75")
+    assert spec["threshold"] == 0.4 and spec["specificity"] == 0.75
+    assert choose_threshold(p, y, "fixed=0.5")["threshold"] == 0.5
+    assert parse_policy("Sensitivity >= 0.9") == ("sensitivity", 0.9)
+    with pytest.raises(InputError, match="not understood"):
+        parse_policy("sensitivity>0.9")
+
+
+def test_temperature_scaling_lowers_ece_on_an_overconfident_toy() -> None:
+    torch.manual_seed(0)
+    n = 4000
+    y = torch.randint(0, 2, (n,))
+    x = (y.float() * 2 - 1) + torch.randn(n)  # class means -1/+1, unit variance: the true log-odds is 2x...
+    logits = torch.stack([torch.zeros(n), 2 * x * 4], dim=1)  # ...made 4x overconfident
+    t = fit_temperature(logits, y)
+    assert 3.0 < t < 5.0
+    before = compute_metrics(logits.softmax(1)[:, 1].double().numpy(), y.numpy())["ece"]
+    after = compute_metrics(apply_temperature(logits, t).double().numpy(), y.numpy())["ece"]
+    assert after < before / 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        auc_before = compute_metrics(logits.softmax(1)[:, 1].double().numpy(), y.numpy())["auroc"]
+        after_auc = compute_metrics(apply_temperature(logits, t).double().numpy(), y.numpy())["auroc"]
+        assert after_auc == pytest.approx(auc_before, abs=1e-4)  # rankings kept (up to float32 saturation ties)

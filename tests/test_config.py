@@ -65,3 +65,13 @@ def test_every_preset_is_valid_and_names_a_registered_model(preset: str) -> None
     cfg = load_config(TrainConfig, preset, ["data.data_dir=d"])
     assert cfg.model.name in list_models()
     assert cfg.data.image_size == (128 if preset.startswith("cpu/") else 224)
+
+
+@pytest.mark.parametrize(
+    "preset", ["autoencoder/cpu", "autoencoder/cpu_c16", "autoencoder/cpu_c64d5", "autoencoder/seed"]
+)
+def test_autoencoder_presets_are_valid(preset: str) -> None:
+    from pneumolab.config import AutoencoderConfig
+
+    cfg = load_config(AutoencoderConfig, preset, ["data.data_dir=d"])
+    assert cfg.trainer.monitor == "val/loss" and cfg.data.augment.enabled is False

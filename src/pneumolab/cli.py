@@ -44,6 +44,17 @@ data_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(data_app, name="data")
+ae_app = typer.Typer(
+    help="The study's convolutional autoencoder: train it, encode a dataset, guard against non-X-ray inputs.",
+    epilog=_examples(
+        "pneumolab autoencoder train -c autoencoder/cpu --data runs/data/kermany",
+        "pneumolab autoencoder encode runs/autoencoder/autoencoder --data runs/data/kermany",
+        "pneumolab train -c cpu/latent_cnn --data runs/data/kermany --latent runs/autoencoder/autoencoder",
+    ),
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(ae_app, name="autoencoder")
 
 
 def _command(group: typer.Typer, name: str, examples: list[str]) -> Callable:
@@ -70,6 +81,8 @@ class SourceVal(str, enum.Enum):
 
 
 Workers = Annotated[int | None, typer.Option(help="Decoding processes (default: all cores).")]
+DataDir = Annotated[Path, typer.Argument(help="Dataset folder made by `pneumolab data index`.")]
+SplitSeed = Annotated[int, typer.Option(help="Random seed of the split.")]
 
 
 @contextmanager
@@ -186,9 +199,9 @@ ByImage = Annotated[bool, typer.Option(help="Allow splitting by image when there
     ["pneumolab data split runs/data/kermany", "pneumolab data split runs/data/medmnist --by-image --source-val merge"],
 )
 def data_split(
-    data_dir: Annotated[Path, typer.Argument(help="Dataset folder made by `pneumolab data index`.")],
+    data_dir: DataDir,
     val_fraction: ValFraction = 0.1,
-    seed: Annotated[int, typer.Option(help="Random seed of the split.")] = 0,
+    seed: SplitSeed = 0,
     by_image: ByImage = False,
     source_val: SourceValOpt = SourceVal.auto,
 ) -> None:
@@ -220,7 +233,7 @@ Size = Annotated[int, typer.Option(help="Square image side in pixels.")]
     ["pneumolab data cache runs/data/kermany --size 128", "pneumolab data cache runs/data/kermany --size 224"],
 )
 def data_cache(
-    data_dir: Annotated[Path, typer.Argument(help="Dataset folder made by `pneumolab data index`.")],
+    data_dir: DataDir,
     size: Size = 128,
     workers: Workers = None,
 ) -> None:
@@ -230,7 +243,7 @@ def data_cache(
 
 @_command(data_app, "summary", ["pneumolab data summary runs/data/kermany --json"])
 def data_summary(
-    data_dir: Annotated[Path, typer.Argument(help="Dataset folder made by `pneumolab data index`.")],
+    data_dir: DataDir,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Print counts per split and class, patients, image sizes and notes."""
@@ -264,7 +277,7 @@ def data_prepare(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output dataset folder.")],
     size: Size = 128,
     val_fraction: ValFraction = 0.1,
-    seed: Annotated[int, typer.Option(help="Random seed of the split.")] = 0,
+    seed: SplitSeed = 0,
     strict: Annotated[bool, typer.Option(help="Fail on any bad file.")] = False,
     by_image: ByImage = False,
     source_val: SourceValOpt = SourceVal.auto,
@@ -280,7 +293,7 @@ def demo(
     size: Size = 128,
     epochs: Annotated[int, typer.Option(help="Training epochs of the demo model.")] = 5,
 ) -> None:
-    """The main job on the bundled real sample: index, validate, split, cache, then train the study's base CNN."""
+    """The main job on the bundled sample: prepare the data, train the study's base CNN, evaluate it, report."""
     from pneumolab.config import TrainConfig, load_config
     from pneumolab.data import sample_root
 
@@ -289,10 +302,37 @@ def demo(
     overrides = [f"data.data_dir={out / 'data'}", f"out_dir={out / 'train'}", f"data.image_size={size}",
                  f"trainer.max_epochs={epochs}"]  # fmt: skip
     typer.echo(f"\ntraining cnn_base for {epochs} epoch(s) at {size} px (validation selects the checkpoint) ...")
-    _train(load_config(TrainConfig, "cpu/cnn_base", overrides), resume=None, progress_bar=False)
+    run_dir = _train(load_config(TrainConfig, "cpu/cnn_base", overrides), resume=None, progress_bar=False)
+    typer.echo("\nevaluating on the sample's test split (threshold from validation) ...")
+    from pneumolab.evaluation.report import compare
+
+    report = compare([run_dir], out / "data", out / "report", split="test", n_boot=1000)
+    _echo_metrics(json.loads((run_dir / "eval" / "data-test" / "metrics.json").read_text()))
+    typer.echo(f"report: {report} (model card: {run_dir / 'MODEL_CARD.md'})")
 
 
-def _train(cfg, resume: Path | None, progress_bar: bool = True) -> None:
+def _echo_metrics(r: dict) -> None:
+    """The key numbers of an evaluation (``metrics.json``), each with its 95% CI."""
+    m = r["at_threshold"]
+    typer.echo(
+        f"{r['model']} on the {r['split']} split of {r['data']}: {m['n_images']} images, {m['n_patients']} patients"
+    )
+    typer.echo(f"threshold {r['threshold']['value']:.4f} ({r['threshold']['origin']})")
+    for key in ("auroc", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy", "accuracy", "ece"):
+        v = m[key]
+        typer.echo(f"  {key:<18} {v['value']:.4f}  [{v['ci_low']:.4f}, {v['ci_high']:.4f}]")
+    c = r["calibration"]
+    typer.echo(f"  ECE {c['ece_uncalibrated']:.4f} -> {c['ece_calibrated']:.4f} (temperature {c['temperature']:.3f})")
+    if "warning" in r:
+        typer.echo(f"warning: {r['warning']}")
+    if "alternative_threshold" in r:
+        a = r["alternative_threshold"]
+        am = a["metrics"]
+        typer.echo(f"policy {a['policy']}: threshold {a['value']:.4f} ({a['origin']}): sensitivity "
+                   f"{am['sensitivity']['value']:.4f}, specificity {am['specificity']['value']:.4f}")  # fmt: skip
+
+
+def _train(cfg, resume: Path | None, progress_bar: bool = True) -> Path:
     from pneumolab.training.trainer import train
 
     result = train(cfg, resume=resume, progress_bar=progress_bar)
@@ -304,6 +344,7 @@ def _train(cfg, resume: Path | None, progress_bar: bool = True) -> None:
             f"val AUROC {best.get('val/auroc', float('nan')):.4f}, val acc {best.get('val/acc', float('nan')):.4f}; "
             f"{s['wall_s']:.0f} s, {s['train_images_per_s']:.0f} img/s -> {result.run_dir}"
         )
+    return result.run_dir
 
 
 @_command(
@@ -325,6 +366,7 @@ def train_cmd(
     data: Annotated[Path | None, typer.Option(help="Dataset folder (same as data.data_dir=...).")] = None,
     name: Annotated[str | None, typer.Option(help="Run name: runs/train/NAME (auto-numbered if taken).")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = None,
+    latent: Annotated[Path | None, typer.Option(help="Train on the codes of this autoencoder run.")] = None,
     devices: Annotated[int | None, typer.Option(help="Devices (GPUs or CPU processes) for DDP.")] = None,
     num_nodes: Annotated[int | None, typer.Option(help="Nodes for multi-node DDP (torchrun/SLURM).")] = None,
     accelerator: Annotated[str | None, typer.Option(help="cpu, gpu or auto.")] = None,
@@ -333,26 +375,82 @@ def train_cmd(
     """Train one classifier (any registered model) with validation-only early stopping and checkpointing."""
     import yaml
 
-    from pneumolab.config import TrainConfig, load_config
-    from pneumolab.training.trainer import load_run_config
+    from pneumolab.config import TrainConfig
 
     extra = list(overrides or [])
-    for key, value in (("data.data_dir", data), ("name", name), ("trainer.devices", devices),
+    for key, value in (("name", name), ("latent", latent), ("trainer.devices", devices),
                        ("trainer.num_nodes", num_nodes), ("trainer.accelerator", accelerator)):  # fmt: skip
         if value is not None:
             extra.append(f"{key}={value}")
-    if resume is not None:
-        # A resumed run keeps its model, data and optimiser; only trainer limits may change (e.g. more epochs).
-        if config or any(not e.startswith("trainer.") for e in extra):
-            raise InputError("--resume continues a run with its saved config; only trainer.* overrides are allowed")
-        saved = load_run_config(resume).model_dump(mode="json")
-        cfg = load_config(TrainConfig, None, extra, **saved)
-    else:
-        cfg = load_config(TrainConfig, config, extra)
+    cfg = _resolve(TrainConfig, config, extra, data, resume)
     if print_config:
         typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         return
     _train(cfg, resume)
+
+
+def _resolve(schema, config, overrides, data, resume):
+    """A config from a preset/file + overrides, or a run's saved config (+ trainer.* overrides) for --resume."""
+    from pneumolab.config import load_config
+    from pneumolab.training.trainer import load_run_config
+
+    extra = list(overrides or []) + ([f"data.data_dir={data}"] if data is not None else [])
+    if resume is None:
+        return load_config(schema, config, extra)
+    if config or any(not e.startswith("trainer.") for e in extra):
+        raise InputError("--resume continues a run with its saved config; only trainer.* overrides are allowed")
+    return load_config(schema, None, extra, **load_run_config(resume, schema).model_dump(mode="json"))
+
+
+@_command(
+    ae_app,
+    "train",
+    [
+        "pneumolab autoencoder train -c autoencoder/cpu --data runs/data/kermany",
+        "pneumolab autoencoder train -c autoencoder/cpu_c16 --data runs/data/kermany trainer.max_epochs=5",
+        "pneumolab autoencoder train --resume runs/autoencoder/autoencoder",
+    ],
+)
+def ae_train_cmd(
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key=value overrides, e.g. channels=[32,64,128,16].")
+    ] = None,
+    config: Annotated[str, typer.Option("--config", "-c", help="YAML file or preset (autoencoder/cpu, ...).")] = (
+        "autoencoder/cpu"
+    ),
+    data: Annotated[Path | None, typer.Option(help="Dataset folder (same as data.data_dir=...).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run.")] = None,
+) -> None:
+    """Train the autoencoder on the training split; stores the OOD threshold from training reconstruction errors."""
+    from pneumolab.config import AutoencoderConfig
+    from pneumolab.training.autoencoder import train_autoencoder
+
+    cfg = _resolve(AutoencoderConfig, None if resume else config, overrides, data, resume)
+    s = train_autoencoder(cfg, resume=resume).summary
+    if s:
+        b = s["best_val"]
+        typer.echo(f"done: codes {'x'.join(map(str, s['code_shape']))}, val MSE {b.get('val/loss', float('nan')):.4f}, "
+                   f"PSNR {b.get('val/psnr', float('nan')):.2f} dB, SSIM {b.get('val/ssim', float('nan')):.3f}, "
+                   f"OOD threshold {s['ood_threshold']:.4f}; {s['wall_s']:.0f} s -> {s['run_dir']}")  # fmt: skip
+
+
+@_command(ae_app, "encode", ["pneumolab autoencoder encode runs/autoencoder/autoencoder --data runs/data/kermany"])
+def ae_encode_cmd(
+    run: Annotated[Path, typer.Argument(help="Autoencoder run folder (or autoencoder.pt).")],
+    data: Annotated[Path, typer.Option(help="Dataset folder made by `pneumolab data index`.")],
+) -> None:
+    """Encode every image of a dataset once (float16, cached per autoencoder and manifest)."""
+    import time
+
+    import numpy as np
+
+    from pneumolab.data.latent import encode_manifest
+
+    start = time.perf_counter()
+    path = encode_manifest(data, run)
+    codes = np.load(path, mmap_mode="r")
+    typer.echo(f"codes {tuple(codes.shape)} float16 ({path.stat().st_size / 1e6:.1f} MB) in "
+               f"{time.perf_counter() - start:.1f} s -> {path}")  # fmt: skip
 
 
 @_command(
@@ -382,23 +480,7 @@ def evaluate_cmd(
     if split not in ("test", "val", "train", "all"):
         raise InputError(f"--split {split!r}: choose test, val, train or all")
     r = evaluate(model, data, split=split, out=out, policy=policy, n_boot=n_boot, seed=seed)
-    m = r["at_threshold"]
-    typer.echo(f"{r['model']} on the {split} split of {r['data']}: {m['n_images']} images, {m['n_patients']} patients")
-    typer.echo(f"threshold {r['threshold']['value']:.4f} ({r['threshold']['origin']})")
-    for key in ("auroc", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy", "accuracy", "ece"):
-        v = m[key]
-        typer.echo(f"  {key:<18} {v['value']:.4f}  [{v['ci_low']:.4f}, {v['ci_high']:.4f}]")
-    c = r["calibration"]
-    typer.echo(
-        f"  ECE {c['ece_uncalibrated']:.4f} -> {c['ece_calibrated']:.4f} after temperature {c['temperature']:.3f}"
-    )
-    if "warning" in r:
-        typer.echo(f"warning: {r['warning']}")
-    if "alternative_threshold" in r:
-        a = r["alternative_threshold"]
-        am = a["metrics"]
-        typer.echo(f"policy {a['policy']}: threshold {a['value']:.4f} ({a['origin']}): sensitivity "
-                   f"{am['sensitivity']['value']:.4f}, specificity {am['specificity']['value']:.4f}")  # fmt: skip
+    _echo_metrics(r)
     typer.echo(f"wrote {Path(r['plots']['roc']).parent}")
 
 

@@ -18,6 +18,7 @@ from pneumolab.errors import InputError
 
 __all__ = [
     "AugmentConfig",
+    "AutoencoderConfig",
     "DataConfig",
     "ModelConfig",
     "OptimConfig",
@@ -124,6 +125,7 @@ class TrainConfig(StrictModel):
     model: ModelConfig = ModelConfig()
     data: DataConfig
     threshold_policy: str = "youden"  # operating point chosen on validation: youden, sensitivity>=0.95, ...
+    latent: Path | None = None  # an autoencoder run: train on its codes instead of pixels
     optim: OptimConfig = OptimConfig()
     trainer: TrainerConfig = TrainerConfig()
 
@@ -137,6 +139,35 @@ class TrainConfig(StrictModel):
         except InputError as e:
             raise ValueError(str(e)) from None
         return v
+
+
+class AutoencoderTrainerConfig(TrainerConfig):
+    """Trainer defaults for reconstruction: select and stop on validation MSE."""
+
+    monitor: Literal["val/loss"] = "val/loss"
+    early_stopping_patience: int | None = Field(None, ge=1)
+    log_graph: bool = False
+
+
+class AutoencoderOptimConfig(OptimConfig):
+    """The study's optimiser for its autoencoder: Adam 1e-3, no schedule, no weight decay."""
+
+    optimizer: Literal["adamw", "adam", "sgd"] = "adam"
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["cosine", "plateau", "none"] = "none"
+
+
+class AutoencoderConfig(StrictModel):
+    """``pneumolab autoencoder train``: the study's autoencoder (or a real bottleneck) on the training split."""
+
+    name: str = "autoencoder"
+    out_dir: Path = Path("runs/autoencoder")
+    seed: int = 0
+    channels: tuple[int, ...] = (32, 64, 128, 256)  # encoder widths; the last is the code's channels
+    data: DataConfig
+    optim: AutoencoderOptimConfig = AutoencoderOptimConfig()
+    trainer: AutoencoderTrainerConfig = AutoencoderTrainerConfig()
+    ood_percentile: float = Field(99.5, gt=50, le=100)  # of training reconstruction errors: above it = not an X-ray
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -37,7 +37,9 @@ class CachedImages(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = torch.from_numpy(np.array(self.images[self.indices[i]]))[None]  # (1, S, S) uint8, copied out of the mmap
+        x = torch.from_numpy(np.array(self.images[self.indices[i]]))  # copied out of the mmap
+        if x.ndim == 2:
+            x = x[None]  # (S, S) image -> (1, S, S); latent codes are already (C, h, w)
         return self.transform(x), self.targets[i]
 
     def __repr__(self) -> str:
@@ -130,12 +132,14 @@ class ChestXrayDataModule(L.LightningDataModule):
 
     def preprocessing(self) -> dict[str, Any]:
         """What inference needs to rebuild ``EvalPreset`` (stored in checkpoints)."""
+        size = self.config.image_size
         return {
-            "image_size": self.config.image_size,
+            "image_size": size,
             "mean": self.mean,
             "std": self.std,
             "normalization": self.config.normalization,
             "channels": 1,
+            "input_shape": [1, size, size],  # what the trained network itself takes
             "classes": list(CLASSES),
         }
 

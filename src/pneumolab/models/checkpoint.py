@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from pneumolab.errors import InputError
 from pneumolab.io import atomic_path
 from pneumolab.models.registry import create_model
 
-__all__ = ["load_model_file", "save_model_file"]
+__all__ = ["load_model_file", "save_model_file", "with_encoder"]
 
 FORMAT = "pneumolab.model/1"
 
@@ -54,4 +55,16 @@ def load_model_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     kwargs.pop("weights", None)  # the trained weights replace any ImageNet initialisation
     model = create_model(meta["model_name"], num_classes=len(meta["classes"]), **kwargs)
     model.load_state_dict(blob["state_dict"])
-    return model.eval(), meta
+    return with_encoder(model, meta["preprocessing"]).eval(), meta
+
+
+def with_encoder(model: nn.Module, preprocessing: dict[str, Any]) -> nn.Module:
+    """A model trained on autoencoder codes, put behind that autoencoder's encoder so that it takes pixels
+    like every other model: ``(B, 1, S, S) -> encoder -> (B, C, h, w) -> model -> (B, 2)``."""
+    latent = preprocessing.get("latent")
+    if not latent:
+        return model
+    from pneumolab.generative.autoencoder import load_autoencoder
+
+    ae, _ = load_autoencoder(latent["autoencoder"])
+    return nn.Sequential(OrderedDict(encoder=ae.encoder, head=model))

@@ -140,3 +140,19 @@ def cnn_improved(*, num_classes: int = 2, in_chans: int = 1, dropout: float | No
     features = nn.Sequential(*[_block(a, b, bn=True, convs=2) for a, b in itertools.pairwise(chans)])
     head = nn.Sequential(nn.Dropout(0.3 if dropout is None else dropout), nn.Linear(128, num_classes))
     return SmallCNN(features, head)
+
+
+@register_model(
+    "latent_cnn",
+    input_size=14,
+    gradcam_layer="features.1",
+    classifier="head.1",
+    first_conv="features.0.0",
+    description="The study's CNN adapted to autoencoder codes (C x 14 x 14 by default): 2 conv blocks, GAP, FC",
+)
+def latent_cnn(*, num_classes: int = 2, in_chans: int = 256, dropout: float | None = None, weights=None) -> SmallCNN:
+    """For autoencoder codes ``(B, C, h, w)``: [(Conv3x3 -> BN -> ReLU) x 2 -> MaxPool2] (128 ch),
+    [Conv3x3 -> BN -> ReLU -> MaxPool2] (128 ch), global average pool, Dropout(0.3) -> Linear(128, num_classes)."""
+    features = nn.Sequential(_block(in_chans, 128, bn=True, convs=2), _block(128, 128, bn=True, convs=1))
+    head = nn.Sequential(nn.Dropout(0.3 if dropout is None else dropout), nn.Linear(128, num_classes))
+    return SmallCNN(features, head)

@@ -50,6 +50,8 @@ class TensorBoardExtras(L.Callback):
         from torchvision.utils import make_grid
 
         x = batch[0][: self.max_images].detach().float().cpu()  # (n, 1, H, W), normalised
+        if x.shape[1] not in (1, 3):  # autoencoder codes (n, C, h, w): no picture to show
+            return
         tb.add_image("train/inputs", make_grid(x, nrow=4, normalize=True, scale_each=True), trainer.current_epoch)
 
     def _histograms_due(self, trainer: L.Trainer) -> bool:
@@ -110,9 +112,6 @@ class Throughput(L.Callback):
         }
 
 
-HISTORY_COLUMNS = ["epoch", "train/loss", "train/acc", "val/loss", "val/acc", "val/auroc", "lr"]
-
-
 def read_history(path: str | Path) -> list[dict[str, float]]:
     """Rows of a ``history.csv`` as floats (empty list if there is none)."""
     path = Path(path)
@@ -123,7 +122,7 @@ def read_history(path: str | Path) -> list[dict[str, float]]:
 
 
 class EpochHistory(L.Callback):
-    """One row per finished epoch in ``history.csv`` (train/val loss, accuracy, AUROC, LR), rewritten
+    """One row per finished epoch in ``history.csv`` (train loss/accuracy, every val/* metric, LR), rewritten
     atomically each epoch. On resume, rows of epochs that will be re-run are dropped."""
 
     def __init__(self, path: str | Path) -> None:
@@ -137,15 +136,14 @@ class EpochHistory(L.Callback):
             "epoch": trainer.current_epoch,
             "train/loss": m.get("train/loss_epoch"),
             "train/acc": m.get("train/acc"),
-            "val/loss": m.get("val/loss"),
-            "val/acc": m.get("val/acc"),
-            "val/auroc": m.get("val/auroc"),
+            **{k: v for k, v in sorted(m.items()) if k.startswith("val/")},  # val/loss, val/auroc, val/psnr, ...
             "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None,
         }
         old = [{**r, "epoch": int(r["epoch"])} for r in read_history(self.path) if r["epoch"] < trainer.current_epoch]
         rows = [*old, row]
+        columns = list(dict.fromkeys(k for r in rows for k in r))  # union, first-seen order
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n")
+        w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
         atomic_write_text(self.path, buf.getvalue())

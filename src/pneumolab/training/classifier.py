@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from pneumolab.models import create_model
+from pneumolab.training.optim import configure_optimizers
 
 __all__ = ["ClassifierModule"]
 
@@ -51,8 +51,7 @@ class ClassifierModule(L.LightningModule):
         self.train_acc = BinaryAccuracy()
         self.val_acc = BinaryAccuracy()
         self.val_auroc = BinaryAUROC()
-        size = preprocessing["image_size"]
-        self.example_input_array = torch.zeros(2, preprocessing.get("channels", 1), size, size)
+        self.example_input_array = torch.zeros(2, *preprocessing["input_shape"])  # (2, C, H, W): the model graph
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) -> (B, num_classes) logits
         if self.hparams.channels_last:
@@ -84,32 +83,4 @@ class ClassifierModule(L.LightningModule):
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(y))
 
     def configure_optimizers(self) -> Any:
-        o = self.hparams.optim
-        # No weight decay on biases and norm parameters (1-D tensors): decaying them only hurts.
-        decay = [p for p in self.net.parameters() if p.requires_grad and p.ndim > 1]
-        no_decay = [p for p in self.net.parameters() if p.requires_grad and p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
-        if o["optimizer"] == "sgd":
-            opt = torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], nesterov=True)
-        elif o["optimizer"] == "adam":
-            opt = torch.optim.Adam(groups, lr=o["lr"])
-        else:
-            opt = torch.optim.AdamW(groups, lr=o["lr"])
-        if o["schedule"] == "plateau":
-            mode = "min" if self.hparams.monitor.endswith("loss") else "max"
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                opt, mode=mode, factor=o["plateau_factor"], patience=o["plateau_patience"]
-            )
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": self.hparams.monitor}}
-        if o["schedule"] == "cosine":
-            total = max(1, int(self.trainer.estimated_stepping_batches))
-            warm = min(total - 1, int(o["warmup_epochs"] * total / max(1, self.trainer.max_epochs)))
-
-            def lr_lambda(step: int) -> float:
-                if step < warm:
-                    return (step + 1) / warm
-                return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-        return opt
+        return configure_optimizers(self, self.hparams.optim, self.hparams.monitor)

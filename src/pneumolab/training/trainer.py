@@ -32,11 +32,11 @@ from pneumolab.evaluation.model_card import write_model_card
 from pneumolab.evaluation.predict import predict_logits
 from pneumolab.evaluation.thresholds import choose_threshold
 from pneumolab.io import atomic_write_json, atomic_write_text
-from pneumolab.models.checkpoint import load_model_file, save_model_file
+from pneumolab.models.checkpoint import load_model_file, save_model_file, with_encoder
 from pneumolab.training.callbacks import AtomicCheckpointIO, EpochHistory, TensorBoardExtras, Throughput, read_history
 from pneumolab.training.classifier import ClassifierModule
 
-__all__ = ["TrainResult", "build_trainer", "load_run_config", "new_run_dir", "train"]
+__all__ = ["TrainResult", "build_trainer", "fit", "load_run_config", "new_run_dir", "start_run", "train"]
 
 log = logging.getLogger(__name__)
 _RUN_DIR_ENV = "PNEUMOLAB_RUN_DIR"  # lets DDP worker processes (re-launched commands) find rank 0's run folder
@@ -112,44 +112,23 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, *, progress_bar: bool = True)
     return trainer, throughput
 
 
-def train(cfg: TrainConfig, *, resume: Path | None = None, progress_bar: bool = True) -> TrainResult:
-    """Train (or, with ``resume``, continue) one classifier and export its best checkpoint.
+def start_run(cfg: Any, resume: Path | None) -> tuple[Path, Path | None]:
+    """The run folder (new and auto-numbered, or the one to resume) and the checkpoint to resume from."""
+    if resume is None:
+        return Path(os.environ.get(_RUN_DIR_ENV) or new_run_dir(cfg.out_dir, cfg.name)), None
+    last = Path(resume) / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise InputError(
+            f"{resume}: nothing to resume (no checkpoints/last.ckpt: it stopped before its first epoch ended); "
+            "start the run again"
+        )
+    return Path(resume), last
 
-    Args:
-        cfg: the resolved config (for ``resume``, the run's own ``config.yaml``).
-        resume: a run folder; training continues from its ``checkpoints/last.ckpt``.
-        progress_bar: show Lightning's progress bar and model summary.
 
-    Raises:
-        InputError: unknown model, bad weights file, unprepared data, nothing to resume.
-    """
-    if resume is not None:
-        run_dir = Path(resume)
-        last = run_dir / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            raise InputError(
-                f"{run_dir}: nothing to resume (no checkpoints/last.ckpt: it stopped before its first epoch ended); "
-                "start the run again"
-            )
-    else:
-        run_dir = Path(os.environ.get(_RUN_DIR_ENV) or new_run_dir(cfg.out_dir, cfg.name))
-        last = None
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = ChestXrayDataModule(cfg.data)
-    dm.prepare_data()
-    dm.setup("fit")
-    module = ClassifierModule(
-        model_name=cfg.model.name,
-        model_kwargs={"dropout": cfg.model.dropout, **cfg.model.kwargs},
-        optim=cfg.optim.model_dump(mode="json"),
-        class_weights=dm.class_weights().tolist(),
-        preprocessing=dm.preprocessing(),
-        classes=dm.preprocessing()["classes"],
-        config=cfg.model_dump(mode="json"),
-        init_weights=None if (resume or cfg.model.weights is None) else str(cfg.model.weights),
-        channels_last=cfg.trainer.channels_last,
-        monitor=cfg.trainer.monitor,
-    )
+def fit(
+    cfg: Any, module: L.LightningModule, dm: L.LightningDataModule, run_dir: Path, last: Path | None, progress_bar: bool
+) -> tuple[L.Trainer, Throughput]:
+    """Save the resolved config, then fit ``module`` on ``dm`` (any task: classifier, autoencoder, ...)."""
     trainer, throughput = build_trainer(cfg, run_dir, progress_bar=progress_bar)
     if trainer.is_global_zero:  # also on resume: trainer limits may have changed
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -162,6 +141,44 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress_bar: bool = 
     finally:
         if multi:
             os.environ.pop(_RUN_DIR_ENV, None)
+    return trainer, throughput
+
+
+def train(cfg: TrainConfig, *, resume: Path | None = None, progress_bar: bool = True) -> TrainResult:
+    """Train (or, with ``resume``, continue) one classifier and export its best checkpoint.
+
+    Args:
+        cfg: the resolved config (for ``resume``, the run's own ``config.yaml``).
+        resume: a run folder; training continues from its ``checkpoints/last.ckpt``.
+        progress_bar: show Lightning's progress bar and model summary.
+
+    Raises:
+        InputError: unknown model, bad weights file, unprepared data, nothing to resume.
+    """
+    run_dir, last = start_run(cfg, resume)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.latent is not None:
+        from pneumolab.data.latent import LatentDataModule
+
+        dm: ChestXrayDataModule = LatentDataModule(cfg.data, cfg.latent)
+    else:
+        dm = ChestXrayDataModule(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    pre = dm.preprocessing()
+    module = ClassifierModule(
+        model_name=cfg.model.name,
+        model_kwargs={"dropout": cfg.model.dropout, "in_chans": pre["input_shape"][0], **cfg.model.kwargs},
+        optim=cfg.optim.model_dump(mode="json"),
+        class_weights=dm.class_weights().tolist(),
+        preprocessing=pre,
+        classes=pre["classes"],
+        config=cfg.model_dump(mode="json"),
+        init_weights=None if (resume or cfg.model.weights is None) else str(cfg.model.weights),
+        channels_last=cfg.trainer.channels_last,
+        monitor=cfg.trainer.monitor,
+    )
+    trainer, throughput = fit(cfg, module, dm, run_dir, last, progress_bar)
     if not trainer.is_global_zero:
         return TrainResult(run_dir, {})
     return TrainResult(run_dir, _finish(trainer, throughput, run_dir, cfg))
@@ -217,6 +234,7 @@ def _operating_point(net: torch.nn.Module, preprocessing: dict[str, Any], cfg: T
     """Fit temperature scaling and choose the decision threshold, both on the validation split only."""
     manifest = Manifest.load(cfg.data.data_dir)
     val = manifest.indices("val")
+    net = with_encoder(net, preprocessing)  # latent models see pixels through their autoencoder's encoder
     logits = predict_logits(net, preprocessing, manifest, val, cfg.data.data_dir / "cache")  # (N, 2)
     y = np.array([manifest.records[i].target for i in val])
     temperature = fit_temperature(torch.from_numpy(logits), torch.from_numpy(y))

@@ -1,0 +1,1 @@
+"""Generative models: the study's convolutional autoencoder (and, later, its DCGAN)."""

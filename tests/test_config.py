@@ -55,9 +55,10 @@ def test_presets_resolve_and_improved_variants_inherit_their_base() -> None:
         load_config(TrainConfig, "cpu/resnet99", ["data.data_dir=d"])
 
 
-@pytest.mark.parametrize(
-    "preset", sorted(p.relative_to(PRESETS).with_suffix("").as_posix() for p in PRESETS.rglob("*.yaml"))
-)
+CLASSIFIER_PRESETS = sorted(f"{p.parent.name}/{p.stem}" for d in ("cpu", "seed") for p in (PRESETS / d).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", CLASSIFIER_PRESETS)
 def test_every_preset_is_valid_and_names_a_registered_model(preset: str) -> None:
     from pneumolab.config import TrainConfig
     from pneumolab.models import list_models

@@ -57,14 +57,14 @@ def new_run_dir(out_dir: Path, name: str) -> Path:
     raise InputError(f"{out_dir}: too many runs named {name!r}")
 
 
-def load_run_config(run_dir: Path) -> TrainConfig:
-    """The resolved config a run saved (used by ``--resume``)."""
+def load_run_config(run_dir: Path, schema: type = TrainConfig) -> Any:
+    """The resolved config a run saved (used by ``--resume``), as ``schema``."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise InputError(
             f"{run_dir} is not a training run (no config.yaml); give the folder that `pneumolab train` made"
         )
-    return load_config(TrainConfig, path)
+    return load_config(schema, path)
 
 
 def build_trainer(cfg: TrainConfig, run_dir: Path, *, progress_bar: bool = True) -> tuple[L.Trainer, Throughput]:

@@ -506,6 +506,99 @@ def compare_cmd(
     typer.echo(f"wrote {path} and {path.with_suffix('.md')}")
 
 
+@_command(
+    app,
+    "predict",
+    [
+        "pneumolab predict runs/train/resnet18 xray1.png xray2.dcm",
+        "pneumolab predict runs/train/resnet18/model.onnx scans/*.jpeg --json",
+        "pneumolab predict runs/train/resnet18 xray.png --gradcam out/ --ood runs/autoencoder/autoencoder",
+    ],
+)
+def predict_cmd(
+    model: Annotated[Path, typer.Argument(help="Run folder, model.pt or model.onnx.")],
+    images: Annotated[list[Path], typer.Argument(help="PNG, JPEG or DICOM files.")],
+    gradcam: Annotated[Path | None, typer.Option(help="Write Grad-CAM overlays (PNG) into this folder.")] = None,
+    ood: Annotated[Path | None, typer.Option(help="Autoencoder run whose guard flags non-X-ray inputs.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Probability, label at the stored operating point and timing per image; bad files fail alone (exit 2)."""
+    from pneumolab.errors import ImageReadError
+    from pneumolab.inference.predictor import Predictor
+    from pneumolab.io import atomic_path
+    from pneumolab.serve.app import overlay_png
+
+    predictor = Predictor.load(model, ood=ood)
+    failed = 0
+    if not as_json:
+        typer.echo(
+            f"{'image':<40} {'P(pneumonia)':>12}  {'label':<10} {'OOD':<5} ms   (threshold {predictor.threshold:.3f})"
+        )
+    for path in images:
+        try:
+            r = predictor.predict(path.read_bytes(), name=str(path), gradcam=gradcam is not None)
+        except (ImageReadError, OSError) as e:
+            failed += 1
+            msg = e.detail if isinstance(e, ImageReadError) else e.strerror
+            typer.echo(json.dumps({"image": str(path), "error": msg}) if as_json else f"{path!s:<40} error: {msg}")
+            continue
+        if gradcam is not None:
+            with atomic_path(gradcam / f"{path.stem}_gradcam.png", suffix=".png") as tmp:
+                tmp.write_bytes(overlay_png(r.image, r.heatmap))
+        if as_json:
+            typer.echo(json.dumps({"image": str(path), **r.to_dict()}))
+        else:
+            ood_text = "-" if r.ood is None else ("yes" if r.ood else "no")
+            typer.echo(
+                f"{path!s:<40} {r.probability:>12.4f}  {r.label:<10} {ood_text:<5} {r.timings_ms['total']:.0f}"
+            )
+    if failed:
+        raise typer.Exit(2)
+
+
+@_command(app, "export", ["pneumolab export runs/train/resnet18 --onnx runs/train/resnet18/model.onnx"])
+def export_cmd(
+    model: Annotated[Path, typer.Argument(help="Run folder or model.pt.")],
+    onnx: Annotated[Path, typer.Option(help="Output .onnx file (a .onnx.json with the metadata goes beside it).")],
+    tolerance: Annotated[float, typer.Option(help="Largest accepted |ONNX - PyTorch| on the sample images.")] = 1e-4,
+) -> None:
+    """Export to ONNX and verify ONNX Runtime against PyTorch on real sample images."""
+    from pneumolab.inference.export import export_onnx
+
+    r = export_onnx(model, onnx, tolerance=tolerance)
+    typer.echo(f"wrote {r['path']}: max |ONNX - PyTorch| = {r['max_abs_diff']:.2e} on {r['images']} images")
+
+
+@_command(
+    app,
+    "serve",
+    [
+        "pneumolab serve runs/train/resnet18",
+        "PNEUMOLAB_TOKEN=secret pneumolab serve runs/train/resnet18 --backend onnx --ood runs/autoencoder/autoencoder",
+    ],
+)
+def serve_cmd(
+    model: Annotated[Path, typer.Argument(help="Run folder, model.pt or model.onnx.")],
+    host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    token: Annotated[str | None, typer.Option(envvar="PNEUMOLAB_TOKEN", help="Require this bearer token.")] = None,
+    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    ood: Annotated[Path | None, typer.Option(help="Autoencoder run for the out-of-distribution warning.")] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload.")] = 20.0,
+) -> None:
+    """The web page and JSON API (OpenAPI docs at /docs) for one model."""
+    import uvicorn
+
+    from pneumolab.inference.predictor import Predictor
+    from pneumolab.serve.app import create_app
+
+    if backend not in ("torch", "onnx"):
+        raise InputError(f"--backend {backend!r}: choose torch or onnx")
+    app_ = create_app(Predictor.load(model, backend=backend, ood=ood), token=token, max_upload_mb=max_upload_mb)
+    typer.echo(f"serving {model} on http://{host}:{port} (backend {backend}, token {'on' if token else 'off'})")
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
 @_command(app, "models", ["pneumolab models", "pneumolab models --size 224"])
 def models_cmd(size: Size = 128) -> None:
     """List every registered model with its parameters and GFLOPs at SIZE x SIZE (1 channel)."""

@@ -109,7 +109,7 @@ def _block(cin: int, cout: int, *, bn: bool, convs: int) -> nn.Sequential:
 @register_model(
     "cnn_base",
     input_size=128,
-    gradcam_layer="features.3",
+    gradcam_layer="features.3.1",  # last ReLU, before the final pooling halves the map
     classifier="head.3",
     first_conv="features.0.0",
     description="The study's base CNN: 4 blocks conv3x3-ReLU-maxpool 32-64-128-128, GAP, FC 128-64-2",
@@ -128,7 +128,7 @@ def cnn_base(*, num_classes: int = 2, in_chans: int = 1, dropout: float | None =
 @register_model(
     "cnn_improved",
     input_size=128,
-    gradcam_layer="features.3",
+    gradcam_layer="features.3.5",
     classifier="head.1",
     first_conv="features.0.0",
     description="The study's improved CNN: 4 blocks of 2x conv3x3-BN-ReLU 16-32-64-128, GAP, dropout, FC",
@@ -145,7 +145,7 @@ def cnn_improved(*, num_classes: int = 2, in_chans: int = 1, dropout: float | No
 @register_model(
     "latent_cnn",
     input_size=14,
-    gradcam_layer="features.1",
+    gradcam_layer="features.1.2",
     classifier="head.1",
     first_conv="features.0.0",
     description="The study's CNN adapted to autoencoder codes (C x 14 x 14 by default): 2 conv blocks, GAP, FC",

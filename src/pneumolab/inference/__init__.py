@@ -1,0 +1,1 @@
+"""Inference: a Predictor shared by the CLI and the service (imports nothing from training)."""

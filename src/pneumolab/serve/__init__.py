@@ -1,0 +1,1 @@
+"""The web service: a page for clinicians and a JSON API (imports inference/, never training/)."""

@@ -1,0 +1,99 @@
+"""FastAPI app: ``GET /`` (the page), ``POST /api/v1/predict``, ``GET /api/v1/model``, ``GET /healthz``.
+
+Safe by default: the CLI binds 127.0.0.1; an optional bearer token; an upload size limit; the format
+is sniffed from the bytes; decompression bombs are refused before decoding; every bad input is a 4xx
+with a specific message; no DICOM header data is ever returned or logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import secrets
+from importlib import resources
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image
+
+from pneumolab import __version__
+from pneumolab.errors import ImageReadError, InputError
+from pneumolab.inference.predictor import Prediction, Predictor
+
+__all__ = ["create_app", "overlay_png"]
+
+log = logging.getLogger(__name__)
+
+# Problem kind -> HTTP status: 413 for "too big", 415 for "not an image we read", 422 for the rest.
+_STATUS = {"decompression_bomb": 413, "not_an_image": 415, "empty_file": 422, "truncated": 422, "corrupt": 422,
+           "too_small": 422, "no_pixel_data": 422}  # fmt: skip
+
+
+def overlay_png(image: np.ndarray, heat: np.ndarray | None, alpha: float = 0.45) -> bytes:
+    """The model's view of the X-ray (gray) with the Grad-CAM map (red-yellow) blended on top, as PNG."""
+    gray = np.repeat(image[..., None].astype(np.float32) / 255.0, 3, axis=2)  # (S, S, 3)
+    if heat is not None:
+        h = heat[..., None]
+        colour = np.concatenate([np.ones_like(h), h, np.zeros_like(h)], axis=2)  # red -> yellow as heat rises
+        gray = (1 - alpha * h) * gray + alpha * h * colour
+    buf = io.BytesIO()
+    Image.fromarray((gray * 255).round().astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def create_app(predictor: Predictor, *, token: str | None = None, max_upload_mb: float = 20.0) -> FastAPI:
+    """The service around one shared :class:`Predictor`."""
+    app = FastAPI(
+        title="pneumolab",
+        version=__version__,
+        description="Pneumonia probability and Grad-CAM for chest X-rays. Decision support, not a diagnosis.",
+    )
+    limit = int(max_upload_mb * 1024 * 1024)
+
+    def check_token(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not given.startswith("Bearer ") or not secrets.compare_digest(given[7:].encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return (resources.files("pneumolab.serve") / "page.html").read_text()
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/api/v1/model", dependencies=[Depends(check_token)])
+    def model_info() -> dict[str, Any]:
+        return predictor.model_card()
+
+    @app.post("/api/v1/predict", dependencies=[Depends(check_token)])
+    async def predict(
+        file: Annotated[UploadFile, File(description="A chest X-ray: PNG, JPEG or DICOM.")],
+        gradcam: Annotated[bool, Query(description="Include a Grad-CAM overlay (base64 PNG).")] = False,
+    ) -> JSONResponse:
+        data = await file.read(limit + 1)  # never read more than the limit into memory
+        if len(data) > limit:
+            raise HTTPException(413, f"upload exceeds the {max_upload_mb:g} MB limit")
+        name = "upload"  # not the client's file name: it may carry a patient's name
+        try:
+            result: Prediction = await run_in_threadpool(predictor.predict, data, name=name, gradcam=gradcam)
+        except ImageReadError as e:
+            raise HTTPException(_STATUS.get(e.kind, 422), f"{e.detail} [{e.kind}]") from None
+        except InputError as e:
+            raise HTTPException(422, str(e)) from None
+        body = result.to_dict()
+        body["operating_point"] = predictor.meta.get("operating_point")
+        body["notice"] = "Decision support only: not a diagnosis. A qualified reader must review the image."
+        if gradcam:
+            body["gradcam_png"] = base64.b64encode(overlay_png(result.image, result.heatmap)).decode()
+        log.info("predicted p=%.3f in %.0f ms", result.probability, result.timings_ms["total"])
+        return JSONResponse(body)
+
+    return app

@@ -1,0 +1,246 @@
+import base64
+import io
+import json
+import shutil
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_train_args, write_dicom
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from pneumolab.cli import main
+from pneumolab.data import sample_root
+from pneumolab.inference.export import export_onnx
+from pneumolab.inference.predictor import Predictor
+from pneumolab.models import create_model
+from pneumolab.serve.app import create_app
+
+XRAY = sorted((sample_root() / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
+
+
+@pytest.fixture(scope="module")
+def run(sample_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("serve_runs")
+    assert main(tiny_train_args(sample_data, out, "trainer.max_epochs=1")) == 0
+    return out / "cnn_base"
+
+
+@pytest.fixture(scope="module")
+def client(run):
+    return TestClient(create_app(Predictor.load(run), max_upload_mb=1.0))
+
+
+def _png(arr: np.ndarray, mode: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    (Image.fromarray(arr, mode) if mode else Image.fromarray(arr)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _post(client, data: bytes, name: str = "x.png", **params):
+    return client.post("/api/v1/predict", files={"file": (name, data)}, params=params)
+
+
+def test_predict_a_real_xray_with_gradcam(client) -> None:
+    r = _post(client, XRAY.read_bytes(), "x.jpeg", gradcam="true")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert 0 <= body["probability"] <= 1
+    assert body["label"] == ("PNEUMONIA" if body["probability"] >= body["threshold"] else "NORMAL")
+    assert body["operating_point"]["split"] == "val" and "not a diagnosis" in body["notice"]
+    overlay = Image.open(io.BytesIO(base64.b64decode(body["gradcam_png"])))
+    assert overlay.size == (32, 32) and overlay.mode == "RGB"
+    assert set(body["timings_ms"]) == {"preprocess", "model", "gradcam", "total"}
+
+
+def _cmyk() -> bytes:
+    buf = io.BytesIO()
+    Image.new("CMYK", (64, 64), (0, 0, 0, 128)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "message"),
+    [
+        ("empty", 422, "empty"),
+        ("truncated", 422, "truncated"),
+        ("text_as_png", 415, "not JPEG, PNG or DICOM"),
+        ("huge_dimensions", 413, "12000x12000"),
+        ("oversized", 413, "1 MB limit"),
+        ("dicom_without_pixels", 422, "no pixel data"),
+    ],
+)
+def test_bad_inputs_get_specific_4xx(client, tmp_path, kind, status, message) -> None:
+    if kind == "empty":
+        data = b""
+    elif kind == "truncated":
+        data = XRAY.read_bytes()[:3000]
+    elif kind == "text_as_png":
+        data = b"this is a text file with a .png name"
+    elif kind == "huge_dimensions":
+        buf = io.BytesIO()
+        Image.new("1", (12000, 12000)).save(buf, format="PNG")
+        data = buf.getvalue()
+    elif kind == "oversized":
+        data = b"\xff\xd8\xff" + b"\0" * (1024 * 1024 + 10)
+    else:
+        data = write_dicom(tmp_path / "sr.dcm", np.zeros((1, 1), np.uint8), with_pixels=False).read_bytes()
+    r = _post(client, data)
+    assert r.status_code == status and message in r.json()["detail"], r.text
+
+
+@pytest.mark.parametrize("kind", ["png16", "rgba", "cmyk", "dicom_monochrome1"])
+def test_unusual_but_valid_inputs_work_and_leak_no_patient_data(client, tmp_path, kind) -> None:
+    rng = np.random.default_rng(0)
+    if kind == "png16":
+        data = _png(rng.integers(0, 65535, (80, 80)).astype(np.uint16))
+    elif kind == "rgba":
+        data = _png(rng.integers(0, 255, (80, 80, 4)).astype(np.uint8), "RGBA")
+    elif kind == "cmyk":
+        data = _cmyk()
+    else:
+        arr = rng.integers(0, 4096, (80, 80)).astype(np.uint16)
+        data = write_dicom(tmp_path / "m1.dcm", arr, photometric="MONOCHROME1").read_bytes()
+    r = _post(client, data, "Doe^Jane_MRN-0042.dcm", gradcam="true")
+    assert r.status_code == 200, r.text
+    assert "Doe" not in r.text and "MRN" not in r.text
+
+
+def test_token_is_enforced(run) -> None:
+    c = TestClient(create_app(Predictor.load(run), token="s3cret"))
+    assert _post(c, XRAY.read_bytes()).status_code == 401
+    bad = c.post("/api/v1/predict", files={"file": ("x", XRAY.read_bytes())}, headers={"Authorization": "Bearer nope"})
+    assert bad.status_code == 401 and "bearer token" in bad.json()["detail"]
+    ok = c.post("/api/v1/predict", files={"file": ("x", XRAY.read_bytes())}, headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+    assert c.get("/healthz").status_code == 200  # health stays open for probes
+
+
+def test_model_page_health_and_openapi(client) -> None:
+    info = client.get("/api/v1/model").json()
+    assert info["model"] == "cnn_base" and "not a diagnostic device" in info["intended_use"]
+    assert info["operating_point"]["split"] == "val" and info["preprocessing"]["image_size"] == 32
+    assert client.get("/healthz").json()["status"] == "ok"
+    assert "/api/v1/predict" in client.get("/openapi.json").json()["paths"]
+    page = client.get("/").text
+    assert "Decision support, not a diagnosis" in page and 'type="file"' in page
+
+
+def test_concurrent_requests_share_the_model_safely(client) -> None:
+    data = XRAY.read_bytes()
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: _post(client, data, gradcam="true"), range(16)))
+    assert all(r.status_code == 200 for r in results)
+    assert len({r.json()["probability"] for r in results}) == 1
+    assert len({r.json()["gradcam_png"] for r in results}) == 1
+
+
+def test_onnx_export_parity_and_backend(run, tmp_path) -> None:
+    target = tmp_path / "model.onnx"
+    report = export_onnx(run, target)
+    assert report["max_abs_diff"] < 1e-4 and target.with_suffix(".onnx.json").is_file()
+    shutil.copy(run / "model.pt", tmp_path / "model.pt")  # Grad-CAM still comes from the PyTorch weights
+    torch_p, onnx_p = Predictor.load(run), Predictor.load(target)
+    assert onnx_p.backend == "onnx"
+    for path in sorted((sample_root() / "test").rglob("*.jpeg"))[:6]:
+        a, b = torch_p.predict(path.read_bytes()), onnx_p.predict(path.read_bytes(), gradcam=True)
+        assert abs(a.probability - b.probability) < 1e-5 and b.heatmap is not None
+
+
+def test_predict_cli_table_json_and_per_file_errors(run, tmp_path, capsys) -> None:
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    code = main(["predict", str(run), str(XRAY), str(bad), "--json", "--gradcam", str(tmp_path / "cam")])
+    assert code == 2  # one file failed, the other still ran
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["image"] == str(XRAY) and 0 <= lines[0]["probability"] <= 1
+    assert "not JPEG, PNG or DICOM" in lines[1]["error"]
+    assert (tmp_path / "cam" / f"{XRAY.stem}_gradcam.png").is_file()
+    assert main(["predict", str(run), str(XRAY)]) == 0
+    assert "P(pneumonia)" in capsys.readouterr().out
+
+
+def test_gradcam_is_highest_where_a_toy_model_looks() -> None:
+    """A CNN trained to detect a bright patch in one corner must put its Grad-CAM peak on that corner."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    n, s = 256, 64
+    x = rng.normal(0.3, 0.1, (n, 1, s, s)).astype(np.float32)
+    y = np.arange(n) % 2
+    x[y == 1, :, 6:22, 6:22] += 0.6  # the positive class has a patch in the top-left corner
+    model = create_model("cnn_base")
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    xt, yt = torch.from_numpy((x - 0.3) / 0.2), torch.from_numpy(y)
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(model(xt), yt)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    meta = {"model_name": "cnn_base", "classes": ["NORMAL", "PNEUMONIA"], "threshold": 0.5,
+            "preprocessing": {"image_size": s, "mean": 0.3, "std": 0.2, "normalization": "dataset"}}  # fmt: skip
+    img = (np.clip(x[1, 0], 0, 1) * 255).astype(np.uint8)  # a positive example
+    r = Predictor(model, meta).predict(_png(img), gradcam=True)
+    heat = r.heatmap
+    assert heat.shape == (s, s) and np.isfinite(heat).all() and heat.std() > 0
+    assert r.probability > 0.5
+    peak = np.unravel_index(np.argmax(heat), heat.shape)
+    assert 0 <= peak[0] < 32 and 0 <= peak[1] < 32, peak  # the top-left quadrant, where the patch is
+    assert heat[:32, :32].mean() > 2 * heat[32:, 32:].mean()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium (.ci/run installs it with apt)")
+def test_real_browser_uploads_an_xray_and_sees_probability_and_heat_map(run) -> None:
+    import uvicorn
+    from playwright.sync_api import sync_playwright
+
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(Predictor.load(run)), host="127.0.0.1", port=port, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=shutil.which("chromium"),
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                    "--disable-quic",
+                ],
+            )
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.set_input_files("#file", str(XRAY))
+            page.wait_for_function("document.getElementById('prob').textContent.endsWith('%')", timeout=20000)
+            shown = float(page.text_content("#prob").rstrip("%"))
+            label = page.text_content("#label")
+            src = page.get_attribute("#overlay", "src")
+            loaded = page.evaluate("document.getElementById('overlay').naturalWidth")
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    expected = Predictor.load(run).predict(XRAY.read_bytes())
+    assert shown == pytest.approx(100 * expected.probability, abs=0.051)
+    assert label in ("Pneumonia suspected", "No pneumonia detected")
+    assert src.startswith("data:image/png;base64,") and loaded == 32

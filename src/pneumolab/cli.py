@@ -549,9 +549,7 @@ def predict_cmd(
             typer.echo(json.dumps({"image": str(path), **r.to_dict()}))
         else:
             ood_text = "-" if r.ood is None else ("yes" if r.ood else "no")
-            typer.echo(
-                f"{path!s:<40} {r.probability:>12.4f}  {r.label:<10} {ood_text:<5} {r.timings_ms['total']:.0f}"
-            )
+            typer.echo(f"{path!s:<40} {r.probability:>12.4f}  {r.label:<10} {ood_text:<5} {r.timings_ms['total']:.0f}")
     if failed:
         raise typer.Exit(2)
 

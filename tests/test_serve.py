@@ -244,3 +244,14 @@ def test_real_browser_uploads_an_xray_and_sees_probability_and_heat_map(run) -> 
     assert shown == pytest.approx(100 * expected.probability, abs=0.051)
     assert label in ("Pneumonia suspected", "No pneumonia detected")
     assert src.startswith("data:image/png;base64,") and loaded == 32
+
+
+def test_ood_guard_in_the_predictor(run, sample_data, tmp_path) -> None:
+    args = ["autoencoder", "train", "--data", str(sample_data), f"out_dir={tmp_path}", "data.image_size=64",
+            "data.num_workers=0", "trainer.max_epochs=8", "trainer.precision=32"]  # fmt: skip
+    assert main(args) == 0
+    predictor = Predictor.load(run, ood=tmp_path / "autoencoder")  # its own 64 px preprocessing, the model's is 32 px
+    assert predictor.predict(XRAY.read_bytes()).ood is False
+    blank = predictor.predict(_png(np.zeros((200, 200), np.uint8)))
+    assert blank.ood is True and blank.ood_score is not None
+    assert TestClient(create_app(predictor)).get("/api/v1/model").json()["ood_guard"] is True

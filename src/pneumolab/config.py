@@ -20,6 +20,7 @@ __all__ = [
     "AugmentConfig",
     "AutoencoderConfig",
     "DataConfig",
+    "GanConfig",
     "ModelConfig",
     "OptimConfig",
     "StrictModel",
@@ -170,6 +171,37 @@ class AutoencoderConfig(StrictModel):
     ood_percentile: float = Field(99.5, gt=50, le=100)  # of training reconstruction errors: above it = not an X-ray
 
 
+class GanTrainerConfig(TrainerConfig):
+    """A GAN has no validation metric to select on: keep the last epoch, no early stopping."""
+
+    max_epochs: int = Field(20, ge=1)
+    monitor: None = None  # type: ignore[assignment]
+    early_stopping_patience: None = None  # type: ignore[assignment]
+    log_graph: bool = False
+
+
+class GanConfig(StrictModel):
+    """``pneumolab gan train``: the study's DCGAN for one class, on the training split only."""
+
+    name: str = "dcgan"
+    out_dir: Path = Path("runs/gan")
+    seed: int = 0
+    label: Literal["NORMAL", "PNEUMONIA"] = "PNEUMONIA"
+    nz: int = Field(100, ge=1)
+    width: int = Field(64, ge=8)  # ngf = ndf
+    lr: float = Field(2e-4, gt=0)  # Adam, beta1 0.5 (DCGAN)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    data: DataConfig
+    trainer: GanTrainerConfig = GanTrainerConfig()
+
+
+def _literal(raw: str, words: dict[str, Any]) -> Any:
+    try:
+        return words[raw.strip().lower()] if raw.strip().lower() in words else ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw  # a bare word is a string
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["a.b=3", "c=[1,2]", "d=text"]`` -> ``{"a": {"b": 3}, "c": [1, 2], "d": "text"}``."""
     out: dict[str, Any] = {}
@@ -178,10 +210,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise InputError(f"override {item!r} must look like key=value (e.g. image_size=128)")
         words = {"null": None, "true": True, "false": False}  # YAML spellings; `None`/`True` are literals already
-        try:
-            value = words[raw.strip().lower()] if raw.strip().lower() in words else ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw  # a bare word is a string
+        value = _literal(raw, words)
+        if isinstance(value, str) and value.startswith("[") and value.endswith("]"):  # [a, b] with bare words
+            value = [_literal(v.strip(), words) for v in value[1:-1].split(",") if v.strip()]
         node = out
         *parents, leaf = key.strip().split(".")
         for p in parents:

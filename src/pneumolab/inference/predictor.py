@@ -120,7 +120,7 @@ class Predictor:
             t2 = time.perf_counter()
             heat = self._gradcam(x) if gradcam else None
             t3 = time.perf_counter()
-            ood, score = self._ood(x)
+            ood, score = self._ood(img)
         prob = float((logits / self.temperature).softmax(1)[0, 1])
         timings = {"preprocess": (t1 - t0) * 1e3, "model": (t2 - t1) * 1e3, "gradcam": (t3 - t2) * 1e3,
                    "total": (time.perf_counter() - t0) * 1e3}  # fmt: skip
@@ -141,16 +141,16 @@ class Predictor:
         cam = torch.relu(cam)[0, 0].detach().numpy()
         return cam / cam.max() if cam.max() > 0 else cam
 
-    def _ood(self, x: torch.Tensor) -> tuple[bool | None, float | None]:
+    def _ood(self, img: DecodedImage) -> tuple[bool | None, float | None]:
+        """The autoencoder guard on the image preprocessed the autoencoder's own way."""
         if self.ood is None:
             return None, None
         from pneumolab.generative.autoencoder import ood_flags
 
         ae, meta = self.ood
         pre = meta["preprocessing"]
-        if pre["image_size"] != self.size or pre["mean"] != self.meta["preprocessing"]["mean"]:
-            # The guard was fitted on its own preprocessing: rebuild the input for it.
-            raise InputError("the OOD autoencoder must share the model's preprocessing (same data and image size)")
+        tf = EvalPreset(mean=pre["mean"], std=pre["std"], normalization=pre["normalization"])
+        x = tf(torch.from_numpy(np.array(resize_square(img.pixels, pre["image_size"])))[None, None])
         errors, flags = ood_flags(ae, meta, x)
         return bool(flags[0]), float(errors[0])
 

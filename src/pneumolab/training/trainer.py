@@ -70,12 +70,9 @@ def load_run_config(run_dir: Path, schema: type = TrainConfig) -> Any:
 def build_trainer(cfg: TrainConfig, run_dir: Path, *, progress_bar: bool = True) -> tuple[L.Trainer, Throughput]:
     """A Lightning Trainer with pneumolab's callbacks and loggers (used by every training command)."""
     t = cfg.trainer
-    mode = "min" if t.monitor.endswith("loss") else "max"
+    mode = "min" if t.monitor and t.monitor.endswith("loss") else "max"
     throughput = Throughput()
     callbacks: list[L.Callback] = [
-        ModelCheckpoint(  # the best epoch on validation (first: this is trainer.checkpoint_callback)
-            dirpath=run_dir / "checkpoints", filename="best", monitor=t.monitor, mode=mode, enable_version_counter=False
-        ),
         # Every epoch, for --resume. Lightning's save_last only saves when the best improved.
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False),
         LearningRateMonitor(logging_interval="epoch"),
@@ -83,6 +80,11 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, *, progress_bar: bool = True)
         EpochHistory(run_dir / "history.csv"),
         throughput,
     ]
+    if t.monitor:  # the best epoch on validation (first: this is trainer.checkpoint_callback)
+        best = ModelCheckpoint(
+            dirpath=run_dir / "checkpoints", filename="best", monitor=t.monitor, mode=mode, enable_version_counter=False
+        )
+        callbacks.insert(0, best)
     if t.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=mode, patience=t.early_stopping_patience))
     n_proc = t.devices * t.num_nodes

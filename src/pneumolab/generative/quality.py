@@ -1,0 +1,93 @@
+"""How good are the synthetic X-rays? FID/KID in the feature space of a classifier trained on real
+X-rays (not ImageNet Inception: the extractor is named in every report), precision/recall of the
+generator (Kynkäänniemi et al. 2019, k-NN manifolds), nearest-real-neighbour distances (memorisation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pneumolab.models import get_spec
+from pneumolab.models.checkpoint import load_model_file
+
+__all__ = ["ClassifierFeatures", "knn_precision_recall", "nearest_real_distances", "synthetic_quality"]
+
+
+class ClassifierFeatures(nn.Module):
+    """Penultimate features of a trained pneumolab classifier: ``(N, C, H, W)`` uint8 or [0, 1] float,
+    1 or 3 channels, any size -> ``(N, d)``. Accepts what torchmetrics' FID/KID feed a custom extractor."""
+
+    def __init__(self, model_file: str | Path) -> None:
+        super().__init__()
+        model, meta = load_model_file(model_file)
+        net = model.head if isinstance(model, nn.Sequential) and hasattr(model, "head") else model
+        path = get_spec(meta["model_name"]).classifier
+        parent, _, leaf = path.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, leaf, nn.Identity())  # drop the head: features
+        self.model, self.pre = model.eval(), meta["preprocessing"]
+        self.name = f"{meta['model_name']} trained on real X-rays ({Path(model_file).resolve()})"
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        if x.shape[1] == 3:
+            x = x.mean(dim=1, keepdim=True)
+        s = self.pre["image_size"]
+        x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+        if self.pre["normalization"] == "per_image":
+            x = (x - x.mean(dim=(2, 3), keepdim=True)) / (x.std(dim=(2, 3), keepdim=True) + 1e-6)
+        else:
+            x = (x - self.pre["mean"]) / self.pre["std"]
+        return self.model(x).flatten(1).double()
+
+
+def _dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.maximum(((a**2).sum(1)[:, None] + (b**2).sum(1)[None] - 2 * a @ b.T), 0))
+
+
+def knn_precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
+    """Precision: share of fakes inside the real k-NN manifold; recall: share of reals inside the fake one."""
+
+    def radii(x: np.ndarray) -> np.ndarray:
+        d = _dist(x, x)
+        return np.sort(d, axis=1)[:, min(k, len(x) - 1)]  # column 0 is the point itself
+
+    d_fr = _dist(fake, real)
+    precision = float((d_fr <= radii(real)[None]).any(1).mean())
+    recall = float((radii(fake)[None] >= d_fr.T).any(1).mean())
+    return precision, recall
+
+
+def nearest_real_distances(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
+    """Distance of each fake to its nearest real image (in feature space), against the typical real-to-real
+    nearest distance: fakes much closer than that are likely memorised copies."""
+    d_fr = _dist(fake, real).min(1)
+    d_rr = _dist(real, real)
+    np.fill_diagonal(d_rr, np.inf)
+    rr = d_rr.min(1)
+    return {"fake_to_real_median": float(np.median(d_fr)), "real_to_real_median": float(np.median(rr)),
+            "share_closer_than_real_5th_percentile": float((d_fr < np.percentile(rr, 5)).mean())}  # fmt: skip
+
+
+def synthetic_quality(real: torch.Tensor, fake: torch.Tensor, extractor: ClassifierFeatures) -> dict[str, Any]:
+    """FID, KID, precision/recall and memorisation of ``fake`` against ``real``; both ``(N, 1, H, W)`` uint8."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    fid = FrechetInceptionDistance(feature=extractor, normalize=False)
+    subset = min(len(real), len(fake), 100)
+    kid = KernelInceptionDistance(feature=extractor, subset_size=subset, normalize=False)
+    for metric in (fid, kid):
+        metric.update(real, real=True)
+        metric.update(fake, real=False)
+    kid_mean, kid_std = kid.compute()
+    fr, ff = extractor(real).numpy(), extractor(fake).numpy()
+    precision, recall = knn_precision_recall(fr, ff)
+    return {"feature_extractor": extractor.name, "fid": float(fid.compute()), "kid_mean": float(kid_mean),
+            "kid_std": float(kid_std), "precision": precision, "recall": recall,
+            "memorisation": nearest_real_distances(fr, ff), "n_real": len(real), "n_fake": len(fake)}  # fmt: skip

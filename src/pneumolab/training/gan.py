@@ -1,0 +1,117 @@
+"""The DCGAN task in the shared engine: manual optimisation (D step, then G step) per batch.
+
+Logs the losses, D(x) and D(G(z)); a fixed-noise sample grid goes to TensorBoard every epoch;
+checkpoints and resume come from the shared Trainer. Trained on one class of the training split only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Subset
+from torchvision.utils import make_grid
+
+from pneumolab.config import GanConfig
+from pneumolab.data.datamodule import CachedImages, ChestXrayDataModule
+from pneumolab.errors import InputError
+from pneumolab.generative.dcgan import Discriminator, Generator, save_generator
+from pneumolab.io import atomic_path, atomic_write_json
+from pneumolab.training.trainer import TrainResult, fit, start_run
+
+__all__ = ["GanModule", "train_gan"]
+
+
+class GanModule(L.LightningModule):
+    """Inputs arrive normalised with the dataset's mean/std; they are mapped to [-1, 1] for the Tanh generator."""
+
+    def __init__(self, size: int, nz: int, width: int, lr: float, beta1: float, preprocessing: dict[str, Any],
+                 config: dict[str, Any]) -> None:  # fmt: skip
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.generator = Generator(size, nz, width)
+        self.discriminator = Discriminator(size, width)
+        self.register_buffer("fixed_noise", torch.randn(64, nz, 1, 1, generator=torch.Generator().manual_seed(0)))
+
+    def _to_tanh_range(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.hparams.preprocessing
+        return ((x * pre["std"] + pre["mean"]) * 2 - 1).clamp(-1, 1)  # (B, 1, S, S) in [-1, 1]
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        real = self._to_tanh_range(batch[0])
+        opt_d, opt_g = self.optimizers()
+        z = torch.randn(len(real), self.hparams.nz, 1, 1, device=self.device)
+        fake = self.generator(z)
+        ones, zeros = torch.ones(len(real), device=self.device), torch.zeros(len(real), device=self.device)
+        # Discriminator: real -> 1, fake -> 0 (fake detached so G gets no gradient here).
+        d_real, d_fake = self.discriminator(real), self.discriminator(fake.detach())
+        d_loss = F.binary_cross_entropy(d_real, ones) + F.binary_cross_entropy(d_fake, zeros)
+        opt_d.zero_grad()
+        self.manual_backward(d_loss)
+        opt_d.step()
+        # Generator: make D call the fakes real (the non-saturating loss).
+        d_gz = self.discriminator(fake)
+        g_loss = F.binary_cross_entropy(d_gz, ones)
+        opt_g.zero_grad()
+        self.manual_backward(g_loss)
+        opt_g.step()
+        log = {"train/d_loss": d_loss, "train/g_loss": g_loss, "train/D_x": d_real.mean(), "train/D_G_z": d_gz.mean()}
+        self.log_dict(log, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(real))
+
+    def on_train_epoch_end(self) -> None:
+        tb = next((lg.experiment for lg in self.loggers if hasattr(lg.experiment, "add_image")), None)
+        if tb is not None:
+            tb.add_image("samples/fixed_noise", self.sample_grid(), self.current_epoch)
+
+    @torch.no_grad()
+    def sample_grid(self) -> torch.Tensor:
+        """(3, H, W) grid of the generator's images for the fixed noise, in [0, 1]."""
+        was = self.generator.training
+        self.generator.eval()
+        imgs = (self.generator(self.fixed_noise) + 1) / 2
+        self.generator.train(was)
+        return make_grid(imgs.cpu(), nrow=8)
+
+    def configure_optimizers(self) -> Any:
+        betas = (self.hparams.beta1, 0.999)
+        return (torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr, betas=betas),
+                torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr, betas=betas))  # fmt: skip
+
+
+def train_gan(cfg: GanConfig, *, resume: Path | None = None, progress_bar: bool = True) -> TrainResult:
+    """Train one class's DCGAN on the training split; writes ``generator.pt`` and ``samples.png``."""
+    if cfg.data.normalization != "dataset":
+        raise InputError("the DCGAN needs data.normalization=dataset (it maps pixels to [-1, 1] itself)")
+    run_dir, last = start_run(cfg, resume)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = ChestXrayDataModule(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    train = dm.datasets["train"]
+    assert isinstance(train, CachedImages)  # no synthetic sets here: a GAN learns from real images only
+    keep = [i for i, t in enumerate(train.targets) if t == ["NORMAL", "PNEUMONIA"].index(cfg.label)]
+    if len(keep) < cfg.data.batch_size:
+        raise InputError(f"only {len(keep)} {cfg.label} training images: fewer than one batch")
+    dm.datasets["train"] = Subset(train, keep)
+    dm.datasets["train"].targets = [train.targets[i] for i in keep]  # what class weights would read
+    module = GanModule(cfg.data.image_size, cfg.nz, cfg.width, cfg.lr, cfg.beta1, dm.preprocessing(),
+                       cfg.model_dump(mode="json"))  # fmt: skip
+    trainer, throughput = fit(cfg, module, dm, run_dir, last, progress_bar)
+    if not trainer.is_global_zero:
+        return TrainResult(run_dir, {})
+    meta = {"label": cfg.label, "config": cfg.model_dump(mode="json"), "epochs": trainer.current_epoch,
+            "trained_on": {"data": str(cfg.data.data_dir), "split": "train", "images": len(keep)}}  # fmt: skip
+    save_generator(run_dir / "generator.pt", module.generator.cpu(), meta)
+    from PIL import Image
+
+    grid = module.sample_grid()
+    with atomic_path(run_dir / "samples.png", suffix=".png") as tmp:
+        Image.fromarray((grid[0].numpy() * 255).round().astype("uint8")).save(tmp, format="PNG")
+    summary = {"run_dir": str(run_dir), "label": cfg.label, "images": len(keep), "epochs": trainer.current_epoch,
+               **throughput.summary()}  # fmt: skip
+    atomic_write_json(run_dir / "summary.json", summary)
+    return TrainResult(run_dir, summary)

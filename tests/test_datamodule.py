@@ -104,3 +104,15 @@ def test_synthetic_images_only_enter_the_training_loader(prepared_dir, tmp_path)
 def test_a_real_set_cannot_be_smuggled_in_as_synthetic(prepared_dir, tmp_path) -> None:
     with pytest.raises(LeakageError, match="only source=synthetic"):
         _dm(prepared_dir, synthetic=[_synthetic_set(tmp_path, source="real")])
+
+
+def test_duplicate_real_control_adds_copies_of_training_images_only(prepared_dir) -> None:
+    plain = _dm(prepared_dir)
+    dup = _dm(prepared_dir, duplicate_real={"NORMAL": 5, "PNEUMONIA": 7})
+    assert len(dup.datasets["train"]) == len(plain.datasets["train"]) + 12
+    assert len(dup.datasets["val"]) == len(plain.datasets["val"])
+    extra = dup.datasets["train"].datasets[-1]
+    m = Manifest.load(prepared_dir)
+    assert all(m.records[i].split == "train" for i in extra.indices)
+    assert sorted(extra.targets) == [0] * 5 + [1] * 7
+    assert dup.class_weights().tolist() != plain.class_weights().tolist()

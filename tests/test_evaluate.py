@@ -77,28 +77,35 @@ def test_evaluate_errors(two_runs, sample_data, tmp_path, capsys) -> None:
     assert main(["evaluate", str(two_runs[0]), "--data", str(sample_data), "--split", "holdout"]) == 2
 
 
-def test_compare_renders_every_section(two_runs, sample_data, tmp_path) -> None:
+def _variant(run, out, name: str, **data_changes):
+    """A copy of ``run`` whose config claims other training data (perturbed weights, so predictions differ)."""
     import yaml
 
-    # A third run that claims synthetic training images, to render the GAN section.
-    gan = tmp_path / "gan_run"
-    gan.mkdir()
-    model, meta = load_model_file(two_runs[0] / "model.pt")
-    meta["config"]["data"]["synthetic"] = ["runs/gan/pneumonia"]
-    meta["config"]["name"] = "cnn_base_gan"
     from pneumolab.models.checkpoint import save_model_file
 
-    torch.manual_seed(1)
+    out.mkdir()
+    model, meta = load_model_file(run / "model.pt")
+    meta["config"]["data"].update(data_changes)
+    meta["config"]["name"] = name
+    torch.manual_seed(len(name))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    save_model_file(gan / "model.pt", model, {k: v for k, v in meta.items() if k not in ("format", "version")})
-    (gan / "config.yaml").write_text(yaml.safe_dump(meta["config"]))
-    html = compare([*two_runs, gan], sample_data, tmp_path / "report", n_boot=200)
+    save_model_file(out / "model.pt", model, {k: v for k, v in meta.items() if k not in ("format", "version")})
+    (out / "config.yaml").write_text(yaml.safe_dump(meta["config"]))
+    return out
+
+
+def test_compare_renders_every_section(two_runs, sample_data, tmp_path) -> None:
+    gan = _variant(two_runs[0], tmp_path / "gan_run", "cnn_base_gan", synthetic=["runs/gan/pneumonia"])
+    dup = _variant(two_runs[0], tmp_path / "dup_run", "cnn_base_dup", duplicate_real={"PNEUMONIA": 10})
+    html = compare([*two_runs, gan, dup], sample_data, tmp_path / "report", n_boot=200)
     text = (tmp_path / "report" / "report.md").read_text()
     for section in ("The study's table", "Discrimination", "Size and cost", "Pairwise AUROC", "GAN augmentation"):
         assert section in text, section
     assert "cnn_base_gan" in text and "p (paired bootstrap)" in text
+    assert "| GAN images | cnn_base_gan | cnn_base |" in text
+    assert "duplicated real (control)" in text and "1 seed(s)" in text
     page = html.read_text()
     assert page.startswith("<!doctype html>") and "data:image/png;base64," in page and "<table>" in page
 

@@ -68,6 +68,9 @@ class DataConfig(StrictModel):
     normalization: Literal["dataset", "per_image"] = "dataset"
     augment: AugmentConfig = AugmentConfig()
     synthetic: list[Path] = []  # folders with a synthetic manifest; added to the training loader only
+    # A control for synthetic augmentation: this many extra copies of real training images per class
+    # (drawn with replacement, seeded), so "more images" and "new images" can be told apart.
+    duplicate_real: dict[Literal["NORMAL", "PNEUMONIA"], int] = {}
     seed: int = 0
 
 
@@ -94,6 +97,7 @@ class OptimConfig(StrictModel):
 
 class TrainerConfig(StrictModel):
     max_epochs: int = Field(10, ge=1)
+    max_steps: int = -1  # > 0: stop after this many optimiser steps (equal-step comparisons)
     max_time_min: float | None = Field(None, gt=0)  # wall-clock budget; stops after the current epoch
     precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
     channels_last: bool = False

@@ -96,6 +96,11 @@ class ChestXrayDataModule(L.LightningDataModule):
         train_parts = [subset("train", train_tf)]
         for syn_dir in cfg.synthetic:
             train_parts.append(self._synthetic(manifest, syn_dir, train_tf))
+        if cfg.duplicate_real:
+            rng = np.random.default_rng(cfg.seed)
+            extra = [int(i) for label, n in sorted(cfg.duplicate_real.items())
+                     for i in rng.choice([i for i in train_idx if manifest.records[i].label == label], n)]  # fmt: skip
+            train_parts.append(CachedImages(images, extra, [manifest.records[i].target for i in extra], train_tf))
         self.datasets = {"train": ConcatDataset(train_parts) if len(train_parts) > 1 else train_parts[0]}
         self.datasets["val"] = subset("val", eval_tf)
         if manifest.indices("test"):

@@ -49,6 +49,16 @@ class RunResult:
     def synthetic(self) -> bool:
         return bool(self.meta["config"]["data"].get("synthetic"))
 
+    @property
+    def arm(self) -> str:
+        """``gan`` (synthetic images added), ``duplicate`` (real images repeated: the control) or ``plain``."""
+        data = self.meta["config"]["data"]
+        return "gan" if data.get("synthetic") else "duplicate" if data.get("duplicate_real") else "plain"
+
+    @property
+    def seed(self) -> int:
+        return int(self.meta["config"].get("seed", 0))
+
 
 def _load_run(run: Path, data: Path, split: str, n_boot: int) -> RunResult:
     model_file = resolve_model_file(run)
@@ -146,20 +156,40 @@ def _pairwise(runs: list[RunResult], n_boot: int) -> dict[str, Any]:
 
 
 def _gan_section(runs: list[RunResult], n_boot: int) -> dict[str, Any] | None:
-    rows = []
-    for g in (r for r in runs if r.synthetic):
-        for p in (r for r in runs if not r.synthetic and r.meta["model_name"] == g.meta["model_name"]):
-            t = paired_auroc_test(g, p, n_boot)
-            dspec = (
-                g.metrics["at_threshold"]["specificity"]["value"] - p.metrics["at_threshold"]["specificity"]["value"]
-            )
-            diff = f"{t['diff']:+.4f} [{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]"
-            rows.append([g.meta["model_name"], g.name, p.name, diff, f"{t['p_value']:.3f}", f"{dspec:+.4f}"])
+    """Each GAN-augmented (and duplicate-control) run against the plain run of the same model and seed."""
+    plain = {(r.meta["model_name"], r.seed): r for r in runs if r.arm == "plain"}
+    rows, effects = [], {}
+    for r in sorted((r for r in runs if r.arm != "plain"), key=lambda r: (r.meta["model_name"], r.arm, r.seed)):
+        base = plain.get((r.meta["model_name"], r.seed))
+        if base is None:
+            continue
+        t = paired_auroc_test(r, base, n_boot)
+        spec = r.metrics["at_threshold"]["specificity"]["value"] - base.metrics["at_threshold"]["specificity"]["value"]
+        diff = f"{t['diff']:+.4f} [{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]"
+        arm = "GAN images" if r.arm == "gan" else "duplicated real (control)"
+        rows.append(
+            [r.meta["model_name"], str(r.seed), arm, r.name, base.name, diff, f"{t['p_value']:.3f}", f"{spec:+.4f}"]
+        )
+        effects.setdefault((r.meta["model_name"], arm), []).append((t["diff"], t["p_value"] < 0.05))
     if not rows:
         return None
-    return _table(
-        ["model", "with GAN images", "without", "AUROC difference [95% CI]", "p", "specificity difference"], rows
-    )
+    for (model, arm), vals in sorted(effects.items()):
+        mean = float(np.mean([v for v, _ in vals]))
+        sig = sum(s for _, s in vals)
+        rows.append(
+            [model, "all", arm, f"{len(vals)} seed(s)", "", f"mean {mean:+.4f}", f"{sig} of {len(vals)} p<0.05", ""]
+        )
+    header = [
+        "model",
+        "seed",
+        "added to training",
+        "run",
+        "plain run",
+        "AUROC difference [95% CI]",
+        "p",
+        "specificity diff.",
+    ]
+    return _table(header, rows)
 
 
 def _roc_figure(runs: list[RunResult], title: str) -> bytes:
@@ -202,7 +232,9 @@ def compare(runs: list[Path], data: str | Path, out: str | Path, *, split: str =
     if len(results) > 1:
         sections.append(("Pairwise AUROC comparisons (paired patient-level bootstrap)", _pairwise(results, n_boot)))
     if (gan := _gan_section(results, n_boot)) is not None:
-        sections.append(("GAN augmentation: runs with synthetic training images vs the same model without", gan))
+        sections.append(
+            ("GAN augmentation (vs the same model and seed without; duplicated real images as control)", gan)
+        )
     roc = _roc_figure(results, f"ROC, {where}")
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "roc.png", suffix=".png") as tmp:

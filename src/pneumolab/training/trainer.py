@@ -91,6 +91,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, *, progress_bar: bool = True)
     trainer = L.Trainer(
         default_root_dir=run_dir,
         max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
         max_time=None if t.max_time_min is None else {"minutes": t.max_time_min},
         precision=t.precision,
         gradient_clip_val=t.gradient_clip,

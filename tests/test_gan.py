@@ -144,3 +144,26 @@ def test_precision_recall_and_memorisation_on_toy_features() -> None:
     assert knn_precision_recall(real, rng.normal(8, 1, (200, 4))) == (0.0, 0.0)
     copies = nearest_real_distances(real, real[:50] + 1e-6)
     assert copies["share_closer_than_real_5th_percentile"] == 1.0
+
+
+def test_train_on_synthetic_test_on_real(gan_run, sample_data, tmp_path) -> None:
+    from conftest import tiny_train_args
+
+    from pneumolab.data.datamodule import train_statistics
+    from pneumolab.evaluation.evaluate import evaluate
+
+    args = ["gan", "train", "--label", "NORMAL", "--data", str(sample_data), f"out_dir={tmp_path}",
+            "trainer.max_epochs=1", "data.num_workers=0", "data.batch_size=32", "width=16"]  # fmt: skip
+    assert main(args) == 0
+    sets = [sample_set(gan_run, 40, tmp_path / "p", seed=1), sample_set(tmp_path / "dcgan_NORMAL", 40, tmp_path / "n")]
+    cfg = DataConfig(data_dir=sample_data, image_size=32, num_workers=0, synthetic=sets, real_train=False)
+    dm = ChestXrayDataModule(cfg)
+    dm.setup()
+    assert len(dm.datasets["train"]) == 80 and sorted(set(dm.train_targets)) == [0, 1]
+    real_mean, _ = train_statistics(dm.datasets["val"].images, Manifest.load(sample_data).indices("train"))
+    assert dm.mean != pytest.approx(real_mean)  # statistics of the synthetic training images
+    synthetic_list = "[" + ",".join(map(str, sets)) + "]"
+    out = tmp_path / "tstr"
+    assert main(tiny_train_args(sample_data, out, f"data.synthetic={synthetic_list}", "data.real_train=false")) == 0
+    m = evaluate(out / "cnn_base", sample_data, split="test", n_boot=100)
+    assert 0 <= m["at_threshold"]["auroc"]["value"] <= 1  # the TSTR AUROC, on real test images

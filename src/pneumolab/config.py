@@ -71,6 +71,7 @@ class DataConfig(StrictModel):
     # A control for synthetic augmentation: this many extra copies of real training images per class
     # (drawn with replacement, seeded), so "more images" and "new images" can be told apart.
     duplicate_real: dict[Literal["NORMAL", "PNEUMONIA"], int] = {}
+    real_train: bool = True  # false: train on the synthetic sets alone (train-on-synthetic, test-on-real)
     seed: int = 0
 
 

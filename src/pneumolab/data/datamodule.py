@@ -59,6 +59,15 @@ def train_statistics(images: np.ndarray, indices: list[int], chunk: int = 512) -
     return float(mean), float(np.sqrt(max(total_sq / count - mean**2, 1e-12)))
 
 
+def _pooled_statistics(parts: list[CachedImages]) -> tuple[float, float]:
+    """Mean and std over several cached sets together (each part's moments, weighted by its pixel count)."""
+    moments = [(len(p), *train_statistics(p.images, p.indices)) for p in parts]  # (n, mean, std)
+    n = sum(k for k, _, _ in moments)
+    mean = sum(k * m for k, m, _ in moments) / n
+    var = sum(k * (sd**2 + m**2) for k, m, sd in moments) / n - mean**2
+    return float(mean), float(np.sqrt(max(var, 1e-12)))
+
+
 class ChestXrayDataModule(L.LightningDataModule):
     """Serves train/val/test from a dataset folder made by ``pneumolab data index`` and ``data split``.
 
@@ -85,29 +94,39 @@ class ChestXrayDataModule(L.LightningDataModule):
             raise InputError(f"{cfg.data_dir} has no validation split: run `pneumolab data split {cfg.data_dir}` first")
         images = load_cache(manifest, cfg.image_size, cfg.data_dir / "cache")
         train_idx = manifest.indices("train", source="real")
-        self.mean, self.std = train_statistics(images, train_idx)  # train only: val/test must not shape inputs
-        norm = {"mean": self.mean, "std": self.std, "normalization": cfg.normalization}
-        train_tf, eval_tf = TrainPreset(**norm, augment=cfg.augment), EvalPreset(**norm)
 
-        def subset(split: str, transform: Any, source: str | None = None) -> CachedImages:
+        def subset(split: str, source: str | None = None) -> CachedImages:
             idx = manifest.indices(split, source)
-            return CachedImages(images, idx, [manifest.records[i].target for i in idx], transform)
+            return CachedImages(images, idx, [manifest.records[i].target for i in idx], None)
 
-        train_parts = [subset("train", train_tf)]
-        for syn_dir in cfg.synthetic:
-            train_parts.append(self._synthetic(manifest, syn_dir, train_tf))
+        syn_parts = [self._synthetic(manifest, syn_dir) for syn_dir in cfg.synthetic]
+        if cfg.real_train:
+            # Statistics from the real training images only: val/test (and synthetic images) must not shape inputs.
+            self.mean, self.std = train_statistics(images, train_idx)
+            train_parts = [subset("train"), *syn_parts]
+        else:  # train on synthetic, test on real (TSTR): the synthetic images are the training split
+            if not syn_parts:
+                raise InputError("data.real_train=false needs synthetic sets (data.synthetic=[...]) to train on")
+            self.mean, self.std = _pooled_statistics(syn_parts)
+            train_parts = syn_parts
         if cfg.duplicate_real:
             rng = np.random.default_rng(cfg.seed)
             extra = [int(i) for label, n in sorted(cfg.duplicate_real.items())
                      for i in rng.choice([i for i in train_idx if manifest.records[i].label == label], n)]  # fmt: skip
-            train_parts.append(CachedImages(images, extra, [manifest.records[i].target for i in extra], train_tf))
+            train_parts.append(CachedImages(images, extra, [manifest.records[i].target for i in extra], None))
+        norm = {"mean": self.mean, "std": self.std, "normalization": cfg.normalization}
+        train_tf, eval_tf = TrainPreset(**norm, augment=cfg.augment), EvalPreset(**norm)
+        for part in train_parts:
+            part.transform = train_tf
+        val, test = subset("val"), subset("test")
+        val.transform = test.transform = eval_tf
         self.datasets = {"train": ConcatDataset(train_parts) if len(train_parts) > 1 else train_parts[0]}
-        self.datasets["val"] = subset("val", eval_tf)
-        if manifest.indices("test"):
-            self.datasets["test"] = subset("test", eval_tf)
+        self.datasets["val"] = val
+        if len(test):
+            self.datasets["test"] = test
         log.info("data: %s", {k: repr(v) for k, v in self.datasets.items()})
 
-    def _synthetic(self, manifest: Manifest, syn_dir: Any, transform: Any) -> CachedImages:
+    def _synthetic(self, manifest: Manifest, syn_dir: Any) -> CachedImages:
         """Load a synthetic set for the training loader; refuse anything that could reach val/test."""
         syn = Manifest.load(syn_dir)
         not_train = [r.path for r in syn.records if r.split != "train" or r.source != "synthetic"]
@@ -120,7 +139,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         if any(r.sha256 in held_out for r in syn.records):
             raise LeakageError(f"{syn_dir}: contains an image identical to a validation/test image")
         images = load_cache(syn, self.config.image_size, Path(syn_dir) / "cache")
-        return CachedImages(images, list(range(len(syn))), [r.target for r in syn.records], transform)
+        return CachedImages(images, list(range(len(syn))), [r.target for r in syn.records], None)
 
     @property
     def train_targets(self) -> list[int]:

@@ -192,6 +192,23 @@ def _gan_section(runs: list[RunResult], n_boot: int) -> dict[str, Any] | None:
     return _table(header, rows)
 
 
+def _sample_grids(runs: list[RunResult]) -> list[tuple[str, bytes]]:
+    """The fixed-noise sample grid of every generator behind the synthetic sets the runs trained with."""
+    grids, seen = [], set()
+    for r in runs:
+        for syn in r.meta["config"]["data"].get("synthetic", []):
+            prov = Path(syn) / "provenance.json"
+            if not prov.is_file():
+                continue
+            p = json.loads(prov.read_text())
+            samples = Path(p["generator"]) / "samples.png"
+            if samples.is_file() and samples not in seen:
+                seen.add(samples)
+                grids.append((f"DCGAN samples, {p['label']} (generator {Path(p['generator']).name}, "
+                              f"sha256 {p['generator_sha256'][:12]})", samples.read_bytes()))  # fmt: skip
+    return grids
+
+
 def _roc_figure(runs: list[RunResult], title: str) -> bytes:
     fig, ax = plt.subplots(figsize=(5.2, 5))
     for r in runs:
@@ -236,6 +253,7 @@ def compare(runs: list[Path], data: str | Path, out: str | Path, *, split: str =
             ("GAN augmentation (vs the same model and seed without; duplicated real images as control)", gan)
         )
     roc = _roc_figure(results, f"ROC, {where}")
+    grids = _sample_grids(results)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "roc.png", suffix=".png") as tmp:
         tmp.write_bytes(roc)  # also embedded in report.html
@@ -249,6 +267,8 @@ def compare(runs: list[Path], data: str | Path, out: str | Path, *, split: str =
     for title, table in sections:
         md.append(f"## {title}\n\n{_md_table(table)}\n")
     md.append("## ROC curves\n\n![ROC](roc.png)\n")
+    for caption, png in grids:
+        md.append(f"### {caption}\n\n![{caption}](data:image/png;base64,{base64.b64encode(png).decode()})\n")
     atomic_write_text(out / "report.md", "\n".join(md))
     img = base64.b64encode(roc).decode()
     body = "".join(f"<h2>{html.escape(t)}</h2>{_html_table(tab)}" for t, tab in sections)
@@ -258,7 +278,13 @@ def compare(runs: list[Path], data: str | Path, out: str | Path, *, split: str =
         "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px}"
         "th{background:#f2f2f2}</style></head><body><h1>pneumolab comparison report</h1>"
         f"<p>{html.escape(intro).replace('**', '')}</p>{body}<h2>ROC curves</h2>"
-        f"<img alt='ROC curves' src='data:image/png;base64,{img}'></body></html>"
+        f"<img alt='ROC curves' src='data:image/png;base64,{img}'>"
+        + "".join(
+            f"<h3>{html.escape(c)}</h3><img alt='{html.escape(c)}' src='data:image/png;base64,"
+            f"{base64.b64encode(png).decode()}'>"
+            for c, png in grids
+        )
+        + "</body></html>"
     )
     atomic_write_text(out / "report.html", page)
     return out / "report.html"

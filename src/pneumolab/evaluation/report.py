@@ -46,10 +46,6 @@ class RunResult:
     gflops: float
 
     @property
-    def synthetic(self) -> bool:
-        return bool(self.meta["config"]["data"].get("synthetic"))
-
-    @property
     def arm(self) -> str:
         """``gan`` (synthetic images added), ``duplicate`` (real images repeated: the control) or ``plain``."""
         data = self.meta["config"]["data"]
@@ -133,10 +129,11 @@ def _main_tables(runs: list[RunResult]) -> list[tuple[str, dict[str, Any]]]:
           f"{r.metrics['threshold']['value']:.3f} ({r.meta.get('threshold_policy', '-')})"] for r in runs],
     )  # fmt: skip
     cost = _table(
-        ["run", "model", "params", "GFLOPs", "image px", "epochs (best)", "train wall s", "train img/s", "synthetic"],
+        ["run", "model", "params", "GFLOPs", "image px", "epochs (best)", "train wall s", "train img/s", "trained on"],
         [[r.name, r.meta["model_name"], f"{r.params:,}", f"{r.gflops:.2f}", str(r.meta["preprocessing"]["image_size"]),
           f"{r.summary.get('epochs_run', '?')} ({r.summary.get('best_epoch', '?')})", str(r.summary.get("wall_s", "?")),
-          str(r.summary.get("train_images_per_s", "?")), "yes" if r.synthetic else "no"] for r in runs],
+          str(r.summary.get("train_images_per_s", "?")),
+          {"gan": "real + GAN", "duplicate": "real + duplicates", "plain": "real"}[r.arm]] for r in runs],
     )  # fmt: skip
     return [
         ("The study's table (at each model's validation-chosen threshold; recall = sensitivity)", study),

@@ -690,6 +690,44 @@ def serve_cmd(
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
+@_command(
+    app,
+    "tune",
+    [
+        "pneumolab tune -c tune/cpu_resnet18 --data runs/data/kermany",
+        "pneumolab tune -c configs/tune/cpu_resnet18.yaml --data runs/data/kermany --workers 2 --trials 40",
+        "pneumolab tune -c tune/cpu_resnet18 --data runs/data/kermany --storage postgresql+psycopg://user@db-host/optuna",
+    ],
+)
+def tune_cmd(
+    config: Annotated[str, typer.Option("--config", "-c", help="Tuning YAML or preset (tune/NAME).")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides of the tuning YAML.")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Dataset folder (same as data.data_dir=... for every trial).")
+    ] = None,
+    trials: Annotated[
+        int | None, typer.Option(help="Finished trials the study should hold (default: the YAML's).")
+    ] = None,
+    storage: Annotated[str | None, typer.Option(help="SQLAlchemy URL (default: SQLite in runs/tune/NAME).")] = None,
+    workers: Annotated[int, typer.Option(help="Local worker processes sharing the study.")] = 1,
+    out_config: Annotated[
+        Path | None, typer.Option(help="Where the best config goes (default configs/tuned/NAME.yaml).")
+    ] = None,
+) -> None:
+    """Optuna study on validation data: each trial is a training run; pruning, budgets, resume, shared storage."""
+    from pneumolab.tuning.study import load_tune_config, run_study, write_best, write_report
+
+    cfg = load_tune_config(config, data, overrides)
+    study = run_study(cfg, data=data, storage=storage, trials=trials, workers=workers, config_path=config,
+                      overrides=overrides)  # fmt: skip
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    typer.echo(f"study {cfg.name}: {len(finished)} finished trials ({len(study.trials)} in all)")
+    if any(t.state.name == "COMPLETE" for t in study.trials):
+        best = write_best(study, cfg, out_config or Path("configs/tuned") / f"{cfg.name}.yaml", data)
+        typer.echo(f"best trial {study.best_trial.number}: {cfg.objective} {study.best_value:.5f} -> {best}")
+        typer.echo(f"report: {write_report(study, cfg)}")
+
+
 @_command(app, "models", ["pneumolab models", "pneumolab models --size 224"])
 def models_cmd(size: Size = 128) -> None:
     """List every registered model with its parameters and GFLOPs at SIZE x SIZE (1 channel)."""

@@ -67,7 +67,9 @@ def load_run_config(run_dir: Path, schema: type = TrainConfig) -> Any:
     return load_config(schema, path)
 
 
-def build_trainer(cfg: TrainConfig, run_dir: Path, *, progress_bar: bool = True) -> tuple[L.Trainer, Throughput]:
+def build_trainer(
+    cfg: TrainConfig, run_dir: Path, *, progress_bar: bool = True, extra_callbacks: list[L.Callback] | None = None
+) -> tuple[L.Trainer, Throughput]:
     """A Lightning Trainer with pneumolab's callbacks and loggers (used by every training command)."""
     t = cfg.trainer
     mode = "min" if t.monitor and t.monitor.endswith("loss") else "max"
@@ -87,6 +89,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, *, progress_bar: bool = True)
         callbacks.insert(0, best)
     if t.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=mode, patience=t.early_stopping_patience))
+    callbacks += extra_callbacks or []
     n_proc = t.devices * t.num_nodes
     trainer = L.Trainer(
         default_root_dir=run_dir,
@@ -129,10 +132,16 @@ def start_run(cfg: Any, resume: Path | None) -> tuple[Path, Path | None]:
 
 
 def fit(
-    cfg: Any, module: L.LightningModule, dm: L.LightningDataModule, run_dir: Path, last: Path | None, progress_bar: bool
+    cfg: Any,
+    module: L.LightningModule,
+    dm: L.LightningDataModule,
+    run_dir: Path,
+    last: Path | None,
+    progress_bar: bool,
+    extra_callbacks: list[L.Callback] | None = None,
 ) -> tuple[L.Trainer, Throughput]:
     """Save the resolved config, then fit ``module`` on ``dm`` (any task: classifier, autoencoder, ...)."""
-    trainer, throughput = build_trainer(cfg, run_dir, progress_bar=progress_bar)
+    trainer, throughput = build_trainer(cfg, run_dir, progress_bar=progress_bar, extra_callbacks=extra_callbacks)
     if trainer.is_global_zero:  # also on resume: trainer limits may have changed
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -147,13 +156,20 @@ def fit(
     return trainer, throughput
 
 
-def train(cfg: TrainConfig, *, resume: Path | None = None, progress_bar: bool = True) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: Path | None = None,
+    progress_bar: bool = True,
+    extra_callbacks: list[L.Callback] | None = None,
+) -> TrainResult:
     """Train (or, with ``resume``, continue) one classifier and export its best checkpoint.
 
     Args:
         cfg: the resolved config (for ``resume``, the run's own ``config.yaml``).
         resume: a run folder; training continues from its ``checkpoints/last.ckpt``.
         progress_bar: show Lightning's progress bar and model summary.
+        extra_callbacks: more Lightning callbacks (e.g. Optuna's pruning callback).
 
     Raises:
         InputError: unknown model, bad weights file, unprepared data, nothing to resume.
@@ -181,7 +197,7 @@ def train(cfg: TrainConfig, *, resume: Path | None = None, progress_bar: bool = 
         channels_last=cfg.trainer.channels_last,
         monitor=cfg.trainer.monitor,
     )
-    trainer, throughput = fit(cfg, module, dm, run_dir, last, progress_bar)
+    trainer, throughput = fit(cfg, module, dm, run_dir, last, progress_bar, extra_callbacks)
     if not trainer.is_global_zero:
         return TrainResult(run_dir, {})
     return TrainResult(run_dir, _finish(trainer, throughput, run_dir, cfg))

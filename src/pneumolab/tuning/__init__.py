@@ -1,0 +1,1 @@
+"""Hyper-parameter tuning with Optuna: every trial is an ordinary ``train`` run, selected on validation."""

@@ -140,3 +140,15 @@ def tiny_train_args(data: Path, out: Path, *extra: str) -> list[str]:
         "data.num_workers=0", "trainer.max_epochs=2", "trainer.precision=32", "trainer.channels_last=false",
         "trainer.log_every_n_steps=1", *extra,
     ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def ae_run(sample_data, tmp_path_factory) -> Path:
+    """The study's autoencoder trained briefly on the bundled sample at 64 px (shared by several tests)."""
+    from pneumolab.cli import main
+
+    out = tmp_path_factory.mktemp("ae")
+    args = ["autoencoder", "train", "--data", str(sample_data), f"out_dir={out}", "data.image_size=64",
+            "data.num_workers=0", "trainer.max_epochs=8", "trainer.precision=32"]  # fmt: skip
+    assert main(args) == 0
+    return out / "autoencoder"

@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 import torch
 from conftest import tiny_train_args
 from PIL import Image, ImageDraw
@@ -43,15 +42,6 @@ def test_reconstruction_loss_falls_on_the_sample(sample_data) -> None:
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
-
-
-@pytest.fixture(scope="module")
-def ae_run(sample_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ae")
-    args = ["autoencoder", "train", "--data", str(sample_data), f"out_dir={out}", "data.image_size=64",
-            "data.num_workers=0", "trainer.max_epochs=8", "trainer.precision=32"]  # fmt: skip
-    assert main(args) == 0
-    return out / "autoencoder"
 
 
 def test_autoencoder_run_stores_its_guard_and_previews(ae_run) -> None:

@@ -33,39 +33,36 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(
-    help="Index, validate, split and cache a chest X-ray dataset.",
-    epilog=_examples(
-        "pneumolab data index data/chest_xray --out runs/data/kermany",
-        "pneumolab data split runs/data/kermany --val-fraction 0.1 --seed 0",
-        "pneumolab data cache runs/data/kermany --size 128",
-    ),
-    no_args_is_help=True,
-    rich_markup_mode=None,
+
+
+def _group(name: str, text: str, *examples: str) -> typer.Typer:
+    """A sub-command group of ``pneumolab`` with examples in its --help."""
+    group = typer.Typer(help=text, epilog=_examples(*examples), no_args_is_help=True, rich_markup_mode=None)
+    app.add_typer(group, name=name)
+    return group
+
+
+data_app = _group(
+    "data",
+    "Index, validate, split and cache a chest X-ray dataset.",
+    "pneumolab data index data/chest_xray --out runs/data/kermany",
+    "pneumolab data split runs/data/kermany --val-fraction 0.1 --seed 0",
+    "pneumolab data cache runs/data/kermany --size 128",
 )
-app.add_typer(data_app, name="data")
-ae_app = typer.Typer(
-    help="The study's convolutional autoencoder: train it, encode a dataset, guard against non-X-ray inputs.",
-    epilog=_examples(
-        "pneumolab autoencoder train -c autoencoder/cpu --data runs/data/kermany",
-        "pneumolab autoencoder encode runs/autoencoder/autoencoder --data runs/data/kermany",
-        "pneumolab train -c cpu/latent_cnn --data runs/data/kermany --latent runs/autoencoder/autoencoder",
-    ),
-    no_args_is_help=True,
-    rich_markup_mode=None,
+ae_app = _group(
+    "autoencoder",
+    "The study's convolutional autoencoder: train it, encode a dataset, guard against non-X-ray inputs.",
+    "pneumolab autoencoder train -c autoencoder/cpu --data runs/data/kermany",
+    "pneumolab autoencoder encode runs/autoencoder/autoencoder --data runs/data/kermany",
+    "pneumolab train -c cpu/latent_cnn --data runs/data/kermany --latent runs/autoencoder/autoencoder",
 )
-app.add_typer(ae_app, name="autoencoder")
-gan_app = typer.Typer(
-    help="The study's DCGAN: one generator per class, trained on the training split; synthetic sets with provenance.",
-    epilog=_examples(
-        "pneumolab gan train --label PNEUMONIA --data runs/data/kermany",
-        "pneumolab gan sample runs/gan/dcgan_PNEUMONIA --n 1280 --out runs/synthetic/pneumonia",
-        "pneumolab train -c cpu/resnet34 --data runs/data/kermany data.synthetic=[runs/synthetic/pneumonia]",
-    ),
-    no_args_is_help=True,
-    rich_markup_mode=None,
+gan_app = _group(
+    "gan",
+    "The study's DCGAN: one generator per class, trained on the training split; synthetic sets with provenance.",
+    "pneumolab gan train --label PNEUMONIA --data runs/data/kermany",
+    "pneumolab gan sample runs/gan/dcgan_PNEUMONIA --n 1280 --out runs/synthetic/pneumonia",
+    "pneumolab train -c cpu/resnet34 --data runs/data/kermany data.synthetic=[runs/synthetic/pneumonia]",
 )
-app.add_typer(gan_app, name="gan")
 
 
 def _command(group: typer.Typer, name: str, examples: list[str]) -> Callable:

@@ -90,6 +90,13 @@ def test_encode_then_latent_training_round_trip(ae_run, sample_data, tmp_path, c
     assert meta["preprocessing"]["latent"]["shape"] == [256, 4, 4]
     assert model(torch.zeros(2, 1, 64, 64)).shape == (2, 2)  # takes pixels: the encoder sits in front
     assert main(["evaluate", str(tmp_path / "latent_cnn"), "--data", str(sample_data), "--n-boot", "100"]) == 0
+    from pneumolab.evaluation.report import compare
+
+    pixels = tmp_path / "pixels"
+    assert main(tiny_train_args(sample_data, pixels)) == 0
+    compare([tmp_path / "latent_cnn", pixels / "cnn_base"], sample_data, tmp_path / "report", n_boot=100)
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "Autoencoder codes vs pixels" in text and "256x4x4 code" in text and "32x32 pixels" in text
 
 
 def test_latent_cache_follows_the_autoencoder(ae_run, sample_data, tmp_path) -> None:

@@ -189,6 +189,27 @@ def _gan_section(runs: list[RunResult], n_boot: int) -> dict[str, Any] | None:
     return _table(header, rows)
 
 
+def _latent_section(runs: list[RunResult]) -> dict[str, Any] | None:
+    """Runs trained on autoencoder codes next to runs on pixels, with the whole pipeline's training time."""
+    latent = [r for r in runs if r.meta["preprocessing"].get("latent")]
+    if not latent:
+        return None
+    rows = []
+    for r in runs:
+        lat = r.meta["preprocessing"].get("latent")
+        ae_s = 0.0
+        if lat:
+            ae_summary = Path(lat["autoencoder"]).parent / "summary.json"
+            ae_s = float(json.loads(ae_summary.read_text()).get("wall_s", 0)) if ae_summary.is_file() else float("nan")
+        clf_s = float(r.summary.get("wall_s", float("nan")))
+        size = r.meta["preprocessing"]["image_size"]
+        rows.append([r.name, "x".join(map(str, lat["shape"])) + " code" if lat else f"{size}x{size} pixels",
+                     f"{ae_s:.0f}" if lat else "-", f"{clf_s:.0f}", f"{ae_s + clf_s:.0f}",
+                     _ci(r.metrics["at_threshold"]["auroc"]), _ci(r.metrics["at_threshold"]["accuracy"])])  # fmt: skip
+    header = ["run", "classifier input", "autoencoder train s", "classifier train s", "total s", "AUROC", "accuracy"]
+    return _table(header, rows)
+
+
 def _sample_grids(runs: list[RunResult]) -> list[tuple[str, bytes]]:
     """The fixed-noise sample grid of every generator behind the synthetic sets the runs trained with."""
     grids, seen = [], set()
@@ -249,6 +270,8 @@ def compare(runs: list[Path], data: str | Path, out: str | Path, *, split: str =
         sections.append(
             ("GAN augmentation (vs the same model and seed without; duplicated real images as control)", gan)
         )
+    if (latent := _latent_section(results)) is not None:
+        sections.append(("Autoencoder codes vs pixels (every training second counted; encoding takes seconds)", latent))
     roc = _roc_figure(results, f"ROC, {where}")
     grids = _sample_grids(results)
     out.mkdir(parents=True, exist_ok=True)

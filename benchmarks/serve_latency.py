@@ -98,10 +98,11 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--backends", nargs="+", default=["torch", "onnx"])
+    ap.add_argument("--gradcam", choices=["both", "on", "off"], default="both")
     args = ap.parse_args()
     data = _upload()
     for backend in args.backends:
-        for gradcam in (False, True):
+        for gradcam in {"both": (False, True), "on": (True,), "off": (False,)}[args.gradcam]:
             for clients in args.clients:
                 print(json.dumps(run_config(args.run, backend, gradcam, clients, args.requests, data)), flush=True)
 

@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--ae-epochs", type=int, default=10)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument(
-        "--bottlenecks", nargs="+", default=["autoencoder/cpu", "autoencoder/cpu_c16", "autoencoder/cpu_c64d5"]
+        "--bottlenecks", nargs="*", default=["autoencoder/cpu", "autoencoder/cpu_c16", "autoencoder/cpu_c64d5"]
     )
     ap.add_argument("--pixel-sizes", type=int, nargs="+", default=[128, 224])
     args = ap.parse_args()

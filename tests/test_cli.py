@@ -32,14 +32,14 @@ def test_demo_runs_on_the_bundled_sample_without_touching_it(tmp_path, capsys) -
     assert main(["demo", "--out", str(tmp_path), "--size", "32", "--epochs", "1"]) == 0
     out = capsys.readouterr().out
     assert "train" in out and "val" in out and "patients" in out and "CC BY 4.0" in out
-    assert "done: cnn_base @ 32px" in out and (tmp_path / "train" / "cnn_base" / "model.pt").is_file()
+    assert "done: cnn_improved @ 32px" in out and (tmp_path / "train" / "cnn_improved" / "model.pt").is_file()
     m = Manifest.load(tmp_path / "data")
     assert 200 <= len(m) <= 400 and {r.split for r in m.records} == {"train", "val", "test"}
     assert list((tmp_path / "data" / "cache").glob("images_32_*.npy"))
     assert tree_digest(sample_root()) == before
     assert main(["demo", "--out", str(tmp_path), "--size", "32", "--epochs", "1"]) == 0  # idempotent
     out = capsys.readouterr().out
-    assert "up to date" in out and "cnn_base-2" in out  # the cache is reused; runs are never overwritten
+    assert "up to date" in out and "cnn_improved-2" in out  # the cache is reused; runs are never overwritten
 
 
 def test_sample_is_small_attributed_and_has_several_images_per_patient() -> None:

@@ -116,19 +116,27 @@ class Predictor:
         small, x = self.preprocess(img)
         t1 = time.perf_counter()
         with self.lock:
-            logits = self._logits(x).float()  # (1, 2)
-            t2 = time.perf_counter()
-            heat = self._gradcam(x) if gradcam else None
-            t3 = time.perf_counter()
+            if gradcam and self.model is not None:
+                # One PyTorch forward serves both (ONNX has no gradients): Grad-CAM's pass also yields the logits.
+                heat, logits = self._gradcam(x)
+                t2 = t3 = time.perf_counter()
+            else:
+                logits = self._logits(x)
+                t2 = time.perf_counter()
+                heat = self._gradcam(x)[0] if gradcam else None
+                t3 = time.perf_counter()
+            logits = logits.float()  # (1, 2)
             ood, score = self._ood(img)
         prob = float((logits / self.temperature).softmax(1)[0, 1])
+        # With PyTorch and Grad-CAM, "model" includes the Grad-CAM pass and "gradcam" is 0.
         timings = {"preprocess": (t1 - t0) * 1e3, "model": (t2 - t1) * 1e3, "gradcam": (t3 - t2) * 1e3,
                    "total": (time.perf_counter() - t0) * 1e3}  # fmt: skip
         return Prediction(prob, CLASSES[int(prob >= self.threshold)], self.threshold, ood,
                           {k: round(v, 2) for k, v in timings.items()}, heat, small, score)  # fmt: skip
 
-    def _gradcam(self, x: torch.Tensor) -> np.ndarray:
-        """Grad-CAM for the PNEUMONIA logit on the registry's layer, upsampled to the input: (S, S) in [0, 1]."""
+    def _gradcam(self, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+        """Grad-CAM for the PNEUMONIA logit on the registry's layer, upsampled to the input: (S, S) in [0, 1],
+        and the logits of the same forward pass."""
         if self.model is None:
             raise InputError("Grad-CAM needs the PyTorch model (model.pt beside the .onnx file)")
         from captum.attr import LayerAttribution, LayerGradCam
@@ -136,10 +144,16 @@ class Predictor:
         layer = gradcam_layer(self.model, self.meta["model_name"])
         n_out = self.meta.get("num_outputs", len(self.meta["classes"]))
         target = None if n_out == 1 else 1  # single-logit heads have no class index
-        cam = LayerGradCam(self.model, layer).attribute(x.clone().requires_grad_(True), target=target)  # (1, 1, h, w)
+        seen: dict[str, torch.Tensor] = {}
+
+        def forward(inp: torch.Tensor) -> torch.Tensor:
+            seen["logits"] = out = self.model(inp)
+            return out
+
+        cam = LayerGradCam(forward, layer).attribute(x.clone().requires_grad_(True), target=target)  # (1, 1, h, w)
         cam = LayerAttribution.interpolate(cam, (self.size, self.size), interpolate_mode="bilinear")
         cam = torch.relu(cam)[0, 0].detach().numpy()
-        return cam / cam.max() if cam.max() > 0 else cam
+        return (cam / cam.max() if cam.max() > 0 else cam), seen["logits"].detach()
 
     def _ood(self, img: DecodedImage) -> tuple[bool | None, float | None]:
         """The autoencoder guard on the image preprocessed the autoencoder's own way."""

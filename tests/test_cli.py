@@ -12,7 +12,8 @@ from pneumolab.data.manifest import Manifest
 COMMANDS = [[], ["data"], ["data", "index"], ["data", "split"], ["data", "cache"], ["data", "summary"],
             ["data", "prepare"], ["demo"], ["train"], ["models"], ["tensorboard"], ["evaluate"], ["compare"],
             ["predict"], ["export"], ["serve"], ["tune"], ["autoencoder"], ["autoencoder", "train"],
-            ["autoencoder", "encode"], ["gan"], ["gan", "train"], ["gan", "sample"], ["gan", "quality"]]  # fmt: skip
+            ["autoencoder", "encode"], ["gan"], ["gan", "train"], ["gan", "sample"], ["gan", "quality"],
+            ["robustness"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "top")

@@ -116,3 +116,20 @@ def test_paired_test_of_a_model_against_itself_is_not_significant(two_runs, samp
     r = _load_run(two_runs[0], sample_data, "test", 200)
     t = paired_auroc_test(r, r, n_boot=200)
     assert t["diff"] == 0 and t["p_value"] == 1.0 and np.isclose(t["ci_low"], 0)
+
+
+def test_robustness_reports_every_shift_and_matches_clean_evaluation(two_runs, sample_data, tmp_path, capsys) -> None:
+    from pneumolab.evaluation.robustness import SHIFTS
+
+    assert (
+        main(["robustness", str(two_runs[0]), "--data", str(sample_data), "--split", "test", "--out", str(tmp_path)])
+        == 0
+    )
+    assert "worst specificity" in capsys.readouterr().out
+    r = json.loads((tmp_path / "robustness.json").read_text())
+    assert set(r["shifts"]) == set(SHIFTS) and all(len(v) == 3 for v in r["shifts"].values())
+    m = evaluate(two_runs[0], sample_data, split="test", out=tmp_path / "ev", n_boot=50)["at_threshold"]
+    for k in ("auroc", "sensitivity", "specificity"):
+        assert r["clean"][k] == pytest.approx(m[k]["value"], abs=1e-6)  # same images, same threshold
+    strongest = r["shifts"]["noise"][-1]
+    assert (strongest["auroc"], strongest["specificity"]) != (r["clean"]["auroc"], r["clean"]["specificity"])

@@ -126,7 +126,7 @@ def _echo_summary(summary: dict) -> None:
         )
     sides = summary["shorter_side_px"]
     typer.echo(
-        f"  shorter side: min {sides['min']} / median {sides['median']} / max {sides['max']} px; "
+        f"  shorter side: min {sides['min']} / median {sides['median']:g} / max {sides['max']} px; "
         f"{summary['square_224']} are 224x224"
     )
     if summary["split_settings"]:
@@ -724,6 +724,36 @@ def tune_cmd(
         best = write_best(study, cfg, out_config or Path("configs/tuned") / f"{cfg.name}.yaml", data)
         typer.echo(f"best trial {study.best_trial.number}: {cfg.objective} {study.best_value:.5f} -> {best}")
         typer.echo(f"report: {write_report(study, cfg)}")
+
+
+@_command(
+    app,
+    "robustness",
+    ["pneumolab robustness runs/train/resnet18 --data runs/data/kermany --split val"],
+)
+def robustness_cmd(
+    model: Annotated[Path, typer.Argument(help="Run folder or model.pt.")],
+    data: Annotated[Path, typer.Option(help="Dataset folder made by `pneumolab data index`.")],
+    split: Annotated[str, typer.Option(help="Split to shift (val by default; never select on test).")] = "val",
+    out: Annotated[Path | None, typer.Option(help="Folder for robustness.json (default: the run folder).")] = None,
+) -> None:
+    """AUROC, sensitivity, specificity and ECE under graded acquisition shifts (contrast, blur, noise, ...)."""
+    from pneumolab.evaluation.robustness import robustness
+
+    target = out or (model if model.is_dir() else model.parent) / "robustness" / f"{data.resolve().name}-{split}"
+    r = robustness(model, data, split=split, out=target)
+    c = r["clean"]
+    typer.echo(f"{'shift':<14} {'severity':>8} {'AUROC':>7} {'sens.':>7} {'spec.':>7} {'ECE':>6}")
+    typer.echo(
+        f"{'clean':<14} {'-':>8} {c['auroc']:>7.3f} {c['sensitivity']:>7.3f} {c['specificity']:>7.3f} {c['ece']:>6.3f}"
+    )
+    for name, rows in r["shifts"].items():
+        for m in rows:
+            typer.echo(f"{name:<14} {m['severity']:>8g} {m['auroc']:>7.3f} {m['sensitivity']:>7.3f} "
+                       f"{m['specificity']:>7.3f} {m['ece']:>6.3f}")  # fmt: skip
+    typer.echo(
+        f"worst specificity {r['worst_specificity']:.3f} at the stored threshold -> {target / 'robustness.json'}"
+    )
 
 
 @_command(app, "models", ["pneumolab models", "pneumolab models --size 224"])

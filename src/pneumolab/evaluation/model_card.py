@@ -32,7 +32,7 @@ def render_model_card(meta: dict[str, Any], evaluations: list[dict[str, Any]]) -
         "## Model",
         f"- Architecture: `{meta['model_name']}` ({meta['model_kwargs']}), pneumolab {meta.get('version', '?')}",
         f"- Training: {cfg['trainer']['max_epochs']} epochs max, {cfg['optim']['optimizer']} lr {cfg['optim']['lr']}, "
-        f"best epoch {meta.get('best_epoch')} selected on validation {cfg['trainer']['monitor']}",
+        f"best epoch {meta.get('best_epoch')} selected on {cfg['trainer']['monitor']} (validation split)",
         "",
         "## Data and splits",
         f"- Training data: `{cfg['data']['data_dir']}`; validation split carved from train by patient "

@@ -516,7 +516,7 @@ def gan_quality_cmd(
     fake = np.array(load_cache(syn, size, synthetic / "cache")[:n])
     idx = [i for i in real.indices("train", "real") if real.records[i].label == label][:n]
     ref = np.array(load_cache(real, size, data / "cache")[idx])
-    extractor = ClassifierFeatures(classifier / "model.pt" if classifier.is_dir() else classifier)
+    extractor = ClassifierFeatures(classifier)
     q = synthetic_quality(torch.from_numpy(ref)[:, None], torch.from_numpy(fake)[:, None], extractor)
     q.update({"label": label, "reference": f"{len(idx)} real {label} training images of {data}"})
     atomic_write_json(synthetic / "quality.json", q)

@@ -27,24 +27,12 @@ from pneumolab.evaluation.model_card import write_model_card
 from pneumolab.evaluation.predict import predict_logits
 from pneumolab.evaluation.thresholds import choose_threshold
 from pneumolab.io import atomic_write_json, atomic_write_text
-from pneumolab.models.checkpoint import load_model_file
+from pneumolab.models.checkpoint import load_model_file, resolve_model_file
 from pneumolab.training.callbacks import read_history
 
-__all__ = ["evaluate", "resolve_model_file"]
+__all__ = ["evaluate"]
 
 log = logging.getLogger(__name__)
-
-
-def resolve_model_file(target: str | Path) -> Path:
-    """A run folder (its ``model.pt``) or a model file."""
-    target = Path(target)
-    if target.is_dir():
-        if not (target / "model.pt").is_file():
-            raise InputError(f"{target} has no model.pt: give a finished run folder or a model file")
-        return target / "model.pt"
-    if not target.is_file():
-        raise InputError(f"{target}: no such run folder or model file")
-    return target
 
 
 def _dataset(data: Path, out: Path) -> tuple[Manifest, Path]:

@@ -22,12 +22,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from pneumolab.errors import InputError
-from pneumolab.evaluation.evaluate import evaluate, resolve_model_file
+from pneumolab.evaluation.evaluate import evaluate
 from pneumolab.evaluation.metrics import bootstrap_weights, rank_metrics
 from pneumolab.evaluation.plots import fig_to_png, roc_band
 from pneumolab.io import atomic_path, atomic_write_text
 from pneumolab.models import count_flops
-from pneumolab.models.checkpoint import load_model_file
+from pneumolab.models.checkpoint import load_model_file, resolve_model_file
 
 __all__ = ["RunResult", "compare", "paired_auroc_test"]
 

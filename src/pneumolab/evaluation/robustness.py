@@ -25,7 +25,7 @@ from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import apply_temperature
 from pneumolab.evaluation.metrics import compute_metrics
 from pneumolab.io import atomic_write_json
-from pneumolab.models.checkpoint import load_model_file
+from pneumolab.models.checkpoint import load_model_file, resolve_model_file
 
 __all__ = ["SHIFTS", "robustness"]
 
@@ -104,8 +104,7 @@ SHIFTS: dict[str, tuple[Shift, tuple[float, ...]]] = {
 def robustness(model_target: str | Path, data: str | Path, *, split: str = "val", out: str | Path | None = None,
                seed: int = 0) -> dict[str, Any]:  # fmt: skip
     """Metrics of one model on ``split`` of a dataset folder, clean and under every shift and severity."""
-    target = Path(model_target)
-    model_file = target / "model.pt" if target.is_dir() else target
+    model_file = resolve_model_file(model_target)
     model, meta = load_model_file(model_file)
     data = Path(data)
     manifest = Manifest.load(data)

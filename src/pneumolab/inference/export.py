@@ -32,8 +32,7 @@ def export_onnx(model_target: str | Path, out: str | Path, *, samples: list[byte
 
     from pneumolab.inference.predictor import Predictor
 
-    target = Path(model_target)
-    model, meta = load_model_file(target / "model.pt" if target.is_dir() else target)
+    model, meta = load_model_file(model_target)
     out = Path(out)
     pre = meta["preprocessing"]
     dummy = torch.zeros(2, 1, pre["image_size"], pre["image_size"])

@@ -77,7 +77,6 @@ class Predictor:
     def load(cls, target: str | Path, *, backend: str = "torch", ood: str | Path | None = None) -> Predictor:
         """From a run folder, ``model.pt`` or ``.onnx`` (with its ``.json`` sidecar); ``ood``: an autoencoder run."""
         target = Path(target)
-        model_file = target / "model.pt" if target.is_dir() else target
         onnx_file = target / "model.onnx" if target.is_dir() else target
         if target.suffix == ".onnx" or backend == "onnx":
             if not onnx_file.is_file() or onnx_file.suffix != ".onnx":
@@ -89,9 +88,7 @@ class Predictor:
             torch_file = onnx_file.parent / "model.pt"  # Grad-CAM needs gradients: the PyTorch model, if present
             model = load_model_file(torch_file)[0] if torch_file.is_file() else None
             return cls(model, meta, onnx_session=session, ood=_load_ood(ood))
-        if not model_file.is_file():
-            raise InputError(f"{target}: no model.pt; give a finished run folder, a model.pt or an .onnx file")
-        model, meta = load_model_file(model_file)
+        model, meta = load_model_file(target)
         return cls(model, meta, ood=_load_ood(ood))
 
     def preprocess(self, img: DecodedImage) -> tuple[np.ndarray, torch.Tensor]:

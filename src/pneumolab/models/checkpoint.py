@@ -18,7 +18,7 @@ from pneumolab.errors import InputError
 from pneumolab.io import atomic_path
 from pneumolab.models.registry import create_model
 
-__all__ = ["load_model_file", "save_model_file", "with_encoder"]
+__all__ = ["load_model_file", "resolve_model_file", "save_model_file", "with_encoder"]
 
 FORMAT = "pneumolab.model/1"
 
@@ -37,13 +37,23 @@ def save_model_file(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
         torch.save({"format": FORMAT, "version": __version__, **meta, "state_dict": state}, tmp)
 
 
+def resolve_model_file(target: str | Path) -> Path:
+    """A run folder (its ``model.pt``) or a model file."""
+    target = Path(target)
+    if target.is_dir():
+        if not (target / "model.pt").is_file():
+            raise InputError(f"{target} has no model.pt: give a finished run folder or a model file")
+        return target / "model.pt"
+    if not target.is_file():
+        raise InputError(f"{target}: no such run folder or model file")
+    return target
+
+
 def load_model_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model (in eval mode) and return it with its metadata (without the weights)."""
-    path = Path(path)
+    """Rebuild the model (in eval mode) from a model file or run folder; returns it with its metadata."""
+    path = resolve_model_file(path)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such model file") from None
     except Exception as e:
         raise InputError(f"{path}: not a loadable pneumolab model file ({type(e).__name__})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:

@@ -8,7 +8,7 @@ ImageNet state dict; nothing is ever downloaded) and returns an ``nn.Module`` ma
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,6 @@ class ModelSpec:
     first_conv: str
     description: str
     pretrainable: bool = False  # accepts a torchvision ImageNet state dict via ``weights``
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

@@ -12,7 +12,6 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Subset
 from torchvision.utils import make_grid
 
 from pneumolab.config import GanConfig
@@ -96,8 +95,9 @@ def train_gan(cfg: GanConfig, *, resume: Path | None = None, progress_bar: bool 
     keep = [i for i, t in enumerate(train.targets) if t == ["NORMAL", "PNEUMONIA"].index(cfg.label)]
     if len(keep) < cfg.data.batch_size:
         raise InputError(f"only {len(keep)} {cfg.label} training images: fewer than one batch")
-    dm.datasets["train"] = Subset(train, keep)
-    dm.datasets["train"].targets = [train.targets[i] for i in keep]  # what class weights would read
+    dm.datasets["train"] = CachedImages(
+        train.images, [train.indices[i] for i in keep], [train.targets[i] for i in keep], train.transform
+    )
     module = GanModule(cfg.data.image_size, cfg.nz, cfg.width, cfg.lr, cfg.beta1, dm.preprocessing(),
                        cfg.model_dump(mode="json"))  # fmt: skip
     trainer, throughput = fit(cfg, module, dm, run_dir, last, progress_bar)

@@ -32,7 +32,7 @@ from pneumolab.evaluation.model_card import write_model_card
 from pneumolab.evaluation.predict import predict_logits
 from pneumolab.evaluation.thresholds import choose_threshold
 from pneumolab.io import atomic_write_json, atomic_write_text
-from pneumolab.models.checkpoint import load_model_file, save_model_file, with_encoder
+from pneumolab.models.checkpoint import save_model_file, with_encoder
 from pneumolab.training.callbacks import AtomicCheckpointIO, EpochHistory, TensorBoardExtras, Throughput, read_history
 from pneumolab.training.classifier import ClassifierModule
 
@@ -229,22 +229,19 @@ def _finish(trainer: L.Trainer, throughput: Throughput, run_dir: Path, cfg: Trai
         best = ClassifierModule.load_from_checkpoint(best_path, map_location="cpu", weights_only=True)
         hp = best.hparams
         summary["operating_point"] = _operating_point(best.net, dict(hp.preprocessing), cfg)
-        save_model_file(
-            run_dir / "model.pt",
-            best.net,
-            {
-                "model_name": hp.model_name,
-                "model_kwargs": dict(hp.model_kwargs),
-                "preprocessing": dict(hp.preprocessing),
-                "classes": list(hp.classes),
-                "config": dict(hp.config),
-                "metrics": {"split": "val", **summary["best_val"]},
-                "best_epoch": summary["best_epoch"],
-                **summary["operating_point"],
-            },
-        )
+        meta = {
+            "model_name": hp.model_name,
+            "model_kwargs": dict(hp.model_kwargs),
+            "preprocessing": dict(hp.preprocessing),
+            "classes": list(hp.classes),
+            "config": dict(hp.config),
+            "metrics": {"split": "val", **summary["best_val"]},
+            "best_epoch": summary["best_epoch"],
+            **summary["operating_point"],
+        }
+        save_model_file(run_dir / "model.pt", best.net, meta)
         summary["model_file"] = str(run_dir / "model.pt")
-        write_model_card(run_dir, load_model_file(run_dir / "model.pt")[1], [])
+        write_model_card(run_dir, {**meta, "version": __version__}, [])
     atomic_write_json(run_dir / "summary.json", summary)
     return summary
 

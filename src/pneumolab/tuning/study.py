@@ -75,10 +75,7 @@ def load_tune_config(path: str | Path, data: Path | None = None, overrides: list
     """Read and check a tuning YAML: every search key must be a valid training-config key and value."""
     from pneumolab.config import resolve_config_path
 
-    try:
-        cfg = load_config(TuneConfig, resolve_config_path(path), overrides)
-    except InputError:
-        raise
+    cfg = load_config(TuneConfig, resolve_config_path(path), overrides)
     extra = [f"data.data_dir={data}"] if data else []
     for key, param in cfg.space.items():
         try:

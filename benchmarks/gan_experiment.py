@@ -16,15 +16,12 @@ optimisation steps the plain arm takes in ``--epochs`` epochs, then ``compare`` 
 from __future__ import annotations
 
 import argparse
-import math
-import shutil
 from pathlib import Path
 
-from pneumolab.config import TrainConfig, load_config
 from pneumolab.data.manifest import Manifest
 from pneumolab.evaluation.report import compare
-from pneumolab.generative.dcgan import load_generator, sample_set
-from pneumolab.training.trainer import load_run_config, train
+from pneumolab.generative.dcgan import load_generator
+from pneumolab.study import gan_arms
 
 
 def main() -> None:
@@ -41,38 +38,16 @@ def main() -> None:
     ap.add_argument("--extra", nargs="*", default=[], help="more key=value overrides for every run")
     args = ap.parse_args()
 
-    synthetic = []
-    for g in args.generators:
-        label = load_generator(g)[1]["label"]
-        synthetic.append(sample_set(g, args.per_class, args.out / "synthetic" / label, seed=0))
-    labels = sorted(Manifest.load(s).records[0].label for s in synthetic)
     n_train = len(Manifest.load(args.data).indices("train", "real"))
-    batch = load_config(TrainConfig, f"cpu/{args.models[0]}", [f"data.data_dir={args.data}"]).data.batch_size
-    steps = args.epochs * math.ceil(n_train / batch)  # what the plain arm takes; every arm gets exactly this
-
-    arms = {
-        "plain": [],
-        "gan": [f"data.synthetic=[{','.join(str(s) for s in synthetic)}]"],
-        "dup": [f"data.duplicate_real={ {label: args.per_class for label in labels} }".replace(" ", "")],
-    }
-    runs = []
-    for model in args.models:
-        for seed in args.seeds:
-            for arm, extra in arms.items():
-                name = f"{model}-{arm}-s{seed}"
-                run_dir = args.out / "runs" / name
-                if (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "model.pt").is_file():
-                    train(load_run_config(run_dir), resume=run_dir, progress_bar=False)  # interrupted: resume
-                elif not (run_dir / "model.pt").is_file():  # finished runs are kept: re-running continues the matrix
-                    shutil.rmtree(run_dir, ignore_errors=True)  # started but no epoch finished: nothing to keep
-                    overrides = [
-                        f"data.data_dir={args.data}", f"data.image_size={args.size}", f"out_dir={args.out / 'runs'}",
-                        f"name={name}", f"seed={seed}", f"data.seed={seed}", f"trainer.max_steps={steps}",
-                        f"trainer.max_epochs={10 * args.epochs}", "trainer.early_stopping_patience=null",
-                        *extra, *args.extra,
-                    ]  # fmt: skip
-                    train(load_config(TrainConfig, f"cpu/{model}", overrides), progress_bar=False)
-                runs.append(run_dir)
+    generators = {load_generator(g)[1]["label"]: g for g in args.generators}
+    samples, arms = gan_arms(data=args.data, n_train=n_train, generators=generators, models=args.models,
+                             seeds=args.seeds, per_class=args.per_class, epochs=args.epochs, size=args.size,
+                             out=args.out, extra=args.extra)  # fmt: skip
+    for step in samples + arms:
+        if not step.done():  # finished runs are kept: re-running continues the matrix
+            print(f"{step.name} ...", flush=True)
+            step.run()
+    runs = [arm.folder for arm in arms]
     report = compare(runs, args.data, args.out / "report", split=args.split)
     print(f"report: {report}")
 

@@ -51,9 +51,18 @@ def _upload() -> bytes:
     return buf.getvalue()
 
 
-def run_config(model: Path, backend: str, gradcam: bool, clients: int, requests: int, data: bytes) -> dict:
+def _tree_rss_mb(pid: int) -> float:
+    """Resident memory of the server and its worker processes (``--workers N`` forks N children)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = [int(c) for c in children.read_text().split()] if children.is_file() else []
+    return _rss_mb(pid) + sum(_tree_rss_mb(k) for k in kids)
+
+
+def run_config(model: Path, backend: str, gradcam: bool, clients: int, requests: int, data: bytes,
+               workers: int = 1) -> dict:  # fmt: skip
     port = _port()
-    cmd = [sys.executable, "-m", "pneumolab", "serve", str(model), "--port", str(port), "--backend", backend]
+    cmd = [sys.executable, "-m", "pneumolab", "serve", str(model), "--port", str(port), "--backend", backend,
+           "--workers", str(workers)]  # fmt: skip
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
     url = f"http://127.0.0.1:{port}"
     try:
@@ -67,7 +76,7 @@ def run_config(model: Path, backend: str, gradcam: bool, clients: int, requests:
         with httpx.Client(timeout=60) as c:  # warm-up
             for _ in range(5):
                 c.post(f"{url}/api/v1/predict", files={"file": ("x.png", data)}, params=params).raise_for_status()
-        rss_before = _rss_mb(server.pid)
+        rss_before = _tree_rss_mb(server.pid)
 
         def client(n: int) -> list[float]:
             out = []
@@ -83,10 +92,10 @@ def run_config(model: Path, backend: str, gradcam: bool, clients: int, requests:
             lat = np.concatenate(list(pool.map(client, [requests // clients] * clients)))
         wall = time.perf_counter() - start
         p50, p95, p99 = np.percentile(lat, [50, 95, 99])
-        return {"backend": backend, "gradcam": gradcam, "clients": clients, "requests": len(lat),
+        return {"backend": backend, "workers": workers, "gradcam": gradcam, "clients": clients, "requests": len(lat),
                 "p50_ms": round(p50, 1), "p95_ms": round(p95, 1), "p99_ms": round(p99, 1),
                 "req_per_s": round(len(lat) / wall, 1), "rss_mb_before": round(rss_before, 1),
-                "rss_mb_after": round(_rss_mb(server.pid), 1)}  # fmt: skip
+                "rss_mb_after": round(_tree_rss_mb(server.pid), 1)}  # fmt: skip
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -99,12 +108,15 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--backends", nargs="+", default=["torch", "onnx"])
     ap.add_argument("--gradcam", choices=["both", "on", "off"], default="both")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1], help="server processes (pneumolab serve --workers)")
     args = ap.parse_args()
     data = _upload()
-    for backend in args.backends:
-        for gradcam in {"both": (False, True), "on": (True,), "off": (False,)}[args.gradcam]:
-            for clients in args.clients:
-                print(json.dumps(run_config(args.run, backend, gradcam, clients, args.requests, data)), flush=True)
+    for workers in args.workers:
+        for backend in args.backends:
+            for gradcam in {"both": (False, True), "on": (True,), "off": (False,)}[args.gradcam]:
+                for clients in args.clients:
+                    row = run_config(args.run, backend, gradcam, clients, args.requests, data, workers)
+                    print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -13,38 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
-import torch.nn.functional as F
 
-from pneumolab.models import create_model, list_models
-
-
-def step_rate(name: str, size: int, batch: int, bf16: bool, seconds: float) -> float:
-    torch.manual_seed(0)
-    model = create_model(name).train()
-    if bf16:
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, 1, size, size)
-    if bf16:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 2, (batch,))
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    step()  # warm-up: allocator, oneDNN kernel selection
-    n, start = 0, time.perf_counter()
-    while n < 2 or time.perf_counter() - start < seconds:
-        step()
-        n += 1
-    return n * batch / (time.perf_counter() - start)
+from pneumolab.models import list_models
+from pneumolab.training.speed import classifier_step_rate
 
 
 def main() -> None:
@@ -59,7 +32,8 @@ def main() -> None:
         for size in args.sizes:
             row = {"model": name, "size": size, "threads": torch.get_num_threads()}
             for label, bf16 in (("fp32", False), ("bf16_cl", True)):
-                row[label] = round(step_rate(name, size, args.batch_size, bf16, args.seconds), 1)
+                rate = classifier_step_rate(name, size, args.batch_size, bf16=bf16, seconds=args.seconds)
+                row[label] = round(rate, 1)
             results.append(row)
             print(json.dumps(row), flush=True)
 

@@ -3,6 +3,8 @@ import io
 import json
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -138,6 +140,36 @@ def test_concurrent_requests_share_the_model_safely(client) -> None:
     assert all(r.status_code == 200 for r in results)
     assert len({r.json()["probability"] for r in results}) == 1
     assert len({r.json()["gradcam_png"] for r in results}) == 1
+
+
+def test_serve_command_with_two_worker_processes(run) -> None:
+    import httpx
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "pneumolab", "serve", str(run), "--port", str(port), "--workers", "2",
+           "--token", "s3cret"]  # fmt: skip
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url, auth = f"http://127.0.0.1:{port}", {"Authorization": "Bearer s3cret"}
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        data = XRAY.read_bytes()
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda _: httpx.post(f"{url}/api/v1/predict", files={"file": ("x.jpeg", data)},
+                                                        headers=auth, timeout=60), range(8)))  # fmt: skip
+        refused = httpx.post(f"{url}/api/v1/predict", files={"file": ("x.jpeg", data)}, timeout=60)
+    finally:
+        server.terminate()
+        out = server.communicate(timeout=30)[0]
+    assert [a.status_code for a in answers] == [200] * 8 and refused.status_code == 401  # every worker has the token
+    expected = Predictor.load(run).predict(data).probability
+    assert {round(a.json()["probability"], 5) for a in answers} == {round(expected, 5)}
+    assert "2 process(es) x 1 thread(s)" in out
 
 
 def test_onnx_export_parity_and_backend(run, tmp_path) -> None:

@@ -31,7 +31,22 @@ def test_split_is_patient_disjoint_stratified_and_leaves_test_alone(big_manifest
     assert 0.12 <= len(val) / len(pool) <= 0.28  # whole patients move, so the share is approximate
     share = lambda rows: sum(r.label == "PNEUMONIA" for r in rows) / len(rows)  # noqa: E731
     assert abs(share(val) - share(pool)) < 0.1  # stratified: val keeps the class balance
-    assert out.meta["split"] == {"val_fraction": 0.2, "seed": 0, "by_image": False, "source_val": "merge"}
+    assert out.meta["split"] == {"val_fraction": 0.2, "seed": 0, "by_image": False, "source_val": "merge",
+                                 "test_fraction": 0.0}  # fmt: skip
+
+
+def test_internal_test_split_is_patient_disjoint_from_train_and_val(big_manifest: Manifest) -> None:
+    rows = [replace(r, split="train", source_split="train") for r in big_manifest.records]  # a source without test
+    no_test = Manifest(big_manifest.root, rows, big_manifest.meta)
+    out = split_manifest(no_test, val_fraction=0.15, test_fraction=0.2, seed=0)
+    sizes = Counter(r.split for r in out.records)
+    assert 0.12 <= sizes["test"] / len(out.records) <= 0.28 and 0.08 <= sizes["val"] / len(out.records) <= 0.22
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not _patients(out, a) & _patients(out, b)
+    assert {r.label for r in out.records if r.split == "test"} == {"NORMAL", "PNEUMONIA"}
+    assert split_manifest(no_test, val_fraction=0.15, test_fraction=0.2, seed=0).records == out.records  # seeded
+    with pytest.raises(InputError, match="has its own test split"):
+        split_manifest(big_manifest, test_fraction=0.2)  # a source's own test split is never re-drawn
 
 
 def test_split_is_seeded(big_manifest: Manifest) -> None:

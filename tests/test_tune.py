@@ -117,8 +117,9 @@ def postgres():
         shutil.rmtree(data, ignore_errors=True)
 
 
-def test_two_workers_share_one_study_through_postgresql(postgres, sample_data, tmp_path) -> None:
+def test_two_workers_share_one_study_through_postgresql(postgres, sample_data, tmp_path, monkeypatch) -> None:
     cfg_file = _tune_yaml(tmp_path)
+    monkeypatch.chdir(tmp_path)  # workers inherit this folder: they must not write configs/tuned/ there
     start = time.time()
     code = main(["tune", "-c", str(cfg_file), "--data", str(sample_data), "--storage", postgres, "--workers", "2",
                  "--trials", "4", "--out-config", str(tmp_path / "best.yaml")])  # fmt: skip
@@ -127,4 +128,5 @@ def test_two_workers_share_one_study_through_postgresql(postgres, sample_data, t
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) >= 4
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both processes ran trials
+    assert (tmp_path / "best.yaml").is_file() and not (tmp_path / "configs").exists()  # only the parent writes
     assert time.time() - start < 600

@@ -179,7 +179,9 @@ def data_index(
     _index(source, out, strict, salt, workers)
 
 
-def _split(data_dir: Path, val_fraction: float, seed: int, by_image: bool, source_val: SourceVal) -> None:
+def _split(
+    data_dir: Path, val_fraction: float, seed: int, by_image: bool, source_val: SourceVal, test_fraction: float = 0.0
+) -> None:
     from pneumolab.data.manifest import Manifest
     from pneumolab.data.splits import split_manifest
 
@@ -189,6 +191,7 @@ def _split(data_dir: Path, val_fraction: float, seed: int, by_image: bool, sourc
         seed=seed,
         by_image=by_image,
         source_val=SourceVal(source_val).value,
+        test_fraction=test_fraction,
     )
     manifest.save(data_dir)
     typer.echo(f"split {data_dir}: {manifest!r}")
@@ -199,6 +202,9 @@ SourceValOpt = Annotated[
     SourceVal, typer.Option(help="Source val split: merge into train and re-split, keep, or auto (keep if >= 5%).")
 ]
 ByImage = Annotated[bool, typer.Option(help="Allow splitting by image when there are no patient ids (MedMNIST).")]
+TestFraction = Annotated[
+    float, typer.Option(help="Also carve an internal, patient-disjoint test split (for a source without one).")
+]
 
 
 @_command(
@@ -212,9 +218,10 @@ def data_split(
     seed: SplitSeed = 0,
     by_image: ByImage = False,
     source_val: SourceValOpt = SourceVal.auto,
+    test_fraction: TestFraction = 0.0,
 ) -> None:
     """Carve a patient-disjoint, stratified, seeded validation split from train; test stays untouched."""
-    _split(data_dir, val_fraction, seed, by_image, source_val)
+    _split(data_dir, val_fraction, seed, by_image, source_val, test_fraction)
 
 
 def _cache(data_dir: Path, size: int, workers: int | None) -> None:
@@ -272,9 +279,10 @@ def _prepare(
     by_image: bool,
     source_val: SourceVal,
     workers: int | None,
+    test_fraction: float = 0.0,
 ) -> None:
     _index(source, out, strict, None, workers)
-    _split(out, val_fraction, seed, by_image, source_val)
+    _split(out, val_fraction, seed, by_image, source_val, test_fraction)
     _cache(out, size, workers)
     data_summary(out, as_json=False)
 
@@ -290,9 +298,10 @@ def data_prepare(
     by_image: ByImage = False,
     source_val: SourceValOpt = SourceVal.auto,
     workers: Workers = None,
+    test_fraction: TestFraction = 0.0,
 ) -> None:
     """index + split + cache + summary in one step."""
-    _prepare(source, out, size, val_fraction, seed, strict, by_image, source_val, workers)
+    _prepare(source, out, size, val_fraction, seed, strict, by_image, source_val, workers, test_fraction)
 
 
 @_command(app, "demo", ["pneumolab demo", "pneumolab demo --out /tmp/pneumolab-demo --size 64 --epochs 2"])
@@ -461,11 +470,10 @@ def gan_train_cmd(
 ) -> None:
     """Train the study's DCGAN (64 px, Adam 2e-4, beta1 0.5, 20 epochs) on one class of the training split."""
     from pneumolab.config import GanConfig
-    from pneumolab.training.gan import train_gan
+    from pneumolab.training.gan import gan_config, train_gan
 
-    base = [] if resume else [f"label={label.upper()}", f"name=dcgan_{label.upper()}", "data.image_size=64",
-                              "data.augment.enabled=false", "data.balance=none"]  # fmt: skip
-    cfg = _resolve(GanConfig, config, base + list(overrides or []), data, resume)
+    extra = list(overrides or []) + ([f"data.data_dir={data}"] if data is not None else [])
+    cfg = _resolve(GanConfig, config, extra, None, resume) if resume else gan_config(label, extra, config)
     s = train_gan(cfg, resume=resume).summary
     if s:
         typer.echo(f"done: {s['label']} generator after {s['epochs']} epochs on {s['images']} training images; "
@@ -674,18 +682,30 @@ def serve_cmd(
     backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
     ood: Annotated[Path | None, typer.Option(help="Autoencoder run for the out-of-distribution warning.")] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload.")] = 20.0,
+    workers: Annotated[
+        int, typer.Option(help="Server processes (the cores, e.g. 2, for many concurrent clients).", min=1)
+    ] = 1,
 ) -> None:
     """The web page and JSON API (OpenAPI docs at /docs) for one model."""
+    import json
+    import os
+
     import uvicorn
 
     from pneumolab.inference.predictor import Predictor
-    from pneumolab.serve.app import create_app
+    from pneumolab.serve.app import ENV_SETTINGS
 
     if backend not in ("torch", "onnx"):
         raise InputError(f"--backend {backend!r}: choose torch or onnx")
-    app_ = create_app(Predictor.load(model, backend=backend, ood=ood), token=token, max_upload_mb=max_upload_mb)
-    typer.echo(f"serving {model} on http://{host}:{port} (backend {backend}, token {'on' if token else 'off'})")
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
+    Predictor.load(model, backend=backend, ood=ood)  # fail here, with a clear message, not in every worker
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    settings = {"model": str(model), "backend": backend, "ood": str(ood) if ood else None, "token": token,
+                "max_upload_mb": max_upload_mb, "threads": threads}  # fmt: skip
+    os.environ[ENV_SETTINGS] = json.dumps(settings)
+    typer.echo(f"serving {model} on http://{host}:{port} (backend {backend}, {workers} process(es) x {threads} "
+               f"thread(s), token {'on' if token else 'off'})")  # fmt: skip
+    uvicorn.run("pneumolab.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level="warning")  # fmt: skip
 
 
 @_command(
@@ -711,6 +731,7 @@ def tune_cmd(
     out_config: Annotated[
         Path | None, typer.Option(help="Where the best config goes (default configs/tuned/NAME.yaml).")
     ] = None,
+    worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
 ) -> None:
     """Optuna study on validation data: each trial is a training run; pruning, budgets, resume, shared storage."""
     from pneumolab.tuning.study import load_tune_config, run_study, write_best, write_report
@@ -720,7 +741,7 @@ def tune_cmd(
                       overrides=overrides)  # fmt: skip
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     typer.echo(f"study {cfg.name}: {len(finished)} finished trials ({len(study.trials)} in all)")
-    if any(t.state.name == "COMPLETE" for t in study.trials):
+    if any(t.state.name == "COMPLETE" for t in study.trials) and not worker:  # a --workers child: the parent writes
         best = write_best(study, cfg, out_config or Path("configs/tuned") / f"{cfg.name}.yaml", data)
         typer.echo(f"best trial {study.best_trial.number}: {cfg.objective} {study.best_value:.5f} -> {best}")
         typer.echo(f"report: {write_report(study, cfg)}")

@@ -29,6 +29,7 @@ def split_manifest(
     seed: int = 0,
     by_image: bool = False,
     source_val: SourceVal = "auto",
+    test_fraction: float = 0.0,
 ) -> Manifest:
     """Assign ``train``/``val`` to the source's train (and maybe val) rows, grouped by patient.
 
@@ -41,13 +42,19 @@ def split_manifest(
             patient may then sit in both splits; only do this knowingly.
         source_val: ``merge`` pools the source's val with train before splitting, ``keep`` keeps it as
             is, ``auto`` keeps it only if it holds at least 5% of train+val.
+        test_fraction: if > 0, also carve an internal test split (patient-disjoint from train and val) for a
+            source without one, so that the split that selects checkpoints is not the one reported.
 
     Raises:
         InputError: no patient ids and not ``by_image``, too few patients, or a bad fraction.
     """
     if not 0.0 < val_fraction < 0.5:
         raise InputError(f"--val-fraction {val_fraction} must be between 0 and 0.5 (e.g. 0.1 for 10%)")
+    if not 0.0 <= test_fraction < 0.5:
+        raise InputError(f"--test-fraction {test_fraction} must be between 0 and 0.5 (e.g. 0.15 for 15%)")
     src = [r.source_split for r in manifest.records]
+    if test_fraction and "test" in src:
+        raise InputError("--test-fraction: the source has its own test split; keep it (drop --test-fraction)")
     n_train, n_val = src.count("train"), src.count("val")
     if n_train == 0:
         raise InputError("the source has no train split to carve validation data from")
@@ -56,7 +63,8 @@ def split_manifest(
     if source_val == "keep" and n_val == 0:
         raise InputError("--source-val keep: the source has no val split; use --source-val merge")
     splits = [s if s == "test" else "train" for s in src]
-    meta = {"split": {"val_fraction": val_fraction, "seed": seed, "by_image": by_image, "source_val": source_val}}
+    meta = {"split": {"val_fraction": val_fraction, "seed": seed, "by_image": by_image, "source_val": source_val,
+                      "test_fraction": test_fraction}}  # fmt: skip
     if source_val == "keep":
         splits = list(src)
         out = manifest.with_splits(splits, **meta)
@@ -72,13 +80,16 @@ def split_manifest(
             "pass --by-image to split image by image (one child's images may then sit in train and val), "
             "or --source-val keep to use the source's own val split"
         )
-    n_folds = max(2, round(1.0 / val_fraction))
     # Group = patient, or the image's hash when the patient is unknown, so byte-identical copies stay together.
     groups = np.array([manifest.records[i].group for i in pool])
-    if len(set(groups)) < n_folds:
-        raise InputError(f"only {len(set(groups))} patients: too few for a {val_fraction:.0%} validation split")
-    folds = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(np.zeros(len(pool)), y, groups)
-    _, val_idx = next(iter(folds))
+    if test_fraction:  # first the internal test split, then validation from what is left, both whole patients
+        test_idx = _carve(y, groups, test_fraction, seed + 1)
+        for j in test_idx:
+            splits[pool[j]] = "test"
+        rest = np.setdiff1d(np.arange(len(pool)), test_idx)
+        pool, y, groups = [pool[j] for j in rest], y[rest], groups[rest]
+        val_fraction = val_fraction / (1 - test_fraction)  # a share of all images, not of what is left
+    val_idx = _carve(y, groups, val_fraction, seed)
     for j in val_idx:
         splits[pool[j]] = "val"
     out = manifest.with_splits(splits, **meta)
@@ -86,3 +97,12 @@ def split_manifest(
     n_v = len(val_idx)
     log.info("validation: %d of %d images (%.1f%%), seed %d", n_v, len(pool), 100 * n_v / len(pool), seed)
     return out
+
+
+def _carve(y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Positions of about ``fraction`` of the rows, whole groups only, stratified by ``y``."""
+    n_folds = max(2, round(1.0 / fraction))
+    if len(set(groups)) < n_folds:
+        raise InputError(f"only {len(set(groups))} patients: too few for a {fraction:.0%} split")
+    folds = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y, groups)
+    return next(iter(folds))[1]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import logging
+import os
 import secrets
 from importlib import resources
 from typing import Annotated, Any
@@ -24,7 +26,10 @@ from pneumolab import __version__
 from pneumolab.errors import ImageReadError, InputError
 from pneumolab.inference.predictor import Prediction, Predictor
 
-__all__ = ["create_app", "overlay_png"]
+__all__ = ["ENV_SETTINGS", "app_from_env", "create_app", "overlay_png"]
+
+# `pneumolab serve --workers N`: uvicorn starts N processes, each builds its app from these JSON settings.
+ENV_SETTINGS = "PNEUMOLAB_SERVE_SETTINGS"
 
 log = logging.getLogger(__name__)
 
@@ -97,3 +102,14 @@ def create_app(predictor: Predictor, *, token: str | None = None, max_upload_mb:
         return JSONResponse(body)
 
     return app
+
+
+def app_from_env() -> FastAPI:
+    """App factory for uvicorn's worker processes: settings (model, backend, ood, token, upload limit,
+    torch threads) come as JSON in ``PNEUMOLAB_SERVE_SETTINGS``, written by ``pneumolab serve``."""
+    import torch
+
+    settings = json.loads(os.environ[ENV_SETTINGS])
+    torch.set_num_threads(settings["threads"])  # N processes x T threads = the cores, no oversubscription
+    predictor = Predictor.load(settings["model"], backend=settings["backend"], ood=settings["ood"])
+    return create_app(predictor, token=settings["token"], max_upload_mb=settings["max_upload_mb"])

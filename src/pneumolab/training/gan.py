@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid
 
-from pneumolab.config import GanConfig
+from pneumolab.config import GanConfig, load_config
 from pneumolab.data.datamodule import CachedImages, ChestXrayDataModule
 from pneumolab.errors import InputError
 from pneumolab.generative.dcgan import Discriminator, Generator, save_generator
@@ -79,6 +79,13 @@ class GanModule(L.LightningModule):
         betas = (self.hparams.beta1, 0.999)
         return (torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr, betas=betas),
                 torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr, betas=betas))  # fmt: skip
+
+
+def gan_config(label: str, overrides: list[str] | None = None, config: str | Path | None = None) -> GanConfig:
+    """The study's DCGAN setting for one class (64 px, no augmentation, no class balancing), plus ``overrides``."""
+    base = [f"label={label.upper()}", f"name=dcgan_{label.upper()}", "data.image_size=64",
+            "data.augment.enabled=false", "data.balance=none"]  # fmt: skip
+    return load_config(GanConfig, config, [*base, *(overrides or [])])
 
 
 def train_gan(cfg: GanConfig, *, resume: Path | None = None, progress_bar: bool = True) -> TrainResult:

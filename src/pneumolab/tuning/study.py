@@ -167,7 +167,7 @@ def run_study(
     if workers > 1:
         url = store.url if hasattr(store, "url") else str(storage)
         cmd = [sys.executable, "-m", "pneumolab", "tune", "-c", str(config_path), "--storage", url,
-               "--trials", str(total), "--workers", "1", *(["--data", str(data)] if data else []),
+               "--trials", str(total), "--workers", "1", "--worker", *(["--data", str(data)] if data else []),
                *(overrides or [])]  # fmt: skip
         procs = [subprocess.Popen(cmd, env={**os.environ}) for _ in range(workers)]
         codes = [p.wait() for p in procs]

@@ -1,0 +1,306 @@
+"""``pneumolab study CONFIG``: the whole study from one YAML -- data, every classifier, the autoencoder
+pipeline, the with/without-GAN comparison and our recipe -- then one comparison report.
+
+Resumable: a finished run (it has ``summary.json``) is skipped, an interrupted one (``last.ckpt``, no
+summary) resumes, a run that never finished an epoch starts again. A failed run is recorded in
+``study.json`` and the rest go on; runs that need it (e.g. the GAN arms without generators) are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from pneumolab.config import AutoencoderConfig, StrictModel, TrainConfig, load_config
+from pneumolab.errors import InputError
+from pneumolab.io import atomic_write_json
+
+__all__ = ["Step", "StudyConfig", "gan_arms", "load_study_config", "plan_study", "run_study"]
+
+log = logging.getLogger(__name__)
+
+
+class StudyData(StrictModel):
+    """Where the images come from and how they are split (patient-disjoint, seeded)."""
+
+    source: Path | None = None  # Kaggle folder, MedMNIST .npz or CSV; None: the bundled sample
+    image_size: int = Field(128, ge=16, le=1024)
+    val_fraction: float = 0.1
+    test_fraction: float = 0.0  # > 0: carve an internal test split (for a source without one, e.g. ../shared)
+
+
+class StudyAutoencoder(StrictModel):
+    """The study's pipeline: an autoencoder, then a CNN on its codes (every second counted)."""
+
+    config: str = "autoencoder/cpu"
+    classifier: str = "cpu/latent_cnn"
+    overrides: tuple[str, ...] = ()  # for the autoencoder run
+
+
+class StudyGan(StrictModel):
+    """Plain / +synthetic / +duplicated-real arms per model and seed, at equal optimisation steps."""
+
+    models: tuple[str, ...] = ("resnet34",)  # train presets cpu/<model> (or any preset path)
+    seeds: tuple[int, ...] = (0,)
+    per_class: int = Field(1280, ge=1)  # synthetic (and duplicated) images added per class
+    epochs: int = Field(5, ge=1)  # of the plain arm; every arm takes exactly its optimiser steps
+    image_size: int | None = None  # classifier size for the arms (default: the study's)
+    gan_overrides: tuple[str, ...] = ()  # for both generators, e.g. trainer.max_epochs=20
+
+
+class StudyConfig(StrictModel):
+    """One experiment matrix. Presets: ``study/demo``, ``study/cpu``, ``study/seed``."""
+
+    name: str
+    out_dir: Path = Path("runs/study")
+    data: StudyData = StudyData()
+    classifiers: tuple[str, ...] = ()  # train presets, e.g. cpu/resnet34 (the study's models)
+    recipe: str | None = None  # our recommended recipe (a train preset), reported beside the study's models
+    budget_min: float | None = Field(None, gt=0)  # wall clock per classifier: equal budgets, fair on a CPU
+    overrides: tuple[str, ...] = ()  # for every classifier run, e.g. trainer.max_epochs=3
+    autoencoder: StudyAutoencoder | None = None
+    gan: StudyGan | None = None
+    report_split: str = "test"  # the split the report evaluates; it never selects anything
+
+
+def load_study_config(name: str | Path, overrides: list[str] | None = None) -> StudyConfig:
+    """A study YAML or preset (``demo`` = ``study/demo``), plus ``key=value`` overrides."""
+    preset = str(name) if Path(name).is_file() or "/" in str(name) else f"study/{name}"
+    return load_config(StudyConfig, preset, overrides)
+
+
+@dataclass
+class Step:
+    """One run of the plan: ``run()`` makes ``folder``; ``needs`` are steps that must have succeeded first."""
+
+    name: str
+    kind: str  # data | classifier | autoencoder | gan | synthetic | report
+    folder: Path
+    run: Callable[[], Any]
+    estimate_s: float | None = None
+    needs: list[str] = field(default_factory=list)
+    config: Any = None  # the resolved config of a training run
+    report: bool = False  # a classifier that goes into the comparison report
+
+    def done(self) -> bool:
+        marker = {"data": "manifest.csv", "synthetic": "manifest.csv", "report": "report.html"}.get(self.kind)
+        return (self.folder / (marker or "summary.json")).is_file()
+
+
+def _train_step(name: str, kind: str, cfg: Any, trainer_fn: Callable[..., Any], progress: bool, **kw: Any) -> Step:
+    """A step that runs (or resumes, or restarts) one training run in ``cfg.out_dir / cfg.name``."""
+
+    def run() -> Any:
+        folder = Path(cfg.out_dir) / cfg.name
+        if (folder / "checkpoints" / "last.ckpt").is_file():
+            from pneumolab.training.trainer import load_run_config
+
+            return trainer_fn(load_run_config(folder, type(cfg)), resume=folder, progress_bar=progress)
+        shutil.rmtree(folder, ignore_errors=True)  # started, but no epoch finished: nothing worth keeping
+        return trainer_fn(cfg, progress_bar=progress)
+
+    return Step(name, kind, Path(cfg.out_dir) / cfg.name, run, config=cfg, **kw)
+
+
+def _count_train(data_dir: Path, source: Path | None, val: float, test: float) -> int | None:
+    """Training images: from the prepared manifest, else roughly from the source folder's image files."""
+    from pneumolab.data.manifest import Manifest
+
+    if (data_dir / "manifest.csv").is_file():
+        return len(Manifest.load(data_dir).indices("train", "real"))
+    if source is not None and source.is_dir():
+        n = sum(1 for p in source.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png", ".dcm"))
+        return int(n * (1 - val - test))
+    return None
+
+
+def _estimate(
+    cfg: TrainConfig, n_train: int | None, rates: dict[tuple, float], budget_min: float | None
+) -> float | None:
+    """Seconds for a classifier run from a measured step rate (train + ~1/3 for validation), capped by the budget."""
+    if n_train is None or cfg.latent is not None:
+        return budget_min * 60 if budget_min else None
+    from pneumolab.training.speed import classifier_step_rate
+
+    bf16 = cfg.trainer.precision.startswith("bf16")
+    key = (cfg.model.name, cfg.data.image_size, bf16)
+    if key not in rates:
+        rates[key] = classifier_step_rate(cfg.model.name, cfg.data.image_size, min(cfg.data.batch_size, 16), bf16=bf16)
+    epochs = cfg.trainer.max_epochs
+    if cfg.trainer.max_steps > 0:
+        epochs = min(epochs, cfg.trainer.max_steps * cfg.data.batch_size / max(n_train, 1))
+    seconds = 1.35 * epochs * n_train / rates[key]
+    return min(seconds, budget_min * 60) if budget_min else seconds
+
+
+def gan_arms(
+    *, data: Path, n_train: int, generators: dict[str, Path], models: list[str], seeds: list[int], per_class: int,
+    epochs: int, size: int, out: Path, extra: list[str] | None = None, progress: bool = False,
+) -> tuple[list[Step], list[Step]]:  # fmt: skip
+    """The GAN comparison as steps: sample each generator's set, then plain / +GAN / +duplicated-real arms per
+    model and seed, each stopped after the plain arm's optimiser steps in ``epochs`` epochs of ``n_train``
+    real training images."""
+    from pneumolab.generative.dcgan import sample_set
+    from pneumolab.training.trainer import train
+
+    labels = sorted(generators)
+    sample_steps = []
+    for label, g in sorted(generators.items()):
+        folder = out / "synthetic" / label
+        run = lambda g=g, folder=folder: sample_set(g, per_class, folder, seed=0)  # noqa: E731
+        sample_steps.append(Step(f"synthetic-{label}", "synthetic", folder, run, needs=[f"gan-{label}"]))
+    arms = {
+        "plain": [],
+        "gan": [f"data.synthetic=[{','.join(str(s.folder) for s in sample_steps)}]"],
+        "dup": [f"data.duplicate_real={ {label: per_class for label in labels} }".replace(" ", "")],
+    }
+    runs = []
+    for model in models:
+        preset = model if "/" in model else f"cpu/{model}"
+        for seed in seeds:
+            for arm, arm_extra in arms.items():
+                overrides = [f"data.data_dir={data}", f"data.image_size={size}", f"out_dir={out / 'runs'}",
+                             f"name={Path(preset).stem}-{arm}-s{seed}", f"seed={seed}", f"data.seed={seed}",
+                             "trainer.early_stopping_patience=null", *arm_extra, *(extra or [])]  # fmt: skip
+                batch = load_config(TrainConfig, preset, overrides).data.batch_size
+                steps = epochs * math.ceil(n_train / batch)  # what the plain arm takes; every arm gets exactly this
+                cfg = load_config(TrainConfig, preset, [*overrides, f"trainer.max_steps={steps}",
+                                                        f"trainer.max_epochs={10 * epochs}"])  # fmt: skip
+                needs = [s.name for s in sample_steps] if arm == "gan" else []
+                runs.append(_train_step(cfg.name, "classifier", cfg, train, progress, needs=needs, report=True))
+    return sample_steps, runs
+
+
+def plan_study(cfg: StudyConfig, *, progress: bool = False, estimate: bool = False) -> list[Step]:
+    """Every step of the study, in order. ``estimate``: measure step rates to estimate each run's seconds."""
+    from pneumolab.training.autoencoder import train_autoencoder
+    from pneumolab.training.gan import gan_config, train_gan
+    from pneumolab.training.trainer import train
+
+    root = cfg.out_dir / cfg.name
+    data_dir = root / "data"
+    d = cfg.data
+    n_train = _count_train(data_dir, d.source, d.val_fraction, d.test_fraction)
+    rates: dict[tuple, float] = {}
+    steps = [Step("data", "data", data_dir, lambda: _prepare(cfg, data_dir))]
+
+    def classifier(preset: str, extra: list[str], name: str | None = None, needs: list[str] | None = None) -> Step:
+        budget = [f"trainer.max_time_min={cfg.budget_min}"] if cfg.budget_min else []
+        overrides = [f"data.data_dir={data_dir}", f"data.image_size={d.image_size}", f"out_dir={root / 'runs'}",
+                     *budget, *cfg.overrides, *extra, *([f"name={name}"] if name else [])]  # fmt: skip
+        c = load_config(TrainConfig, preset, overrides)
+        est = _estimate(c, n_train, rates, cfg.budget_min) if estimate else None
+        return _train_step(c.name, "classifier", c, train, progress, estimate_s=est, needs=["data", *(needs or [])],
+                           report=True)  # fmt: skip
+
+    for preset in cfg.classifiers:
+        steps.append(classifier(preset, []))
+    if cfg.recipe:
+        steps.append(classifier(cfg.recipe, [], name=f"recipe-{Path(cfg.recipe).stem}"))
+    if (ae := cfg.autoencoder) is not None:
+        budget = [f"trainer.max_time_min={cfg.budget_min}"] if cfg.budget_min else []
+        ae_over = [f"data.data_dir={data_dir}", f"data.image_size={d.image_size}", f"out_dir={root / 'autoencoder'}"]
+        ae_cfg = load_config(AutoencoderConfig, ae.config, [*ae_over, *budget, *ae.overrides])
+        ae_step = _train_step("autoencoder", "autoencoder", ae_cfg, train_autoencoder, progress, needs=["data"],
+                              estimate_s=cfg.budget_min * 60 if cfg.budget_min else None)  # fmt: skip
+        steps += [ae_step, classifier(ae.classifier, [f"latent={ae_step.folder}"], needs=["autoencoder"])]
+    if (g := cfg.gan) is not None:
+        generators = {}
+        for label in ("NORMAL", "PNEUMONIA"):
+            gc = gan_config(label, [f"data.data_dir={data_dir}", f"out_dir={root / 'gan'}", *g.gan_overrides])
+            steps.append(_train_step(f"gan-{label}", "gan", gc, train_gan, progress, needs=["data"]))
+            generators[label] = steps[-1].folder
+        # Equal steps, not equal time, decide this comparison: no wall-clock budget on the arms.
+        samples, arms = gan_arms(data=data_dir, n_train=n_train or 1, generators=generators, models=g.models,
+                                 seeds=g.seeds, per_class=g.per_class, epochs=g.epochs,
+                                 size=g.image_size or d.image_size, out=root / "gan-experiment", extra=cfg.overrides,
+                                 progress=progress)  # fmt: skip
+        for arm in arms:
+            arm.needs.append("data")
+            arm.estimate_s = _estimate(arm.config, n_train, rates, None) if estimate else None
+        steps += samples + arms
+    reported = [s for s in steps if s.report]
+    steps.append(Step("report", "report", root / "report", lambda: _report(cfg, data_dir, reported, root / "report"),
+                      needs=["data"]))  # fmt: skip
+    return steps
+
+
+def _prepare(cfg: StudyConfig, data_dir: Path) -> Path:
+    """Index, split (patient-disjoint) and cache the study's data, once."""
+    from pneumolab.data import sample_root
+    from pneumolab.data.cache import build_cache
+    from pneumolab.data.index import index_source
+    from pneumolab.data.splits import split_manifest
+
+    d = cfg.data
+    tmp = data_dir.with_name(data_dir.name + ".partial")  # the manifest appears only when all is done
+    shutil.rmtree(tmp, ignore_errors=True)
+    manifest = index_source(d.source or sample_root(), tmp).manifest
+    manifest = split_manifest(manifest, val_fraction=d.val_fraction, test_fraction=d.test_fraction)
+    manifest.save(tmp)
+    build_cache(manifest, d.image_size, tmp / "cache")
+    shutil.rmtree(data_dir, ignore_errors=True)
+    tmp.rename(data_dir)
+    return data_dir
+
+
+def _report(cfg: StudyConfig, data_dir: Path, classifiers: list[Step], out: Path) -> Path:
+    from pneumolab.data.manifest import Manifest
+    from pneumolab.evaluation.report import compare
+
+    runs = [s.folder for s in classifiers if (s.folder / "model.pt").is_file()]
+    if not runs:
+        raise InputError("no classifier finished: nothing to report")
+    split = cfg.report_split
+    if not Manifest.load(data_dir).indices(split, "real"):
+        raise InputError(f"the study's data has no {split!r} split; set data.test_fraction or report_split")
+    return compare(runs, data_dir, out, split=split)
+
+
+def run_study(
+    cfg: StudyConfig, *, progress: bool = False, on_step: Callable[[Step, str, float], None] | None = None
+) -> dict[str, Any]:
+    """Run every step not yet done, record each outcome in ``study.json``, and return that record.
+
+    ``on_step(step, status, seconds)`` is called after each step (status: done, skipped, failed, blocked).
+    """
+    root = cfg.out_dir / cfg.name
+    root.mkdir(parents=True, exist_ok=True)
+    data_step = plan_study(cfg)[0]
+    if not data_step.done():  # first, so that the plan below knows the exact training-set size
+        data_step.run()
+    steps = plan_study(cfg, progress=progress)
+    state: dict[str, Any] = {"name": cfg.name, "config": cfg.model_dump(mode="json"), "steps": {}}
+    ok: set[str] = set()
+    for step in steps:
+        start = time.perf_counter()
+        missing = [n for n in step.needs if n not in ok]
+        if missing:
+            status, error = "blocked", f"needs {', '.join(missing)}"
+        elif step.done() and step.kind != "report":
+            status, error = "skipped", None  # finished in an earlier invocation
+        else:
+            try:
+                step.run()
+                status, error = "done", None
+            except Exception as e:  # one failed run must not stop the others; the record says why
+                status, error = "failed", f"{type(e).__name__}: {e}"
+                log.error("study step %s failed:\n%s", step.name, traceback.format_exc())
+        if status in ("done", "skipped"):
+            ok.add(step.name)
+        seconds = time.perf_counter() - start
+        state["steps"][step.name] = {"kind": step.kind, "folder": str(step.folder), "status": status,
+                                     "seconds": round(seconds, 1), **({"error": error} if error else {})}  # fmt: skip
+        atomic_write_json(root / "study.json", state)
+        if on_step:
+            on_step(step, status, seconds)
+    return state

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from pneumolab.config import AutoencoderConfig, StrictModel, TrainConfig, load_config
 from pneumolab.errors import InputError
-from pneumolab.io import atomic_write_json
+from pneumolab.io import atomic_write_json, atomic_write_text
 
 __all__ = ["Step", "StudyConfig", "gan_arms", "load_study_config", "plan_study", "run_study"]
 
@@ -113,11 +113,13 @@ def _train_step(name: str, kind: str, cfg: Any, trainer_fn: Callable[..., Any], 
 
 def _count_train(data_dir: Path, source: Path | None, val: float, test: float) -> int | None:
     """Training images: from the prepared manifest, else roughly from the source folder's image files."""
+    from pneumolab.data import sample_root
     from pneumolab.data.manifest import Manifest
 
     if (data_dir / "manifest.csv").is_file():
         return len(Manifest.load(data_dir).indices("train", "real"))
-    if source is not None and source.is_dir():
+    source = source or sample_root()
+    if source.is_dir():
         n = sum(1 for p in source.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png", ".dcm"))
         return int(n * (1 - val - test))
     return None
@@ -138,7 +140,33 @@ def _estimate(
     epochs = cfg.trainer.max_epochs
     if cfg.trainer.max_steps > 0:
         epochs = min(epochs, cfg.trainer.max_steps * cfg.data.batch_size / max(n_train, 1))
-    seconds = 1.35 * epochs * n_train / rates[key]
+    seconds = 10 + 1.35 * epochs * n_train / rates[key]  # + start-up, operating point, model card
+    return min(seconds, budget_min * 60) if budget_min else seconds
+
+
+def _estimate_generative(kind: str, cfg: Any, n_train: int | None, budget_min: float | None) -> float | None:
+    """Seconds for an autoencoder or DCGAN run from a measured step rate (a DCGAN step ~ 2 passes of G+D)."""
+    if n_train is None:
+        return None
+    import torch
+    import torch.nn.functional as F
+
+    from pneumolab.training.speed import step_rate
+
+    size, batch = cfg.data.image_size, min(cfg.data.batch_size, 16)
+    if kind == "autoencoder":
+        from pneumolab.generative.autoencoder import ConvAutoencoder
+
+        x = torch.randn(batch, 1, size, size)
+        rate = step_rate(ConvAutoencoder(tuple(cfg.channels)), x, lambda out: F.mse_loss(out, x))
+        n = n_train  # every training image, each epoch
+    else:
+        from pneumolab.generative.dcgan import Discriminator, Generator
+
+        both = torch.nn.Sequential(Generator(size, cfg.nz, cfg.width), Discriminator(size, cfg.width))
+        rate = step_rate(both, torch.randn(batch, cfg.nz, 1, 1), lambda out: out.mean()) / 2
+        n = n_train * (0.75 if cfg.label == "PNEUMONIA" else 0.25)  # one class's images (Kermany: ~74% pneumonia)
+    seconds = 10 + cfg.trainer.max_epochs * n / rate  # + start-up
     return min(seconds, budget_min * 60) if budget_min else seconds
 
 
@@ -210,14 +238,16 @@ def plan_study(cfg: StudyConfig, *, progress: bool = False, estimate: bool = Fal
         budget = [f"trainer.max_time_min={cfg.budget_min}"] if cfg.budget_min else []
         ae_over = [f"data.data_dir={data_dir}", f"data.image_size={d.image_size}", f"out_dir={root / 'autoencoder'}"]
         ae_cfg = load_config(AutoencoderConfig, ae.config, [*ae_over, *budget, *ae.overrides])
+        est = _estimate_generative("autoencoder", ae_cfg, n_train, cfg.budget_min) if estimate else None
         ae_step = _train_step("autoencoder", "autoencoder", ae_cfg, train_autoencoder, progress, needs=["data"],
-                              estimate_s=cfg.budget_min * 60 if cfg.budget_min else None)  # fmt: skip
+                              estimate_s=est)  # fmt: skip
         steps += [ae_step, classifier(ae.classifier, [f"latent={ae_step.folder}"], needs=["autoencoder"])]
     if (g := cfg.gan) is not None:
         generators = {}
         for label in ("NORMAL", "PNEUMONIA"):
             gc = gan_config(label, [f"data.data_dir={data_dir}", f"out_dir={root / 'gan'}", *g.gan_overrides])
-            steps.append(_train_step(f"gan-{label}", "gan", gc, train_gan, progress, needs=["data"]))
+            est = _estimate_generative("gan", gc, n_train, None) if estimate else None
+            steps.append(_train_step(f"gan-{label}", "gan", gc, train_gan, progress, needs=["data"], estimate_s=est))
             generators[label] = steps[-1].folder
         # Equal steps, not equal time, decide this comparison: no wall-clock budget on the arms.
         samples, arms = gan_arms(data=data_dir, n_train=n_train or 1, generators=generators, models=g.models,
@@ -275,16 +305,20 @@ def run_study(
     """
     root = cfg.out_dir / cfg.name
     root.mkdir(parents=True, exist_ok=True)
-    data_step = plan_study(cfg)[0]
-    if not data_step.done():  # first, so that the plan below knows the exact training-set size
+    data_step, start = plan_study(cfg)[0], time.perf_counter()
+    prepared = not data_step.done()
+    if prepared:  # first, so that the plan below knows the exact training-set size
         data_step.run()
+    data_s = time.perf_counter() - start
     steps = plan_study(cfg, progress=progress)
     state: dict[str, Any] = {"name": cfg.name, "config": cfg.model_dump(mode="json"), "steps": {}}
     ok: set[str] = set()
     for step in steps:
         start = time.perf_counter()
         missing = [n for n in step.needs if n not in ok]
-        if missing:
+        if step.kind == "data":
+            status, error = "done" if prepared else "skipped", None
+        elif missing:
             status, error = "blocked", f"needs {', '.join(missing)}"
         elif step.done() and step.kind != "report":
             status, error = "skipped", None  # finished in an earlier invocation
@@ -294,10 +328,11 @@ def run_study(
                 status, error = "done", None
             except Exception as e:  # one failed run must not stop the others; the record says why
                 status, error = "failed", f"{type(e).__name__}: {e}"
-                log.error("study step %s failed:\n%s", step.name, traceback.format_exc())
+                atomic_write_text(root / "errors" / f"{step.name}.txt", traceback.format_exc())
+                log.error("study step %s failed (%s); traceback in %s", step.name, error, root / "errors")
         if status in ("done", "skipped"):
             ok.add(step.name)
-        seconds = time.perf_counter() - start
+        seconds = data_s if step.kind == "data" else time.perf_counter() - start
         state["steps"][step.name] = {"kind": step.kind, "folder": str(step.folder), "status": status,
                                      "seconds": round(seconds, 1), **({"error": error} if error else {})}  # fmt: skip
         atomic_write_json(root / "study.json", state)

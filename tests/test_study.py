@@ -1,0 +1,119 @@
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pneumolab.cli import main
+from pneumolab.data.manifest import Manifest
+from pneumolab.errors import InputError
+from pneumolab.study import StudyConfig, load_study_config, plan_study
+from pneumolab.training.trainer import load_run_config
+
+FAST = ["data.num_workers=0", "trainer.precision=32", "trainer.channels_last=false", "trainer.log_images=false",
+        "trainer.log_graph=false"]  # fmt: skip
+
+
+def _study_yaml(tmp_path: Path, **changes) -> Path:
+    body = {
+        "name": "t",
+        "out_dir": str(tmp_path / "study"),
+        "data": {"image_size": 32},
+        "classifiers": ["cpu/cnn_base"],
+        "overrides": ["trainer.max_epochs=1", "trainer.early_stopping_patience=null", *FAST],
+        "autoencoder": {"overrides": ["trainer.max_epochs=1", "channels=[8,16]", *FAST]},
+        "gan": {"models": ["cnn_base"], "per_class": 8, "epochs": 1,
+                "gan_overrides": ["trainer.max_epochs=1", "width=8", "data.batch_size=8", *FAST]},
+        **changes,
+    }  # fmt: skip
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("study")
+    cfg_file = _study_yaml(tmp)
+    assert main(["study", str(cfg_file)]) == 0
+    return tmp, cfg_file, tmp / "study" / "t"
+
+
+def test_study_runs_every_step_and_writes_one_report(finished) -> None:
+    _, _, root = finished
+    state = json.loads((root / "study.json").read_text())
+    assert {s["status"] for s in state["steps"].values()} == {"done"}
+    assert list(state["steps"]) == [
+        "data", "cnn_base", "autoencoder", "latent_cnn", "gan-NORMAL", "gan-PNEUMONIA", "synthetic-NORMAL",
+        "synthetic-PNEUMONIA", "cnn_base-plain-s0", "cnn_base-gan-s0", "cnn_base-dup-s0", "report",
+    ]  # fmt: skip
+    report = (root / "report" / "report.md").read_text()
+    assert "GAN augmentation" in report and "Autoencoder codes vs pixels" in report
+    for name in ("cnn_base", "latent_cnn", "cnn_base-gan-s0"):
+        assert f"| {name} " in report  # every classifier is in the comparison
+
+
+def test_study_gan_arms_take_equal_steps_and_synthetic_stays_in_train(finished) -> None:
+    _, _, root = finished
+    arms = {a: load_run_config(root / "gan-experiment" / "runs" / f"cnn_base-{a}-s0") for a in ("plain", "gan", "dup")}
+    n_train = len(Manifest.load(root / "data").indices("train", "real"))
+    steps = -(-n_train // arms["plain"].data.batch_size)  # one epoch of the plain arm, rounded up
+    assert {c.trainer.max_steps for c in arms.values()} == {steps}
+    assert len(arms["gan"].data.synthetic) == 2 and not arms["plain"].data.synthetic and not arms["dup"].data.synthetic
+    assert arms["dup"].data.duplicate_real == {"NORMAL": 8, "PNEUMONIA": 8}
+    for syn in arms["gan"].data.synthetic:
+        m = Manifest.load(syn)
+        assert (
+            len(m) == 8 and {r.source for r in m.records} == {"synthetic"} and {r.split for r in m.records} == {"train"}
+        )
+
+
+def test_study_rerun_skips_finished_runs_and_resumes_an_interrupted_one(finished) -> None:
+    _, cfg_file, root = finished
+    run = root / "runs" / "cnn_base"
+    (run / "summary.json").unlink()  # as if killed after its last checkpoint: last.ckpt, no summary
+    (run / "marker").write_text("kept")
+    assert main(["study", str(cfg_file)]) == 0
+    state = json.loads((root / "study.json").read_text())["steps"]
+    assert state["cnn_base"]["status"] == "done" and (run / "marker").read_text() == "kept"  # resumed, not restarted
+    assert (run / "summary.json").is_file()
+    assert {n for n, s in state.items() if s["status"] == "skipped"} == set(state) - {"cnn_base", "report"}
+
+
+def test_a_failed_run_is_recorded_and_the_rest_go_on(tmp_path, capsys) -> None:
+    cfg_file = _study_yaml(tmp_path, classifiers=["cpu/cnn_base", "cpu/cnn_improved"], autoencoder=None, gan=None,
+                           overrides=["trainer.max_epochs=1", *FAST])  # fmt: skip
+    bad = tmp_path / "no_such_synthetic_set"
+    code = main(["study", str(cfg_file), "classifiers=['cpu/cnn_base']", f"recipe={_bad_recipe(tmp_path, bad)}"])
+    assert code == 1
+    state = json.loads((tmp_path / "study" / "t" / "study.json").read_text())["steps"]
+    assert state["cnn_base"]["status"] == "done" and state["report"]["status"] == "done"
+    assert state["recipe-bad"]["status"] == "failed" and "no_such_synthetic_set" in state["recipe-bad"]["error"]
+    assert "failed: recipe-bad" in capsys.readouterr().out
+    assert "no_such_synthetic_set" in (tmp_path / "study" / "t" / "errors" / "recipe-bad.txt").read_text()
+
+
+def _bad_recipe(tmp_path: Path, synthetic: Path) -> Path:
+    path = tmp_path / "bad.yaml"  # valid as a config; fails when the run reads its data
+    path.write_text(
+        yaml.safe_dump({"name": "bad", "model": {"name": "cnn_base"}, "data": {"synthetic": [str(synthetic)]}})
+    )
+    return path
+
+
+def test_dry_run_prints_the_plan_with_estimates_and_runs_nothing(tmp_path, capsys) -> None:
+    cfg_file = _study_yaml(tmp_path)
+    assert main(["study", str(cfg_file), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "cnn_base-gan-s0" in out and "min" in out and "estimated:" in out
+    assert not (tmp_path / "study" / "t").exists()
+
+
+def test_presets_load_and_bad_keys_are_named(tmp_path) -> None:
+    for name in ("demo", "cpu", "seed"):
+        cfg = load_study_config(name)
+        assert isinstance(cfg, StudyConfig) and cfg.classifiers and cfg.gan is not None
+        assert len(plan_study(cfg)) >= 10
+    assert len(load_study_config("cpu").classifiers) == 12  # every model of the study, base and improved
+    with pytest.raises(InputError, match="classifier"):
+        load_study_config("demo", ["classifer=[]"])

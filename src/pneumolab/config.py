@@ -55,6 +55,9 @@ class AugmentConfig(StrictModel):
     brightness: float = Field(0.1, ge=0, le=1)
     contrast: float = Field(0.1, ge=0, le=1)
     hflip: bool = False
+    # > 0: half the images get a black border of up to this fraction of the side on every edge, as
+    # collimation and cropped laterality markers give them; the model must not read "normal" off the border.
+    border_erase: float = Field(0.0, ge=0, le=0.3)
 
 
 class DataConfig(StrictModel):

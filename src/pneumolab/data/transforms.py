@@ -13,7 +13,7 @@ from torchvision.transforms import v2
 
 from pneumolab.config import AugmentConfig
 
-__all__ = ["EvalPreset", "PerImageStandardize", "TrainPreset"]
+__all__ = ["EvalPreset", "PerImageStandardize", "RandomBorderErase", "TrainPreset"]
 
 
 class PerImageStandardize(torch.nn.Module):
@@ -23,6 +23,28 @@ class PerImageStandardize(torch.nn.Module):
         mean = x.mean(dim=(-2, -1), keepdim=True)
         std = x.std(dim=(-2, -1), keepdim=True)
         return (x - mean) / (std + 1e-6)
+
+
+class RandomBorderErase(torch.nn.Module):
+    """With probability ``p``, zero a border of ``U(0, max_fraction) x side`` pixels on all four edges.
+
+    torchvision's ``RandomErasing`` erases a rectangle inside the image; collimation and cropping take away
+    the edges (and the laterality marker and text there), which this imitates.
+    """
+
+    def __init__(self, max_fraction: float, p: float = 0.5) -> None:
+        super().__init__()
+        self.max_fraction, self.p = max_fraction, p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., 1, H, W) uint8
+        if torch.rand(()) >= self.p:
+            return x
+        m = int(torch.rand(()) * self.max_fraction * x.shape[-1])
+        if m == 0:
+            return x
+        x = x.clone()
+        x[..., :m, :] = x[..., -m:, :] = x[..., :, :m] = x[..., :, -m:] = 0
+        return x
 
 
 class EvalPreset:
@@ -52,6 +74,8 @@ class TrainPreset:
                     degrees=augment.rotation_deg, translate=(augment.translate, augment.translate), scale=augment.scale
                 )
             )
+            if augment.border_erase:
+                steps.append(RandomBorderErase(augment.border_erase))
             if augment.brightness or augment.contrast:
                 steps.append(v2.ColorJitter(brightness=augment.brightness, contrast=augment.contrast))
             if augment.hflip:

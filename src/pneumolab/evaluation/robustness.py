@@ -5,6 +5,10 @@ so a recipe is ranked by how it holds up when the images change the way scanners
 change them: contrast, gamma, brightness, blur, noise, down/up-sampling, JPEG quality, small rotations
 and crops, and erased borders (where laterality markers and text sit). Each shift has three severities;
 metrics are at the model's stored (validation-chosen) threshold, with calibration (ECE).
+
+Shifts act on the image at a fixed reference resolution (256 px, as a detector would see it), which is
+then resized to the model's input like every image: a 2 px blur means the same for a 64 px and a 224 px
+model, so recipes at different resolutions are compared on the same shifted images.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from pneumolab.data.cache import load_cache
+from pneumolab.data.cache import load_cache, resize_square
 from pneumolab.data.manifest import Manifest
 from pneumolab.data.transforms import EvalPreset
 from pneumolab.errors import InputError
@@ -27,7 +31,9 @@ from pneumolab.evaluation.metrics import compute_metrics
 from pneumolab.io import atomic_write_json
 from pneumolab.models.checkpoint import load_model_file, resolve_model_file
 
-__all__ = ["SHIFTS", "robustness"]
+__all__ = ["REFERENCE_SIZE", "SHIFTS", "robustness"]
+
+REFERENCE_SIZE = 256  # px: where the shifts are applied, before the model's own resize
 
 Shift = Callable[[np.ndarray, float, np.random.Generator], np.ndarray]  # (S, S) uint8 -> (S, S) uint8
 
@@ -112,20 +118,24 @@ def robustness(model_target: str | Path, data: str | Path, *, split: str = "val"
     if not rows:
         raise InputError(f"{data} has no {split!r} images")
     pre = meta["preprocessing"]
-    images = np.array(load_cache(manifest, pre["image_size"], data / "cache")[rows])  # (N, S, S) uint8
+    size = pre["image_size"]
+    clean = np.array(load_cache(manifest, size, data / "cache")[rows])  # (N, S, S) uint8: what `evaluate` scores
+    images = np.array(load_cache(manifest, REFERENCE_SIZE, data / "cache")[rows])  # (N, 256, 256) uint8
     y = np.array([manifest.records[i].target for i in rows])
     tf = EvalPreset(mean=pre["mean"], std=pre["std"], normalization=pre["normalization"])
     threshold, temperature = float(meta.get("threshold", 0.5)), float(meta.get("temperature", 1.0))
 
     def score(batch: np.ndarray) -> dict[str, float]:
-        x = tf(torch.from_numpy(batch)[:, None])  # (N, 1, S, S)
+        small = np.stack([resize_square(a, size) for a in batch])  # (N, S, S): the model's own resize
+        x = tf(torch.from_numpy(small)[:, None])  # (N, 1, S, S); the clean images are already (N, S, S)
         logits = torch.cat([model(c) for c in x.split(128)])
         prob = apply_temperature(logits, temperature).double().numpy()
         m = compute_metrics(prob, y, threshold)
         return {k: m[k] for k in ("auroc", "sensitivity", "specificity", "balanced_accuracy", "ece")}
 
     result: dict[str, Any] = {"model_file": str(model_file), "data": str(data.resolve()), "split": split,
-                              "threshold": threshold, "clean": score(images), "shifts": {}}  # fmt: skip
+                              "threshold": threshold, "reference_size": REFERENCE_SIZE, "clean": score(clean),
+                              "shifts": {}}  # fmt: skip
     rng = np.random.default_rng(seed)
     for name, (fn, severities) in SHIFTS.items():
         result["shifts"][name] = [

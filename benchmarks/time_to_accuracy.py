@@ -1,0 +1,137 @@
+"""Time to accuracy: the study's recipe against the fast recipe, side by side on the same machine and data.
+
+Usage::
+
+    python benchmarks/time_to_accuracy.py --data runs/data/kermany --budget-s 900 --out runs/time-to-accuracy
+
+Recipes (each an ordinary ``train`` run through the same engine):
+
+- ``study``: ResNet34, 224 px, Adam 1e-3, batch 32, fp32 (the study's setting, ``seed/resnet34``);
+- ``fast``: ``configs/fast.yaml``.
+
+Every ``--eval-every`` of an epoch the model is scored on the validation split (accuracy at 0.5 and AUROC);
+the clock counts training only (evaluation, Lightning's own validation and start-up are excluded), from
+the first training batch. A recipe stops when it reaches ``--target`` validation accuracy (92.8%, Kermany
+et al. 2018) or when its training time exceeds ``--budget-s``; then its time to target is unknown and the
+reported ratio is a lower bound. Writes ``curves.csv`` and ``summary.json`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from sklearn.metrics import roc_auc_score
+
+from pneumolab.config import TrainConfig, load_config
+from pneumolab.data.manifest import Manifest
+from pneumolab.training.trainer import train
+
+RECIPES = {
+    "study": ("seed/resnet34", ["data.image_size=224", "trainer.precision=32", "trainer.channels_last=false"]),
+    "fast": ("fast", []),
+}
+
+
+class Clock(L.Callback):
+    """Scores the model on validation every ``every`` training images; stops at the target or the budget."""
+
+    def __init__(self, every: int, target: float, budget_s: float) -> None:
+        self.every, self.target, self.budget_s = every, target, budget_s
+        self.start: float | None = None
+        self.paused = 0.0  # seconds spent outside training (our evaluations, Lightning's validation)
+        self.seen = self.next_eval = 0
+        self.curve: list[dict[str, float]] = []
+        self.reached: float | None = None
+        self._val_start = 0.0
+
+    def train_seconds(self) -> float:
+        return time.perf_counter() - self.start - self.paused if self.start else 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.start is None:
+            self.start, self.next_eval = time.perf_counter(), self.every
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.seen += len(batch[1])
+        if self.seen >= self.next_eval:
+            self.next_eval += self.every
+            self._score(trainer, pl_module)
+        if self.reached is not None or self.train_seconds() > self.budget_s:
+            trainer.should_stop = True
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self.paused += time.perf_counter() - self._val_start
+
+    @torch.no_grad()
+    def _score(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        t0, train_s = time.perf_counter(), self.train_seconds()
+        module.eval()
+        probs, ys = [], []
+        with trainer.precision_plugin.forward_context():  # the same autocast as training
+            for x, y in trainer.datamodule.val_dataloader():
+                probs.append(module(x).float().softmax(1)[:, 1])
+                ys.append(y)
+        module.train()
+        p, y = torch.cat(probs).numpy(), torch.cat(ys).numpy()
+        acc = float(((p >= 0.5) == (y == 1)).mean())
+        row = {"train_s": round(train_s, 2), "images": self.seen, "val_acc": round(acc, 4),
+               "val_auroc": round(float(roc_auc_score(y, p)), 4)}  # fmt: skip
+        self.curve.append(row)
+        print(json.dumps(row), flush=True)
+        if acc >= self.target and self.reached is None:
+            self.reached = train_s
+        self.paused += time.perf_counter() - t0
+
+
+def run(name: str, data: Path, out: Path, args: argparse.Namespace) -> dict:
+    preset, extra = RECIPES[name]
+    cfg = load_config(TrainConfig, preset, [f"data.data_dir={data}", f"out_dir={out / 'runs'}", f"name={name}",
+                                            "trainer.early_stopping_patience=null", *extra])  # fmt: skip
+    n_train = len(Manifest.load(data).indices("train", "real"))
+    clock = Clock(max(1, int(args.eval_every * n_train)), args.target, args.budget_s)
+    train(cfg, progress_bar=False, extra_callbacks=[clock])
+    return {"recipe": name, "config": preset, "overrides": extra, "image_size": cfg.data.image_size,
+            "model": cfg.model.name, "precision": cfg.trainer.precision, "batch_size": cfg.data.batch_size,
+            "time_to_target_s": clock.reached, "train_s": round(clock.train_seconds(), 1),
+            "images_seen": clock.seen, "threads": torch.get_num_threads(), "curve": clock.curve}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True, help="dataset folder (pneumolab data prepare)")
+    ap.add_argument("--target", type=float, default=0.928, help="validation accuracy at threshold 0.5")
+    ap.add_argument("--budget-s", type=float, default=900.0, help="training seconds after which a recipe stops")
+    ap.add_argument("--eval-every", type=float, default=0.25, help="score validation every this share of an epoch")
+    ap.add_argument("--recipes", nargs="+", default=["fast", "study"], choices=sorted(RECIPES))
+    ap.add_argument("--out", type=Path, default=Path("runs/time-to-accuracy"))
+    args = ap.parse_args()
+    results = [run(name, args.data, args.out, args) for name in args.recipes]
+    with open(args.out / "curves.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["recipe", "train_s", "images", "val_acc", "val_auroc"])
+        w.writeheader()
+        for r in results:
+            w.writerows({"recipe": r["recipe"], **row} for row in r["curve"])
+    by = {r["recipe"]: r for r in results}
+    summary = {"target_val_acc": args.target, "budget_s": args.budget_s,
+               "recipes": [{k: v for k, v in r.items() if k != "curve"} for r in results]}  # fmt: skip
+    if "fast" in by and "study" in by and by["fast"]["time_to_target_s"]:
+        slow = by["study"]["time_to_target_s"]
+        summary["speed_up"] = {
+            "ratio": round((slow or by["study"]["train_s"]) / by["fast"]["time_to_target_s"], 1),
+            "lower_bound": slow is None,  # the study's recipe did not reach the target within the budget
+        }
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -70,6 +70,23 @@ def test_pruning_stops_an_obviously_bad_trial(sample_data, tmp_path) -> None:
     assert states == ["COMPLETE", "COMPLETE", "PRUNED"]
 
 
+def test_robustness_objective_scores_each_trial_under_the_shifts(sample_data, tmp_path) -> None:
+    import json
+
+    cfg_file = _tune_yaml(tmp_path)
+    cfg_file.write_text(
+        cfg_file.read_text().replace("objective: val/auroc", "objective: robustness/mean_balanced_accuracy")
+    )
+    cfg = load_tune_config(cfg_file, sample_data, ["trials=2"])
+    study = run_study(cfg, data=sample_data)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    for t in study.trials:
+        r = json.loads((Path(t.user_attrs["run_dir"]) / "robustness" / "robustness.json").read_text())
+        rows = [row for rows in r["shifts"].values() for row in rows]
+        assert r["split"] == "val" and len(rows) == 30
+        assert t.value == pytest.approx(sum(row["balanced_accuracy"] for row in rows) / 30)
+
+
 @pytest.mark.parametrize(
     ("space", "message"),
     [

@@ -54,7 +54,13 @@ class TuneConfig(StrictModel):
     train_config: str  # the training preset or config file each trial starts from, e.g. cpu/resnet18
     overrides: list[str] = Field(default_factory=list)  # applied to every trial, e.g. trainer.max_epochs=5
     space: dict[str, SearchParam]
-    objective: Literal["val/auroc", "val/acc", "val/loss"] = "val/auroc"  # validation only, never test
+    # Validation only, never test. The robustness objectives score the trained model on the validation split
+    # under the acquisition shifts of `pneumolab robustness` (at its validation-chosen threshold): the mean
+    # balanced accuracy over all shifts and severities, or the worst specificity. They have no per-epoch
+    # value, so their trials are not pruned.
+    objective: Literal[
+        "val/auroc", "val/acc", "val/loss", "robustness/mean_balanced_accuracy", "robustness/worst_specificity"
+    ] = "val/auroc"
     trials: int = Field(20, ge=1)
     pruner: Literal["median", "hyperband", "none"] = "median"
     trial_max_time_min: float | None = Field(None, gt=0)
@@ -124,20 +130,35 @@ def _objective(cfg: TuneConfig, data: Path | None):
                 v = trial.suggest_float(key, p.low, p.high, log=p.log)
             sampled.append(f"{key}={v!r}")
         budget = [f"trainer.max_time_min={cfg.trial_max_time_min}"] if cfg.trial_max_time_min else []
-        overrides = [*cfg.overrides, *budget, *sampled, f"trainer.monitor={cfg.objective}",
+        robust = cfg.objective.startswith("robustness/")
+        monitor = "val/auroc" if robust else cfg.objective  # the checkpoint is still chosen per epoch
+        overrides = [*cfg.overrides, *budget, *sampled, f"trainer.monitor={monitor}",
                      f"out_dir={cfg.out_dir / cfg.name / 'trials'}", f"name=trial-{trial.number:04d}",
                      *([f"data.data_dir={data}"] if data else [])]  # fmt: skip
         run_cfg = load_config(TrainConfig, cfg.train_config, overrides)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-        result = train(run_cfg, progress_bar=False,
-                       extra_callbacks=[PyTorchLightningPruningCallback(trial, monitor=cfg.objective)])  # fmt: skip
+        pruning = [] if robust else [PyTorchLightningPruningCallback(trial, monitor=cfg.objective)]
+        result = train(run_cfg, progress_bar=False, extra_callbacks=pruning)
         trial.set_user_attr("run_dir", str(result.run_dir))
+        if robust:
+            return _robustness_score(result.run_dir, run_cfg.data.data_dir, cfg.objective)
         value = result.summary["best_val"].get(cfg.objective)
         if value is None:
             raise optuna.TrialPruned("no validation value recorded")
         return float(value)
 
     return objective
+
+
+def _robustness_score(run_dir: Path, data: Path, objective: str) -> float:
+    """``robustness/...`` objectives from the validation split under every shift (written beside the run)."""
+    from pneumolab.evaluation.robustness import robustness
+
+    r = robustness(run_dir, data, split="val", out=run_dir / "robustness")
+    rows = [row for rows in r["shifts"].values() for row in rows]
+    if objective == "robustness/worst_specificity":
+        return float(r["worst_specificity"])
+    return float(sum(row["balanced_accuracy"] for row in rows) / len(rows))
 
 
 def run_study(

@@ -172,6 +172,27 @@ def test_serve_command_with_two_worker_processes(run) -> None:
     assert "2 process(es) x 1 thread(s)" in out
 
 
+def test_served_connections_get_tcp_nodelay(monkeypatch) -> None:
+    # uvicorn's multi-process sockets lose asyncio's TCP_NODELAY: small answers then wait ~40 ms for a delayed ACK.
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    from pneumolab.serve.app import NoDelayHTTPProtocol
+
+    monkeypatch.setattr(AutoHTTPProtocol, "connection_made", lambda self, transport: None)  # only our part runs
+
+    class Transport:
+        def __init__(self, sock):
+            self.sock = sock
+
+        def get_extra_info(self, name, default=None):
+            return self.sock if name == "socket" else default
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+        NoDelayHTTPProtocol.__new__(NoDelayHTTPProtocol).connection_made(Transport(sock))
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+
+
 def test_onnx_export_parity_and_backend(run, tmp_path) -> None:
     target = tmp_path / "model.onnx"
     report = export_onnx(run, target)

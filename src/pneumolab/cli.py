@@ -748,7 +748,7 @@ def serve_cmd(
     import uvicorn
 
     from pneumolab.inference.predictor import Predictor
-    from pneumolab.serve.app import ENV_SETTINGS
+    from pneumolab.serve.app import ENV_SETTINGS, NoDelayHTTPProtocol
 
     if backend not in ("torch", "onnx"):
         raise InputError(f"--backend {backend!r}: choose torch or onnx")
@@ -760,7 +760,7 @@ def serve_cmd(
     typer.echo(f"serving {model} on http://{host}:{port} (backend {backend}, {workers} process(es) x {threads} "
                f"thread(s), token {'on' if token else 'off'})")  # fmt: skip
     uvicorn.run("pneumolab.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="warning")  # fmt: skip
+                http=NoDelayHTTPProtocol, log_level="warning")  # fmt: skip
 
 
 @_command(

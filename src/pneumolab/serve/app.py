@@ -7,12 +7,14 @@ with a specific message; no DICOM header data is ever returned or logged.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
 import logging
 import os
 import secrets
+import socket
 from importlib import resources
 from typing import Annotated, Any
 
@@ -21,12 +23,13 @@ from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Uploa
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from pneumolab import __version__
 from pneumolab.errors import ImageReadError, InputError
 from pneumolab.inference.predictor import Prediction, Predictor
 
-__all__ = ["ENV_SETTINGS", "app_from_env", "create_app", "overlay_png"]
+__all__ = ["ENV_SETTINGS", "NoDelayHTTPProtocol", "app_from_env", "create_app", "overlay_png"]
 
 # `pneumolab serve --workers N`: uvicorn starts N processes, each builds its app from these JSON settings.
 ENV_SETTINGS = "PNEUMOLAB_SERVE_SETTINGS"
@@ -46,7 +49,7 @@ def overlay_png(image: np.ndarray, heat: np.ndarray | None, alpha: float = 0.45)
         colour = np.concatenate([np.ones_like(h), h, np.zeros_like(h)], axis=2)  # red -> yellow as heat rises
         gray = (1 - alpha * h) * gray + alpha * h * colour
     buf = io.BytesIO()
-    Image.fromarray((gray * 255).round().astype(np.uint8)).save(buf, format="PNG")
+    Image.fromarray((gray * 255).round().astype(np.uint8)).save(buf, format="PNG", compress_level=1)  # speed, not size
     return buf.getvalue()
 
 
@@ -102,6 +105,22 @@ def create_app(predictor: Predictor, *, token: str | None = None, max_upload_mb:
         return JSONResponse(body)
 
     return app
+
+
+class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+    """uvicorn's HTTP protocol with TCP_NODELAY on every connection (``pneumolab serve`` uses it).
+
+    With ``--workers N`` uvicorn binds the listening socket itself (``proto=0``), and asyncio then skips
+    TCP_NODELAY on the accepted connections: every small response waited ~40 ms for the client's
+    delayed ACK (measured: /healthz 44 ms instead of 1 ms). Setting it here restores the single-process
+    behaviour.
+    """
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)
 
 
 def app_from_env() -> FastAPI:

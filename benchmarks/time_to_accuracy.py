@@ -94,6 +94,7 @@ class Clock(L.Callback):
 
 def run(name: str, data: Path, out: Path, args: argparse.Namespace) -> dict:
     preset, extra = RECIPES[name]
+    extra = [*extra, *(args.fast_overrides if name == "fast" else [])]
     cfg = load_config(TrainConfig, preset, [f"data.data_dir={data}", f"out_dir={out / 'runs'}", f"name={name}",
                                             "trainer.early_stopping_patience=null", *extra])  # fmt: skip
     n_train = len(Manifest.load(data).indices("train", "real"))
@@ -113,6 +114,7 @@ def main() -> None:
     ap.add_argument("--eval-every", type=float, default=0.25, help="score validation every this share of an epoch")
     ap.add_argument("--recipes", nargs="+", default=["fast", "study"], choices=sorted(RECIPES))
     ap.add_argument("--out", type=Path, default=Path("runs/time-to-accuracy"))
+    ap.add_argument("--fast-overrides", nargs="*", default=[], help="key=value changes to the fast recipe")
     args = ap.parse_args()
     results = [run(name, args.data, args.out, args) for name in args.recipes]
     with open(args.out / "curves.csv", "w", newline="") as f:

@@ -12,7 +12,7 @@ import pytest
 from pneumolab.cli import main
 from pneumolab.config import TrainConfig, load_config
 from pneumolab.errors import InputError
-from pneumolab.tuning.study import load_tune_config, run_study
+from pneumolab.tuning.study import load_tune_config, run_study, write_best
 
 
 def _tune_yaml(tmp_path: Path, space: str = "") -> Path:
@@ -54,6 +54,11 @@ def test_a_three_trial_study_writes_runs_best_config_and_report(sample_data, tmp
     )
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'tune' / 't' / 'study.db'}")
     assert len(study.trials) == 4 and [t.number for t in study.trials] == [0, 1, 2, 3]
+    assert len({tuple(t.params.values()) for t in study.trials}) == 4  # resuming draws new points, not trial 0 again
+    again = ["tune", "-c", str(cfg_file), "--data", str(sample_data), "--trials", "4", "--out-config", str(best)]
+    assert main(again) == 0
+    db = f"sqlite:///{tmp_path / 'tune' / 't' / 'study.db'}"
+    assert len(optuna.load_study(study_name="t", storage=db).trials) == 4  # complete: nothing more runs
 
 
 def test_pruning_stops_an_obviously_bad_trial(sample_data, tmp_path) -> None:
@@ -79,6 +84,8 @@ def test_robustness_objective_scores_each_trial_under_the_shifts(sample_data, tm
     )
     cfg = load_tune_config(cfg_file, sample_data, ["trials=2"])
     study = run_study(cfg, data=sample_data)
+    best = load_config(TrainConfig, write_best(study, cfg, tmp_path / "best.yaml", sample_data))
+    assert best.trainer.monitor == "val/auroc"  # robustness has no per-epoch value: checkpoints still by AUROC
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     for t in study.trials:
         r = json.loads((Path(t.user_attrs["run_dir"]) / "robustness" / "robustness.json").read_text())

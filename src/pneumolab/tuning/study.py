@@ -72,6 +72,11 @@ class TuneConfig(StrictModel):
     def direction(self) -> str:
         return "minimize" if self.objective.endswith("loss") else "maximize"
 
+    @property
+    def monitor(self) -> str:
+        """The per-epoch validation metric that picks each trial's checkpoint (robustness has none per epoch)."""
+        return "val/auroc" if self.objective.startswith("robustness/") else self.objective
+
 
 def _sample_value(p: SearchParam) -> Any:
     return p.choices[0] if p.type == "categorical" else (p.low if p.type == "float" else int(p.low))
@@ -131,8 +136,7 @@ def _objective(cfg: TuneConfig, data: Path | None):
             sampled.append(f"{key}={v!r}")
         budget = [f"trainer.max_time_min={cfg.trial_max_time_min}"] if cfg.trial_max_time_min else []
         robust = cfg.objective.startswith("robustness/")
-        monitor = "val/auroc" if robust else cfg.objective  # the checkpoint is still chosen per epoch
-        overrides = [*cfg.overrides, *budget, *sampled, f"trainer.monitor={monitor}",
+        overrides = [*cfg.overrides, *budget, *sampled, f"trainer.monitor={cfg.monitor}",
                      f"out_dir={cfg.out_dir / cfg.name / 'trials'}", f"name=trial-{trial.number:04d}",
                      *([f"data.data_dir={data}"] if data else [])]  # fmt: skip
         run_cfg = load_config(TrainConfig, cfg.train_config, overrides)
@@ -181,10 +185,11 @@ def run_study(
 
     total = trials or cfg.trials
     store = _storage(cfg, storage)
-    # Seeded for a local study; unseeded on a shared storage, where equal seeds would make workers sample alike.
-    sampler = optuna.samplers.TPESampler(seed=None if storage else cfg.seed)
     study = optuna.create_study(study_name=cfg.name, storage=store, direction=cfg.direction, pruner=_pruner(cfg),
-                                sampler=sampler, load_if_exists=True)  # fmt: skip
+                                load_if_exists=True)  # fmt: skip
+    # Seeded for a local study, offset by the trials it already holds (a resumed study with the same seed
+    # would re-draw its first trials); unseeded on a shared storage, where equal seeds make workers sample alike.
+    study.sampler = optuna.samplers.TPESampler(seed=None if storage else cfg.seed + len(study.trials))
     if workers > 1:
         url = store.url if hasattr(store, "url") else str(storage)
         cmd = [sys.executable, "-m", "pneumolab", "tune", "-c", str(config_path), "--storage", url,
@@ -197,6 +202,8 @@ def run_study(
         return optuna.load_study(study_name=cfg.name, storage=store)
     done = (TrialState.COMPLETE, TrialState.PRUNED)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if len(study.get_trials(deepcopy=False, states=done)) >= total:
+        return study  # already complete: optimize() would start one more trial before its callback stops it
     study.optimize(
         _objective(cfg, data),
         n_trials=total,  # an upper bound for this process; the callback stops at `total` finished trials overall
@@ -211,7 +218,7 @@ def write_best(study: Any, cfg: TuneConfig, out: str | Path, data: Path | None =
     """The best trial's resolved training config, ready for ``pneumolab train -c OUT``."""
     best = study.best_trial
     overrides = [*cfg.overrides, *(f"{k}={v!r}" for k, v in best.params.items()), f"name={cfg.name}-tuned",
-                 f"trainer.monitor={cfg.objective}", *([f"data.data_dir={data}"] if data else [])]  # fmt: skip
+                 f"trainer.monitor={cfg.monitor}", *([f"data.data_dir={data}"] if data else [])]  # fmt: skip
     resolved = load_config(TrainConfig, cfg.train_config, overrides, **({} if data else {"data": {"data_dir": "."}}))
     body = resolved.model_dump(mode="json")
     header = (f"# Tuned by `pneumolab tune` (study {cfg.name}, trial {best.number}: {cfg.objective} = {best.value:.5f} "

@@ -219,10 +219,10 @@ def plan_study(cfg: StudyConfig, *, progress: bool = False, estimate: bool = Fal
     d = cfg.data
     n_train = _count_train(data_dir, d.source, d.val_fraction, d.test_fraction)
     rates: dict[tuple, float] = {}
+    budget = [f"trainer.max_time_min={cfg.budget_min}"] if cfg.budget_min else []
     steps = [Step("data", "data", data_dir, lambda: _prepare(cfg, data_dir))]
 
     def classifier(preset: str, extra: list[str], name: str | None = None, needs: list[str] | None = None) -> Step:
-        budget = [f"trainer.max_time_min={cfg.budget_min}"] if cfg.budget_min else []
         overrides = [f"data.data_dir={data_dir}", f"data.image_size={d.image_size}", f"out_dir={root / 'runs'}",
                      *budget, *cfg.overrides, *extra, *([f"name={name}"] if name else [])]  # fmt: skip
         c = load_config(TrainConfig, preset, overrides)
@@ -235,7 +235,6 @@ def plan_study(cfg: StudyConfig, *, progress: bool = False, estimate: bool = Fal
     if cfg.recipe:
         steps.append(classifier(cfg.recipe, [], name=f"recipe-{Path(cfg.recipe).stem}"))
     if (ae := cfg.autoencoder) is not None:
-        budget = [f"trainer.max_time_min={cfg.budget_min}"] if cfg.budget_min else []
         ae_over = [f"data.data_dir={data_dir}", f"data.image_size={d.image_size}", f"out_dir={root / 'autoencoder'}"]
         ae_cfg = load_config(AutoencoderConfig, ae.config, [*ae_over, *budget, *ae.overrides])
         est = _estimate_generative("autoencoder", ae_cfg, n_train, cfg.budget_min) if estimate else None

@@ -78,7 +78,7 @@ class Clock(L.Callback):
         probs, ys = [], []
         with trainer.precision_plugin.forward_context():  # the same autocast as training
             for x, y in trainer.datamodule.val_dataloader():
-                probs.append(module(x).float().softmax(1)[:, 1])
+                probs.append(module(x.to(module.device)).float().softmax(1)[:, 1].cpu())
                 ys.append(y)
         module.train()
         p, y = torch.cat(probs).numpy(), torch.cat(ys).numpy()

@@ -134,3 +134,82 @@ def test_random_border_erase_blacks_out_edges_only() -> None:
         widths.add(m)
     assert max(widths) <= 10 and len(widths) > 3  # up to 25% of 40 px, at random widths
     assert (x == 200).all()  # the input is not modified in place
+
+
+def _batch_preset(**aug):
+    from pneumolab.data.transforms import BatchTrainPreset
+
+    still = {"rotation_deg": 0, "translate": 0, "scale": (1.0, 1.0), "brightness": 0, "contrast": 0}
+    return BatchTrainPreset(mean=0.5, std=0.25, augment=AugmentConfig(**{**still, **aug}))
+
+
+def test_batched_augmentation_without_randomness_is_the_eval_preset() -> None:
+    from pneumolab.data.transforms import EvalPreset
+
+    x = torch.randint(0, 256, (4, 1, 24, 24), dtype=torch.uint8)
+    want = torch.stack([EvalPreset(mean=0.5, std=0.25)(img) for img in x])
+    torch.testing.assert_close(_batch_preset()(x), want, atol=1e-5, rtol=0)  # identity grid = the input pixels
+
+
+def test_batched_zoom_and_brightness_match_hand_computed_values() -> None:
+    x = torch.zeros(3, 1, 32, 32, dtype=torch.uint8)
+    x[:, :, 12:20, 12:20] = 255  # an 8x8 white square in the centre
+    zoomed = _batch_preset(scale=(2.0, 2.0))(x) * 0.25 + 0.5  # undo the normalisation -> [0, 1]
+    # 2x zoom about the centre: the square covers the middle 16x16 (bilinear: inner 14x14 exactly white)
+    assert (zoomed[:, :, 9:23, 9:23] == 1).all() and (zoomed[:, :, :7] == 0).all() and (zoomed[:, :, 25:] == 0).all()
+    assert zoomed.sum(dim=(1, 2, 3)).tolist() == pytest.approx([256.0] * 3, abs=8)
+    torch.manual_seed(0)
+    grey = torch.full((200, 1, 8, 8), 100, dtype=torch.uint8)
+    out = _batch_preset(brightness=0.3)(grey) * 0.25 + 0.5
+    factor = out[:, 0, 0, 0] / (100 / 255)  # one factor per image, constant over its pixels
+    assert torch.allclose(out, out[:, :, :1, :1].expand_as(out))
+    assert factor.min() >= 0.7 - 1e-5 and factor.max() <= 1.3 + 1e-5 and factor.std() > 0.1  # U(0.7, 1.3) per image
+
+
+def test_batched_border_erase_is_random_per_sample() -> None:
+    torch.manual_seed(0)
+    x = torch.full((200, 1, 40, 40), 255, dtype=torch.uint8)
+    out = _batch_preset(border_erase=0.25)(x) * 0.25 + 0.5
+    erased = (out[:, 0] == 0).flatten(1).any(1)
+    assert 60 <= int(erased.sum()) <= 140  # about half the images of one batch
+    widths = set()
+    for o in out[erased, 0]:
+        m = int((o[20] == 0).sum()) // 2
+        assert (o[:m] == 0).all() and (o[-m:] == 0).all() and (o[:, :m] == 0).all() and (o[m:-m, m:-m] == 1).all()
+        widths.add(m)
+    assert max(widths) <= 10 and len(widths) > 3
+    torch.manual_seed(1)
+    a = _batch_preset(rotation_deg=10, translate=0.1)(x[:8])
+    torch.manual_seed(1)
+    torch.testing.assert_close(a, _batch_preset(rotation_deg=10, translate=0.1)(x[:8]))  # seeded: reproducible
+    assert len({tuple(img.flatten().tolist()) for img in a}) == 8  # but every sample of the batch differs
+
+
+def test_batched_loader_yields_raw_batches_that_the_trainer_augments(prepared_dir) -> None:
+    import lightning as L
+
+    dm = _dm(prepared_dir, normalization="per_image", augment=AugmentConfig(batched=True, rotation_deg=10))
+    raw, _ = next(iter(dm.train_dataloader()))
+    assert raw.dtype == torch.uint8 and raw.shape == (8, 1, 32, 32)
+    val, _ = next(iter(dm.val_dataloader()))
+    assert val.dtype == torch.float32  # val/test keep the per-image EvalPreset, never augmented
+
+    seen: list[torch.Tensor] = []
+
+    class Probe(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def training_step(self, batch, batch_idx):
+            seen.append(batch[0])
+            return self.w * batch[0].float().mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = L.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False)
+    trainer.fit(Probe(), datamodule=dm)
+    x = seen[0]
+    assert x.dtype == torch.float32 and x.shape == (8, 1, 32, 32)
+    assert x.mean(dim=(1, 2, 3)).abs().max() < 1e-4  # normalised per image, by the DataModule's hook

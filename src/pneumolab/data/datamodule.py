@@ -1,6 +1,8 @@
 """Lightning DataModule serving the splits from the uint8 cache.
 
-Train gets random augmentation; val and test get only the deterministic ``EvalPreset``.
+Train gets random augmentation; val and test get only the deterministic ``EvalPreset``. With
+``augment.batched`` the training loader yields raw ``(B, 1, S, S) uint8`` batches and
+``on_after_batch_transfer`` augments and normalises each one where it landed (CPU or GPU).
 Normalisation statistics and class weights come from the training split only. Synthetic sets
 join the training loader and nothing else.
 """
@@ -82,11 +84,12 @@ class ChestXrayDataModule(L.LightningDataModule):
         self.mean: float | None = None
         self.std: float | None = None
         self.datasets: dict[str, Dataset] = {}
+        self.batch_augment: torch.nn.Module | None = None  # set by setup() when augment.batched
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        from pneumolab.data.transforms import EvalPreset, TrainPreset
+        from pneumolab.data.transforms import BatchTrainPreset, EvalPreset, TrainPreset
 
         cfg = self.config
         manifest = Manifest.load(cfg.data_dir)
@@ -115,7 +118,12 @@ class ChestXrayDataModule(L.LightningDataModule):
                      for i in rng.choice([i for i in train_idx if manifest.records[i].label == label], n)]  # fmt: skip
             train_parts.append(CachedImages(images, extra, [manifest.records[i].target for i in extra], None))
         norm = {"mean": self.mean, "std": self.std, "normalization": cfg.normalization}
-        train_tf, eval_tf = TrainPreset(**norm, augment=cfg.augment), EvalPreset(**norm)
+        if cfg.augment.batched:  # raw uint8 out of the loader; augment_batch() does the rest
+            self.batch_augment = BatchTrainPreset(**norm, augment=cfg.augment)
+            train_tf: Any = torch.nn.Identity()
+        else:
+            train_tf = TrainPreset(**norm, augment=cfg.augment)
+        eval_tf = EvalPreset(**norm)
         for part in train_parts:
             part.transform = train_tf
         val, test = subset("val"), subset("test")
@@ -140,6 +148,19 @@ class ChestXrayDataModule(L.LightningDataModule):
             raise LeakageError(f"{syn_dir}: contains an image identical to a validation/test image")
         images = load_cache(syn, self.config.image_size, Path(syn_dir) / "cache")
         return CachedImages(images, list(range(len(syn))), [r.target for r in syn.records], None)
+
+    def augment_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """Augment and normalise a raw training batch ``(B, 1, S, S) uint8`` (``augment.batched`` only)."""
+        if self.batch_augment is None:
+            raise RuntimeError("augment_batch() needs data.augment.batched=true and setup() first")
+        return self.batch_augment(x)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Only the batched training loader yields uint8 images (val/test come normalised, latents are float).
+        x, *rest = batch
+        if self.batch_augment is not None and x.dtype == torch.uint8:
+            return [self.augment_batch(x), *rest]
+        return batch
 
     @property
     def train_targets(self) -> list[int]:

@@ -2,18 +2,22 @@
 
 ``EvalPreset`` is the deterministic preprocessing a checkpoint records and inference rebuilds;
 ``TrainPreset`` adds random augmentation in front of it and is used by the training loader only.
+``BatchTrainPreset`` does the same augmentation to a whole ``(B, 1, H, W)`` batch at once, with random
+parameters per sample, where the batch already is (the CPU main process, or the GPU).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from pneumolab.config import AugmentConfig
 
-__all__ = ["EvalPreset", "PerImageStandardize", "RandomBorderErase", "TrainPreset"]
+__all__ = ["BatchTrainPreset", "EvalPreset", "PerImageStandardize", "RandomBorderErase", "TrainPreset"]
 
 
 class PerImageStandardize(torch.nn.Module):
@@ -52,8 +56,8 @@ class EvalPreset:
 
     def __init__(self, *, mean: float, std: float, normalization: str = "dataset") -> None:
         self.params = {"mean": float(mean), "std": float(std), "normalization": normalization}
-        norm = PerImageStandardize() if normalization == "per_image" else v2.Normalize([mean], [std])
-        self.transform = v2.Compose([v2.ToDtype(torch.float32, scale=True), norm])
+        self.normalize = PerImageStandardize() if normalization == "per_image" else v2.Normalize([mean], [std])
+        self.transform = v2.Compose([v2.ToDtype(torch.float32, scale=True), self.normalize])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.transform(x)
@@ -85,3 +89,53 @@ class TrainPreset:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.transform(x)
+
+
+class BatchTrainPreset(torch.nn.Module):
+    """``TrainPreset`` for a whole batch: ``(B, 1, H, W) uint8 -> float``, normalised, random per sample.
+
+    The same augmentations and ranges as ``TrainPreset`` (affine, border erase, brightness, contrast, flip),
+    vectorised: one ``affine_grid``/``grid_sample`` call for the geometry (bilinear, zero fill) and
+    broadcast arithmetic for the rest, so a 64-image batch costs about one image's worth of Python.
+    """
+
+    def __init__(self, *, mean: float, std: float, normalization: str = "dataset", augment: AugmentConfig) -> None:
+        super().__init__()
+        self.augment = augment
+        self.eval = EvalPreset(mean=mean, std=std, normalization=normalization)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) uint8 -> (B, 1, H, W) float
+        x = x.float().div_(255)
+        if self.augment.enabled:
+            x = self._augment(x)
+        return self.eval.normalize(x)
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        a, (b, _, _, side) = self.augment, x.shape
+
+        def uniform(lo: float, hi: float) -> torch.Tensor:  # (B,) on x's device
+            return torch.empty(b, device=x.device).uniform_(lo, hi)
+
+        # Geometry. affine_grid wants, per sample, the map from output to input coordinates in [-1, 1]
+        # (the side spans 2 units): the inverse of "scale s, rotate by angle, then shift by t".
+        angle = uniform(-a.rotation_deg, a.rotation_deg) * (math.pi / 180)
+        scale = uniform(*a.scale)
+        shift = torch.stack([uniform(-a.translate, a.translate), uniform(-a.translate, a.translate)], 1) * 2  # (B, 2)
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        inv = torch.stack([torch.stack([cos, sin], 1), torch.stack([-sin, cos], 1)], 1)  # (B, 2, 2) = (S R)^-1
+        theta = torch.cat([inv, -(inv @ shift[:, :, None])], 2)  # (B, 2, 3)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if a.border_erase:  # half the images lose a border of U(0, border_erase) x side pixels on every edge
+            m = (uniform(0, a.border_erase) * side).long() * (torch.rand(b, device=x.device) < 0.5)  # (B,)
+            idx = torch.arange(side, device=x.device)
+            keep = (idx >= m[:, None]) & (idx < side - m[:, None])  # (B, side)
+            x = x * (keep[:, None, :, None] & keep[:, None, None, :])
+        if a.brightness:  # torchvision's factor: multiply by U(1 - b, 1 + b)
+            x = (x * uniform(max(0.0, 1 - a.brightness), 1 + a.brightness)[:, None, None, None]).clamp_(0, 1)
+        if a.contrast:  # blend with the image's mean grey level by U(1 - c, 1 + c)
+            c = uniform(max(0.0, 1 - a.contrast), 1 + a.contrast)[:, None, None, None]
+            x = (c * x + (1 - c) * x.mean(dim=(-2, -1), keepdim=True)).clamp_(0, 1)
+        if a.hflip:
+            x = torch.where((torch.rand(b, device=x.device) < 0.5)[:, None, None, None], x.flip(-1), x)
+        return x

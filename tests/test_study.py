@@ -22,7 +22,7 @@ def _study_yaml(tmp_path: Path, **changes) -> Path:
         "classifiers": ["cpu/cnn_base"],
         "overrides": ["trainer.max_epochs=1", "trainer.early_stopping_patience=null", *FAST],
         "autoencoder": {"overrides": ["trainer.max_epochs=1", "channels=[8,16]", *FAST]},
-        "gan": {"models": ["cnn_base"], "per_class": 8, "epochs": 1,
+        "gan": {"models": ["cnn_base"], "per_class": 8, "epochs": 1, "seed_protocol": True,
                 "gan_overrides": ["trainer.max_epochs=1", "width=8", "data.batch_size=8", *FAST]},
         **changes,
     }  # fmt: skip
@@ -45,12 +45,39 @@ def test_study_runs_every_step_and_writes_one_report(finished) -> None:
     assert {s["status"] for s in state["steps"].values()} == {"done"}
     assert list(state["steps"]) == [
         "data", "cnn_base", "autoencoder", "latent_cnn", "gan-NORMAL", "gan-PNEUMONIA", "synthetic-NORMAL",
-        "synthetic-PNEUMONIA", "cnn_base-plain-s0", "cnn_base-gan-s0", "cnn_base-dup-s0", "report",
+        "synthetic-PNEUMONIA", "cnn_base-plain-s0", "cnn_base-gan-s0", "cnn_base-dup-s0", "seed-protocol-data",
+        "cnn_base-seed-protocol", "report",
     ]  # fmt: skip
     report = (root / "report" / "report.md").read_text()
     assert "GAN augmentation" in report and "Autoencoder codes vs pixels" in report
     for name in ("cnn_base", "latent_cnn", "cnn_base-gan-s0"):
         assert f"| {name} " in report  # every classifier is in the comparison
+    assert "| cnn_base-seed-protocol " not in report  # the leaky run is not ranked with the others...
+
+
+def test_study_seed_protocol_is_leaky_by_construction_and_reported_beside_ours(finished, caplog) -> None:
+    from pneumolab.data.manifest import check_no_leakage
+    from pneumolab.errors import LeakageError
+
+    _, _, root = finished
+    leaky = Manifest.load(root / "seed-protocol" / "data")
+    assert "LEAKY" in caplog.text and leaky.meta["protocol"] == "seed-leaky"
+    real = Manifest.load(root / "data")
+    assert len(leaky) == len(real) + 16  # every real image plus both synthetic sets
+    assert {r.split for r in leaky.records if r.source == "synthetic"} >= {"train", "test"}  # the study's leak
+    counts = {s: len(leaky.indices(s)) for s in ("train", "val", "test")}
+    assert abs(counts["train"] / len(leaky) - 0.70) < 0.02 and abs(counts["test"] / len(leaky) - 0.15) < 0.02
+    with pytest.raises(LeakageError):  # without the protocol mark the same rows are refused
+        check_no_leakage(leaky.records)
+    assert load_run_config(root / "seed-protocol" / "runs" / "cnn_base-seed-protocol").data.data_dir == (
+        root / "seed-protocol" / "data"
+    )
+    report = (root / "report" / "report.md").read_text()
+    section = report.split("## The original study's protocol vs ours")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")][2:]  # below header and rule
+    assert rows[0].startswith("| patient-disjoint (pneumolab) | test split | ")
+    assert rows[1].startswith("| seed protocol (image level, 70/15/15) | its test split | ")
+    assert len(rows) >= 3  # ...and its test split broken into real / synthetic images
 
 
 def test_study_gan_arms_take_equal_steps_and_synthetic_stays_in_train(finished) -> None:

@@ -55,6 +55,9 @@ class StudyGan(StrictModel):
     epochs: int = Field(5, ge=1)  # of the plain arm; every arm takes exactly its optimiser steps
     image_size: int | None = None  # classifier size for the arms (default: the study's)
     gan_overrides: tuple[str, ...] = ()  # for both generators, e.g. trainer.max_epochs=20
+    # Also train the first model under the original study's leaky protocol (real + synthetic images split
+    # image by image, pneumolab.data.seed_protocol) to show in the report how much it inflates the numbers.
+    seed_protocol: bool = False
 
 
 class StudyConfig(StrictModel):
@@ -92,7 +95,12 @@ class Step:
     report: bool = False  # a classifier that goes into the comparison report
 
     def done(self) -> bool:
-        marker = {"data": "manifest.csv", "synthetic": "manifest.csv", "report": "report.html"}.get(self.kind)
+        marker = {
+            "data": "manifest.csv",
+            "synthetic": "manifest.csv",
+            "leaky-data": "manifest.csv",
+            "report": "report.html",
+        }.get(self.kind)
         return (self.folder / (marker or "summary.json")).is_file()
 
 
@@ -221,6 +229,7 @@ def plan_study(cfg: StudyConfig, *, progress: bool = False, estimate: bool = Fal
     rates: dict[tuple, float] = {}
     budget = [f"trainer.max_time_min={cfg.budget_min}"] if cfg.budget_min else []
     steps = [Step("data", "data", data_dir, lambda: _prepare(cfg, data_dir))]
+    protocol: tuple[Path, Path, Path] | None = None  # seed protocol: (reference run, leaky run, leaky data)
 
     def classifier(preset: str, extra: list[str], name: str | None = None, needs: list[str] | None = None) -> Step:
         overrides = [f"data.data_dir={data_dir}", f"data.image_size={d.image_size}", f"out_dir={root / 'runs'}",
@@ -257,10 +266,46 @@ def plan_study(cfg: StudyConfig, *, progress: bool = False, estimate: bool = Fal
             arm.needs.append("data")
             arm.estimate_s = _estimate(arm.config, n_train, rates, None) if estimate else None
         steps += samples + arms
+        if g.seed_protocol:  # compared with the same model's +GAN arm of the first seed
+            leaky_data, leaky = _seed_protocol_steps(cfg, data_dir, samples, progress)
+            reference = next(a for a in arms if a.name == leaky.name.replace("-seed-protocol", f"-gan-s{g.seeds[0]}"))
+            steps += [leaky_data, leaky]
+            protocol = (reference.folder, leaky.folder, leaky_data.folder)
     reported = [s for s in steps if s.report]
-    steps.append(Step("report", "report", root / "report", lambda: _report(cfg, data_dir, reported, root / "report"),
-                      needs=["data"]))  # fmt: skip
+    steps.append(Step("report", "report", root / "report",
+                      lambda: _report(cfg, data_dir, reported, root / "report", protocol), needs=["data"]))  # fmt: skip
     return steps
+
+
+def _seed_protocol_steps(cfg: StudyConfig, data_dir: Path, samples: list[Step], progress: bool) -> tuple[Step, Step]:
+    """The study's leaky protocol: pool the real and synthetic images, split them by image, and train the first
+    GAN model (same preset, size and epochs as its arms) on it, for the report's protocol table."""
+    from pneumolab.training.trainer import train
+
+    g, leaky_dir = cfg.gan, cfg.out_dir / cfg.name / "seed-protocol" / "data"
+    assert g is not None
+    preset = g.models[0] if "/" in g.models[0] else f"cpu/{g.models[0]}"
+    size = g.image_size or cfg.data.image_size
+
+    def prepare() -> Path:
+        from pneumolab.data.cache import build_cache
+        from pneumolab.data.manifest import Manifest
+        from pneumolab.data.seed_protocol import seed_protocol_manifest
+
+        tmp = leaky_dir.with_name(leaky_dir.name + ".partial")  # the manifest appears only when all is done
+        shutil.rmtree(tmp, ignore_errors=True)
+        manifest = seed_protocol_manifest(Manifest.load(data_dir), [s.folder for s in samples], seed=g.seeds[0])
+        manifest.save(tmp)
+        build_cache(manifest, size, tmp / "cache")
+        shutil.rmtree(leaky_dir, ignore_errors=True)
+        return tmp.rename(leaky_dir)
+
+    c = load_config(TrainConfig, preset, [
+        f"data.data_dir={leaky_dir}", f"data.image_size={size}", f"out_dir={leaky_dir.parent / 'runs'}",
+        f"name={Path(preset).stem}-seed-protocol", f"seed={g.seeds[0]}", f"data.seed={g.seeds[0]}",
+        "trainer.early_stopping_patience=null", *cfg.overrides, f"trainer.max_epochs={g.epochs}"])  # fmt: skip
+    return (Step("seed-protocol-data", "leaky-data", leaky_dir, prepare, needs=[s.name for s in samples]),
+            _train_step(c.name, "classifier", c, train, progress, needs=["seed-protocol-data"]))  # fmt: skip
 
 
 def _prepare(cfg: StudyConfig, data_dir: Path) -> Path:
@@ -282,8 +327,10 @@ def _prepare(cfg: StudyConfig, data_dir: Path) -> Path:
     return data_dir
 
 
-def _report(cfg: StudyConfig, data_dir: Path, classifiers: list[Step], out: Path) -> Path:
+def _report(cfg: StudyConfig, data_dir: Path, classifiers: list[Step], out: Path,
+            protocol: tuple[Path, Path, Path] | None) -> Path:  # fmt: skip
     from pneumolab.data.manifest import Manifest
+    from pneumolab.evaluation.protocol import protocol_section
     from pneumolab.evaluation.report import compare
 
     runs = [s.folder for s in classifiers if (s.folder / "model.pt").is_file()]
@@ -292,7 +339,13 @@ def _report(cfg: StudyConfig, data_dir: Path, classifiers: list[Step], out: Path
     split = cfg.report_split
     if not Manifest.load(data_dir).indices(split, "real"):
         raise InputError(f"the study's data has no {split!r} split; set data.test_fraction or report_split")
-    return compare(runs, data_dir, out, split=split)
+    extra = []
+    if protocol and all((run / "model.pt").is_file() for run in protocol[:2]):
+        reference, leaky, leaky_data = protocol
+        extra.append(("The original study's protocol vs ours: how much an image-level split with synthetic images "
+                      "inside inflates the numbers (same model and recipe)",
+                      protocol_section(reference, data_dir, split, leaky, leaky_data)))  # fmt: skip
+    return compare(runs, data_dir, out, split=split, extra_sections=extra)
 
 
 def run_study(

@@ -252,8 +252,13 @@ def _html_table(t: dict[str, Any]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def compare(runs: list[Path], data: str | Path, out: str | Path, *, split: str = "test", n_boot: int = 2000) -> Path:
+def compare(
+    runs: list[Path], data: str | Path, out: str | Path, *, split: str = "test", n_boot: int = 2000,
+    extra_sections: list[tuple[str, dict[str, Any]]] | None = None,
+) -> Path:  # fmt: skip
     """Evaluate (or reuse the evaluations of) ``runs`` on one split of ``data`` and write the report to ``out``.
+
+    ``extra_sections``: more ``(title, {"header", "rows"})`` tables, appended as given (the study's protocol table).
 
     Returns:
         The path of ``report.html``.
@@ -272,6 +277,7 @@ def compare(runs: list[Path], data: str | Path, out: str | Path, *, split: str =
         )
     if (latent := _latent_section(results)) is not None:
         sections.append(("Autoencoder codes vs pixels (every training second counted; encoding takes seconds)", latent))
+    sections += extra_sections or []
     roc = _roc_figure(results, f"ROC, {where}")
     grids = _sample_grids(results)
     out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,8 @@ Every ``--eval-every`` of an epoch the model is scored on the validation split (
 the clock counts training only (evaluation, Lightning's own validation and start-up are excluded), from
 the first training batch. A recipe stops when it reaches ``--target`` validation accuracy (92.8%, Kermany
 et al. 2018) or when its training time exceeds ``--budget-s``; then its time to target is unknown and the
-reported ratio is a lower bound. Writes ``curves.csv`` and ``summary.json`` under ``--out``.
+reported ratio is a lower bound. The fast recipe runs ``--fast-seeds`` seeds and its median time counts.
+Writes ``curves.csv`` and ``summary.json`` under ``--out``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
@@ -92,15 +94,15 @@ class Clock(L.Callback):
         self.paused += time.perf_counter() - t0
 
 
-def run(name: str, data: Path, out: Path, args: argparse.Namespace) -> dict:
+def run(name: str, seed: int, data: Path, out: Path, args: argparse.Namespace) -> dict:
     preset, extra = RECIPES[name]
-    extra = [*extra, *(args.fast_overrides if name == "fast" else [])]
-    cfg = load_config(TrainConfig, preset, [f"data.data_dir={data}", f"out_dir={out / 'runs'}", f"name={name}",
+    extra = [*extra, *(args.fast_overrides if name == "fast" else []), f"seed={seed}", f"data.seed={seed}"]
+    cfg = load_config(TrainConfig, preset, [f"data.data_dir={data}", f"out_dir={out / 'runs'}", f"name={name}-s{seed}",
                                             "trainer.early_stopping_patience=null", *extra])  # fmt: skip
     n_train = len(Manifest.load(data).indices("train", "real"))
     clock = Clock(max(1, int(args.eval_every * n_train)), args.target, args.budget_s)
     train(cfg, progress_bar=False, extra_callbacks=[clock])
-    return {"recipe": name, "config": preset, "overrides": extra, "image_size": cfg.data.image_size,
+    return {"recipe": name, "seed": seed, "config": preset, "overrides": extra, "image_size": cfg.data.image_size,
             "model": cfg.model.name, "precision": cfg.trainer.precision, "batch_size": cfg.data.batch_size,
             "time_to_target_s": clock.reached, "train_s": round(clock.train_seconds(), 1),
             "images_seen": clock.seen, "threads": torch.get_num_threads(), "curve": clock.curve}  # fmt: skip
@@ -115,21 +117,27 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="+", default=["fast", "study"], choices=sorted(RECIPES))
     ap.add_argument("--out", type=Path, default=Path("runs/time-to-accuracy"))
     ap.add_argument("--fast-overrides", nargs="*", default=[], help="key=value changes to the fast recipe")
+    ap.add_argument("--fast-seeds", type=int, default=3, help="seeds of the fast recipe (the median is compared)")
     args = ap.parse_args()
-    results = [run(name, args.data, args.out, args) for name in args.recipes]
+    # Accuracy at 0.5 swings early in training, so one run's time to target is noisy: the cheap recipe runs
+    # several seeds and its median counts; the study's recipe (~15 min a run on 2 cores) runs seed 0.
+    results = [run(name, seed, args.data, args.out, args) for name in args.recipes
+               for seed in (range(args.fast_seeds) if name == "fast" else [0])]  # fmt: skip
     with open(args.out / "curves.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["recipe", "train_s", "images", "val_acc", "val_auroc"])
+        w = csv.DictWriter(f, fieldnames=["recipe", "seed", "train_s", "images", "val_acc", "val_auroc"])
         w.writeheader()
         for r in results:
-            w.writerows({"recipe": r["recipe"], **row} for row in r["curve"])
-    by = {r["recipe"]: r for r in results}
+            w.writerows({"recipe": r["recipe"], "seed": r["seed"], **row} for row in r["curve"])
     summary = {"target_val_acc": args.target, "budget_s": args.budget_s,
                "recipes": [{k: v for k, v in r.items() if k != "curve"} for r in results]}  # fmt: skip
-    if "fast" in by and "study" in by and by["fast"]["time_to_target_s"]:
-        slow = by["study"]["time_to_target_s"]
+    times = {name: [r["time_to_target_s"] or r["train_s"] for r in results if r["recipe"] == name] for name in RECIPES}
+    if times["fast"] and times["study"]:
         summary["speed_up"] = {
-            "ratio": round((slow or by["study"]["train_s"]) / by["fast"]["time_to_target_s"], 1),
-            "lower_bound": slow is None,  # the study's recipe did not reach the target within the budget
+            "fast_median_s": float(np.median(times["fast"])),
+            "ratio": round(times["study"][0] / float(np.median(times["fast"])), 1),
+            # a recipe that missed the target counts its whole budget: the ratio is then a bound, not a value
+            "lower_bound": any(r["time_to_target_s"] is None for r in results if r["recipe"] == "study"),
+            "fast_all_reached": all(r["time_to_target_s"] is not None for r in results if r["recipe"] == "fast"),
         }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))

@@ -5,7 +5,8 @@ Usage::
     python benchmarks/data_pipeline.py --source ../shared/data/chest_xray --out /tmp/pneumolab-bench
 
 Targets (issue 2): the cache builds in <= 60 s at 128 px, and the training loader delivers
->= 2,000 augmented images/s at 128 px on 2 cores. Prints one JSON object; record it in
+>= 2,000 augmented images/s at 128 px on 2 cores. Also measures batched augmentation
+(``data.augment.batched``) in the main process. Prints one JSON object; record it in
 docs/BENCHMARKS.md with the machine and date.
 """
 
@@ -29,9 +30,16 @@ from pneumolab.data.index import index_source
 from pneumolab.data.splits import split_manifest
 
 
-def loader_throughput(data_dir: Path, size: int, workers: int, batch: int, seconds: float) -> float:
-    """Augmented training images per second, measured over whole epochs for at least ``seconds``."""
-    cfg = DataConfig(data_dir=data_dir, image_size=size, batch_size=batch, num_workers=workers)
+def loader_throughput(
+    data_dir: Path, size: int, workers: int, batch: int, seconds: float, batched: bool = False
+) -> float:
+    """Augmented training images per second, measured over whole epochs for at least ``seconds``.
+
+    ``batched``: the loader yields raw uint8 batches and ``augment_batch`` (counted here) augments each one,
+    as the DataModule's hook does in training.
+    """
+    cfg = DataConfig(data_dir=data_dir, image_size=size, batch_size=batch, num_workers=workers,
+                     augment={"batched": batched})  # fmt: skip
     dm = ChestXrayDataModule(cfg)
     dm.setup()
     loader = dm.train_dataloader()
@@ -39,6 +47,8 @@ def loader_throughput(data_dir: Path, size: int, workers: int, batch: int, secon
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         for x, _ in loader:
+            if batched:
+                x = dm.augment_batch(x)
             n += x.shape[0]
     return n / (time.perf_counter() - start)
 
@@ -75,6 +85,8 @@ def main() -> None:
         for w in args.loader_workers:
             ips = loader_throughput(args.out, size, w, args.batch_size, args.seconds)
             res[f"loader_{size}px_workers{w}_img_per_s"] = round(ips)
+        ips = loader_throughput(args.out, size, 0, args.batch_size, args.seconds, batched=True)
+        res[f"loader_{size}px_batched_workers0_img_per_s"] = round(ips)
     print(json.dumps(res, indent=2))
 
 

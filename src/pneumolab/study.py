@@ -81,6 +81,11 @@ def load_study_config(name: str | Path, overrides: list[str] | None = None) -> S
     return load_config(StudyConfig, preset, overrides)
 
 
+# The file whose presence means a step of this kind finished (written last, atomically); runs: summary.json.
+_DONE_MARKER = {"data": "manifest.csv", "synthetic": "manifest.csv", "leaky-data": "manifest.csv",
+                "report": "report.html"}  # fmt: skip
+
+
 @dataclass
 class Step:
     """One run of the plan: ``run()`` makes ``folder``; ``needs`` are steps that must have succeeded first."""
@@ -95,13 +100,7 @@ class Step:
     report: bool = False  # a classifier that goes into the comparison report
 
     def done(self) -> bool:
-        marker = {
-            "data": "manifest.csv",
-            "synthetic": "manifest.csv",
-            "leaky-data": "manifest.csv",
-            "report": "report.html",
-        }.get(self.kind)
-        return (self.folder / (marker or "summary.json")).is_file()
+        return (self.folder / _DONE_MARKER.get(self.kind, "summary.json")).is_file()
 
 
 def _train_step(name: str, kind: str, cfg: Any, trainer_fn: Callable[..., Any], progress: bool, **kw: Any) -> Step:

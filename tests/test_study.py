@@ -20,6 +20,7 @@ def _study_yaml(tmp_path: Path, **changes) -> Path:
         "out_dir": str(tmp_path / "study"),
         "data": {"image_size": 32},
         "classifiers": ["cpu/cnn_base"],
+        "recipe": "fast",
         "overrides": ["trainer.max_epochs=1", "trainer.early_stopping_patience=null", *FAST],
         "autoencoder": {"overrides": ["trainer.max_epochs=1", "channels=[8,16]", *FAST]},
         "gan": {"models": ["cnn_base"], "per_class": 8, "epochs": 1, "seed_protocol": True,
@@ -44,15 +45,17 @@ def test_study_runs_every_step_and_writes_one_report(finished) -> None:
     state = json.loads((root / "study.json").read_text())
     assert {s["status"] for s in state["steps"].values()} == {"done"}
     assert list(state["steps"]) == [
-        "data", "cnn_base", "autoencoder", "latent_cnn", "gan-NORMAL", "gan-PNEUMONIA", "synthetic-NORMAL",
-        "synthetic-PNEUMONIA", "cnn_base-plain-s0", "cnn_base-gan-s0", "cnn_base-dup-s0", "seed-protocol-data",
-        "cnn_base-seed-protocol", "report",
+        "data", "cnn_base", "recipe-fast", "autoencoder", "latent_cnn", "gan-NORMAL", "gan-PNEUMONIA",
+        "synthetic-NORMAL", "synthetic-PNEUMONIA", "cnn_base-plain-s0", "cnn_base-gan-s0", "cnn_base-dup-s0",
+        "seed-protocol-data", "cnn_base-seed-protocol", "report",
     ]  # fmt: skip
     report = (root / "report" / "report.md").read_text()
     assert "GAN augmentation" in report and "Autoencoder codes vs pixels" in report
     for name in ("cnn_base", "latent_cnn", "cnn_base-gan-s0"):
         assert f"| {name} " in report  # every classifier is in the comparison
     assert "| cnn_base-seed-protocol " not in report  # the leaky run is not ranked with the others...
+    assert load_run_config(root / "runs" / "cnn_base").data.image_size == 32  # the study's size for its models,
+    assert load_run_config(root / "runs" / "recipe-fast").data.image_size == 64  # the recipe keeps its own
 
 
 def test_study_seed_protocol_is_leaky_by_construction_and_reported_beside_ours(finished, caplog) -> None:

@@ -67,7 +67,7 @@ class StudyConfig(StrictModel):
     out_dir: Path = Path("runs/study")
     data: StudyData = StudyData()
     classifiers: tuple[str, ...] = ()  # train presets, e.g. cpu/resnet34 (the study's models)
-    recipe: str | None = None  # our recommended recipe (a train preset), reported beside the study's models
+    recipe: str | None = None  # our recommended recipe (a train preset, at its own image size), also reported
     budget_min: float | None = Field(None, gt=0)  # wall clock per classifier: equal budgets, fair on a CPU
     overrides: tuple[str, ...] = ()  # for every classifier run, e.g. trainer.max_epochs=3
     autoencoder: StudyAutoencoder | None = None
@@ -230,9 +230,12 @@ def plan_study(cfg: StudyConfig, *, progress: bool = False, estimate: bool = Fal
     steps = [Step("data", "data", data_dir, lambda: _prepare(cfg, data_dir))]
     protocol: tuple[Path, Path, Path] | None = None  # seed protocol: (reference run, leaky run, leaky data)
 
-    def classifier(preset: str, extra: list[str], name: str | None = None, needs: list[str] | None = None) -> Step:
-        overrides = [f"data.data_dir={data_dir}", f"data.image_size={d.image_size}", f"out_dir={root / 'runs'}",
-                     *budget, *cfg.overrides, *extra, *([f"name={name}"] if name else [])]  # fmt: skip
+    def classifier(
+        preset: str, extra: list[str], name: str | None = None, needs: list[str] | None = None, own_size: bool = False
+    ) -> Step:
+        size = [] if own_size else [f"data.image_size={d.image_size}"]
+        overrides = [f"data.data_dir={data_dir}", *size, f"out_dir={root / 'runs'}", *budget, *cfg.overrides, *extra,
+                     *([f"name={name}"] if name else [])]  # fmt: skip
         c = load_config(TrainConfig, preset, overrides)
         est = _estimate(c, n_train, rates, cfg.budget_min) if estimate else None
         return _train_step(c.name, "classifier", c, train, progress, estimate_s=est, needs=["data", *(needs or [])],
@@ -241,7 +244,8 @@ def plan_study(cfg: StudyConfig, *, progress: bool = False, estimate: bool = Fal
     for preset in cfg.classifiers:
         steps.append(classifier(preset, []))
     if cfg.recipe:
-        steps.append(classifier(cfg.recipe, [], name=f"recipe-{Path(cfg.recipe).stem}"))
+        # At its own input size: a recipe's resolution is part of the recipe (fast: 64 px).
+        steps.append(classifier(cfg.recipe, [], name=f"recipe-{Path(cfg.recipe).stem}", own_size=True))
     if (ae := cfg.autoencoder) is not None:
         ae_over = [f"data.data_dir={data_dir}", f"data.image_size={d.image_size}", f"out_dir={root / 'autoencoder'}"]
         ae_cfg = load_config(AutoencoderConfig, ae.config, [*ae_over, *budget, *ae.overrides])

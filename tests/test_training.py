@@ -180,3 +180,16 @@ def test_ddp_two_cpu_processes_shard_reduce_and_checkpoint_once(sample_data, tmp
         prob = model(torch.cat(xs)).softmax(1)[:, 1]
     assert float(binary_auroc(prob, torch.cat(ys))) == pytest.approx(a0, abs=1e-5)
     assert len(r0) + len(r1) == len(dm.datasets["train"])  # together the shards cover the training split
+
+
+def test_determinism_is_strict_on_cpu_and_warns_on_gpu(monkeypatch) -> None:
+    from pneumolab.training.trainer import deterministic_mode
+
+    # A GPU has kernels without a deterministic version (AlexNet's and VGG19's adaptive pooling backward):
+    # strict mode would make those models fail there, so it warns instead; CPU runs stay strict.
+    assert deterministic_mode(True, "cpu") is True and deterministic_mode(False, "gpu") is False
+    assert deterministic_mode(True, "gpu") == "warn" and deterministic_mode(True, "cuda") == "warn"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert deterministic_mode(True, "auto") == "warn"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert deterministic_mode(True, "auto") is True

@@ -98,7 +98,7 @@ def build_trainer(
         max_time=None if t.max_time_min is None else {"minutes": t.max_time_min},
         precision=t.precision,
         gradient_clip_val=t.gradient_clip,
-        deterministic=t.deterministic,
+        deterministic=deterministic_mode(t.deterministic, t.accelerator),
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
@@ -129,6 +129,17 @@ def start_run(cfg: Any, resume: Path | None) -> tuple[Path, Path | None]:
             "start the run again"
         )
     return Path(resume), last
+
+
+def deterministic_mode(deterministic: bool, accelerator: str) -> bool | str:
+    """What ``L.Trainer(deterministic=...)`` gets: on a GPU, ``"warn"`` instead of ``True``.
+
+    Some CUDA kernels have no deterministic version (the backward of ``AdaptiveAvgPool2d`` to 6x6/7x7 in
+    AlexNet and VGG19); with ``True`` they raise, so those models could not train on a GPU. ``"warn"``
+    keeps every deterministic kernel there is and warns about the rest. CPU runs stay bit-identical.
+    """
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "warn" if deterministic and on_gpu else deterministic
 
 
 def fit(

@@ -291,17 +291,11 @@ def _seed_protocol_steps(cfg: StudyConfig, data_dir: Path, samples: list[Step], 
     size = g.image_size or cfg.data.image_size
 
     def prepare() -> Path:
-        from pneumolab.data.cache import build_cache
         from pneumolab.data.manifest import Manifest
         from pneumolab.data.seed_protocol import seed_protocol_manifest
 
-        tmp = leaky_dir.with_name(leaky_dir.name + ".partial")  # the manifest appears only when all is done
-        shutil.rmtree(tmp, ignore_errors=True)
-        manifest = seed_protocol_manifest(Manifest.load(data_dir), [s.folder for s in samples], seed=g.seeds[0])
-        manifest.save(tmp)
-        build_cache(manifest, size, tmp / "cache")
-        shutil.rmtree(leaky_dir, ignore_errors=True)
-        return tmp.rename(leaky_dir)
+        return _write_dataset(leaky_dir, size, lambda _: seed_protocol_manifest(
+            Manifest.load(data_dir), [s.folder for s in samples], seed=g.seeds[0]))  # fmt: skip
 
     c = load_config(TrainConfig, preset, [
         f"data.data_dir={leaky_dir}", f"data.image_size={size}", f"out_dir={leaky_dir.parent / 'runs'}",
@@ -311,23 +305,30 @@ def _seed_protocol_steps(cfg: StudyConfig, data_dir: Path, samples: list[Step], 
             _train_step(c.name, "classifier", c, train, progress, needs=["seed-protocol-data"]))  # fmt: skip
 
 
+def _write_dataset(dest: Path, size: int, make: Callable[[Path], Any]) -> Path:
+    """Build a dataset folder in ``dest.partial`` (``make(tmp)`` returns its manifest), save and cache it there,
+    then move it to ``dest``: the manifest, a step's done marker, appears only when everything is in place."""
+    from pneumolab.data.cache import build_cache
+
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    manifest = make(tmp)
+    manifest.save(tmp)
+    build_cache(manifest, size, tmp / "cache")
+    shutil.rmtree(dest, ignore_errors=True)
+    return tmp.rename(dest)
+
+
 def _prepare(cfg: StudyConfig, data_dir: Path) -> Path:
     """Index, split (patient-disjoint) and cache the study's data, once."""
     from pneumolab.data import sample_root
-    from pneumolab.data.cache import build_cache
     from pneumolab.data.index import index_source
     from pneumolab.data.splits import split_manifest
 
     d = cfg.data
-    tmp = data_dir.with_name(data_dir.name + ".partial")  # the manifest appears only when all is done
-    shutil.rmtree(tmp, ignore_errors=True)
-    manifest = index_source(d.source or sample_root(), tmp).manifest
-    manifest = split_manifest(manifest, val_fraction=d.val_fraction, test_fraction=d.test_fraction)
-    manifest.save(tmp)
-    build_cache(manifest, d.image_size, tmp / "cache")
-    shutil.rmtree(data_dir, ignore_errors=True)
-    tmp.rename(data_dir)
-    return data_dir
+    return _write_dataset(data_dir, d.image_size, lambda tmp: split_manifest(
+        index_source(d.source or sample_root(), tmp).manifest, val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction))  # fmt: skip
 
 
 def _report(cfg: StudyConfig, data_dir: Path, classifiers: list[Step], out: Path,

@@ -28,6 +28,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
 from sklearn.metrics import roc_auc_score
 
 from pneumolab.config import TrainConfig, load_config
@@ -76,6 +77,10 @@ class Clock(L.Callback):
     @torch.no_grad()
     def _score(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         t0, train_s = time.perf_counter(), self.train_seconds()
+        # With trainer.ema_decay the model a user would get now is the weight average, not the raw weights
+        # (Lightning only swaps it in for its own validation; `_average_model` is the callback's copy).
+        ema = next((c for c in trainer.callbacks if isinstance(c, WeightAveraging)), None)
+        module = ema._average_model.module if ema is not None else module
         module.eval()
         probs, ys = [], []
         with trainer.precision_plugin.forward_context():  # the same autocast as training

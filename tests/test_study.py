@@ -139,6 +139,26 @@ def test_dry_run_prints_the_plan_with_estimates_and_runs_nothing(tmp_path, capsy
     assert not (tmp_path / "study" / "t").exists()
 
 
+@pytest.mark.parametrize("gpu", [False, True])
+def test_dry_run_times_steps_where_they_will_run(monkeypatch, tmp_path, gpu) -> None:
+    import torch
+
+    from pneumolab import study
+    from pneumolab.config import TrainConfig, load_config
+    from pneumolab.training import speed
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(speed, "classifier_step_rate", lambda *a, **k: calls.append((a, k)) or 100.0)
+    cfg = load_config(TrainConfig, "fast", [f"data.data_dir={tmp_path}", "data.batch_size=64", "trainer.max_epochs=3"])
+    # 10 s start-up + 1.35 x (3 epochs x 1,000 images at 100 img/s): validation adds ~a third
+    assert study._estimate(cfg, 1000, {}, None) == pytest.approx(10 + 1.35 * 30)
+    assert study._estimate(cfg, 1000, {}, 0.5) == 30  # capped by a 0.5 min budget
+    (name, size, batch), kwargs = calls[0]
+    assert (name, size, kwargs["bf16"]) == ("cnn_improved", 64, True)
+    assert (batch, kwargs["device"]) == ((64, "cuda") if gpu else (16, "cpu"))
+
+
 def test_presets_load_and_bad_keys_are_named(tmp_path) -> None:
     for name in ("demo", "cpu", "seed"):
         cfg = load_study_config(name)

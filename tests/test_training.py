@@ -56,8 +56,8 @@ def test_train_cli_writes_a_complete_self_describing_run(sample_data, tmp_path, 
     assert any(t.startswith("grad/") for t in tags["histograms"])
 
 
-def _cfg(data: Path, out: Path, name: str) -> TrainConfig:
-    args = tiny_train_args(data, out, f"name={name}")
+def _cfg(data: Path, out: Path, name: str, *extra: str) -> TrainConfig:
+    args = tiny_train_args(data, out, f"name={name}", *extra)
     return load_config(TrainConfig, "cpu/cnn_base", [a for a in args[5:]], data={"data_dir": str(data)})
 
 
@@ -193,3 +193,27 @@ def test_determinism_is_strict_on_cpu_and_warns_on_gpu(monkeypatch) -> None:
     assert deterministic_mode(True, "auto") == "warn"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert deterministic_mode(True, "auto") is True
+
+
+def test_ema_weights_are_validated_checkpointed_and_exported(sample_data, tmp_path) -> None:
+    import lightning as L
+
+    class Snapshots(L.Callback):  # the raw weights after each optimiser step
+        def __init__(self) -> None:
+            self.states: list[dict[str, torch.Tensor]] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.states.append({k: v.detach().clone() for k, v in pl_module.net.state_dict().items()})
+
+    cfg = _cfg(sample_data, tmp_path, "ema", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+               "trainer.ema_decay=0.75")  # fmt: skip
+    snaps = Snapshots()
+    run = train(cfg, progress_bar=False, extra_callbacks=[snaps]).run_dir
+    w1, w2 = snaps.states
+    exported = torch.load(run / "model.pt")["state_dict"]
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    for k, v in exported.items():
+        if v.is_floating_point():  # the first update copies, the second blends: 0.75 * w1 + 0.25 * w2
+            assert torch.allclose(v, 0.75 * w1[k] + 0.25 * w2[k], atol=1e-6), k
+            assert torch.equal(ckpt["current_model_state"][f"net.{k}"], w2[k])  # raw weights kept for --resume
+    assert any(not torch.allclose(w1[k], w2[k]) for k in w1)  # the two steps did change the weights

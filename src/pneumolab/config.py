@@ -110,6 +110,10 @@ class TrainerConfig(StrictModel):
     precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
     channels_last: bool = False
     gradient_clip: float | None = Field(None, gt=0)
+    # An exponential moving average of the weights and BatchNorm statistics (Lightning's EMAWeightAveraging):
+    # validation, checkpoints and the exported model use the average; training continues on the raw weights.
+    # Its horizon is ~1 / (1 - decay) optimiser steps. None: off.
+    ema_decay: float | None = Field(None, gt=0, lt=1)
     monitor: Literal["val/auroc", "val/loss", "val/acc"] = "val/auroc"  # validation only, never test
     early_stopping_patience: int | None = Field(5, ge=1)  # None: no early stopping
     deterministic: bool = True

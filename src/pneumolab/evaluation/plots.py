@@ -15,7 +15,10 @@ import numpy as np
 from pneumolab.evaluation.metrics import N_ECE_BINS, bootstrap_weights
 from pneumolab.io import atomic_path
 
-__all__ = ["fig_to_png", "plot_confusion", "plot_curves", "plot_pr", "plot_reliability", "plot_roc", "roc_band"]
+__all__ = [
+    "fig_to_png", "plot_confusion", "plot_curves", "plot_pr", "plot_reliability", "plot_robustness", "plot_roc",
+    "roc_band",
+]  # fmt: skip
 
 
 def fig_to_png(fig) -> bytes:
@@ -120,4 +123,22 @@ def plot_curves(history: list[dict[str, float]], title: str, path: Path) -> Path
         ax.set(xlabel="epoch", title=key)
         ax.legend(fontsize=7)
     fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_robustness(result: dict, title: str, path: Path) -> Path:
+    """Specificity, sensitivity and ECE of one model per shift, from clean (0) to the strongest severity (3):
+    a ``robustness()`` result; metrics at the model's stored threshold."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharex=True)
+    clean = result["clean"]
+    for i, (name, rows) in enumerate(result["shifts"].items()):
+        for ax, key in zip(axes, ("specificity", "sensitivity", "ece"), strict=True):
+            vals = [clean[key], *(r[key] for r in rows)]
+            ax.plot(range(len(vals)), vals, "o-", ms=3, color=plt.cm.tab10(i % 10), label=name)
+    for ax, key in zip(axes, ("specificity", "sensitivity", "ECE"), strict=True):
+        ax.set(xlabel="severity (0 = clean)", title=key, xticks=range(4))
+        if key != "ECE":
+            ax.set_ylim(-0.02, 1.02)
+    axes[2].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle(f"{title} (threshold {result['threshold']:.3f})")
     return _save(fig, path)

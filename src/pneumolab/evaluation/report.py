@@ -3,7 +3,8 @@
 Writes ``report.md`` and a self-contained ``report.html`` (plots embedded): one row per run with
 accuracy, precision, recall, F1 (the study's table) plus AUROC, sensitivity, specificity with 95%
 patient-bootstrap CIs, size and cost; pairwise AUROC differences from a *paired* patient bootstrap
-with p-values; and sections for GAN-augmented vs plain runs when both are present.
+with p-values; sections for GAN-augmented vs plain runs and for autoencoder codes when present; and
+each run's robustness to acquisition shifts where ``pneumolab robustness`` has scored it on this data.
 """
 
 from __future__ import annotations
@@ -210,6 +211,51 @@ def _latent_section(runs: list[RunResult]) -> dict[str, Any] | None:
     return _table(header, rows)
 
 
+def _robustness_results(runs: list[RunResult], data: Path) -> list[tuple[RunResult, dict[str, Any]]]:
+    """Each run's ``pneumolab robustness`` result on ``data`` (the validation split's if there are several),
+    when one exists and is newer than the run's model."""
+    found = []
+    for r in runs:
+        model_time = (r.run_dir / "model.pt").stat().st_mtime if (r.run_dir / "model.pt").is_file() else 0.0
+        results = [json.loads(f.read_text()) for f in sorted(r.run_dir.glob("robustness/**/robustness.json"))
+                   if f.stat().st_mtime >= model_time]  # fmt: skip
+        results = [x for x in results if x.get("data") == str(data.resolve())]
+        if results:
+            found.append((r, next((x for x in results if x["split"] == "val"), results[0])))
+    return found
+
+
+def _robustness_section(found: list[tuple[RunResult, dict[str, Any]]]) -> dict[str, Any]:
+    first = found[0][1]["shifts"]
+    shifts = list(first)
+    rows = []
+    for r, x in found:
+        w = x["worst_shift"]
+        strongest = [f"{x['shifts'][s][-1]['specificity']:.2f}" if s in x["shifts"] else "-" for s in shifts]
+        rows.append([r.name, x["split"], f"{x['clean']['auroc']:.4f}", f"{x['clean']['specificity']:.3f}",
+                     f"{x['worst_specificity']:.3f} ({w['shift']} {w['severity']:g})",
+                     f"{x['mean_balanced_accuracy']:.3f}", f"{x['mean_ece']:.3f}", *strongest])  # fmt: skip
+    header = ["run", "shifted split", "clean AUROC", "clean spec.", "worst spec. (shift, severity)",
+              "mean bal. acc. under shifts", "mean ECE under shifts",
+              *(f"spec. {s} {first[s][-1]['severity']:g}" for s in shifts)]  # fmt: skip
+    return _table(header, rows)
+
+
+def _robustness_figure(found: list[tuple[RunResult, dict[str, Any]]]) -> bytes:
+    """Specificity at each shift's strongest severity, one line per run (higher and flatter is better)."""
+    shifts = list(found[0][1]["shifts"])
+    fig, ax = plt.subplots(figsize=(9, 3.8))
+    for r, x in found:
+        spec = [x["clean"]["specificity"], *(x["shifts"][s][-1]["specificity"] if s in x["shifts"] else np.nan
+                                            for s in shifts)]  # fmt: skip
+        ax.plot(range(len(spec)), spec, "o-", ms=4, label=f"{r.name} ({x['split']})")
+    ax.set_xticks(range(len(shifts) + 1), ["clean", *shifts], rotation=30, ha="right")
+    ax.set(ylabel="specificity at the stored threshold", ylim=(-0.02, 1.02),
+           title="Specificity under each shift at its strongest severity")  # fmt: skip
+    ax.legend(fontsize=7, loc="lower left")
+    return fig_to_png(fig)
+
+
 def _sample_grids(runs: list[RunResult]) -> list[tuple[str, bytes]]:
     """The fixed-noise sample grid of every generator behind the synthetic sets the runs trained with."""
     grids, seen = [], set()
@@ -277,12 +323,17 @@ def compare(
         )
     if (latent := _latent_section(results)) is not None:
         sections.append(("Autoencoder codes vs pixels (every training second counted; encoding takes seconds)", latent))
+    figures = [("ROC curves", "roc.png", _roc_figure(results, f"ROC, {where}"))]
+    if robust := _robustness_results(results, data):
+        sections.append(("Robustness to acquisition shifts (`pneumolab robustness`; metrics at the stored threshold)",
+                         _robustness_section(robust)))  # fmt: skip
+        figures.append(("Robustness to acquisition shifts", "robustness.png", _robustness_figure(robust)))
     sections += extra_sections or []
-    roc = _roc_figure(results, f"ROC, {where}")
     grids = _sample_grids(results)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "roc.png", suffix=".png") as tmp:
-        tmp.write_bytes(roc)  # also embedded in report.html
+    for _, name, png in figures:
+        with atomic_path(out / name, suffix=".png") as tmp:
+            tmp.write_bytes(png)  # also embedded in report.html
     intro = (
         f"Evaluated on the **{where}**. Thresholds were chosen on each run's validation split when training "
         "ended and are not changed here. Intervals are 95% percentile CIs from a bootstrap that resamples "
@@ -292,19 +343,22 @@ def compare(
     md = [f"# pneumolab comparison report\n\n{intro}\n"]
     for title, table in sections:
         md.append(f"## {title}\n\n{_md_table(table)}\n")
-    md.append("## ROC curves\n\n![ROC](roc.png)\n")
+    md += [f"## {title}\n\n![{title}]({name})\n" for title, name, _ in figures]
     for caption, png in grids:
         md.append(f"### {caption}\n\n![{caption}](data:image/png;base64,{base64.b64encode(png).decode()})\n")
     atomic_write_text(out / "report.md", "\n".join(md))
-    img = base64.b64encode(roc).decode()
     body = "".join(f"<h2>{html.escape(t)}</h2>{_html_table(tab)}" for t, tab in sections)
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>pneumolab comparison</title><style>"
         "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px}"
         "th{background:#f2f2f2}</style></head><body><h1>pneumolab comparison report</h1>"
-        f"<p>{html.escape(intro).replace('**', '')}</p>{body}<h2>ROC curves</h2>"
-        f"<img alt='ROC curves' src='data:image/png;base64,{img}'>"
+        f"<p>{html.escape(intro).replace('**', '')}</p>{body}"
+        + "".join(
+            f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='data:image/png;base64,"
+            f"{base64.b64encode(png).decode()}'>"
+            for t, _, png in figures
+        )
         + "".join(
             f"<h3>{html.escape(c)}</h3><img alt='{html.escape(c)}' src='data:image/png;base64,"
             f"{base64.b64encode(png).decode()}'>"

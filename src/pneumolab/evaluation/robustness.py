@@ -28,10 +28,12 @@ from pneumolab.data.transforms import EvalPreset
 from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import apply_temperature
 from pneumolab.evaluation.metrics import compute_metrics
+from pneumolab.evaluation.plots import plot_robustness
+from pneumolab.evaluation.predict import batched_logits
 from pneumolab.io import atomic_write_json
 from pneumolab.models.checkpoint import load_model_file, resolve_model_file
 
-__all__ = ["REFERENCE_SIZE", "SHIFTS", "robustness"]
+__all__ = ["REFERENCE_SIZE", "SHIFTS", "robustness", "robustness_many"]
 
 REFERENCE_SIZE = 256  # px: where the shifts are applied, before the model's own resize
 
@@ -106,43 +108,79 @@ SHIFTS: dict[str, tuple[Shift, tuple[float, ...]]] = {
 }
 
 
-@torch.no_grad()
-def robustness(model_target: str | Path, data: str | Path, *, split: str = "val", out: str | Path | None = None,
-               seed: int = 0) -> dict[str, Any]:  # fmt: skip
-    """Metrics of one model on ``split`` of a dataset folder, clean and under every shift and severity."""
+def _scorer(model_target: str | Path, manifest: Manifest, rows: list[int], data: Path, y: np.ndarray):
+    """The model's file, its result skeleton (clean metrics) and ``score((N, 256, 256) uint8) -> metrics``."""
     model_file = resolve_model_file(model_target)
     model, meta = load_model_file(model_file)
+    pre = meta["preprocessing"]
+    size = pre["image_size"]
+    tf = EvalPreset(mean=pre["mean"], std=pre["std"], normalization=pre["normalization"])
+    threshold, temperature = float(meta.get("threshold", 0.5)), float(meta.get("temperature", 1.0))
+
+    def score(batch: np.ndarray) -> dict[str, float]:
+        small = np.stack([resize_square(a, size) for a in batch]) if batch.shape[1] != size else batch
+        x = tf(torch.from_numpy(small)[:, None])  # (N, 1, S, S), resized like every image
+        logits = batched_logits(model, x.split(128))
+        prob = apply_temperature(logits, temperature).double().numpy()
+        m = compute_metrics(prob, y, threshold)
+        return {k: m[k] for k in ("auroc", "sensitivity", "specificity", "balanced_accuracy", "ece")}
+
+    clean = np.array(load_cache(manifest, size, data / "cache")[rows])  # (N, S, S) uint8: what `evaluate` scores
+    result = {"model_file": str(model_file), "data": str(data.resolve()), "threshold": threshold,
+              "reference_size": REFERENCE_SIZE, "clean": score(clean), "shifts": {}}  # fmt: skip
+    return result, score
+
+
+def _summarise(result: dict[str, Any]) -> None:
+    """Add the worst specificity (and where), the mean balanced accuracy and the mean ECE over all shifted sets."""
+    flat = [(name, r) for name, rs in result["shifts"].items() for r in rs]
+    name, worst = min(flat, key=lambda nr: nr[1]["specificity"])
+    result["worst_specificity"] = worst["specificity"]
+    result["worst_shift"] = {"shift": name, "severity": worst["severity"]}
+    result["mean_balanced_accuracy"] = float(np.mean([r["balanced_accuracy"] for _, r in flat]))
+    result["mean_ece"] = float(np.mean([r["ece"] for _, r in flat]))
+
+
+@torch.no_grad()
+def robustness_many(model_targets: list[str | Path], data: str | Path, *, split: str = "val",
+                    outs: list[str | Path | None] | None = None, seed: int = 0) -> list[dict[str, Any]]:  # fmt: skip
+    """:func:`robustness` of several models on the same shifted images (each shifted set is made once).
+
+    ``outs``: a folder per model for ``robustness.json`` and ``robustness.png`` (``None``: not written).
+    """
     data = Path(data)
     manifest = Manifest.load(data)
     rows = manifest.indices(split)
     if not rows:
         raise InputError(f"{data} has no {split!r} images")
-    pre = meta["preprocessing"]
-    size = pre["image_size"]
-    clean = np.array(load_cache(manifest, size, data / "cache")[rows])  # (N, S, S) uint8: what `evaluate` scores
-    images = np.array(load_cache(manifest, REFERENCE_SIZE, data / "cache")[rows])  # (N, 256, 256) uint8
+    outs = list(outs) if outs is not None else [None] * len(model_targets)
+    if len(outs) != len(model_targets):
+        raise ValueError("give one output folder (or None) per model")
     y = np.array([manifest.records[i].target for i in rows])
-    tf = EvalPreset(mean=pre["mean"], std=pre["std"], normalization=pre["normalization"])
-    threshold, temperature = float(meta.get("threshold", 0.5)), float(meta.get("temperature", 1.0))
-
-    def score(batch: np.ndarray) -> dict[str, float]:
-        small = np.stack([resize_square(a, size) for a in batch])  # (N, S, S): the model's own resize
-        x = tf(torch.from_numpy(small)[:, None])  # (N, 1, S, S); the clean images are already (N, S, S)
-        logits = torch.cat([model(c) for c in x.split(128)])
-        prob = apply_temperature(logits, temperature).double().numpy()
-        m = compute_metrics(prob, y, threshold)
-        return {k: m[k] for k in ("auroc", "sensitivity", "specificity", "balanced_accuracy", "ece")}
-
-    result: dict[str, Any] = {"model_file": str(model_file), "data": str(data.resolve()), "split": split,
-                              "threshold": threshold, "reference_size": REFERENCE_SIZE, "clean": score(clean),
-                              "shifts": {}}  # fmt: skip
+    scorers = [_scorer(t, manifest, rows, data, y) for t in model_targets]
+    images = np.array(load_cache(manifest, REFERENCE_SIZE, data / "cache")[rows])  # (N, 256, 256) uint8
     rng = np.random.default_rng(seed)
     for name, (fn, severities) in SHIFTS.items():
-        result["shifts"][name] = [
-            {"severity": sev, **score(np.stack([fn(a, sev, rng) for a in images]))} for sev in severities
-        ]
-    worst = min((r for rs in result["shifts"].values() for r in rs), key=lambda r: r["specificity"])
-    result["worst_specificity"] = worst["specificity"]
-    if out is not None:
-        atomic_write_json(Path(out) / "robustness.json", result)
-    return result
+        for sev in severities:
+            shifted = np.stack([fn(a, sev, rng) for a in images])
+            for result, score in scorers:
+                result["shifts"].setdefault(name, []).append({"severity": sev, **score(shifted)})
+    results = [{"split": split, **result} for result, _ in scorers]
+    for result, out in zip(results, outs, strict=True):
+        _summarise(result)
+        if out is not None:
+            atomic_write_json(Path(out) / "robustness.json", result)
+            title = f"{Path(result['model_file']).parent.name}: {split} split under shifts"
+            plot_robustness(result, title, Path(out) / "robustness.png")
+    return results
+
+
+def robustness(model_target: str | Path, data: str | Path, *, split: str = "val", out: str | Path | None = None,
+               seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Metrics of one model on ``split`` of a dataset folder, clean and under every shift and severity.
+
+    Returns ``{"clean": metrics, "shifts": {name: [metrics + severity, ...]}, "worst_specificity",
+    "worst_shift", "mean_balanced_accuracy", "mean_ece", ...}``; with ``out``, also writes
+    ``robustness.json`` and the plot ``robustness.png`` there.
+    """
+    return robustness_many([model_target], data, split=split, outs=[out], seed=seed)[0]

@@ -140,5 +140,5 @@ def plot_robustness(result: dict, title: str, path: Path) -> Path:
         if key != "ECE":
             ax.set_ylim(-0.02, 1.02)
     axes[2].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.suptitle(f"{title} (threshold {result['threshold']:.3f})")
+    fig.suptitle(f"{title} (threshold {result['threshold']:.3f})", y=1.03)
     return _save(fig, path)

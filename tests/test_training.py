@@ -41,6 +41,8 @@ def test_train_cli_writes_a_complete_self_describing_run(sample_data, tmp_path, 
     assert meta["model_name"] == "cnn_base" and meta["classes"] == ["NORMAL", "PNEUMONIA"]
     assert meta["preprocessing"]["image_size"] == 32 and meta["metrics"]["split"] == "val"
     assert meta["config"]["data"]["data_dir"] == str(sample_data)
+    best, last = (torch.load(run / "checkpoints" / f"{n}.ckpt", weights_only=True) for n in ("best", "last"))
+    assert "optimizer_states" in last and "optimizer_states" not in best  # resume state only where resume reads it
     ckpt = ClassifierModule.load_from_checkpoint(run / "checkpoints" / "best.ckpt", weights_only=True).eval()
     x = torch.randn(3, 1, 32, 32)
     with torch.no_grad():
@@ -211,9 +213,10 @@ def test_ema_weights_are_validated_checkpointed_and_exported(sample_data, tmp_pa
     run = train(cfg, progress_bar=False, extra_callbacks=[snaps]).run_dir
     w1, w2 = snaps.states
     exported = torch.load(run / "model.pt")["state_dict"]
-    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    best, last = (torch.load(run / "checkpoints" / f"{n}.ckpt", weights_only=True) for n in ("best", "last"))
     for k, v in exported.items():
         if v.is_floating_point():  # the first update copies, the second blends: 0.75 * w1 + 0.25 * w2
             assert torch.allclose(v, 0.75 * w1[k] + 0.25 * w2[k], atol=1e-6), k
-            assert torch.equal(ckpt["current_model_state"][f"net.{k}"], w2[k])  # raw weights kept for --resume
+            assert torch.equal(best["state_dict"][f"net.{k}"], v)  # validated and checkpointed: the average
+            assert torch.equal(last["current_model_state"][f"net.{k}"], w2[k])  # raw weights kept for --resume
     assert any(not torch.allclose(w1[k], w2[k]) for k in w1)  # the two steps did change the weights

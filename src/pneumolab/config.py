@@ -110,7 +110,7 @@ class TrainerConfig(StrictModel):
     precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
     channels_last: bool = False
     gradient_clip: float | None = Field(None, gt=0)
-    # An exponential moving average of the weights and BatchNorm statistics (Lightning's EMAWeightAveraging):
+    # An exponential moving average of the weights and BatchNorm statistics (Lightning's WeightAveraging):
     # validation, checkpoints and the exported model use the average; training continues on the raw weights.
     # Its horizon is ~1 / (1 - decay) optimiser steps. None: off.
     ema_decay: float | None = Field(None, gt=0, lt=1)

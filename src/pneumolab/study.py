@@ -1,5 +1,6 @@
 """``pneumolab study CONFIG``: the whole study from one YAML -- data, every classifier, the autoencoder
-pipeline, the with/without-GAN comparison and our recipe -- then one comparison report.
+pipeline, the with/without-GAN comparison and our recipe -- then the chosen runs under acquisition shifts
+(``robustness``) and one comparison report.
 
 Resumable: a finished run (it has ``summary.json``) is skipped, an interrupted one (``last.ckpt``, no
 summary) resumes, a run that never finished an epoch starts again. A failed run is recorded in

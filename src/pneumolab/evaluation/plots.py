@@ -135,8 +135,9 @@ def plot_robustness(result: dict, title: str, path: Path) -> Path:
         for ax, key in zip(axes, ("specificity", "sensitivity", "ece"), strict=True):
             vals = [clean[key], *(r[key] for r in rows)]
             ax.plot(range(len(vals)), vals, "o-", ms=3, color=plt.cm.tab10(i % 10), label=name)
+    levels = range(1 + max(len(rows) for rows in result["shifts"].values()))
     for ax, key in zip(axes, ("specificity", "sensitivity", "ECE"), strict=True):
-        ax.set(xlabel="severity (0 = clean)", title=key, xticks=range(4))
+        ax.set(xlabel="severity (0 = clean)", title=key, xticks=levels)
         if key != "ECE":
             ax.set_ylim(-0.02, 1.02)
     axes[2].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))

@@ -109,7 +109,8 @@ SHIFTS: dict[str, tuple[Shift, tuple[float, ...]]] = {
 
 
 def _scorer(model_target: str | Path, manifest: Manifest, rows: list[int], data: Path, y: np.ndarray):
-    """The model's file, its result skeleton (clean metrics) and ``score((N, 256, 256) uint8) -> metrics``."""
+    """``(result, score)``: the model's result so far (file, threshold, clean metrics) and its scoring function,
+    ``score((N, 256, 256) uint8 images) -> metrics`` at the stored threshold and temperature."""
     model_file = resolve_model_file(model_target)
     model, meta = load_model_file(model_file)
     pre = meta["preprocessing"]

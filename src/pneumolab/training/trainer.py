@@ -32,7 +32,7 @@ from pneumolab.evaluation.metrics import compute_metrics
 from pneumolab.evaluation.model_card import write_model_card
 from pneumolab.evaluation.predict import predict_logits
 from pneumolab.evaluation.thresholds import choose_threshold
-from pneumolab.io import atomic_write_json, atomic_write_text
+from pneumolab.io import atomic_path, atomic_write_json, atomic_write_text
 from pneumolab.models.checkpoint import save_model_file, with_encoder
 from pneumolab.training.callbacks import AtomicCheckpointIO, EpochHistory, TensorBoardExtras, Throughput, read_history
 from pneumolab.training.classifier import ClassifierModule
@@ -247,6 +247,7 @@ def _finish(trainer: L.Trainer, throughput: Throughput, run_dir: Path, cfg: Trai
     }
     if best_path and best_path.is_file():
         best = ClassifierModule.load_from_checkpoint(best_path, map_location="cpu", weights_only=True)
+        _slim_checkpoint(best_path)
         hp = best.hparams
         summary["operating_point"] = _operating_point(best.net, dict(hp.preprocessing), cfg)
         meta = {
@@ -264,6 +265,19 @@ def _finish(trainer: L.Trainer, throughput: Throughput, run_dir: Path, cfg: Trai
         write_model_card(run_dir, {**meta, "version": __version__}, [])
     atomic_write_json(run_dir / "summary.json", summary)
     return summary
+
+
+# What only resuming needs; last.ckpt keeps it. The rest (weights, hyper-parameters, epoch) stays loadable.
+_RESUME_ONLY = ("optimizer_states", "lr_schedulers", "callbacks", "current_model_state", "averaging_state", "loops")
+
+
+def _slim_checkpoint(path: Path) -> None:
+    """Rewrite the best checkpoint without optimiser, scheduler and callback state (atomically): runs resume from
+    ``last.ckpt``, so in ``best.ckpt`` that state only took space (VGG19 with Adam: 1.7 GB -> 0.56 GB)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if any(k in ckpt for k in _RESUME_ONLY):
+        with atomic_path(path, suffix=".ckpt") as tmp:
+            torch.save({k: v for k, v in ckpt.items() if k not in _RESUME_ONLY}, tmp)
 
 
 def _operating_point(net: torch.nn.Module, preprocessing: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:

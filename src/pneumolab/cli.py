@@ -819,11 +819,11 @@ def robustness_cmd(
     ] = None,
 ) -> None:
     """AUROC, sensitivity, specificity and ECE under graded acquisition shifts (contrast, blur, noise, ...)."""
-    from pneumolab.evaluation.robustness import robustness_many
+    from pneumolab.evaluation.robustness import result_dir, robustness_many
 
     if out is not None and len(models) > 1:
         raise InputError("--out takes one model; with several, each result is written beside its model")
-    outs = [out or (m if m.is_dir() else m.parent) / "robustness" / f"{data.resolve().name}-{split}" for m in models]
+    outs = [out or result_dir(m, data, split) for m in models]
     results = robustness_many(models, data, split=split, outs=outs)
     if len(models) == 1:
         r = results[0]

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written output, an interrupted write leaves none."""
+"""Atomic file writes (a reader never sees a half-written output, an interrupted write leaves none) and
+the freshness test for outputs derived from a model file."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "is_fresh"]
 
 
 @contextlib.contextmanager
@@ -42,3 +43,9 @@ def atomic_write_text(target: str | os.PathLike, text: str) -> None:
 def atomic_write_json(target: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``target`` atomically."""
     atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def is_fresh(output: str | os.PathLike, source: str | os.PathLike) -> bool:
+    """Whether ``output`` exists and is not older than ``source`` (e.g. an evaluation of a re-trained model.pt)."""
+    output, source = Path(output), Path(source)
+    return output.is_file() and (not source.is_file() or output.stat().st_mtime >= source.stat().st_mtime)

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from pneumolab.config import AutoencoderConfig, StrictModel, TrainConfig, load_config
 from pneumolab.errors import InputError
-from pneumolab.io import atomic_write_json, atomic_write_text
+from pneumolab.io import atomic_write_json, atomic_write_text, is_fresh
 
 __all__ = ["Step", "StudyConfig", "gan_arms", "load_study_config", "plan_study", "run_study"]
 
@@ -352,15 +352,14 @@ def _prepare(cfg: StudyConfig, data_dir: Path) -> Path:
 def _robustness(data_dir: Path, classifiers: list[Step], out: Path) -> Path:
     """Every finished run of ``classifiers`` under the shifts on the validation split (shifted images made once);
     each result goes beside its run, where the report finds it, and a summary to ``out``."""
-    from pneumolab.evaluation.robustness import robustness_many
+    from pneumolab.evaluation.robustness import result_dir, robustness_many
 
     runs = [s.folder for s in classifiers if (s.folder / "model.pt").is_file()]
     if not runs:
         raise InputError("no classifier finished: nothing to shift")
-    files = {run: run / "robustness" / f"{data_dir.name}-val" / "robustness.json" for run in runs}
+    files = {run: result_dir(run, data_dir, "val") / "robustness.json" for run in runs}
     # Like the report, this step runs on every invocation, but only models without a fresh result are shifted.
-    todo = [run for run, f in files.items()
-            if not f.is_file() or f.stat().st_mtime < (run / "model.pt").stat().st_mtime]  # fmt: skip
+    todo = [run for run, f in files.items() if not is_fresh(f, run / "model.pt")]
     if todo:
         robustness_many(todo, data_dir, split="val", outs=[files[run].parent for run in todo])
     keys = ("worst_specificity", "worst_shift", "mean_balanced_accuracy", "mean_ece")

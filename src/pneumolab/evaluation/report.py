@@ -26,7 +26,7 @@ from pneumolab.errors import InputError
 from pneumolab.evaluation.evaluate import evaluate
 from pneumolab.evaluation.metrics import bootstrap_weights, rank_metrics
 from pneumolab.evaluation.plots import fig_to_png, roc_band
-from pneumolab.io import atomic_path, atomic_write_text
+from pneumolab.io import atomic_path, atomic_write_text, is_fresh
 from pneumolab.models import count_flops
 from pneumolab.models.checkpoint import load_model_file, resolve_model_file
 
@@ -61,7 +61,7 @@ def _load_run(run: Path, data: Path, split: str, n_boot: int) -> RunResult:
     model_file = resolve_model_file(run)
     out = model_file.parent / "eval" / f"{data.resolve().name}-{split}"
     metrics_file = out / "metrics.json"
-    fresh = metrics_file.is_file() and metrics_file.stat().st_mtime >= model_file.stat().st_mtime
+    fresh = is_fresh(metrics_file, model_file)
     metrics = (
         json.loads(metrics_file.read_text())
         if fresh
@@ -216,9 +216,8 @@ def _robustness_results(runs: list[RunResult], data: Path) -> list[tuple[RunResu
     when one exists and is newer than the run's model."""
     found = []
     for r in runs:
-        model_time = (r.run_dir / "model.pt").stat().st_mtime if (r.run_dir / "model.pt").is_file() else 0.0
         results = [json.loads(f.read_text()) for f in sorted(r.run_dir.glob("robustness/**/robustness.json"))
-                   if f.stat().st_mtime >= model_time]  # fmt: skip
+                   if is_fresh(f, r.run_dir / "model.pt")]  # fmt: skip
         results = [x for x in results if x.get("data") == str(data.resolve())]
         if results:
             found.append((r, next((x for x in results if x["split"] == "val"), results[0])))

@@ -33,7 +33,7 @@ from pneumolab.evaluation.predict import batched_logits
 from pneumolab.io import atomic_write_json
 from pneumolab.models.checkpoint import load_model_file, resolve_model_file
 
-__all__ = ["REFERENCE_SIZE", "SHIFTS", "robustness", "robustness_many"]
+__all__ = ["REFERENCE_SIZE", "SHIFTS", "result_dir", "robustness", "robustness_many"]
 
 REFERENCE_SIZE = 256  # px: where the shifts are applied, before the model's own resize
 
@@ -106,6 +106,16 @@ SHIFTS: dict[str, tuple[Shift, tuple[float, ...]]] = {
     "crop": (_crop, (0.05, 0.1, 0.2)),
     "erase_border": (_erase_border, (0.04, 0.08, 0.12)),
 }
+
+
+def result_dir(model_target: str | Path, data: str | Path, split: str) -> Path:
+    """Where a model's result on ``split`` of ``data`` is kept by default: ``<run>/robustness/<data>-<split>/``."""
+    model_target = Path(model_target)
+    return (
+        (model_target if model_target.is_dir() else model_target.parent)
+        / "robustness"
+        / f"{Path(data).resolve().name}-{split}"
+    )
 
 
 def _scorer(model_target: str | Path, manifest: Manifest, rows: list[int], data: Path, y: np.ndarray):

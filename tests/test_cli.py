@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_npz, tree_digest
+from conftest import make_npz, tree_digest, write_image
 
 from pneumolab.cli import main
 from pneumolab.data import sample_root
@@ -91,3 +91,17 @@ def test_medmnist_split_message_and_summary_json(tmp_path, capsys) -> None:
     summary = json.loads(capsys.readouterr().out)
     assert summary["splits"]["train"]["patients"] is None
     assert any("no patient ids" in n for n in summary["notes"])
+
+
+def test_prepare_accepts_the_full_kaggle_download_with_its_test_split(kaggle_dir, tmp_path, capsys) -> None:
+    # Kermany restarts personN in test: train person100_virus_* and test person100_virus_* are two children.
+    write_image(kaggle_dir / "test" / "PNEUMONIA" / "person100_virus_77.jpeg", seed=4242)
+    test_files = sorted(p.relative_to(kaggle_dir).as_posix() for p in (kaggle_dir / "test").rglob("*.jpeg"))
+    out = tmp_path / "ds"
+    args = ["data", "prepare", str(kaggle_dir), "--out", str(out), "--size", "32", "--val-fraction", "0.2"]
+    assert main([*args, "--workers", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "restarts in the test folder" in printed and "test:" in printed
+    m = Manifest.load(out)
+    assert sorted(r.path for r in m.records if r.split == "test") == test_files  # the official test stays test
+    assert {r.split for r in m.records if r.source_split != "test"} == {"train", "val"}

@@ -103,10 +103,33 @@ def test_duplicates_within_split_are_reported_across_splits_are_an_error(kaggle_
         index_source(kaggle_dir, tmp_path / "b", workers=1)
 
 
-def test_patient_in_train_and_test_is_an_error(kaggle_dir, tmp_path) -> None:
+def test_kermany_numbering_restarts_in_test_so_test_ids_have_their_own_namespace(kaggle_dir, tmp_path) -> None:
+    # The full Kaggle download: train's person100 is not test's person100 (Kermany numbered test afresh).
     write_image(kaggle_dir / "test" / "PNEUMONIA" / "person100_virus_77.jpeg", seed=4242)
-    with pytest.raises(LeakageError, match="patient"):
+    write_image(kaggle_dir / "test" / "NORMAL" / "IM-0003-0009.jpeg", seed=4243)
+    m = index_source(kaggle_dir, tmp_path / "out", workers=1).manifest
+    ids = {r.path: r.patient_id for r in m.records}
+    assert ids["test/PNEUMONIA/person100_virus_77.jpeg"] == "test:100"
+    assert ids["train/PNEUMONIA/person100_virus_0.jpeg"] == "100"
+    assert ids["test/NORMAL/IM-0003-0009.jpeg"] == "test:IM-0003"
+    assert ids["val/PNEUMONIA/person1946_bacteria_4874.jpeg"] == "1946"  # val shares train's namespace
+    assert any("restarts in the test folder" in n for n in m.meta["notes"])
+
+
+def test_patient_in_train_and_val_of_the_source_is_an_error_with_true_advice(kaggle_dir, tmp_path) -> None:
+    write_image(kaggle_dir / "val" / "PNEUMONIA" / "person100_virus_77.jpeg", seed=4242)
+    with pytest.raises(LeakageError, match=r"patient.*person100.*source itself.*move the patient's images"):
         index_source(kaggle_dir, tmp_path / "out", workers=1)
+
+
+def test_csv_patient_in_train_and_test_is_an_error_naming_the_column(tmp_path) -> None:
+    src = tmp_path / "h"
+    for i, name in enumerate("abcd"):
+        write_image(src / f"{name}.png", seed=i)
+    rows = "a.png,NORMAL,P1,train\nb.png,PNEUMONIA,P2,train\nc.png,NORMAL,P1,test\nd.png,PNEUMONIA,P3,test\n"
+    (src / "l.csv").write_text("path,label,patient_id,split\n" + rows)
+    with pytest.raises(LeakageError, match=r"1 patient.*split or patient_id column"):
+        index_source(src / "l.csv", tmp_path / "out", workers=1)
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,20 @@ def test_kermany_patient_id_and_label_hint(name: str, pid: str | None, label: st
     assert kermany_label_hint(name) == label
 
 
+@pytest.mark.parametrize(
+    ("name", "split", "pid"),
+    [
+        ("person1_virus_11.jpeg", "test", "test:1"),
+        ("person1_bacteria_1.jpeg", "train", "1"),
+        ("person1_bacteria_1.jpeg", "val", "1"),
+        ("NORMAL2-IM-0427-0001.jpeg", "test", "test:NORMAL2-IM-0427"),
+        ("scan_0001.png", "test", None),
+    ],
+)
+def test_test_split_ids_live_in_their_own_namespace(name: str, split: str, pid: str | None) -> None:
+    assert kermany_patient_id(name, split) == pid
+
+
 def test_hash_patient_id_is_stable_salted_and_hides_the_raw_id() -> None:
     a = hash_patient_id("MRN-0042", "salt1")
     assert a == hash_patient_id(" MRN-0042 ", "salt1")  # surrounding spaces do not split a patient

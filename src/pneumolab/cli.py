@@ -391,6 +391,7 @@ def _echo_metrics(r: dict) -> None:
         f"{r['model']} on the {r['split']} split of {r['data']}: {m['n_images']} images, {m['n_patients']} patients"
     )
     typer.echo(f"threshold {r['threshold']['value']:.4f} ({r['threshold']['origin']})")
+    typer.echo(f"model: {r['site'] or 'as trained (not site-calibrated or adapted)'}")
     for key in ("auroc", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy", "accuracy", "ece"):
         v = m[key]
         typer.echo(f"  {key:<18} {v['value']:.4f}  [{v['ci_low']:.4f}, {v['ci_high']:.4f}]")
@@ -685,6 +686,7 @@ def predict_cmd(
     predictor = Predictor.load(model, ood=ood)
     failed = 0
     if not as_json:
+        typer.echo(f"model {model}: {predictor.site or 'as trained (not site-calibrated or adapted)'}")
         typer.echo(
             f"{'image':<40} {'P(pneumonia)':>12}  {'label':<10} {'OOD':<5} ms   (threshold {predictor.threshold:.3f})"
         )
@@ -700,12 +702,84 @@ def predict_cmd(
             with atomic_path(gradcam / f"{path.stem}_gradcam.png", suffix=".png") as tmp:
                 tmp.write_bytes(overlay_png(r.image, r.heatmap))
         if as_json:
-            typer.echo(json.dumps({"image": str(path), **r.to_dict()}))
+            typer.echo(json.dumps({"image": str(path), **r.to_dict(), "site": predictor.site}))
         else:
             ood_text = "-" if r.ood is None else ("yes" if r.ood else "no")
             typer.echo(f"{path!s:<40} {r.probability:>12.4f}  {r.label:<10} {ood_text:<5} {r.timings_ms['total']:.0f}")
     if failed:
         raise typer.Exit(2)
+
+
+SiteData = Annotated[Path, typer.Option(help="The site's images: dataset folder, Kaggle-layout folder, CSV or npz.")]
+NewRun = Annotated[Path, typer.Option("--out", "-o", help="New run folder (the original run is never changed).")]
+SiteSplit = Annotated[str, typer.Option(help="Which rows of --data form the site sample: all, train, val or test.")]
+
+
+@_command(
+    app,
+    "calibrate",
+    [
+        "pneumolab calibrate runs/train/fast --data site/labeled_sample --out runs/site/fast-calibrated",
+        "pneumolab calibrate runs/train/fast --data site.csv --out runs/site/fast-cal --policy 'sensitivity>=0.9'",
+    ],
+)
+def calibrate_cmd(
+    model: Annotated[Path, typer.Argument(help="Run folder or model.pt.")],
+    data: SiteData,
+    out: NewRun,
+    policy: Annotated[
+        str | None, typer.Option(help="Threshold policy on the site's images (default: the model's own).")
+    ] = None,
+    split: SiteSplit = "all",
+) -> None:
+    """Refit temperature and intercept and re-choose the threshold on a LABELED site sample; writes a new run."""
+    from pneumolab.site_adaptation.calibrate import calibrate
+
+    r = calibrate(model, data, out, policy=policy, split=split)
+    fit = r["on_site_sample"]
+    typer.echo(f"calibrated on {r['images']} labeled images of {r['data']} ({r['classes']}), policy {r['policy']}")
+    typer.echo(
+        f"  threshold {r['threshold']['before']:.4f} -> {r['threshold']['after']:.4f}, temperature "
+        f"{r['temperature']['before']:.3f} -> {r['temperature']['after']:.3f}, "
+        f"intercept {r['prior_shift']['after']:+.3f}"
+    )
+    typer.echo(
+        f"  on the site sample itself (optimistic: fitted there): sensitivity {fit['sensitivity']:.3f}, "
+        f"specificity {fit['specificity']:.3f}, ECE {fit['ece_before']:.3f} -> {fit['ece_after']:.3f}"
+    )
+    typer.echo(f"wrote {r['model_file']}; score it on other site images: pneumolab evaluate {out} --data OTHER")
+
+
+@_command(
+    app,
+    "adapt",
+    [
+        "pneumolab adapt runs/train/fast --data site/unlabeled --out runs/site/fast-adapted",
+        "pneumolab adapt runs/train/fast --data site.csv --out runs/site/fast-bn-only --no-prior",
+    ],
+)
+def adapt_cmd(
+    model: Annotated[Path, typer.Argument(help="Run folder or model.pt.")],
+    data: SiteData,
+    out: NewRun,
+    bn: Annotated[bool, typer.Option("--bn/--no-bn", help="Re-estimate BatchNorm statistics (AdaBN).")] = True,
+    prior: Annotated[bool, typer.Option("--prior/--no-prior", help="Estimate the site's prevalence (EM).")] = True,
+    split: SiteSplit = "all",
+) -> None:
+    """Adapt to UNLABELED site images (labels ignored): BatchNorm statistics and class prior; writes a new run."""
+    from pneumolab.site_adaptation.adapt import adapt
+
+    r = adapt(model, data, out, batchnorm=bn, prior=prior, split=split)
+    typer.echo(f"adapted on {r['images']} unlabeled images of {r['data']} (labels, if any, were not read)")
+    if r["batchnorm"]:
+        typer.echo(f"  BatchNorm statistics of {r['batchnorm']['layers']} layers re-estimated")
+    if r["prior"]:
+        p = r["prior"]
+        typer.echo(
+            f"  pneumonia prevalence: source {p['source']:.3f}, site estimate {p['site_estimate']:.3f} "
+            f"(log-odds shift {p['prior_shift']:+.3f})"
+        )
+    typer.echo(f"wrote {r['model_file']}; check it on labeled site images: pneumolab evaluate {out} --data LABELED")
 
 
 @_command(app, "export", ["pneumolab export runs/train/resnet18 --onnx runs/train/resnet18/model.onnx"])

@@ -28,7 +28,7 @@ from pneumolab.data.sources import Candidate, list_source
 from pneumolab.errors import ImageReadError, InputError, LeakageError
 from pneumolab.io import atomic_write_json, atomic_write_text
 
-__all__ = ["IndexResult", "Problem", "index_source"]
+__all__ = ["IndexResult", "Problem", "as_dataset", "index_source"]
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -175,3 +175,12 @@ def index_source(
     manifest = Manifest(listing.root.resolve(), records, {"source_kind": listing.kind, "notes": listing.notes})
     manifest.save(out_dir)
     return IndexResult(manifest, problems, report)
+
+
+def as_dataset(data: str | Path, work_dir: str | Path) -> tuple[Manifest, Path]:
+    """A dataset folder as is, or any source (Kaggle folder, CSV, npz) indexed into ``work_dir``."""
+    data = Path(data)
+    if (data / "manifest.csv").is_file():
+        return Manifest.load(data), data
+    index_source(data, work_dir)
+    return Manifest.load(work_dir), Path(work_dir)

@@ -172,8 +172,21 @@ def check_no_leakage(records: list[Record]) -> None:
                 where.setdefault(k, set()).add(r.split)
         shared = sorted(k for k, s in where.items() if len(s) > 1)
         if shared:
-            example = next(r.path for r in records if key(r) == shared[0])
+            involved = [r for r in records if key(r) == shared[0]]
             raise LeakageError(
-                f"{len(shared)} {what}(s) appear in more than one split (e.g. {example} in "
-                f"{sorted(where[shared[0]])}): splits must be disjoint; re-run `pneumolab data split`"
+                f"{len(shared)} {what}(s) appear in more than one split (e.g. {involved[0].path} in "
+                f"{sorted(where[shared[0]])}): splits must be disjoint; {_leakage_advice(involved, what)}"
             )
+
+
+def _leakage_advice(involved: list[Record], what: str) -> str:
+    """What the user can do about one shared patient or image, depending on who put it in two splits."""
+    if all(r.split == r.source_split for r in involved):  # the source's own folders or split column
+        if what == "identical image":
+            return "the source holds the same file in two splits: remove one copy from the source"
+        return (
+            "the source itself puts this patient in two splits: move the patient's images into one split folder "
+            "(for a CSV, correct its split or patient_id column), then index again"
+        )
+    # After `data split`, which groups whole patients: the manifest was edited, or the source's val was kept.
+    return "re-split from the source's splits with `pneumolab data split DIR --source-val merge`"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumolab.data.manifest import CLASSES, SPLITS, normalise_label
-from pneumolab.data.patient import kermany_label_hint, kermany_patient_id
+from pneumolab.data.patient import TEST_NAMESPACE, kermany_label_hint, kermany_patient_id
 from pneumolab.data.readers import NPZ_SEP
 from pneumolab.errors import InputError
 
@@ -97,8 +97,15 @@ def _list_kaggle(root: Path) -> SourceListing:
                 problem = None
                 if hint is not None and hint != label:
                     problem = ("label_mismatch", f"file name says {hint} but it sits in the {label} folder")
-                candidates.append(Candidate(rel, label, split, kermany_patient_id(f.name), problem))
-    notes = [] if any(c.patient_id for c in candidates) else ["file names carry no Kermany patient ids"]
+                candidates.append(Candidate(rel, label, split, kermany_patient_id(f.name, split), problem))
+    notes = []
+    if not any(c.patient_id for c in candidates):
+        notes.append("file names carry no Kermany patient ids")
+    elif any(c.patient_id and c.split == "test" for c in candidates):
+        notes.append(
+            "patient ids come from Kermany file names, whose numbering restarts in the test folder: test ids "
+            f"carry the namespace '{TEST_NAMESPACE}' (test person1 is not train person1); train and val share one"
+        )
     return SourceListing("kaggle", root, candidates, ignored, notes)
 
 

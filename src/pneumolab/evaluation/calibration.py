@@ -1,15 +1,23 @@
-"""Temperature scaling (Guo et al. 2017): one scalar ``T`` fitted on validation logits.
+"""Temperature scaling (Guo et al. 2017), label-shift correction (Saerens et al. 2002) and the operating point.
 
-``softmax(logits / T)`` keeps every ranking (AUROC unchanged) and only fixes over- or
-under-confidence. Fitted on validation data at the end of training and stored with the model.
+``softmax(logits / T)`` keeps every ranking (AUROC unchanged) and only fixes over- or under-confidence;
+``T`` is fitted on validation at the end of training and stored with the model. A site's class prior
+(``pneumolab adapt``) enters as a log-odds shift. :class:`OperatingPoint` is the one owner of how a model
+file's logits become P(pneumonia) and a label: every consumer (evaluate, robustness, Predictor) uses it.
+Hand-written because torch has no temperature scaling and the EM prior estimate is a few lines.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["apply_temperature", "fit_temperature"]
+__all__ = ["OperatingPoint", "apply_temperature", "estimate_prior_em", "fit_temperature"]
 
 
 def fit_temperature(logits: torch.Tensor, y: torch.Tensor, max_iter: int = 200) -> float:
@@ -32,3 +40,55 @@ def fit_temperature(logits: torch.Tensor, y: torch.Tensor, max_iter: int = 200) 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """P(class 1) after temperature scaling; ``logits``: (N, 2) -> (N,)."""
     return (logits.float() / temperature).softmax(dim=1)[:, 1]
+
+
+def estimate_prior_em(prob: np.ndarray, source_prior: float, *, tol: float = 1e-6, max_iter: int = 1000) -> float:
+    """The positive-class prior of unlabeled data by EM on calibrated posteriors (Saerens et al. 2002).
+
+    ``prob`` are P(positive) calibrated under ``source_prior``; each step re-weights them to the current
+    prior estimate and takes their mean as the next estimate.
+    """
+    p = np.clip(np.asarray(prob, dtype=np.float64), 1e-12, 1 - 1e-12)
+    prior = source_prior
+    for _ in range(max_iter):
+        w1, w0 = prior / source_prior, (1 - prior) / (1 - source_prior)
+        new = float(np.mean(w1 * p / (w1 * p + w0 * (1 - p))))
+        if abs(new - prior) < tol:
+            return new
+        prior = new
+    return prior
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """How a model's logits become a calibrated probability and a label.
+
+    ``probability = sigmoid((z_1 - z_0) / temperature + prior_shift)``; the label is PNEUMONIA iff
+    ``probability >= threshold``. ``prior_shift`` is ``logit(site prior) - logit(source prior)`` after
+    ``pneumolab adapt`` (0 otherwise), so a site with fewer pneumonia cases needs more evidence for a positive call.
+    """
+
+    threshold: float = 0.5
+    temperature: float = 1.0
+    prior_shift: float = 0.0
+    policy: str | None = None
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> OperatingPoint:
+        """The operating point a model file stores (defaults where it stores none)."""
+        return cls(float(meta.get("threshold", 0.5)), float(meta.get("temperature", 1.0)),
+                   float(meta.get("prior_shift", 0.0)), meta.get("threshold_policy"))  # fmt: skip
+
+    @staticmethod
+    def prior_shift_for(site_prior: float, source_prior: float) -> float:
+        """The log-odds shift that moves posteriors from ``source_prior`` to ``site_prior``."""
+        return _logit(site_prior) - _logit(source_prior)
+
+    def probability(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated P(pneumonia); ``logits``: (N, 2) -> (N,) float32."""
+        z = logits.double()
+        return torch.sigmoid((z[:, 1] - z[:, 0]) / self.temperature + self.prior_shift).float()

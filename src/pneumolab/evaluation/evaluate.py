@@ -17,17 +17,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from pneumolab.data.index import index_source
+from pneumolab.data.index import as_dataset
 from pneumolab.data.manifest import CLASSES, Manifest
 from pneumolab.errors import InputError
 from pneumolab.evaluation import plots
-from pneumolab.evaluation.calibration import apply_temperature
+from pneumolab.evaluation.calibration import OperatingPoint
 from pneumolab.evaluation.metrics import compute_metrics, metrics_with_ci
 from pneumolab.evaluation.model_card import write_model_card
 from pneumolab.evaluation.predict import predict_logits
 from pneumolab.evaluation.thresholds import choose_threshold
 from pneumolab.io import atomic_write_json, atomic_write_text
 from pneumolab.models.checkpoint import load_model_file, resolve_model_file
+from pneumolab.site_adaptation.provenance import describe_site, rows_digest, threshold_origin
 from pneumolab.training.callbacks import read_history
 
 __all__ = ["evaluate"]
@@ -35,18 +36,10 @@ __all__ = ["evaluate"]
 log = logging.getLogger(__name__)
 
 
-def _dataset(data: Path, out: Path) -> tuple[Manifest, Path]:
-    """A dataset folder as is, or any source (Kaggle folder, CSV, npz) indexed into ``out/data``."""
-    if (data / "manifest.csv").is_file():
-        return Manifest.load(data), data
-    index_source(data, out / "data")
-    return Manifest.load(out / "data"), out / "data"
-
-
 def _probabilities(model, meta: dict[str, Any], manifest: Manifest, rows: list[int], data_dir: Path):
     logits = torch.from_numpy(predict_logits(model, meta["preprocessing"], manifest, rows, data_dir / "cache"))
     raw = logits.softmax(1)[:, 1].numpy()
-    cal = apply_temperature(logits, meta.get("temperature", 1.0)).numpy()
+    cal = OperatingPoint.from_meta(meta).probability(logits).numpy()
     return raw.astype(np.float64), cal.astype(np.float64)
 
 
@@ -74,7 +67,7 @@ def evaluate(
     model, meta = load_model_file(model_file)
     data = Path(data)
     out = Path(out) if out else model_file.parent / "eval" / f"{data.resolve().name}-{split}"
-    manifest, data_dir = _dataset(data, out)
+    manifest, data_dir = as_dataset(data, out / "data")
     rows = list(range(len(manifest))) if split == "all" else manifest.indices(split)
     if not rows:
         present = sorted({r.split for r in manifest.records})
@@ -84,17 +77,14 @@ def evaluate(
     raw, prob = _probabilities(model, meta, manifest, rows, data_dir)
 
     threshold = float(meta.get("threshold", 0.5))
+    site_steps = meta.get("site") or []
     result: dict[str, Any] = {
         "model_file": str(model_file),
         "model": meta["model_name"],
         "data": str(data.resolve()),
         "split": split,
-        "threshold": {
-            "value": threshold,
-            "origin": f"chosen on the validation split at training time, policy {meta.get('threshold_policy', 'none')}"
-            if "threshold" in meta
-            else "default 0.5 (the model file stores no threshold)",
-        },
+        "threshold": {"value": threshold, "origin": threshold_origin(meta)},
+        "site": describe_site(meta),
         "at_threshold": metrics_with_ci(prob, y, groups, threshold, n_boot=n_boot, seed=seed),
         "at_0.5": metrics_with_ci(prob, y, groups, 0.5, n_boot=n_boot, seed=seed),
         "calibration": {
@@ -107,6 +97,10 @@ def evaluate(
     own = Path(meta["config"]["data"]["data_dir"]).resolve() == data_dir.resolve()
     if own and split in ("train", "val"):
         result["warning"] = f"the {split} split was used to train or select this model: these numbers are optimistic"
+    digest = rows_digest(manifest, rows)
+    if any(s["data_sha256"] == digest for s in site_steps):
+        result["warning"] = ("the model was calibrated or adapted on these very images (`pneumolab calibrate/adapt`): "
+                             "these numbers are optimistic; score it on other images of the site")  # fmt: skip
     if policy:
         result["alternative_threshold"] = _policy_on_validation(model, meta, policy, n_boot, seed, prob, y, groups)
 

@@ -21,6 +21,8 @@ def render_model_card(meta: dict[str, Any], evaluations: list[dict[str, Any]]) -
     """Markdown text of the card from a model file's metadata and its evaluations (``metrics.json``)."""
     cfg, pre = meta["config"], meta["preprocessing"]
     op = meta.get("operating_point", {})
+    where = "a labeled site sample (see below)" if op.get("split") == "site" else "the validation split"
+    cal = meta.get("calibration", {})
     lines = [
         f"# Model card: {cfg['name']} ({meta['model_name']})",
         "",
@@ -47,12 +49,13 @@ def render_model_card(meta: dict[str, Any], evaluations: list[dict[str, Any]]) -
         "## Operating point and calibration",
         f"- Threshold {meta.get('threshold', 0.5):.4f} on P(pneumonia), "
         f"policy `{meta.get('threshold_policy', 'none')}`, "
-        f"chosen on the validation split (sensitivity {op.get('sensitivity', float('nan')):.3f}, "
+        f"chosen on {where} (sensitivity {op.get('sensitivity', float('nan')):.3f}, "
         f"specificity {op.get('specificity', float('nan')):.3f} there)",
-        f"- Temperature scaling T = {meta.get('temperature', 1.0):.3f} fitted on validation; "
-        f"validation ECE {meta.get('calibration', {}).get('ece_before', float('nan')):.3f} -> "
-        f"{meta.get('calibration', {}).get('ece_after', float('nan')):.3f}",
+        f"- Temperature scaling T = {meta.get('temperature', 1.0):.3f}, log-odds shift "
+        f"{meta.get('prior_shift', 0.0):+.3f}, fitted on {where}; ECE {cal.get('ece_before', float('nan')):.3f} -> "
+        f"{cal.get('ece_after', float('nan')):.3f}",
         "",
+        *_site_section(meta.get("site") or []),
         "## Metrics (95% CIs from a patient-level bootstrap)",
     ]
     if not evaluations:
@@ -82,6 +85,29 @@ def render_model_card(meta: dict[str, Any], evaluations: list[dict[str, Any]]) -
         "",
     ]
     return "\n".join(lines)
+
+
+def _site_section(steps: list[dict[str, Any]]) -> list[str]:
+    """What ``pneumolab calibrate`` / ``adapt`` changed, on which images and when (empty for a model as trained)."""
+    if not steps:
+        return []
+    lines = ["## Site calibration and adaptation", ""]
+    for s in steps:
+        images = f"{s['images']} images of `{s['data']}` (SHA-256 of their hashes `{s['data_sha256'][:16]}`)"
+        lines.append(f"- {s['date']}: `pneumolab {s['step']}` on {images}, from `{s['from_model']}`")
+        if s["step"] == "calibrate":
+            lines.append(
+                f"  - labeled sample {s['classes']}; policy `{s['policy']}`: threshold {s['threshold']['before']:.4f}"
+                f" -> {s['threshold']['after']:.4f}, temperature {s['temperature']['after']:.3f}, log-odds shift "
+                f"{s['prior_shift']['after']:+.3f}"
+            )
+        if s.get("batchnorm"):
+            lines.append(f"  - BatchNorm statistics of {s['batchnorm']['layers']} layers re-estimated, labels unused")
+        if s.get("prior"):
+            p = s["prior"]
+            lines.append(f"  - pneumonia prior {p['source']:.3f} (source) -> {p['site_estimate']:.3f} (EM)")
+    lines += ["- Numbers measured on the images a step was fitted on are optimistic: evaluate on other images.", ""]
+    return lines
 
 
 def write_model_card(run_dir: Path, meta: dict[str, Any], evaluations: list[dict[str, Any]]) -> Path:

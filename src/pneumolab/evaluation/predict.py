@@ -15,7 +15,7 @@ from pneumolab.data.datamodule import CachedImages
 from pneumolab.data.manifest import Manifest
 from pneumolab.data.transforms import EvalPreset
 
-__all__ = ["batched_logits", "predict_logits"]
+__all__ = ["batched_logits", "pixel_logits", "predict_logits"]
 
 
 @torch.no_grad()
@@ -29,12 +29,26 @@ def predict_logits(
     batch_size: int = 128,
 ) -> np.ndarray:
     """Logits ``(len(indices), C)`` for the given manifest rows, preprocessed as the model was trained."""
+    images = load_cache(manifest, preprocessing["image_size"], cache_dir)
+    return pixel_logits(model, preprocessing, images, indices, batch_size=batch_size)
+
+
+@torch.no_grad()
+def pixel_logits(
+    model: nn.Module,
+    preprocessing: dict[str, Any],
+    images: np.ndarray,
+    indices: list[int] | None = None,
+    *,
+    batch_size: int = 128,
+) -> np.ndarray:
+    """Logits ``(N, C)`` of rows ``indices`` (default: all) of ``(M, S, S) uint8`` images at the model's size."""
     pre = preprocessing
-    images = load_cache(manifest, pre["image_size"], cache_dir)
-    tf = EvalPreset(mean=pre["mean"], std=pre["std"], normalization=pre["normalization"])
-    ds = CachedImages(images, indices, [manifest.records[i].target for i in indices], tf)
+    indices = list(range(len(images))) if indices is None else indices
     if not indices:
         return np.zeros((0, len(pre.get("classes", [0, 1]))), np.float32)
+    tf = EvalPreset(mean=pre["mean"], std=pre["std"], normalization=pre["normalization"])
+    ds = CachedImages(images, indices, [0] * len(indices), tf)  # targets unused
     return batched_logits(model, (x for x, _ in DataLoader(ds, batch_size=batch_size))).numpy()
 
 

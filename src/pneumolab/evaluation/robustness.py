@@ -26,7 +26,7 @@ from pneumolab.data.cache import load_cache, resize_square
 from pneumolab.data.manifest import Manifest
 from pneumolab.data.transforms import EvalPreset
 from pneumolab.errors import InputError
-from pneumolab.evaluation.calibration import apply_temperature
+from pneumolab.evaluation.calibration import OperatingPoint
 from pneumolab.evaluation.metrics import compute_metrics
 from pneumolab.evaluation.plots import plot_robustness
 from pneumolab.evaluation.predict import batched_logits
@@ -126,13 +126,14 @@ def _scorer(model_target: str | Path, manifest: Manifest, rows: list[int], data:
     pre = meta["preprocessing"]
     size = pre["image_size"]
     tf = EvalPreset(mean=pre["mean"], std=pre["std"], normalization=pre["normalization"])
-    threshold, temperature = float(meta.get("threshold", 0.5)), float(meta.get("temperature", 1.0))
+    op = OperatingPoint.from_meta(meta)
+    threshold = op.threshold
 
     def score(batch: np.ndarray) -> dict[str, float]:
         small = np.stack([resize_square(a, size) for a in batch]) if batch.shape[1] != size else batch
         x = tf(torch.from_numpy(small)[:, None])  # (N, 1, S, S), resized like every image
         logits = batched_logits(model, x.split(128))
-        prob = apply_temperature(logits, temperature).double().numpy()
+        prob = op.probability(logits).double().numpy()
         m = compute_metrics(prob, y, threshold)
         return {k: m[k] for k in ("auroc", "sensitivity", "specificity", "balanced_accuracy", "ece")}
 

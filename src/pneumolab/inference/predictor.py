@@ -24,8 +24,10 @@ from pneumolab.data.manifest import CLASSES
 from pneumolab.data.readers import DecodedImage, decode_bytes
 from pneumolab.data.transforms import EvalPreset
 from pneumolab.errors import InputError
+from pneumolab.evaluation.calibration import OperatingPoint
 from pneumolab.models import get_spec
 from pneumolab.models.checkpoint import load_model_file
+from pneumolab.site_adaptation.provenance import describe_site, threshold_origin
 
 __all__ = ["Prediction", "Predictor", "gradcam_layer"]
 
@@ -68,8 +70,9 @@ class Predictor:
         pre = meta["preprocessing"]
         self.size = int(pre["image_size"])
         self.transform = EvalPreset(mean=pre["mean"], std=pre["std"], normalization=pre["normalization"])
-        self.threshold = float(meta.get("threshold", 0.5))
-        self.temperature = float(meta.get("temperature", 1.0))
+        self.operating_point = OperatingPoint.from_meta(meta)
+        self.threshold = self.operating_point.threshold
+        self.site = describe_site(meta)  # None, or where the model was calibrated / adapted
         self.lock = threading.Lock()
         self.backend = "onnx" if onnx_session is not None else "torch"
 
@@ -124,7 +127,7 @@ class Predictor:
                 t3 = time.perf_counter()
             logits = logits.float()  # (1, 2)
             ood, score = self._ood(img)
-        prob = float((logits / self.temperature).softmax(1)[0, 1])
+        prob = float(self.operating_point.probability(logits)[0])
         # With PyTorch and Grad-CAM, "model" includes the Grad-CAM pass and "gradcam" is 0.
         timings = {"preprocess": (t1 - t0) * 1e3, "model": (t2 - t1) * 1e3, "gradcam": (t3 - t2) * 1e3,
                    "total": (time.perf_counter() - t0) * 1e3}  # fmt: skip
@@ -177,11 +180,15 @@ class Predictor:
             "preprocessing": {k: v for k, v in m["preprocessing"].items() if k != "latent"},
             "threshold": self.threshold,
             "threshold_policy": m.get("threshold_policy"),
+            "threshold_origin": threshold_origin(m),
             "operating_point": m.get("operating_point"),
-            "temperature": self.temperature,
+            "temperature": self.operating_point.temperature,
+            "prior_shift": self.operating_point.prior_shift,
             "calibration": m.get("calibration"),
             "validation_metrics": m.get("metrics"),
             "ood_guard": self.ood is not None,
+            "site": self.site,
+            "site_steps": m.get("site", []),
             "intended_use": "Research and decision support only; not a diagnostic device.",
         }
 

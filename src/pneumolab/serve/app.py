@@ -98,6 +98,7 @@ def create_app(predictor: Predictor, *, token: str | None = None, max_upload_mb:
             raise HTTPException(422, str(e)) from None
         body = result.to_dict()
         body["operating_point"] = predictor.meta.get("operating_point")
+        body["site"] = predictor.site
         body["notice"] = "Decision support only: not a diagnosis. A qualified reader must review the image."
         if gradcam:
             body["gradcam_png"] = base64.b64encode(overlay_png(result.image, result.heatmap)).decode()

@@ -296,6 +296,8 @@ def _operating_point(net: torch.nn.Module, preprocessing: dict[str, Any], cfg: T
         "threshold": op["threshold"],
         "threshold_policy": cfg.threshold_policy,
         "operating_point": {"split": "val", "sensitivity": op["sensitivity"], "specificity": op["specificity"]},
+        # The prior `pneumolab adapt` shifts from: what the calibrated probabilities average to on validation.
+        "class_prior": {"split": "val", "prevalence": float(y.mean()), "mean_probability": float(calibrated.mean())},
         "calibration": {
             "split": "val",
             "ece_before": compute_metrics(raw, y)["ece"],

@@ -1,0 +1,209 @@
+"""Site calibration (`pneumolab calibrate`) and adaptation (`pneumolab adapt`): numbers, round trips, errors."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_train_args
+from fastapi.testclient import TestClient
+from torch import nn
+
+from pneumolab.cli import main
+from pneumolab.data.manifest import Manifest
+from pneumolab.evaluation.calibration import OperatingPoint, estimate_prior_em
+from pneumolab.evaluation.predict import predict_logits
+from pneumolab.evaluation.thresholds import choose_threshold
+from pneumolab.inference.predictor import Predictor
+from pneumolab.models.checkpoint import load_model_file
+from pneumolab.serve.app import create_app
+from pneumolab.site_adaptation.adapt import reestimate_batchnorm
+from pneumolab.site_adaptation.calibrate import fit_platt, min_images_per_class
+from pneumolab.site_adaptation.folds import site_fold_metrics
+from pneumolab.site_adaptation.provenance import rows_digest
+
+
+@pytest.fixture(scope="module")
+def runs(sample_data, tmp_path_factory):
+    """A model with BatchNorm (the study's improved CNN) and one without (the base CNN), trained briefly."""
+    out = tmp_path_factory.mktemp("site-runs")
+    assert main(tiny_train_args(sample_data, out, "-c", "cpu/cnn_improved")) == 0
+    assert main(tiny_train_args(sample_data, out)) == 0
+    return {"bn": out / "cnn_improved", "no_bn": out / "cnn_base"}
+
+
+def test_operating_point_probability_is_temperature_softmax_plus_a_log_odds_shift() -> None:
+    z = torch.tensor([[0.0, 2.0], [1.0, -1.0]])
+    plain = OperatingPoint(temperature=2.0).probability(z)
+    assert torch.allclose(plain, (z / 2.0).softmax(1)[:, 1])
+    shifted = OperatingPoint(temperature=2.0, prior_shift=math.log(3)).probability(z)
+    odds = plain / (1 - plain) * 3  # a shift of log 3 triples the odds
+    assert torch.allclose(shifted, odds / (1 + odds))
+    assert OperatingPoint.prior_shift_for(0.5, 0.75) == pytest.approx(-math.log(3))
+
+
+def test_fit_platt_recovers_a_known_temperature_and_intercept() -> None:
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(20000, generator=g, dtype=torch.float64) * 4  # logit margins
+    y = torch.bernoulli(torch.sigmoid(d / 2.0 - 1.0), generator=g)  # true T = 2, b = -1
+    t, b = fit_platt(torch.stack([torch.zeros_like(d), d], 1), y)
+    assert t == pytest.approx(2.0, rel=0.05) and b == pytest.approx(-1.0, abs=0.07)
+
+
+def test_em_prior_estimate_finds_the_site_prevalence_and_keeps_the_source_one() -> None:
+    rng = np.random.default_rng(0)
+    # Scores x ~ N(+1, 1) for positives, N(-1, 1) for negatives: the exact posterior under prior 0.5 is sigmoid(2x).
+    y = rng.random(40000) < 0.2
+    x = np.where(y, rng.normal(1, 1, y.size), rng.normal(-1, 1, y.size))
+    posterior = 1 / (1 + np.exp(-2 * x))
+    assert estimate_prior_em(posterior, 0.5) == pytest.approx(0.2, abs=0.01)
+    # A site whose mean posterior is the source prior is the source itself: EM returns it unchanged.
+    p = np.array([0.1, 0.9, 0.6, 0.4, 0.75, 0.25])
+    assert estimate_prior_em(p, float(p.mean())) == pytest.approx(p.mean(), abs=1e-9)
+
+
+def test_reestimate_batchnorm_gives_the_mean_of_the_batches_and_changes_nothing_else() -> None:
+    net = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.BatchNorm2d(2), nn.Dropout(0.5))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([1.0, 2.0]).view(2, 1, 1, 1))
+    weights = {k: v.clone() for k, v in net.state_dict().items() if "running" not in k and "batches" not in k}
+    batches = [torch.full((2, 1, 3, 3), 1.0), torch.full((2, 1, 3, 3), 3.0)]
+    assert reestimate_batchnorm(net, batches) == 1
+    # channel means: batch 1 -> (1, 2), batch 2 -> (3, 6); the cumulative average of the two batches
+    assert torch.allclose(net[1].running_mean, torch.tensor([2.0, 4.0]))
+    assert not net.training and net[1].momentum == 0.1
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in weights.items())
+
+
+def test_policy_sets_the_fewest_site_images_per_class() -> None:
+    assert min_images_per_class("sensitivity>=0.95") == {0: 10, 1: 20}
+    assert min_images_per_class("specificity>=0.9") == {0: 10, 1: 10}
+    assert min_images_per_class("specificity>=0.98") == {0: 50, 1: 10}
+    assert min_images_per_class("youden") == {0: 10, 1: 10}
+
+
+def test_calibrate_round_trip(runs, sample_data, tmp_path, capsys) -> None:
+    run, new = runs["bn"], tmp_path / "calibrated"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    args = ["calibrate", str(run), "--data", str(sample_data), "--split", "test", "--out", str(new)]
+    assert main(args) == 0
+    assert "calibrated on 75 labeled images" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # the original is untouched
+
+    model, meta = load_model_file(new)
+    step = meta["site"][-1]
+    manifest = Manifest.load(sample_data)
+    rows = manifest.indices("test")
+    assert step["step"] == "calibrate" and step["images"] == len(rows) == 75
+    assert step["data_sha256"] == rows_digest(manifest, rows) and step["from_model"] == str((run / "model.pt"))
+    labels = [manifest.records[i].label for i in rows]
+    assert step["classes"] == {c: labels.count(c) for c in ("NORMAL", "PNEUMONIA")} and step["date"].startswith("20")
+    # The stored numbers are what Platt scaling + the model's own policy give on those images.
+    logits = torch.from_numpy(predict_logits(model, meta["preprocessing"], manifest, rows, sample_data / "cache"))
+    y = np.array([manifest.records[i].target for i in rows])
+    t, b = fit_platt(logits, torch.from_numpy(y))
+    assert (meta["temperature"], meta["prior_shift"]) == pytest.approx((t, b))
+    prob = OperatingPoint(temperature=t, prior_shift=b).probability(logits).numpy()
+    assert meta["threshold"] == pytest.approx(choose_threshold(prob, y, "youden")["threshold"])
+    assert meta["operating_point"]["split"] == "site"
+    card = (new / "MODEL_CARD.md").read_text()
+    assert "## Site calibration and adaptation" in card and "pneumolab calibrate" in card
+
+    # evaluate says where the threshold comes from, and warns when scored on the very images it was fitted on
+    assert main(["evaluate", str(new), "--data", str(sample_data), "--split", "test", "--n-boot", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "site-calibrated on 75 labeled images" in out and "chosen on a labeled site sample" in out
+    assert "calibrated or adapted on these very images" in out
+    assert main(["evaluate", str(new), "--data", str(sample_data), "--split", "val", "--n-boot", "50"]) == 0
+    assert "these very images" not in capsys.readouterr().out
+
+    # predict and the service show it too
+    from pneumolab.data import sample_root
+
+    assert main(["predict", str(new), str(next(sample_root().glob("test/NORMAL/*.jpeg")))]) == 0
+    assert "site-calibrated on 75 labeled images" in capsys.readouterr().out
+    card = TestClient(create_app(Predictor.load(new))).get("/api/v1/model").json()
+    assert card["site"].startswith("site-calibrated") and card["site_steps"][0]["step"] == "calibrate"
+    assert "site sample" in card["threshold_origin"]
+    assert main(args) == 2  # the new folder now holds a model: never overwritten
+    assert "already holds a model.pt" in capsys.readouterr().err
+
+
+def test_adapt_round_trip_on_a_folder_of_unlabeled_images(runs, sample_data, tmp_path, capsys) -> None:
+    from pneumolab.data import sample_root
+
+    flat = tmp_path / "site"  # no class folders: a hospital's export of unlabeled images
+    flat.mkdir()
+    for f in sorted(sample_root().glob("test/*/*.jpeg")):
+        shutil.copy(f, flat / f.name)
+    (flat / "README.txt").write_text("not an image")
+    run, new = runs["bn"], tmp_path / "adapted"
+    assert main(["adapt", str(run), "--data", str(flat), "--out", str(new)]) == 0
+    out = capsys.readouterr().out
+    assert "adapted on 75 unlabeled images" in out and "BatchNorm statistics of 8 layers" in out
+
+    (orig, meta0), (model, meta) = load_model_file(run), load_model_file(new)
+    step = meta["site"][-1]
+    assert step["step"] == "adapt" and step["images"] == 75 and step["skipped_files"][0].startswith("README.txt")
+    a, b = orig.state_dict(), model.state_dict()
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert changed and all("running" in k or "num_batches" in k for k in changed)  # statistics only, never weights
+    p = step["prior"]
+    assert meta["prior_shift"] == pytest.approx(math.log(p["site_estimate"] / (1 - p["site_estimate"]))
+                                                 - math.log(p["source"] / (1 - p["source"])))  # fmt: skip
+    assert meta["threshold"] == meta0["threshold"]
+    card = (new / "MODEL_CARD.md").read_text()
+    assert "`pneumolab adapt` on 75 images" in card and "8 layers re-estimated, labels unused" in card
+
+
+@pytest.mark.parametrize(
+    ("command", "model", "setup", "message"),
+    [
+        ("calibrate", "bn", "one_class", "only PNEUMONIA images found; a classifier needs both NORMAL and PNEUMONIA"),
+        ("calibrate", "bn", "policy", "PNEUMONIA image(s) in the site sample, but policy 'sensitivity>=0.99' needs"),
+        ("calibrate", "bn", "unlabeled", "no train/val/test or NORMAL/PNEUMONIA folders"),
+        ("adapt", "no_bn", "labeled", "cnn_base has no BatchNorm layers"),
+        ("adapt", "bn", "too_few", "adaptation needs at least 32"),
+        ("adapt", "bn", "same_out", "is the original run"),
+    ],
+)
+def test_site_steps_refuse_bad_input_with_one_sentence(
+    runs, sample_data, tmp_path, capsys, command, model, setup, message
+) -> None:
+    from pneumolab.data import sample_root
+
+    data, extra = sample_root(), []
+    if setup == "one_class":
+        data = tmp_path / "one"
+        shutil.copytree(sample_root() / "test" / "PNEUMONIA", data / "PNEUMONIA")
+    elif setup == "policy":
+        extra = ["--policy", "sensitivity>=0.99", "--split", "test"]  # needs 100 pneumonia images; test has 34
+    elif setup in ("unlabeled", "too_few"):
+        data = tmp_path / "flat"
+        data.mkdir()
+        for f in sorted(sample_root().glob("test/NORMAL/*.jpeg"))[: 30 if setup == "too_few" else None]:
+            shutil.copy(f, data / f.name)
+    out = runs[model] if setup == "same_out" else tmp_path / "new"
+    assert main([command, str(runs[model]), "--data", str(data), "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "new" / "model.pt").exists()
+
+
+def test_fold_metrics_score_each_fold_with_a_model_fitted_on_the_other(runs, sample_data, tmp_path) -> None:
+    from pneumolab.evaluation.evaluate import evaluate
+
+    r = site_fold_metrics(runs["bn"], sample_data, split="test", n_boot=50, seed=0)
+    assert set(r) == {"zero-shot", "calibrate", "adapt", "adapt-bn-only", "adapt+calibrate"}
+    for how in r.values():
+        assert [f["fit_images"] + f["scored_images"] for f in how["folds"]] == [75, 75]
+        assert sum(f["scored_images"] for f in how["folds"]) == 75
+    # Zero-shot pooled over the folds is just the stored model on all 75 images: same numbers as `evaluate`.
+    ev = evaluate(runs["bn"], sample_data, split="test", out=tmp_path / "ev", n_boot=50)
+    for k in ("auroc", "sensitivity", "specificity", "accuracy"):
+        assert r["zero-shot"]["pooled"][k] == pytest.approx(ev["at_threshold"][k]["value"], abs=1e-6)
+    thresholds = {f["threshold"] for f in r["calibrate"]["folds"]}
+    assert len(thresholds) == 2  # each fold got its own threshold from the other fold's labels
+    json.dumps(r)  # plain data, ready for results.json

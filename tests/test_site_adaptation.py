@@ -97,7 +97,7 @@ def test_calibrate_round_trip(runs, sample_data, tmp_path, capsys) -> None:
     manifest = Manifest.load(sample_data)
     rows = manifest.indices("test")
     assert step["step"] == "calibrate" and step["images"] == len(rows) == 75
-    assert step["data_sha256"] == rows_digest(manifest, rows) and step["from_model"] == str((run / "model.pt"))
+    assert step["data_sha256"] == rows_digest(manifest, rows) and step["from_model"] == str(run / "model.pt")
     labels = [manifest.records[i].label for i in rows]
     assert step["classes"] == {c: labels.count(c) for c in ("NORMAL", "PNEUMONIA")} and step["date"].startswith("20")
     # The stored numbers are what Platt scaling + the model's own policy give on those images.
@@ -143,6 +143,7 @@ def test_adapt_round_trip_on_a_folder_of_unlabeled_images(runs, sample_data, tmp
     assert main(["adapt", str(run), "--data", str(flat), "--out", str(new)]) == 0
     out = capsys.readouterr().out
     assert "adapted on 75 unlabeled images" in out and "BatchNorm statistics of 8 layers" in out
+    assert "skipped README.txt: not an image file" in out  # every file is used or reported
 
     (orig, meta0), (model, meta) = load_model_file(run), load_model_file(new)
     step = meta["site"][-1]
@@ -151,8 +152,9 @@ def test_adapt_round_trip_on_a_folder_of_unlabeled_images(runs, sample_data, tmp
     changed = {k for k in a if not torch.equal(a[k], b[k])}
     assert changed and all("running" in k or "num_batches" in k for k in changed)  # statistics only, never weights
     p = step["prior"]
-    assert meta["prior_shift"] == pytest.approx(math.log(p["site_estimate"] / (1 - p["site_estimate"]))
-                                                 - math.log(p["source"] / (1 - p["source"])))  # fmt: skip
+    assert meta["prior_shift"] == pytest.approx(
+        math.log(p["site_estimate"] / (1 - p["site_estimate"])) - math.log(p["source"] / (1 - p["source"]))
+    )
     assert meta["threshold"] == meta0["threshold"]
     card = (new / "MODEL_CARD.md").read_text()
     assert "`pneumolab adapt` on 75 images" in card and "8 layers re-estimated, labels unused" in card

@@ -771,6 +771,10 @@ def adapt_cmd(
 
     r = adapt(model, data, out, batchnorm=bn, prior=prior, split=split)
     typer.echo(f"adapted on {r['images']} unlabeled images of {r['data']} (labels, if any, were not read)")
+    for line in r.get("skipped_files", [])[:10]:
+        typer.echo(f"  skipped {line}")
+    if len(r.get("skipped_files", [])) > 10:
+        typer.echo(f"  ... {len(r['skipped_files'])} files skipped in all (listed in the model's meta['site'])")
     if r["batchnorm"]:
         typer.echo(f"  BatchNorm statistics of {r['batchnorm']['layers']} layers re-estimated")
     if r["prior"]:

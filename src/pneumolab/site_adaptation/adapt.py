@@ -38,7 +38,7 @@ def reestimate_batchnorm(model: nn.Module, batches: Any) -> int:
     Returns the number of layers re-estimated. Only the statistics change; the model ends in eval mode.
     """
     layers = [m for m in model.modules() if isinstance(m, _BN)]
-    saved = [(m.momentum, m.training) for m in layers]
+    momenta = [m.momentum for m in layers]
     model.eval()
     for m in layers:
         m.reset_running_stats()
@@ -46,7 +46,7 @@ def reestimate_batchnorm(model: nn.Module, batches: Any) -> int:
         m.train()  # only the BatchNorm layers: dropout and the rest stay in eval mode
     for x in batches:
         model(x)
-    for m, (momentum, _) in zip(layers, saved, strict=True):
+    for m, momentum in zip(layers, momenta, strict=True):
         m.momentum = momentum
     return len(layers)
 
@@ -100,14 +100,14 @@ def adapt_model(
         )
     details: dict[str, Any] = {"batchnorm": None, "prior": None}
     src_prior = source_prior(model, meta) if prior else None  # before BatchNorm changes the model
+    pixels = sample.pixels(pre["image_size"])  # (N, S, S) uint8; labels unused
     if batchnorm:
         tf = EvalPreset(mean=pre["mean"], std=pre["std"], normalization=pre["normalization"])
-        pixels = torch.from_numpy(sample.pixels(pre["image_size"]))[:, None]  # (N, 1, S, S) uint8; labels unused
-        n = reestimate_batchnorm(model, (tf(x) for x in pixels.split(batch_size)))
+        n = reestimate_batchnorm(model, (tf(x) for x in torch.from_numpy(pixels)[:, None].split(batch_size)))
         details["batchnorm"] = {"layers": n, "images": len(sample.rows)}
     new = dict(meta)
     if prior:
-        logits = torch.from_numpy(pixel_logits(model, pre, sample.pixels(pre["image_size"])))
+        logits = torch.from_numpy(pixel_logits(model, pre, pixels))
         prob = OperatingPoint.from_meta({**meta, "prior_shift": 0.0}).probability(logits).double().numpy()
         site = estimate_prior_em(prob, src_prior)
         new["prior_shift"] = OperatingPoint.prior_shift_for(site, src_prior)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -146,8 +147,9 @@ def adapt(
     model_file, out = resolve_model_file(model_target), Path(out)
     check_out(out, model_file)
     model, meta = load_model_file(model_file)
-    sample = load_site_sample(data, out / "site_data", split, labels=False)
-    new, details = adapt_model(model, meta, sample, batchnorm=batchnorm, prior=prior)
-    entry = site_entry("adapt", sample, model_file, **details)
+    with tempfile.TemporaryDirectory(prefix="pneumolab-site-") as tmp:  # no copy of the site's pixels is kept
+        sample = load_site_sample(data, Path(tmp), split, labels=False)
+        new, details = adapt_model(model, meta, sample, batchnorm=batchnorm, prior=prior)
+        entry = site_entry("adapt", sample, model_file, **details)
     new["site"] = [*meta.get("site", []), entry]
     return {**entry, "model_file": str(write_site_run(out, model_file, model, new))}

@@ -9,6 +9,7 @@ probabilities instead of the training source's validation split.
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -149,8 +150,10 @@ def calibrate(
     if policy is not None:
         parse_policy(policy)
     model, meta = load_model_file(model_file)
-    sample = load_site_sample(data, out / "site_data", split)
-    new, details = calibrate_model(model, meta, sample, policy)
-    entry = site_entry("calibrate", sample, model_file, **details)
+    # A raw source is indexed and cached in a temporary folder: the new run keeps no copy of the site's pixels.
+    with tempfile.TemporaryDirectory(prefix="pneumolab-site-") as tmp:
+        sample = load_site_sample(data, Path(tmp), split)
+        new, details = calibrate_model(model, meta, sample, policy)
+        entry = site_entry("calibrate", sample, model_file, **details)
     new["site"] = [*meta.get("site", []), entry]
     return {**entry, "model_file": str(write_site_run(out, model_file, model, new))}

@@ -50,7 +50,7 @@ def site_fold_metrics(
 ) -> dict[str, Any]:
     """Out-of-fold metrics of ``calibrate``, ``adapt``, both and zero-shot on a labeled site set.
 
-    ``data`` is a dataset folder, or a source indexed into ``work_dir`` (default: a temporary folder).
+    ``data`` is a dataset folder, or a source indexed into ``work_dir`` (default: a new temporary folder).
 
     Returns ``{how: {"pooled": {metric: value}, "ci": {metric: [lo, hi]}, "folds": [...]}}`` for ``how`` in
     zero-shot, calibrate, adapt, adapt-bn-only (no prior) and adapt+calibrate (adapt, then calibrate on the

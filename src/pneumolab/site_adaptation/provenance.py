@@ -58,10 +58,6 @@ class SiteSample:
         return len(self.rows)
 
     @property
-    def labeled(self) -> bool:
-        return self.manifest is not None
-
-    @property
     def y(self) -> np.ndarray:
         if self.manifest is None:
             raise InputError(

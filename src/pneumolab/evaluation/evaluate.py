@@ -76,8 +76,7 @@ def evaluate(
     groups = np.array([manifest.records[i].group for i in rows])
     raw, prob = _probabilities(model, meta, manifest, rows, data_dir)
 
-    threshold = float(meta.get("threshold", 0.5))
-    site_steps = meta.get("site") or []
+    threshold = OperatingPoint.from_meta(meta).threshold
     result: dict[str, Any] = {
         "model_file": str(model_file),
         "model": meta["model_name"],
@@ -98,9 +97,11 @@ def evaluate(
     if own and split in ("train", "val"):
         result["warning"] = f"the {split} split was used to train or select this model: these numbers are optimistic"
     digest = rows_digest(manifest, rows)
-    if any(s["data_sha256"] == digest for s in site_steps):
-        result["warning"] = ("the model was calibrated or adapted on these very images (`pneumolab calibrate/adapt`): "
-                             "these numbers are optimistic; score it on other images of the site")  # fmt: skip
+    if any(s["data_sha256"] == digest for s in meta.get("site") or []):
+        result["warning"] = (
+            "the model was calibrated or adapted on these very images (`pneumolab calibrate/adapt`): "
+            "these numbers are optimistic; score it on other images of the site"
+        )
     if policy:
         result["alternative_threshold"] = _policy_on_validation(model, meta, policy, n_boot, seed, prob, y, groups)
 

@@ -49,6 +49,8 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-label-smoothing": ("fast", ["optim.label_smoothing=0.1"]),
     "fast-strong-zoom": ("fast", ["data.augment.scale=[0.8,1.6]", "data.augment.translate=0.1"]),
     "fast-128": ("fast", ["data.image_size=128"]),
+    "fast-equalize": ("fast", ["data.normalization=equalize"]),
+    "fast-resnet18": ("fast", ["model.name=resnet18"]),
 }
 KEYS = ("auroc", "sensitivity", "specificity", "accuracy", "balanced_accuracy", "ece")
 

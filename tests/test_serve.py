@@ -52,11 +52,15 @@ def test_predict_a_real_xray_with_gradcam(client) -> None:
     r = _post(client, XRAY.read_bytes(), "x.jpeg", gradcam="true")
     assert r.status_code == 200, r.text
     body = r.json()
+    assert body["assessed"] is True and body["reasons"] == [] and body["ood"] is False
     assert 0 <= body["probability"] <= 1
     assert body["label"] == ("PNEUMONIA" if body["probability"] >= body["threshold"] else "NORMAL")
     assert body["operating_point"]["split"] == "val" and "not a diagnosis" in body["notice"]
     overlay = Image.open(io.BytesIO(base64.b64decode(body["gradcam_png"])))
-    assert overlay.size == (32, 32) and overlay.mode == "RGB"
+    w, h = Image.open(XRAY).size  # the upload at its own aspect ratio (at most 768 px), not the 32 px input
+    scale = min(1.0, 768 / max(w, h))
+    assert overlay.size == (round(w * scale), round(h * scale)) and overlay.mode == "RGB"
+    assert body["gradcam_shown"] == (body["label"] == "PNEUMONIA")
     assert set(body["timings_ms"]) == {"preprocess", "model", "gradcam", "total"}
 
 
@@ -200,9 +204,12 @@ def test_onnx_export_parity_and_backend(run, tmp_path) -> None:
     shutil.copy(run / "model.pt", tmp_path / "model.pt")  # Grad-CAM still comes from the PyTorch weights
     torch_p, onnx_p = Predictor.load(run), Predictor.load(target)
     assert onnx_p.backend == "onnx"
+    assert onnx_p.feature_guard is not None  # the guard's features are the graph's second output
     for path in sorted((sample_root() / "test").rglob("*.jpeg"))[:6]:
         a, b = torch_p.predict(path.read_bytes()), onnx_p.predict(path.read_bytes(), gradcam=True)
-        assert abs(a.probability - b.probability) < 1e-5 and b.heatmap is not None
+        assert a.label == b.label and a.ood_score == pytest.approx(b.ood_score, rel=1e-4)
+        assert abs(a.probability - b.probability) < 1e-5
+        assert (b.heatmap is not None) == (b.label == "PNEUMONIA")
 
 
 def test_predict_cli_table_json_and_per_file_errors(run, tmp_path, capsys) -> None:
@@ -238,7 +245,7 @@ def test_gradcam_is_highest_where_a_toy_model_looks() -> None:
     meta = {"model_name": "cnn_base", "classes": ["NORMAL", "PNEUMONIA"], "threshold": 0.5,
             "preprocessing": {"image_size": s, "mean": 0.3, "std": 0.2, "normalization": "dataset"}}  # fmt: skip
     img = (np.clip(x[1, 0], 0, 1) * 255).astype(np.uint8)  # a positive example
-    r = Predictor(model, meta).predict(_png(img), gradcam=True)
+    r = Predictor(model, meta, guard=False).predict(_png(img), gradcam=True)
     heat = r.heatmap
     assert heat.shape == (s, s) and np.isfinite(heat).all() and heat.std() > 0
     assert r.probability > 0.5
@@ -295,13 +302,15 @@ def test_real_browser_uploads_an_xray_and_sees_probability_and_heat_map(run) -> 
         thread.join(timeout=10)
     expected = Predictor.load(run).predict(XRAY.read_bytes())
     assert shown == pytest.approx(100 * expected.probability, abs=0.051)
-    assert label in ("Pneumonia suspected", "No pneumonia detected")
-    assert src.startswith("data:image/png;base64,") and loaded == 32
+    assert label in ("Pneumonia suspected (at or above the decision threshold)", "Below the decision threshold")
+    assert src.startswith("data:image/png;base64,") and loaded == min(768, Image.open(XRAY).size[0])
 
 
 def test_ood_guard_in_the_predictor(run, ae_run) -> None:
     predictor = Predictor.load(run, ood=ae_run)  # its own 64 px preprocessing, the model's is 32 px
     assert predictor.predict(XRAY.read_bytes()).ood is False
     blank = predictor.predict(_png(np.zeros((200, 200), np.uint8)))
-    assert blank.ood is True and blank.ood_score is not None
-    assert TestClient(create_app(predictor)).get("/api/v1/model").json()["ood_guard"] is True
+    assert blank.ood is True and blank.label == "NOT_ASSESSED" and blank.probability is None
+    assert any("autoencoder" in r for r in blank.reasons) and any("blank" in r for r in blank.reasons)
+    guard = TestClient(create_app(predictor)).get("/api/v1/model").json()["ood_guard"]
+    assert guard == {"on": True, "image_checks": True, "feature_guard": True, "autoencoder": True}

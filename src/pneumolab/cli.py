@@ -661,6 +661,14 @@ def compare_cmd(
     typer.echo(f"wrote {path} and {path.with_suffix('.md')}")
 
 
+NoGuard = Annotated[
+    bool,
+    typer.Option(
+        "--no-guard", help="Label every image, even one the out-of-distribution guard would refuse (not advised)."
+    ),
+]
+
+
 @_command(
     app,
     "predict",
@@ -674,22 +682,26 @@ def predict_cmd(
     model: Annotated[Path, typer.Argument(help="Run folder, model.pt or model.onnx.")],
     images: Annotated[list[Path], typer.Argument(help="PNG, JPEG or DICOM files.")],
     gradcam: Annotated[Path | None, typer.Option(help="Write Grad-CAM overlays (PNG) into this folder.")] = None,
-    ood: Annotated[Path | None, typer.Option(help="Autoencoder run whose guard flags non-X-ray inputs.")] = None,
+    ood: Annotated[Path | None, typer.Option(help="Also use this autoencoder run's guard.")] = None,
+    no_guard: NoGuard = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
-    """Probability, label at the stored operating point and timing per image; bad files fail alone (exit 2)."""
+    """Probability, label at the stored operating point and timing per image; bad files fail alone (exit 2).
+
+    Images the guard flags (not a chest X-ray as far as it can tell) are NOT_ASSESSED: no label, no probability.
+    """
     from pneumolab.errors import ImageReadError
     from pneumolab.inference.predictor import Predictor
     from pneumolab.io import atomic_path
     from pneumolab.serve.app import overlay_png
 
-    predictor = Predictor.load(model, ood=ood)
+    predictor = Predictor.load(model, ood=ood, guard=not no_guard)
     failed = 0
     if not as_json:
         typer.echo(f"model {model}: {predictor.site or 'as trained (not site-calibrated or adapted)'}")
-        typer.echo(
-            f"{'image':<40} {'P(pneumonia)':>12}  {'label':<10} {'OOD':<5} ms   (threshold {predictor.threshold:.3f})"
-        )
+        if no_guard:
+            typer.echo("warning: --no-guard: every image gets a label, even one that is not a chest X-ray")
+        typer.echo(f"{'image':<40} {'P(pneumonia)':>12}  {'label':<12} ms   (threshold {predictor.threshold:.3f})")
     for path in images:
         try:
             r = predictor.predict(path.read_bytes(), name=str(path), gradcam=gradcam is not None)
@@ -698,14 +710,15 @@ def predict_cmd(
             msg = e.detail if isinstance(e, ImageReadError) else e.strerror
             typer.echo(json.dumps({"image": str(path), "error": msg}) if as_json else f"{path!s:<40} error: {msg}")
             continue
-        if gradcam is not None:
+        if gradcam is not None and r.assessed:
             with atomic_path(gradcam / f"{path.stem}_gradcam.png", suffix=".png") as tmp:
-                tmp.write_bytes(overlay_png(r.image, r.heatmap))
+                tmp.write_bytes(overlay_png(r.original, r.heatmap))
         if as_json:
             typer.echo(json.dumps({"image": str(path), **r.to_dict(), "site": predictor.site}))
         else:
-            ood_text = "-" if r.ood is None else ("yes" if r.ood else "no")
-            typer.echo(f"{path!s:<40} {r.probability:>12.4f}  {r.label:<10} {ood_text:<5} {r.timings_ms['total']:.0f}")
+            p_text = "-" if r.probability is None else f"{r.probability:.4f}"
+            why = f"  ({'; '.join(r.reasons)})" if r.reasons else ""
+            typer.echo(f"{path!s:<40} {p_text:>12}  {r.label:<12} {r.timings_ms['total']:.0f}{why}")
     if failed:
         raise typer.Exit(2)
 
@@ -813,7 +826,8 @@ def serve_cmd(
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     token: Annotated[str | None, typer.Option(envvar="PNEUMOLAB_TOKEN", help="Require this bearer token.")] = None,
     backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
-    ood: Annotated[Path | None, typer.Option(help="Autoencoder run for the out-of-distribution warning.")] = None,
+    ood: Annotated[Path | None, typer.Option(help="Also use this autoencoder run's guard.")] = None,
+    no_guard: NoGuard = False,
     max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload.")] = 20.0,
     workers: Annotated[
         int, typer.Option(help="Server processes (the cores, e.g. 2, for many concurrent clients).", min=1)
@@ -830,10 +844,12 @@ def serve_cmd(
 
     if backend not in ("torch", "onnx"):
         raise InputError(f"--backend {backend!r}: choose torch or onnx")
-    Predictor.load(model, backend=backend, ood=ood)  # fail here, with a clear message, not in every worker
+    Predictor.load(model, backend=backend, ood=ood, guard=not no_guard)  # fail here, not in every worker
     threads = max(1, len(os.sched_getaffinity(0)) // workers)
-    settings = {"model": str(model), "backend": backend, "ood": str(ood) if ood else None, "token": token,
-                "max_upload_mb": max_upload_mb, "threads": threads}  # fmt: skip
+    settings = {"model": str(model), "backend": backend, "ood": str(ood) if ood else None, "guard": not no_guard,
+                "token": token, "max_upload_mb": max_upload_mb, "threads": threads}  # fmt: skip
+    if no_guard:
+        typer.echo("warning: --no-guard: every upload gets a label, even one that is not a chest X-ray")
     os.environ[ENV_SETTINGS] = json.dumps(settings)
     typer.echo(f"serving {model} on http://{host}:{port} (backend {backend}, {workers} process(es) x {threads} "
                f"thread(s), token {'on' if token else 'off'})")  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import io
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,12 @@ from pneumolab.errors import ImageReadError
 __all__ = ["MAX_PIXELS", "MIN_SIDE", "DecodedImage", "decode_bytes", "read_entry", "sniff_format"]
 
 MAX_PIXELS = 80_000_000  # ~8,900 px square: larger than any real radiograph, small enough to stop a bomb
+# DICOM: a projection radiograph of the chest, nothing else (CT, MR, ultrasound, nuclear medicine, dose maps,
+# secondary captures of anything are refused before a model sees them). DR is not a DICOM modality, but some
+# vendors write it. An empty body part is accepted: many CR/DX devices never fill it in.
+RADIOGRAPH_MODALITIES = ("CR", "DX", "DR")
+CHEST_BODY_PARTS = ("", "CHEST", "THORAX", "LUNG", "TORAX", "THORAX_CHEST")
+_DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the whole dataset is zlib-compressed
 MIN_SIDE = 32
 NPZ_SEP = "#"  # "pneumoniamnist_128.npz#train/12" addresses image 12 of train_images
 
@@ -33,6 +40,7 @@ class DecodedImage:
     mode: str  # what the source was, e.g. "L", "RGB", "I;16", "DICOM MONOCHROME1 16-bit"
     converted: bool  # True if it was not 8-bit grayscale and had to be converted
     patient_key: str | None = None
+    colourfulness: float = 0.0  # mean |channel - grey| of a colour source, 0..255: a radiograph has ~0
 
 
 def sniff_format(head: bytes) -> str | None:
@@ -78,44 +86,116 @@ def _decode_pil(data: bytes, name: str, max_pixels: int, draft: int | None) -> D
         msg = str(e)
         kind = "truncated" if "truncat" in msg.lower() else "corrupt"
         raise ImageReadError(name, kind, f"cannot decode the image ({msg or type(e).__name__})") from None
+    if img.format == "JPEG":
+        _check_jpeg_strictly(data, name, draft)
     if mode == "L":
         return DecodedImage(np.asarray(img, dtype=np.uint8), mode, converted=False)
     if mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         return DecodedImage(_to_uint8(np.asarray(img)), mode, converted=True)
     if mode == "CMYK":  # PIL's CMYK->L ignores K; go through RGB so dark ink stays dark
         img = img.convert("RGB")
-    return DecodedImage(np.asarray(img.convert("L"), dtype=np.uint8), mode, converted=True)
+    return DecodedImage(np.asarray(img.convert("L"), dtype=np.uint8), mode, True, colourfulness=_colourfulness(img))
+
+
+def _colourfulness(img: Image.Image) -> float:
+    """How far a colour image's channels stray from grey: a photo scores tens, an X-ray saved as RGB ~0-2."""
+    rgb = img.convert("RGB")
+    rgb = rgb.reduce(max(1, min(rgb.size) // 128))  # ~128 px is enough to see colour, and cheap
+    arr = np.asarray(rgb, dtype=np.float32)  # (h, w, 3)
+    return float(np.abs(arr - arr.mean(axis=2, keepdims=True)).mean())
+
+
+def _check_jpeg_strictly(data: bytes, name: str, draft: int | None) -> None:
+    """PIL decodes a JPEG with corrupt entropy data without complaint (libjpeg only warns, and the damaged
+    part comes out grey); libjpeg-turbo through simplejpeg in strict mode turns those warnings into errors."""
+    import simplejpeg
+
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=True, min_height=draft or 0, min_width=draft or 0)
+    except ValueError as e:
+        msg = str(e)
+        if "Corrupt JPEG data" in msg or "Premature end" in msg:
+            kind = "truncated" if "Premature end" in msg else "corrupt"
+            raise ImageReadError(name, kind, f"damaged JPEG data ({msg.rstrip('.')})") from None
+        # anything else (a colour conversion this checker lacks, e.g. CMYK): PIL's decode above stands
+
+
+def _inflated_size_ok(data: bytes, limit: int) -> bool:
+    """Whether a deflated DICOM's dataset inflates to at most ``limit`` bytes, found without inflating more."""
+    # File meta (group 0002, explicit VR little endian) follows the 128-byte preamble and "DICM"; its first
+    # element, (0002,0000) UL, gives the meta group's length. The deflated dataset starts right after it.
+    if len(data) < 144 or data[132:136] != b"\x02\x00\x00\x00":
+        return True  # no group length: pydicom will fail on it or it is not deflated in the usual way
+    start = 144 + int.from_bytes(data[140:144], "little")
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        inflater.decompress(data[start:], limit)
+    except zlib.error:
+        return True  # pydicom reports the damage itself
+    return not inflater.unconsumed_tail
+
+
+def _check_chest_radiograph(ds, name: str) -> None:
+    """Refuse DICOMs that are not a single-frame projection radiograph of the chest (see RADIOGRAPH_MODALITIES)."""
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    what = "DICOM file has no Modality" if not modality else f"DICOM Modality {modality!r}"
+    if modality not in RADIOGRAPH_MODALITIES:
+        raise ImageReadError(
+            name, "not_a_chest_radiograph",
+            f"{what}: not a radiograph (pneumolab reads chest radiographs only: Modality CR or DX)",
+        )  # fmt: skip
+    part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
+    if part not in CHEST_BODY_PARTS:
+        raise ImageReadError(
+            name, "not_a_chest_radiograph", f"DICOM BodyPartExamined {part!r}: not a chest radiograph"
+        )  # fmt: skip
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames != 1:
+        raise ImageReadError(
+            name, "not_a_chest_radiograph", f"DICOM file holds {frames} frames; a chest radiograph has one"
+        )  # fmt: skip
 
 
 def _decode_dicom(data: bytes, name: str, max_pixels: int) -> DecodedImage:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    if _DEFLATED.encode() in data[:1024] and not _inflated_size_ok(data, 4 * max_pixels + 1_000_000):
+        raise ImageReadError(name, "decompression_bomb", "deflated DICOM inflates beyond the size limit")
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except Exception as e:  # pydicom raises many types; none of them carries patient data in the message
         raise ImageReadError(name, "corrupt", f"not a readable DICOM file ({type(e).__name__})") from None
     if "PixelData" not in ds:
         raise ImageReadError(name, "no_pixel_data", "DICOM file has no pixel data (a report or structured document?)")
-    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    _check_chest_radiograph(ds, name)
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if rows * cols > max_pixels:
         raise ImageReadError(name, "decompression_bomb", f"{cols}x{rows} pixels exceeds the {max_pixels:,}-pixel limit")
     try:
-        arr = ds.pixel_array
-    except Exception as e:
-        raise ImageReadError(
-            name,
-            "corrupt",
-            f"cannot decode DICOM pixel data ({type(e).__name__}: compressed transfer syntaxes "
-            "need a codec such as pylibjpeg)",
-        ) from None
+        return _dicom_pixels(ds, apply_modality_lut, apply_voi_lut)
+    except Exception as e:  # pydicom/numpy raise many types; the message may name a codec, never patient data
+        raise ImageReadError(name, "corrupt", _dicom_pixel_problem(ds, e)) from None
+
+
+def _dicom_pixel_problem(ds, e: Exception) -> str:
+    """Why the pixel data did not decode: a missing codec only when that is what pydicom says."""
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if "plugin" in str(e).lower() and ts is not None and ts.is_compressed:
+        return f"no installed decoder for the DICOM transfer syntax {ts.name!r}"
+    return f"cannot decode DICOM pixel data: damaged or inconsistent with its header ({type(e).__name__})"
+
+
+def _dicom_pixels(ds, apply_modality_lut, apply_voi_lut) -> DecodedImage:
+    arr = ds.pixel_array
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        arr = arr[0]  # multi-frame: use the first frame
+    if arr.ndim != (3 if int(ds.get("SamplesPerPixel", 1)) == 3 else 2):
+        raise ValueError(f"pixel array of shape {arr.shape}")  # more frames than declared, or none
     if int(ds.get("SamplesPerPixel", 1)) == 3:
         # (H, W, 3) colour secondary capture: ITU-R 601-2 luma, like PIL's convert("L")
         gray = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
-        return DecodedImage(_to_uint8(gray), f"DICOM {photometric}", True, ds.get("PatientID"))
+        colour = float(np.abs(arr - arr.mean(axis=2, keepdims=True)).mean() * 255 / max(float(arr.max()), 1.0))
+        return DecodedImage(_to_uint8(gray), f"DICOM {photometric}", True, ds.get("PatientID"), colour)
     arr = apply_modality_lut(arr, ds)  # stored values -> e.g. Hounsfield / optical density
     arr = apply_voi_lut(arr, ds)  # window centre/width or VOI LUT: the range the radiologist looks at
     out = _to_uint8(arr)

@@ -52,12 +52,19 @@ class RandomBorderErase(torch.nn.Module):
 
 
 class EvalPreset:
-    """uint8 -> float in [0, 1] -> normalised (dataset mean/std from train, or per image)."""
+    """uint8 -> float in [0, 1] -> normalised (dataset mean/std from train, or per image).
+
+    ``equalize``: histogram equalisation of the uint8 image first (every image then spans the same grey-level
+    distribution, whatever the exposure and post-processing), then per-image standardisation.
+    """
 
     def __init__(self, *, mean: float, std: float, normalization: str = "dataset") -> None:
         self.params = {"mean": float(mean), "std": float(std), "normalization": normalization}
-        self.normalize = PerImageStandardize() if normalization == "per_image" else v2.Normalize([mean], [std])
-        self.transform = v2.Compose([v2.ToDtype(torch.float32, scale=True), self.normalize])
+        self.equalize = normalization == "equalize"
+        per_image = normalization in ("per_image", "equalize")
+        self.normalize = PerImageStandardize() if per_image else v2.Normalize([mean], [std])
+        steps = [v2.RandomEqualize(p=1.0)] if self.equalize else []
+        self.transform = v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), self.normalize])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.transform(x)
@@ -105,6 +112,8 @@ class BatchTrainPreset(torch.nn.Module):
         self.eval = EvalPreset(mean=mean, std=std, normalization=normalization)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) uint8 -> (B, 1, H, W) float
+        if self.eval.equalize:
+            x = v2.functional.equalize(x)
         x = x.float().div_(255)
         if self.augment.enabled:
             x = self._augment(x)

@@ -17,6 +17,26 @@ from pneumolab.models.checkpoint import load_model_file
 
 __all__ = ["export_onnx"]
 
+
+class _WithFeatures(torch.nn.Module):
+    """The model with a second output: the pooled features ``(B, C)`` its out-of-distribution guard scores."""
+
+    def __init__(self, model: torch.nn.Module, model_name: str) -> None:
+        from pneumolab.inference.predictor import gradcam_layer
+
+        super().__init__()
+        self.model, self.seen = model, {}
+        gradcam_layer(model, model_name).register_forward_hook(lambda m, i, o: self.seen.__setitem__("f", o))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)
+        return logits, self.seen.pop("f").float().mean(dim=(2, 3))  # (B, 2), (B, C)
+
+
+def _as_tuple(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return out if isinstance(out, tuple) else (out,)
+
+
 log = logging.getLogger(__name__)
 
 
@@ -40,21 +60,24 @@ def export_onnx(model_target: str | Path, out: str | Path, *, samples: list[byte
         from pneumolab.data import sample_root
 
         samples = [p.read_bytes() for p in sorted((sample_root() / "test").rglob("*.jpeg"))[:16]]
-    predictor = Predictor(model, meta)
+    predictor = Predictor(model, meta, guard=False)  # for its preprocessing only
     x = torch.cat(
         [predictor.preprocess(decode_bytes(b, f"sample {i}"))[1] for i, b in enumerate(samples)]
     )  # (N, 1, S, S)
+    graph = _WithFeatures(model, meta["model_name"]) if "ood_guard" in meta else model
+    names = ["logits", "features"] if "ood_guard" in meta else ["logits"]
     with torch.no_grad():
-        expected = model(x).numpy()
+        expected = [t.numpy() for t in _as_tuple(graph(x))]
     with atomic_path(out, suffix=".onnx") as tmp:
-        axes = {"image": {0: "batch"}, "logits": {0: "batch"}}
-        torch.onnx.export(model, (dummy,), str(tmp), dynamo=False, opset_version=17, input_names=["image"],
-                          output_names=["logits"], dynamic_axes=axes)  # fmt: skip
-        got = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
-        diff = float(np.abs(got - expected).max())
+        axes = {"image": {0: "batch"}, **{n: {0: "batch"} for n in names}}
+        torch.onnx.export(graph, (dummy,), str(tmp), dynamo=False, opset_version=17, input_names=["image"],
+                          output_names=names, dynamic_axes=axes)  # fmt: skip
+        got = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})
+        diff = max(float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True))
         if not diff <= tolerance:
             raise InputError(f"ONNX export differs from PyTorch by {diff:.2e} (> {tolerance:.0e}); not written")
-    sidecar = {k: v for k, v in meta.items() if k not in ("format",)}
+    # The guard's tensors stay in model.pt (the Predictor reads them from there); the sidecar is plain JSON.
+    sidecar = {k: v for k, v in meta.items() if k not in ("format", "ood_guard")}
     sidecar["onnx"] = {"opset": 17, "max_abs_diff": diff, "verified_on": len(samples)}
     atomic_write_text(out.with_suffix(".onnx.json"), json.dumps(sidecar, indent=2, default=str))
     log.info("exported %s (max |ONNX - PyTorch| = %.2e on %d images)", out, diff, len(samples))

@@ -1,5 +1,6 @@
 """Predictor: model file (or ONNX export) -> preprocessing from its metadata -> calibrated probability,
-label at the stored operating point, optional Grad-CAM heat map and out-of-distribution flag.
+label at the stored operating point, optional Grad-CAM heat map; and, before any label, the guard
+(``inference/guard.py``): an image that does not look like a chest X-ray is "not assessed".
 
 Preprocessing is rebuilt from the model's own metadata; the image goes through the same reader as
 the data pipeline (JPEG/PNG/DICOM, any size or bit depth). One lock serialises model calls, so one
@@ -25,27 +26,44 @@ from pneumolab.data.readers import DecodedImage, decode_bytes
 from pneumolab.data.transforms import EvalPreset
 from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import OperatingPoint
+from pneumolab.inference.guard import FeatureTap, feature_scores, image_problems
 from pneumolab.models import get_spec
 from pneumolab.models.checkpoint import load_model_file
 from pneumolab.site_adaptation.provenance import describe_site, threshold_origin
 
-__all__ = ["Prediction", "Predictor", "gradcam_layer"]
+__all__ = ["NOT_ASSESSED", "Prediction", "Predictor", "gradcam_layer"]
+
+NOT_ASSESSED = "NOT_ASSESSED"  # the label of an image the guard refused: it does not look like a chest X-ray
 
 
 @dataclass
 class Prediction:
-    probability: float  # calibrated P(pneumonia)
-    label: str
+    probability: float | None  # calibrated P(pneumonia); None when not assessed
+    label: str  # NORMAL, PNEUMONIA or NOT_ASSESSED
     threshold: float
-    ood: bool | None  # None: no guard configured
+    ood: bool | None  # None: no guard configured (`--no-guard`)
     timings_ms: dict[str, float]
-    heatmap: np.ndarray | None = None  # (S, S) in [0, 1], the model input's resolution
+    heatmap: np.ndarray | None = None  # (S, S) in [0, 1]: only for results at or above the threshold
     image: np.ndarray | None = field(default=None, repr=False)  # (S, S) uint8, what the model saw
-    ood_score: float | None = None
+    ood_score: float | None = None  # the feature guard's distance over its threshold (> 1: flagged)
+    reasons: list[str] = field(default_factory=list)  # why the guard flagged the image
+    original: np.ndarray | None = field(default=None, repr=False)  # (H, W) uint8, the decoded upload
+
+    @property
+    def assessed(self) -> bool:
+        return self.label != NOT_ASSESSED
 
     def to_dict(self) -> dict[str, Any]:
-        return {"probability": self.probability, "label": self.label, "threshold": self.threshold,
-                "ood": self.ood, "ood_score": self.ood_score, "timings_ms": self.timings_ms}  # fmt: skip
+        return {
+            "assessed": self.assessed,
+            "label": self.label,
+            "probability": self.probability,
+            "threshold": self.threshold,
+            "ood": self.ood,
+            "ood_score": self.ood_score,
+            "reasons": self.reasons,
+            "timings_ms": self.timings_ms,
+        }
 
 
 def gradcam_layer(model: nn.Module, model_name: str) -> nn.Module:
@@ -64,9 +82,34 @@ class Predictor:
         >>> p.predict(Path("xray.dcm").read_bytes(), name="xray.dcm", gradcam=True).probability
     """
 
-    def __init__(self, model: nn.Module | None, meta: dict[str, Any], *, onnx_session: Any = None,
-                 ood: tuple[nn.Module, dict[str, Any]] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module | None,
+        meta: dict[str, Any],
+        *,
+        onnx_session: Any = None,
+        ood: tuple[nn.Module, dict[str, Any]] | None = None,
+        guard: bool = True,
+    ) -> None:
         self.model, self.meta, self.session, self.ood = model, meta, onnx_session, ood
+        self.guarded = guard  # False only by an explicit `--no-guard`: every image then gets a label
+        # The feature guard needs the pooled features: a hook on the PyTorch model, or the ONNX graph's
+        # second output (``pneumolab export`` adds it when the model file has a guard).
+        self.feature_guard = meta.get("ood_guard") if guard else None
+        onnx_features = onnx_session is not None and len(onnx_session.get_outputs()) > 1
+        if self.feature_guard is not None and onnx_session is None and model is not None:
+            self.tap = FeatureTap(gradcam_layer(model, meta["model_name"]))
+        elif not onnx_features:
+            self.feature_guard, self.tap = None, None
+        else:
+            self.tap = None
+        if guard and self.feature_guard is None and ood is None:
+            raise InputError(
+                "this model has no out-of-distribution guard (a model file from before guards were stored in it, "
+                "or an ONNX file without its model.pt): images that are not chest X-rays would get a label. "
+                "Retrain it or put model.pt beside the .onnx file, pass --ood AUTOENCODER_RUN, or --no-guard "
+                "to accept that risk"
+            )
         pre = meta["preprocessing"]
         self.size = int(pre["image_size"])
         self.transform = EvalPreset(mean=pre["mean"], std=pre["std"], normalization=pre["normalization"])
@@ -77,8 +120,11 @@ class Predictor:
         self.backend = "onnx" if onnx_session is not None else "torch"
 
     @classmethod
-    def load(cls, target: str | Path, *, backend: str = "torch", ood: str | Path | None = None) -> Predictor:
-        """From a run folder, ``model.pt`` or ``.onnx`` (with its ``.json`` sidecar); ``ood``: an autoencoder run."""
+    def load(
+        cls, target: str | Path, *, backend: str = "torch", ood: str | Path | None = None, guard: bool = True
+    ) -> Predictor:
+        """From a run folder, ``model.pt`` or ``.onnx`` (with its ``.json`` sidecar); ``ood``: an autoencoder run;
+        ``guard=False`` runs without any out-of-distribution guard (refused otherwise when the model has none)."""
         target = Path(target)
         onnx_file = target / "model.onnx" if target.is_dir() else target
         if target.suffix == ".onnx" or backend == "onnx":
@@ -89,21 +135,32 @@ class Predictor:
             meta = json.loads(onnx_file.with_suffix(".onnx.json").read_text())
             session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
             torch_file = onnx_file.parent / "model.pt"  # Grad-CAM needs gradients: the PyTorch model, if present
-            model = load_model_file(torch_file)[0] if torch_file.is_file() else None
-            return cls(model, meta, onnx_session=session, ood=_load_ood(ood))
+            model = None
+            if torch_file.is_file():
+                model, torch_meta = load_model_file(torch_file)
+                if "ood_guard" in torch_meta:  # tensors: kept in model.pt, not in the JSON sidecar
+                    meta["ood_guard"] = torch_meta["ood_guard"]
+            return cls(model, meta, onnx_session=session, ood=_load_ood(ood), guard=guard)
         model, meta = load_model_file(target)
-        return cls(model, meta, ood=_load_ood(ood))
+        return cls(model, meta, ood=_load_ood(ood), guard=guard)
 
     def preprocess(self, img: DecodedImage) -> tuple[np.ndarray, torch.Tensor]:
         """``(S, S) uint8`` as the model sees it, and the ``(1, 1, S, S)`` normalised tensor."""
         small = resize_square(img.pixels, self.size)
         return small, self.transform(torch.from_numpy(np.array(small))[None, None])  # (1, 1, S, S); a writable copy
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+    def _logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits ``(1, 2)`` and the pooled features ``(1, C)`` when the feature guard is on."""
         if self.session is not None:
-            return torch.from_numpy(self.session.run(None, {"image": x.numpy()})[0])
+            out = self.session.run(None, {"image": x.numpy()})
+            feats = torch.from_numpy(out[1]) if self.feature_guard is not None else None
+            return torch.from_numpy(out[0]), feats
         with torch.no_grad():
-            return self.model(x)
+            logits = self.model(x)
+        return logits, self._tapped()
+
+    def _tapped(self) -> torch.Tensor | None:
+        return self.tap.take()[-1:] if self.tap is not None else None
 
     def predict(self, data: bytes, *, name: str = "upload", gradcam: bool = False) -> Prediction:
         """Predict one encoded image (PNG/JPEG/DICOM bytes).
@@ -116,23 +173,31 @@ class Predictor:
         small, x = self.preprocess(img)
         t1 = time.perf_counter()
         with self.lock:
-            if gradcam and self.model is not None:
+            if gradcam and self.model is not None and self.session is None:
                 # One PyTorch forward serves both (ONNX has no gradients): Grad-CAM's pass also yields the logits.
                 heat, logits = self._gradcam(x)
+                feats = self._tapped()
                 t2 = t3 = time.perf_counter()
             else:
-                logits = self._logits(x)
+                logits, feats = self._logits(x)
                 t2 = time.perf_counter()
                 heat = self._gradcam(x)[0] if gradcam else None
+                if gradcam and self.tap is not None:
+                    self.tap.take()  # the Grad-CAM pass's features: already have them
                 t3 = time.perf_counter()
-            logits = logits.float()  # (1, 2)
-            ood, score = self._ood(img)
-        prob = float(self.operating_point.probability(logits)[0])
+            reasons, score = self._guard(img, feats)
+        prob = float(self.operating_point.probability(logits.float())[0])
+        label = CLASSES[int(prob >= self.threshold)]
+        if reasons:  # not a chest X-ray as far as the guard can tell: no label, no probability, no heat map
+            prob, label, heat = None, NOT_ASSESSED, None
+        elif label != "PNEUMONIA":
+            heat = None  # Grad-CAM of a negative result points at whatever raised the score most: misleading
         # With PyTorch and Grad-CAM, "model" includes the Grad-CAM pass and "gradcam" is 0.
         timings = {"preprocess": (t1 - t0) * 1e3, "model": (t2 - t1) * 1e3, "gradcam": (t3 - t2) * 1e3,
                    "total": (time.perf_counter() - t0) * 1e3}  # fmt: skip
-        return Prediction(prob, CLASSES[int(prob >= self.threshold)], self.threshold, ood,
-                          {k: round(v, 2) for k, v in timings.items()}, heat, small, score)  # fmt: skip
+        ood = bool(reasons) if self.guarded else None
+        return Prediction(prob, label, self.threshold, ood, {k: round(v, 2) for k, v in timings.items()}, heat,
+                          small, score, reasons, img.pixels)  # fmt: skip
 
     def _gradcam(self, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         """Grad-CAM for the PNEUMONIA logit on the registry's layer, upsampled to the input: (S, S) in [0, 1],
@@ -155,18 +220,26 @@ class Predictor:
         cam = torch.relu(cam)[0, 0].detach().numpy()
         return (cam / cam.max() if cam.max() > 0 else cam), seen["logits"].detach()
 
-    def _ood(self, img: DecodedImage) -> tuple[bool | None, float | None]:
-        """The autoencoder guard on the image preprocessed the autoencoder's own way."""
-        if self.ood is None:
-            return None, None
-        from pneumolab.generative.autoencoder import ood_flags
+    def _guard(self, img: DecodedImage, feats: torch.Tensor | None) -> tuple[list[str], float | None]:
+        """Why the image is not assessed (empty: it is), and the feature guard's score over its threshold."""
+        if not self.guarded:
+            return [], None
+        reasons = image_problems(img)
+        score = None
+        if self.feature_guard is not None and feats is not None:
+            score = float(feature_scores(self.feature_guard, feats)[0] / self.feature_guard["threshold"])
+            if score > 1:
+                reasons.append("its features are unlike the training X-rays' (out of distribution)")
+        if self.ood is not None:
+            from pneumolab.generative.autoencoder import ood_flags
 
-        ae, meta = self.ood
-        pre = meta["preprocessing"]
-        tf = EvalPreset(mean=pre["mean"], std=pre["std"], normalization=pre["normalization"])
-        x = tf(torch.from_numpy(np.array(resize_square(img.pixels, pre["image_size"])))[None, None])
-        errors, flags = ood_flags(ae, meta, x)
-        return bool(flags[0]), float(errors[0])
+            ae, meta = self.ood
+            pre = meta["preprocessing"]
+            tf = EvalPreset(mean=pre["mean"], std=pre["std"], normalization=pre["normalization"])
+            x = tf(torch.from_numpy(np.array(resize_square(img.pixels, pre["image_size"])))[None, None])
+            if bool(ood_flags(ae, meta, x)[1][0]):
+                reasons.append("the autoencoder guard cannot reconstruct it like a chest X-ray")
+        return reasons, score
 
     def model_card(self) -> dict[str, Any]:
         """What ``GET /api/v1/model`` returns: identity, preprocessing, operating point, calibration, metrics."""
@@ -186,7 +259,12 @@ class Predictor:
             "prior_shift": self.operating_point.prior_shift,
             "calibration": m.get("calibration"),
             "validation_metrics": m.get("metrics"),
-            "ood_guard": self.ood is not None,
+            "ood_guard": {
+                "on": self.guarded,
+                "image_checks": self.guarded,
+                "feature_guard": self.feature_guard is not None,
+                "autoencoder": self.ood is not None,
+            },
             "site": self.site,
             "site_steps": m.get("site", []),
             "intended_use": "Research and decision support only; not a diagnostic device.",

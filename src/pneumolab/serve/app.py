@@ -38,16 +38,23 @@ log = logging.getLogger(__name__)
 
 # Problem kind -> HTTP status: 413 for "too big", 415 for "not an image we read", 422 for the rest.
 _STATUS = {"decompression_bomb": 413, "not_an_image": 415, "empty_file": 422, "truncated": 422, "corrupt": 422,
-           "too_small": 422, "no_pixel_data": 422}  # fmt: skip
+           "too_small": 422, "no_pixel_data": 422, "not_a_chest_radiograph": 422}  # fmt: skip
 
 
-def overlay_png(image: np.ndarray, heat: np.ndarray | None, alpha: float = 0.45) -> bytes:
-    """The model's view of the X-ray (gray) with the Grad-CAM map (red-yellow) blended on top, as PNG."""
-    gray = np.repeat(image[..., None].astype(np.float32) / 255.0, 3, axis=2)  # (S, S, 3)
+def overlay_png(image: np.ndarray, heat: np.ndarray | None, alpha: float = 0.45, max_side: int = 768) -> bytes:
+    """The X-ray ``(H, W) uint8`` at its own aspect ratio (at most ``max_side`` px) with the Grad-CAM map
+    (red-yellow) blended on top, as PNG. The model saw the image squashed to a square, so its ``(S, S)`` map
+    is stretched back over the whole image: each heat pixel lands on the part of the X-ray it came from."""
+    h, w = image.shape
+    scale = min(1.0, max_side / max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    shown = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR), dtype=np.float32) / 255.0
+    gray = np.repeat(shown[..., None], 3, axis=2)  # (h', w', 3)
     if heat is not None:
-        h = heat[..., None]
-        colour = np.concatenate([np.ones_like(h), h, np.zeros_like(h)], axis=2)  # red -> yellow as heat rises
-        gray = (1 - alpha * h) * gray + alpha * h * colour
+        stretched = Image.fromarray(heat.astype(np.float32), mode="F").resize(size, Image.BILINEAR)
+        a = np.clip(np.asarray(stretched), 0, 1)[..., None]  # (h', w', 1)
+        colour = np.concatenate([np.ones_like(a), a, np.zeros_like(a)], axis=2)  # red -> yellow as heat rises
+        gray = (1 - alpha * a) * gray + alpha * a * colour
     buf = io.BytesIO()
     Image.fromarray((gray * 255).round().astype(np.uint8)).save(buf, format="PNG", compress_level=1)  # speed, not size
     return buf.getvalue()
@@ -101,8 +108,10 @@ def create_app(predictor: Predictor, *, token: str | None = None, max_upload_mb:
         body["site"] = predictor.site
         body["notice"] = "Decision support only: not a diagnosis. A qualified reader must review the image."
         if gradcam:
-            body["gradcam_png"] = base64.b64encode(overlay_png(result.image, result.heatmap)).decode()
-        log.info("predicted p=%.3f in %.0f ms", result.probability, result.timings_ms["total"])
+            # The upload at its own aspect ratio; the heat map only on results at or above the threshold.
+            body["gradcam_png"] = base64.b64encode(overlay_png(result.original, result.heatmap)).decode()
+            body["gradcam_shown"] = result.heatmap is not None
+        log.info("predicted %s in %.0f ms", result.label, result.timings_ms["total"])
         return JSONResponse(body)
 
     return app
@@ -131,5 +140,7 @@ def app_from_env() -> FastAPI:
 
     settings = json.loads(os.environ[ENV_SETTINGS])
     torch.set_num_threads(settings["threads"])  # N processes x T threads = the cores, no oversubscription
-    predictor = Predictor.load(settings["model"], backend=settings["backend"], ood=settings["ood"])
+    predictor = Predictor.load(
+        settings["model"], backend=settings["backend"], ood=settings["ood"], guard=settings["guard"]
+    )
     return create_app(predictor, token=settings["token"], max_upload_mb=settings["max_upload_mb"])

@@ -32,6 +32,7 @@ from pneumolab.evaluation.metrics import compute_metrics
 from pneumolab.evaluation.model_card import write_model_card
 from pneumolab.evaluation.predict import predict_logits
 from pneumolab.evaluation.thresholds import choose_threshold
+from pneumolab.inference.guard import fit_model_guard
 from pneumolab.io import atomic_path, atomic_write_json, atomic_write_text
 from pneumolab.models.checkpoint import save_model_file, with_encoder
 from pneumolab.training.callbacks import AtomicCheckpointIO, EpochHistory, TensorBoardExtras, Throughput, read_history
@@ -250,6 +251,8 @@ def _finish(trainer: L.Trainer, throughput: Throughput, run_dir: Path, cfg: Trai
         _slim_checkpoint(best_path)
         hp = best.hparams
         summary["operating_point"] = _operating_point(best.net, dict(hp.preprocessing), cfg)
+        net = with_encoder(best.net, hp.preprocessing)
+        guard = fit_model_guard(net, hp.model_name, dict(hp.preprocessing), cfg.data.data_dir)
         meta = {
             "model_name": hp.model_name,
             "model_kwargs": dict(hp.model_kwargs),
@@ -259,6 +262,7 @@ def _finish(trainer: L.Trainer, throughput: Throughput, run_dir: Path, cfg: Trai
             "metrics": {"split": "val", **summary["best_val"]},
             "best_epoch": summary["best_epoch"],
             **summary["operating_point"],
+            "ood_guard": guard,
         }
         save_model_file(run_dir / "model.pt", best.net, meta)
         summary["model_file"] = str(run_dir / "model.pt")

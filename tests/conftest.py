@@ -94,10 +94,13 @@ def write_dicom(
     patient_name: str = "Doe^Jane",
     window: tuple[float, float] | None = None,
     with_pixels: bool = True,
+    transfer_syntax: str | None = None,
+    **tags,
 ) -> Path:
-    """Write a minimal valid DICOM (CR, explicit VR little endian) with pydicom."""
+    """Write a minimal valid DICOM (CR, explicit VR little endian) with pydicom; ``tags`` set or override
+    attributes (``Modality="CT"``, ``PixelData=...``); ``transfer_syntax``: compress (RLE, JPEG 2000) or deflate."""
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography
@@ -114,6 +117,12 @@ def write_dicom(
         if window:
             ds.WindowCenter, ds.WindowWidth = window
         ds.PixelData = pixels.tobytes()
+    for k, v in tags.items():
+        setattr(ds, k, v)
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        meta.TransferSyntaxUID = transfer_syntax
+    elif transfer_syntax:
+        ds.compress(transfer_syntax)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path

@@ -8,8 +8,10 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
+import pydicom.data
 import pytest
 import torch
 from conftest import tiny_train_args, write_dicom
@@ -261,7 +263,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium (.ci/run installs it with apt)")
-def test_real_browser_uploads_an_xray_and_sees_probability_and_heat_map(run) -> None:
+def test_real_browser_sees_a_result_a_refused_ct_and_a_not_assessed_image(run, tmp_path) -> None:
     import uvicorn
     from playwright.sync_api import sync_playwright
 
@@ -296,6 +298,19 @@ def test_real_browser_uploads_an_xray_and_sees_probability_and_heat_map(run) -> 
             label = page.text_content("#label")
             src = page.get_attribute("#overlay", "src")
             loaded = page.evaluate("document.getElementById('overlay').naturalWidth")
+            # A CT (refused: 422) and a blank image (read, then not assessed by the guard).
+            ct, blank = tmp_path / "ct.dcm", tmp_path / "blank.png"
+            shutil.copy(Path(pydicom.data.__file__).parent / "test_files" / "CT_small.dcm", ct)
+            blank.write_bytes(_png(np.zeros((300, 300), np.uint8)))
+            page.set_input_files("#file", str(ct))
+            page.wait_for_function("document.getElementById('status').className === 'err'", timeout=20000)
+            refused = page.text_content("#status")
+            assert page.is_hidden("#result")
+            page.set_input_files("#file", str(blank))
+            page.wait_for_function("!document.getElementById('notassessed').classList.contains('hidden')")
+            flagged = page.text_content("#notassessed")
+            flagged_visible = page.is_visible("#notassessed") and page.is_hidden("#assessed")
+            flagged_name = page.text_content("#filename")
             browser.close()
     finally:
         server.should_exit = True
@@ -304,6 +319,9 @@ def test_real_browser_uploads_an_xray_and_sees_probability_and_heat_map(run) -> 
     assert shown == pytest.approx(100 * expected.probability, abs=0.051)
     assert label in ("Pneumonia suspected (at or above the decision threshold)", "Below the decision threshold")
     assert src.startswith("data:image/png;base64,") and loaded == min(768, Image.open(XRAY).size[0])
+    assert refused.startswith("Could not analyse ct.dcm. This file cannot be used: ") and "Modality 'CT'" in refused
+    assert flagged_visible and flagged_name == "blank.png"
+    assert "Not assessed" in flagged and "blank or nearly uniform" in flagged
 
 
 def test_ood_guard_in_the_predictor(run, ae_run) -> None:

@@ -1,8 +1,10 @@
-"""FastAPI app: ``GET /`` (the page), ``POST /api/v1/predict``, ``GET /api/v1/model``, ``GET /healthz``.
+"""FastAPI app: ``GET /`` (the page), ``POST /api/v1/predict``, ``GET /api/v1/model``, ``GET /healthz``,
+``GET /openapi.json`` (no ``/docs``: Swagger's page needs a CDN).
 
-Safe by default: the CLI binds 127.0.0.1; an optional bearer token; an upload size limit; the format
-is sniffed from the bytes; decompression bombs are refused before decoding; every bad input is a 4xx
-with a specific message; no DICOM header data is ever returned or logged.
+Safe by default: the CLI binds 127.0.0.1; an optional bearer token; an upload size limit enforced while
+the body streams in; the format is sniffed from the bytes; decompression bombs are refused before
+decoding; every bad input is a 4xx with a specific message; no part of an upload (DICOM header data, the
+file name, its bytes) is ever returned or logged.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
@@ -60,20 +63,70 @@ def overlay_png(image: np.ndarray, heat: np.ndarray | None, alpha: float = 0.45,
     return buf.getvalue()
 
 
+class UploadLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is answered 413 as soon as it is known to be too big
+    (its Content-Length, or the bytes received so far), before the rest is read, parsed or spooled to disk."""
+
+    def __init__(self, app: Any, limit: int, mb: float) -> None:
+        self.app, self.limit, self.mb = app, limit, mb
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._too_big(send)
+        seen = 0
+
+        async def counting_receive() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:  # a chunked body (no Content-Length) that keeps coming
+                raise HTTPException(413, self.detail)  # FastAPI's body parser passes HTTPExceptions through
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    @property
+    def detail(self) -> str:
+        return f"upload exceeds the {self.mb:g} MB limit"
+
+    async def _too_big(self, send: Any) -> None:
+        body = json.dumps({"detail": self.detail}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 def create_app(predictor: Predictor, *, token: str | None = None, max_upload_mb: float = 20.0) -> FastAPI:
     """The service around one shared :class:`Predictor`."""
     app = FastAPI(
         title="pneumolab",
         version=__version__,
         description="Pneumonia probability and Grad-CAM for chest X-rays. Decision support, not a diagnosis.",
+        docs_url=None,  # the Swagger page loads its scripts from a CDN: blank on a hospital network
+        redoc_url=None,
     )
     limit = int(max_upload_mb * 1024 * 1024)
+    app.add_middleware(UploadLimit, limit=limit + 64 * 1024, mb=max_upload_mb)  # + room for the multipart framing
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default answer echoes the offending input: for a malformed upload, the file's bytes
+        # (a DICOM's patient name, id, birth date). Say what is wrong, never what was sent.
+        where = sorted({".".join(str(p) for p in e.get("loc", ())) for e in exc.errors()})
+        return JSONResponse(
+            {"detail": f"malformed request ({', '.join(where)}): send one image as multipart form field 'file'"},
+            status_code=422,
+        )
 
     def check_token(request: Request) -> None:
         if token is None:
             return
-        given = request.headers.get("authorization", "")
-        if not given.startswith("Bearer ") or not secrets.compare_digest(given[7:].encode(), token.encode()):
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        # The scheme is case-insensitive (RFC 7235): "bearer" is as valid as "Bearer".
+        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), token.encode()):
             raise HTTPException(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -90,9 +143,13 @@ def create_app(predictor: Predictor, *, token: str | None = None, max_upload_mb:
 
     @app.post("/api/v1/predict", dependencies=[Depends(check_token)])
     async def predict(
+        request: Request,
         file: Annotated[UploadFile, File(description="A chest X-ray: PNG, JPEG or DICOM.")],
         gradcam: Annotated[bool, Query(description="Include a Grad-CAM overlay (base64 PNG).")] = False,
     ) -> JSONResponse:
+        parts = [v for _, v in (await request.form()).multi_items() if not isinstance(v, str)]
+        if len(parts) > 1:  # never pick one of several images silently
+            raise HTTPException(422, f"the upload holds {len(parts)} files; send one image per request")
         data = await file.read(limit + 1)  # never read more than the limit into memory
         if len(data) > limit:
             raise HTTPException(413, f"upload exceeds the {max_upload_mb:g} MB limit")

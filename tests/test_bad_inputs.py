@@ -1,0 +1,278 @@
+"""Bad and non-X-ray inputs, table-driven (MONAI's TEST_CASE style): each row is one input class, checked
+through the reader, the service and the CLI. Nothing that is not a chest radiograph gets a label; every
+bad file gets a specific 4xx / one line and exit code 2; no 5xx, no traceback."""
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pydicom.data
+import pytest
+import torch
+from conftest import tiny_train_args, write_dicom, write_image
+from fastapi.testclient import TestClient
+from PIL import Image
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
+
+from pneumolab.cli import main
+from pneumolab.data import sample_root
+from pneumolab.data.index import index_source
+from pneumolab.data.readers import decode_bytes
+from pneumolab.errors import ImageReadError, InputError
+from pneumolab.inference.predictor import Predictor
+from pneumolab.serve.app import create_app
+
+XRAY = sorted((sample_root() / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
+PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
+PX = (np.indices((64, 64)).sum(0) * 2).astype(np.uint8)  # a 64 x 64 ramp: valid pixel data
+PX16 = (np.indices((64, 64)).sum(0) * 200).astype(np.uint16)
+RAMP = np.tile(np.linspace(0, 255, 300).astype(np.uint8), (300, 1))  # (300, 300)
+
+
+@pytest.fixture(scope="module")
+def run(sample_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bad_input_runs")
+    assert main(tiny_train_args(sample_data, out, "trainer.max_epochs=1")) == 0
+    return out / "cnn_base"
+
+
+@pytest.fixture(scope="module")
+def client(run) -> TestClient:
+    return TestClient(create_app(Predictor.load(run)))
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _damaged_jpeg() -> bytes:
+    """A JPEG whose entropy data has a hole: PIL decodes it without complaint (the damage comes out grey)."""
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray((rng.random((256, 256)) * 255).astype(np.uint8)).save(buf, format="JPEG")
+    d = buf.getvalue()
+    return d[:2000] + bytes(500) + d[2500:]
+
+
+def _jpeg(tmp: Path) -> bytes:
+    return write_image(tmp / "t.jpeg", seed=1, size=(256, 256)).read_bytes()
+
+
+def _pydicom_file(name: str, **retag) -> bytes:
+    """One of pydicom's bundled test files, optionally re-tagged (e.g. as a CR to exercise its codec)."""
+    ds = pydicom.dcmread(PYDICOM_FILES / name)
+    for k, v in retag.items():
+        setattr(ds, k, v)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _dicom(tmp: Path, pixels: np.ndarray = PX, **kw) -> bytes:
+    return write_dicom(tmp / "x.dcm", pixels, **kw).read_bytes()
+
+
+# (name, make(tmp) -> bytes, reader kind, HTTP status, words in the message). Real DICOMs that are not
+# chest radiographs, malformed DICOMs, bombs and damaged files: refused by the reader, whoever calls it.
+REFUSED = [
+    (
+        "CT (pydicom's CT_small)",
+        lambda t: (PYDICOM_FILES / "CT_small.dcm").read_bytes(),
+        "not_a_chest_radiograph",
+        422,
+        "Modality 'CT'",
+    ),
+    (
+        "MR (pydicom's MR_small)",
+        lambda t: (PYDICOM_FILES / "MR_small.dcm").read_bytes(),
+        "not_a_chest_radiograph",
+        422,
+        "Modality 'MR'",
+    ),
+    ("ultrasound", lambda t: _dicom(t, Modality="US"), "not_a_chest_radiograph", 422, "not a radiograph"),
+    ("secondary capture", lambda t: _dicom(t, Modality="OT"), "not_a_chest_radiograph", 422, "Modality 'OT'"),
+    ("no modality", lambda t: _dicom(t, Modality=""), "not_a_chest_radiograph", 422, "no Modality"),
+    ("radiograph of a hand", lambda t: _dicom(t, BodyPartExamined="HAND"), "not_a_chest_radiograph", 422, "HAND"),
+    (
+        "two frames",
+        lambda t: _dicom(t, NumberOfFrames=2, PixelData=PX.tobytes() * 2),
+        "not_a_chest_radiograph",
+        422,
+        "2 frames",
+    ),
+    (
+        "more pixel data than declared",
+        lambda t: _dicom(t, PixelData=PX.tobytes() * 3),
+        "corrupt",
+        422,
+        "inconsistent with its header",
+    ),
+    (
+        "less pixel data than declared",
+        lambda t: _dicom(t, PixelData=PX.tobytes()[:1000]),
+        "corrupt",
+        422,
+        "inconsistent with its header",
+    ),
+    (
+        "deflated DICOM bomb (200 MB of zeros)",
+        lambda t: _dicom(t, transfer_syntax=DeflatedExplicitVRLittleEndian, PixelData=bytes(200_000_000)),
+        "decompression_bomb",
+        413,
+        "inflates beyond",
+    ),
+    ("damaged JPEG that PIL accepts", lambda t: _damaged_jpeg(), "corrupt", 422, "damaged JPEG data"),
+    ("truncated JPEG", lambda t: _jpeg(t)[:3000], "truncated", 422, "runcat"),
+]
+
+# Hospital compressions that must decode (the pylibjpeg plugins are dependencies).
+CODECS = [
+    ("RLE", lambda t: _dicom(t, transfer_syntax=RLELossless)),
+    ("JPEG 2000 lossless", lambda t: _dicom(t, PX16, transfer_syntax=JPEG2000Lossless)),
+    ("JPEG-LS lossless", lambda t: _pydicom_file("MR_small_jpeg_ls_lossless.dcm", Modality="CR")),
+    ("JPEG lossless (colour)", lambda t: _pydicom_file("SC_rgb_jpeg_gdcm.dcm", Modality="CR")),
+    ("12-bit JPEG extended", lambda t: _pydicom_file("JPGExtended.dcm", Modality="CR", BodyPartExamined="CHEST")),
+    ("deflated", lambda t: _dicom(t, transfer_syntax=DeflatedExplicitVRLittleEndian)),
+]
+
+# Readable images that are not chest X-rays: the guard answers 200 with "not assessed", never a label.
+NOT_ASSESSED = [
+    ("colour photo", lambda: _png(np.stack([RAMP, 255 - RAMP, np.full_like(RAMP, 90)], -1)), "colour"),
+    ("all black", lambda: _png(np.zeros((300, 300), np.uint8)), "blank"),
+    ("all white", lambda: _png(np.full((300, 300), 255, np.uint8)), "blank"),
+    (
+        "an ECG strip's shape",
+        lambda: _png((np.random.default_rng(0).random((200, 1200)) * 255).astype(np.uint8)),
+        "aspect ratio",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "kind", "status", "words"), REFUSED, ids=[c[0] for c in REFUSED])
+def test_the_reader_refuses(tmp_path, name, make, kind, status, words) -> None:
+    with pytest.raises(ImageReadError) as e:
+        decode_bytes(make(tmp_path), "upload")
+    assert e.value.kind == kind and words in e.value.detail
+    assert "Doe" not in str(e.value) and "MRN" not in str(e.value)  # no header value of the patient leaks
+
+
+@pytest.mark.parametrize(("name", "make", "kind", "status", "words"), REFUSED, ids=[c[0] for c in REFUSED])
+def test_the_service_answers_4xx(client, tmp_path, name, make, kind, status, words) -> None:
+    r = client.post("/api/v1/predict", files={"file": ("x", make(tmp_path))})
+    assert r.status_code == status and words in r.json()["detail"]
+
+
+@pytest.mark.parametrize(("name", "make"), CODECS, ids=[c[0] for c in CODECS])
+def test_hospital_dicom_compressions_decode(tmp_path, name, make) -> None:
+    img = decode_bytes(make(tmp_path), "x.dcm")
+    assert img.pixels.dtype == np.uint8 and img.pixels.std() > 0
+    if name in ("RLE", "deflated"):  # lossless, 8-bit: the very pixels written
+        np.testing.assert_array_equal(img.pixels, np.round(PX * (255 / PX.max())).astype(np.uint8))
+
+
+@pytest.mark.parametrize(("name", "make", "reason"), NOT_ASSESSED, ids=[c[0] for c in NOT_ASSESSED])
+def test_non_xrays_are_not_assessed(client, name, make, reason) -> None:
+    body = client.post("/api/v1/predict", files={"file": ("x.png", make())}, params={"gradcam": "true"}).json()
+    assert body["assessed"] is False and body["label"] == "NOT_ASSESSED" and body["ood"] is True
+    assert body["probability"] is None and body["gradcam_shown"] is False
+    assert any(reason in r for r in body["reasons"])
+
+
+def test_the_feature_guard_flags_what_the_image_checks_pass(run) -> None:
+    """A greyscale, non-blank, X-ray-shaped image far from every training X-ray: only the features say so."""
+    predictor = Predictor.load(run)
+    checker = ((np.indices((400, 400)) // 25).sum(0) % 2 * 255).astype(np.uint8)
+    r = predictor.predict(_png(checker))
+    assert r.reasons == ["its features are unlike the training X-rays' (out of distribution)"] and r.ood_score > 1
+    ok = predictor.predict(XRAY.read_bytes())
+    assert ok.assessed and ok.ood_score < 1
+
+
+def test_a_model_without_a_guard_is_refused_unless_asked(run, tmp_path, capsys) -> None:
+    blob = torch.load(run / "model.pt", weights_only=True)
+    del blob["ood_guard"]
+    old = tmp_path / "old" / "model.pt"
+    old.parent.mkdir()
+    torch.save(blob, old)
+    with pytest.raises(InputError, match=r"no out-of-distribution guard.*--no-guard"):
+        Predictor.load(old)
+    assert main(["predict", str(old), str(XRAY)]) == 2
+    assert "--no-guard" in capsys.readouterr().err
+    assert main(["predict", str(old), str(XRAY), "--no-guard"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: --no-guard" in out and ("PNEUMONIA" in out or "NORMAL" in out)
+    assert Predictor.load(old, guard=False).predict(_png(np.zeros((300, 300), np.uint8))).label != "NOT_ASSESSED"
+
+
+def test_cli_predict_every_file_alone(run, tmp_path, capsys) -> None:
+    ct, black = tmp_path / "ct.dcm", tmp_path / "black.png"
+    shutil.copy(PYDICOM_FILES / "CT_small.dcm", ct)
+    black.write_bytes(_png(np.zeros((300, 300), np.uint8)))
+    assert main(["predict", str(run), str(ct), str(black), str(XRAY)]) == 2
+    lines = capsys.readouterr().out.splitlines()
+    row = {p: next(line for line in lines if line.startswith(str(p))) for p in (ct, black, XRAY)}
+    assert "error: DICOM Modality 'CT'" in row[ct]
+    assert "NOT_ASSESSED" in row[black] and "blank" in row[black]
+    assert "PNEUMONIA" in row[XRAY] or "NORMAL" in row[XRAY]
+
+
+def test_indexing_reports_dicoms_that_are_not_chest_radiographs(tmp_path) -> None:
+    src = tmp_path / "src"
+    for i in range(3):
+        write_image(src / "NORMAL" / f"n{i}.jpeg", seed=i, size=(64, 64))
+        write_image(src / "PNEUMONIA" / f"p{i}.jpeg", seed=10 + i, size=(64, 64))
+    shutil.copy(PYDICOM_FILES / "CT_small.dcm", src / "NORMAL" / "ct.dcm")
+    result = index_source(src, tmp_path / "out", workers=1)
+    assert len(result.manifest) == 6
+    assert [(p.path, p.kind) for p in result.problems] == [("NORMAL/ct.dcm", "not_a_chest_radiograph")]
+
+
+def _chunks(n: int):
+    for _ in range(n):
+        yield b"x" * 100_000
+
+
+MULTIPART = {"content-type": "multipart/form-data; boundary=zz"}
+WRONG_FIELD = b'--zz\r\nContent-Disposition: form-data; name="fil"; filename="a"\r\n\r\nDoe^Jane MRN-0042\r\n--zz--\r\n'
+
+# Requests the service must answer with a specific 4xx, whatever the body holds: (name, request kwargs, status,
+# words). The token is "s3cret"; the upload limit 1 MB.
+REQUESTS = [
+    (
+        "two files in one upload",
+        lambda: {"files": [("file", ("a", XRAY.read_bytes())), ("file", ("b", b"x"))]},
+        422,
+        "holds 2 files",
+    ),
+    ("chunked body over the limit", lambda: {"content": _chunks(40), "headers": MULTIPART}, 413, "1 MB limit"),
+    (
+        "declared length over the limit",
+        lambda: {"files": {"file": ("x", b"\xff\xd8\xff" + bytes(3_000_000))}},
+        413,
+        "1 MB limit",
+    ),
+    (
+        "malformed multipart never echoes the upload",
+        lambda: {"content": WRONG_FIELD, "headers": MULTIPART},
+        422,
+        "multipart form field 'file'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "status", "words"), REQUESTS, ids=[c[0] for c in REQUESTS])
+def test_service_requests_get_specific_4xx(run, name, kwargs, status, words) -> None:
+    c = TestClient(create_app(Predictor.load(run), token="s3cret", max_upload_mb=1.0))
+    kw = kwargs()
+    kw["headers"] = {**kw.get("headers", {}), "Authorization": "bearer s3cret"}  # the scheme is case-insensitive
+    r = c.post("/api/v1/predict", **kw)
+    assert r.status_code == status and words in r.json()["detail"]
+    assert "Doe" not in r.text and "MRN" not in r.text
+
+
+def test_service_has_no_cdn_docs_page_but_serves_its_schema(client) -> None:
+    assert client.get("/docs").status_code == 404 and client.get("/openapi.json").json()["info"]["title"]

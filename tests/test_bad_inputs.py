@@ -4,6 +4,7 @@ bad file gets a specific 4xx / one line and exit code 2; no 5xx, no traceback.""
 
 import io
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -276,3 +277,95 @@ def test_service_requests_get_specific_4xx(run, name, kwargs, status, words) -> 
 
 def test_service_has_no_cdn_docs_page_but_serves_its_schema(client) -> None:
     assert client.get("/docs").status_code == 404 and client.get("/openapi.json").json()["info"]["title"]
+
+
+def _layout(src: Path, files: dict[str, int]) -> None:
+    for rel, seed in files.items():
+        write_image(src / rel, seed=seed, size=(64, 64))
+
+
+BASE = {"train/NORMAL/a.jpeg": 1, "train/PNEUMONIA/b.jpeg": 2, "val/NORMAL/c.jpeg": 3, "val/PNEUMONIA/d.jpeg": 4}
+
+
+def _thumbnails(src: Path) -> None:
+    _layout(src, {"val/NORMAL/@eaDir/c.jpeg/SYNOPHOTO_THUMB_M.jpg": 30, "train/NORMAL/._a.jpeg": 31,
+                  "train/PNEUMONIA/.thumbnails/b.png": 32})  # fmt: skip
+    (src / "train" / "NORMAL" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+
+
+def _dangling(src: Path) -> None:
+    (src / "train" / "NORMAL" / "gone.jpeg").symlink_to(src / "nowhere.jpeg")
+
+
+def _folder_link(src: Path, tmp: Path) -> None:
+    _layout(tmp / "elsewhere", {"PNEUMONIA/e.jpeg": 40})
+    (src / "train" / "linked").symlink_to(tmp / "elsewhere", target_is_directory=True)
+
+
+# Source layouts where files used to vanish without a word: (name, change(src, tmp), {path: indexed split or the
+# words of the reason it was not}). Every file under the source must be indexed or reported.
+LAYOUTS = [
+    ("class folders differing in case", lambda s, t: _layout(s, {"train/normal/e.jpeg": 5}), {"train/normal/e.jpeg":
+     "train"}),
+    ("a validation/ folder", lambda s, t: _layout(s, {"validation/NORMAL/e.jpeg": 5}), {"validation/NORMAL/e.jpeg":
+     "val"}),
+    ("class folders beside split folders", lambda s, t: _layout(s, {"PNEUMONIA/e.jpeg": 5}), {"PNEUMONIA/e.jpeg":
+     "beside the train/val/test folders"}),
+    ("NAS and desktop thumbnails", lambda s, t: _thumbnails(s), {
+        "val/NORMAL/@eaDir/c.jpeg/SYNOPHOTO_THUMB_M.jpg": "thumbnail", "train/NORMAL/._a.jpeg": "resource fork",
+        "train/PNEUMONIA/.thumbnails/b.png": "thumbnail", "train/NORMAL/Thumbs.db": "thumbnail"}),
+    ("a dangling symlink", lambda s, t: _dangling(s), {"train/NORMAL/gone.jpeg": "broken symbolic link"}),
+    ("a link to a folder", _folder_link, {"train/linked/": "link to a folder"}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "change", "expected"), LAYOUTS, ids=[c[0] for c in LAYOUTS])
+def test_every_file_under_a_source_is_indexed_or_reported(tmp_path, name, change, expected) -> None:
+    src = tmp_path / "src"
+    _layout(src, BASE)
+    change(src, tmp_path)
+    result = index_source(src, tmp_path / "out", workers=1)
+    indexed = {r.path: r.split for r in result.manifest.records}
+    reported = {p.path: p.detail for p in result.problems}
+    reported |= dict(e.split(": ", 1) for e in result.report["ignored_files"])
+    for path, outcome in expected.items():
+        assert indexed.get(path) == outcome or outcome in reported.get(path, ""), (path, indexed, reported)
+    links = {p for p in src.rglob("*") if p.is_symlink() and p.is_dir()}  # reported as "folder/"
+    on_disk = {p.relative_to(src).as_posix() + "/" * (p in links) for p in src.rglob("*") if p.is_file() or p in links}
+    on_disk |= {p.relative_to(src).as_posix() for p in src.rglob("*") if p.is_symlink() and not p.exists()}
+    assert on_disk <= set(indexed) | set(reported)
+
+
+def _npz(path: Path, **arrays) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.integers(0, 256, (6, 32, 32), dtype=np.uint8)
+LABELS = np.array([0, 1, 0, 1, 0, 1])
+
+# npz sources: (name, arrays, expected uint8 pixels of train image 0 or None, problems by kind)
+NPZ = [
+    ("float images in [0, 1]", {"train_images": IMAGES / 255.0, "train_labels": LABELS}, IMAGES[0], {}),
+    ("(N, H, W, 1) images", {"train_images": IMAGES[..., None], "train_labels": LABELS}, IMAGES[0], {}),
+    ("images beyond the labels", {"train_images": IMAGES, "train_labels": LABELS[:4]}, IMAGES[0], {"no_label": 2}),
+    ("labels beyond the images", {"train_images": IMAGES[:4], "train_labels": LABELS}, IMAGES[0], {"no_image": 2}),
+]
+
+
+@pytest.mark.parametrize(("name", "arrays", "pixels", "problems"), NPZ, ids=[c[0] for c in NPZ])
+def test_npz_sources_are_read_right_or_reported(tmp_path, name, arrays, pixels, problems) -> None:
+    from pneumolab.data.cache import load_cache
+
+    result = index_source(_npz(tmp_path / "pneumoniamnist.npz", **arrays), tmp_path / "out", workers=1)
+    assert dict(Counter(p.kind for p in result.problems)) == problems
+    cache = load_cache(result.manifest, 32, tmp_path / "out" / "cache")
+    np.testing.assert_array_equal(cache[0], pixels)  # not an all-black cast of floats
+
+
+def test_npz_with_python_objects_is_refused_without_pickle_advice(tmp_path) -> None:
+    bad = _npz(tmp_path / "bad.npz", train_images=np.array([None, 1], dtype=object), train_labels=LABELS[:2])
+    with pytest.raises(InputError, match="holds Python objects") as e:
+        index_source(bad, tmp_path / "out", workers=1)
+    assert "allow_pickle" not in str(e.value)

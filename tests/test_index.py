@@ -71,7 +71,9 @@ def test_each_bad_file_is_reported_and_skipped_and_source_untouched(kaggle_dir, 
     assert not paths & set(expected)
     report = json.loads((tmp_path / "out" / "index_report.json").read_text())
     assert report["problems"]["truncated"] == 1 and report["images_ok"] == len(paths)
-    assert report["ignored_files"] == ["train/NORMAL/notes.txt"]
+    assert report["ignored_files"] == [
+        "train/NORMAL/notes.txt: not an image by its extension (looked for .dcm, .dicom, .jpeg, .jpg, .png)"
+    ]
     assert not list((tmp_path / "out").glob(".*.tmp"))  # atomic writes leave no temp files
 
 

@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import sys
+from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -151,7 +152,11 @@ def _index(source: Path, out: Path, strict: bool, salt: str | None, workers: int
     if r["duplicates_within_split"]:
         typer.echo(f"byte-identical duplicates within a split (kept): {len(r['duplicates_within_split'])} group(s)")
     if r["ignored_files"]:
-        typer.echo(f"ignored {len(r['ignored_files'])} non-image file(s), e.g. {r['ignored_files'][0]}")
+        reasons = Counter(entry.partition(": ")[2] for entry in r["ignored_files"])
+        typer.echo(f"not indexed: {len(r['ignored_files'])} file(s); details in {out / 'index_report.json'}:")
+        for reason, n in reasons.most_common():
+            first = next(e.partition(": ")[0] for e in r["ignored_files"] if e.endswith(reason))
+            typer.echo(f"  {n} x {reason} (e.g. {first})")
 
 
 @_command(

@@ -245,10 +245,20 @@ def read_entry(root: Path, rel: str, *, draft: int | None = None) -> tuple[bytes
     if NPZ_SEP in rel:
         file, _, key = rel.partition(NPZ_SEP)
         split, _, idx = key.partition("/")
-        arr = _npz_images(str(root / file), split)[int(idx)]  # (H, W) or (H, W, 3) uint8
+        arr = _npz_images(str(root / file), split)[int(idx)]  # (H, W), (H, W, 1) or (H, W, 3)
+        raw = arr.tobytes()
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[..., 0]
+        converted = arr.dtype != np.uint8
+        if converted:  # floats in [0, 1] (or [0, 255]), 16-bit integers: onto 0..255, never a silent cast
+            if not np.isfinite(arr).all():
+                raise ImageReadError(rel, "corrupt", "the array holds NaN or infinite values")
+            scale = 255.0 if arr.dtype.kind == "f" and float(arr.max()) <= 1.0 else 1.0
+            arr = _to_uint8(arr) if float(arr.max()) * scale > 255 or float(arr.min()) < 0 else arr * scale
+            arr = np.round(arr).astype(np.uint8)
         if arr.ndim == 3:
-            return arr.tobytes(), DecodedImage(np.asarray(Image.fromarray(arr).convert("L")), "RGB", True)
-        return arr.tobytes(), DecodedImage(np.ascontiguousarray(arr, dtype=np.uint8), "L", False)
+            return raw, DecodedImage(np.asarray(Image.fromarray(arr).convert("L")), "RGB", True)
+        return raw, DecodedImage(np.ascontiguousarray(arr), str(arr.dtype) if converted else "L", converted)
     path = root / rel
     try:
         data = path.read_bytes()

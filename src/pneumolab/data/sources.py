@@ -7,6 +7,7 @@ source gives); :mod:`pneumolab.data.index` opens and checks each one.
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,7 @@ class SourceListing:
     kind: str  # "kaggle" | "medmnist" | "csv"
     root: Path
     candidates: list[Candidate]
-    ignored: list[str]  # files skipped because they are not images by extension (e.g. .DS_Store, notes)
+    ignored: list[str]  # "path: reason" for every file (or unlistable folder) that is not a candidate
     notes: list[str]
 
 
@@ -63,42 +64,91 @@ def list_source(source: str | Path) -> SourceListing:
     raise InputError(f"{source}: unsupported source; give a folder (ROOT/train/NORMAL/...), a .npz or a .csv")
 
 
+# Files that operating systems and NAS boxes write beside images: thumbnails (of validation images, too: indexed
+# they would leak into train), resource forks, folder settings. Never images of patients.
+SYSTEM_DIRS = {"@eadir", ".thumbnails", "__macosx", ".appledouble", "$recycle.bin", ".trash", ".trashes"}
+SYSTEM_FILES = {"thumbs.db", "ehthumbs.db", ".ds_store", "desktop.ini", ".directory"}
+SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
+
+
 def _child_dirs(folder: Path) -> dict[str, Path]:
     return {p.name.lower(): p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
+
+
+def _walk(root: Path) -> tuple[list[Path], list[str]]:
+    """Every file under ``root`` (symbolic links to files included, dangling ones too), and what could not be
+    listed: unreadable folders and links to folders (not followed: they could loop or leave the source)."""
+    files: list[Path] = []
+    unlisted: list[str] = []
+
+    def onerror(e: OSError) -> None:
+        unlisted.append(f"{Path(e.filename).relative_to(root).as_posix()}/: cannot list the folder ({e.strerror})")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
+        here = Path(dirpath)
+        for name in dirnames:
+            if (here / name).is_symlink():
+                unlisted.append(f"{(here / name).relative_to(root).as_posix()}/: a link to a folder (not followed)")
+        dirnames.sort()
+        files.extend(here / name for name in sorted(filenames))
+    return files, unlisted
+
+
+def _why_not(rel: Path, layout: str) -> tuple[str | None, str | None, str | None]:
+    """``(split, label, None)`` for a file where the Kaggle layout puts images, else ``(None, None, reason)``."""
+    parts = rel.parts
+    if any(p.lower() in SYSTEM_DIRS for p in parts[:-1]) or parts[-1].lower() in SYSTEM_FILES:
+        return None, None, "a thumbnail or system file, not an X-ray"
+    if parts[-1].startswith("._"):
+        return None, None, "a macOS resource fork, not an X-ray"
+    if any(p.startswith(".") for p in parts):
+        return None, None, "a hidden file or folder"
+    if layout == "split":
+        split = SPLIT_ALIASES.get(parts[0].lower())
+        if split is None or len(parts) < 3:
+            where = "beside" if normalise_label(parts[0]) else "outside"
+            return None, None, f"{where} the train/val/test folders: move it into SPLIT/NORMAL or SPLIT/PNEUMONIA"
+        label = normalise_label(parts[1])
+    else:
+        split, label = "train", normalise_label(parts[0]) if len(parts) >= 2 else None
+    if label is None:
+        return None, None, "not inside a NORMAL or PNEUMONIA folder"
+    if rel.suffix.lower() not in IMAGE_SUFFIXES:
+        return None, None, f"not an image by its extension (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
+    return split, label, None
 
 
 def _list_kaggle(root: Path) -> SourceListing:
     children = _child_dirs(root)
     class_names = {c.lower() for c in CLASSES}
-    if set(children) & set(SPLITS):
-        split_dirs = {s: children[s] for s in SPLITS if s in children}
+    if set(children) & set(SPLIT_ALIASES):
+        layout = "split"
     elif set(children) & class_names:  # ROOT/{NORMAL,PNEUMONIA}: one unsplit collection, treated as train
-        split_dirs = {"train": root}
+        layout = "classes"
     else:
         raise InputError(
             f"{root}: no train/val/test or NORMAL/PNEUMONIA folders found; expected ROOT/train/NORMAL/*.jpeg "
             "(the Kaggle chest_xray layout), a pneumoniamnist .npz or a CSV file"
         )
-    candidates, ignored = [], []
-    for split, split_dir in split_dirs.items():
-        for name, class_dir in sorted(_child_dirs(split_dir).items()):
-            label = normalise_label(name)
-            if label is None:
-                ignored.append(f"{class_dir.relative_to(root)}/ (not a class folder: expected NORMAL or PNEUMONIA)")
-                continue
-            for f in sorted(class_dir.rglob("*")):
-                if not f.is_file() or f.name.startswith("."):
-                    continue
-                rel = f.relative_to(root).as_posix()
-                if f.suffix.lower() not in IMAGE_SUFFIXES:
-                    ignored.append(rel)
-                    continue
-                hint = kermany_label_hint(f.name)
-                problem = None
-                if hint is not None and hint != label:
-                    problem = ("label_mismatch", f"file name says {hint} but it sits in the {label} folder")
-                candidates.append(Candidate(rel, label, split, kermany_patient_id(f.name, split), problem))
+    files, ignored = _walk(root)
+    candidates = []
+    for f in files:
+        rel = f.relative_to(root)
+        split, label, reason = _why_not(rel, layout)
+        if reason:
+            ignored.append(f"{rel.as_posix()}: {reason}")
+            continue
+        hint = kermany_label_hint(f.name)
+        problem = None
+        if f.is_symlink() and not f.exists():
+            problem = ("unreadable", "a broken symbolic link (its target does not exist)")
+        elif hint is not None and hint != label:
+            problem = ("label_mismatch", f"file name says {hint} but it sits in the {label} folder")
+        candidates.append(Candidate(rel.as_posix(), label, split, kermany_patient_id(f.name, split), problem))
     notes = []
+    aliased = sorted({n for n in children if SPLIT_ALIASES.get(n, n) != n})
+    if layout == "split" and aliased:
+        notes.append(f"folder(s) {', '.join(aliased)} read as the val split")
     if not any(c.patient_id for c in candidates):
         notes.append("file names carry no Kermany patient ids")
     elif any(c.patient_id and c.split == "test" for c in candidates):
@@ -111,19 +161,41 @@ def _list_kaggle(root: Path) -> SourceListing:
 
 def _list_npz(path: Path) -> SourceListing:
     try:
-        with np.load(path) as z:
+        with np.load(path, allow_pickle=False) as z:
             keys = set(z.files)
-            labels = {s: z[f"{s}_labels"].reshape(-1) for s in SPLITS if f"{s}_images" in keys}
+            splits = [s for s in SPLITS if f"{s}_images" in keys]
+            labels = {s: z[f"{s}_labels"].reshape(-1) if f"{s}_labels" in keys else np.zeros(0) for s in splits}
+            shapes = {s: z[f"{s}_images"].shape for s in splits}
     except (OSError, ValueError, KeyError) as e:
-        raise InputError(f"{path}: not a readable MedMNIST .npz ({e})") from None
-    if not labels:
+        # numpy's own message for object arrays advises allow_pickle=True: loading pickles runs code. Never.
+        why = "it holds Python objects, not plain arrays" if "pickle" in str(e) else f"{type(e).__name__}: {e}"
+        raise InputError(f"{path}: not a readable MedMNIST .npz ({why}); save plain uint8/float arrays") from None
+    if not splits:
         raise InputError(f"{path}: no train_images/val_images/test_images arrays; is this a MedMNIST file?")
     candidates = []
-    for split, ys in labels.items():
-        for i, y in enumerate(ys):
-            label = CLASSES[int(y)] if int(y) in (0, 1) else None
-            problem = None if label else ("unknown_label", f"label {int(y)} is neither 0 (normal) nor 1 (pneumonia)")
-            candidates.append(Candidate(f"{path.name}{NPZ_SEP}{split}/{i}", label, split, None, problem))
+    for split in splits:
+        shape, ys = shapes[split], labels[split]
+        if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] not in (1, 3)):
+            raise InputError(
+                f"{path}: {split}_images has shape {shape}; expected (N, H, W), (N, H, W, 1) or (N, H, W, 3)"
+            )
+        for i in range(max(shape[0], len(ys))):
+            entry = f"{path.name}{NPZ_SEP}{split}/{i}"
+            if i >= shape[0]:
+                candidates.append(
+                    Candidate(entry, None, split, None, ("no_image", f"{split}_labels[{i}] has no image"))
+                )
+                continue
+            if i >= len(ys):
+                candidates.append(
+                    Candidate(entry, None, split, None, ("no_label", f"{split}_images[{i}] has no label"))
+                )
+                continue
+            label = CLASSES[int(ys[i])] if int(ys[i]) in (0, 1) else None
+            problem = (
+                None if label else ("unknown_label", f"label {int(ys[i])} is neither 0 (normal) nor 1 (pneumonia)")
+            )
+            candidates.append(Candidate(entry, label, split, None, problem))
     note = "MedMNIST has no patient ids: splits cannot be grouped by patient"
     return SourceListing("medmnist", path.parent, candidates, [], [note])
 

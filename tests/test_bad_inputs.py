@@ -288,8 +288,12 @@ BASE = {"train/NORMAL/a.jpeg": 1, "train/PNEUMONIA/b.jpeg": 2, "val/NORMAL/c.jpe
 
 
 def _thumbnails(src: Path) -> None:
-    _layout(src, {"val/NORMAL/@eaDir/c.jpeg/SYNOPHOTO_THUMB_M.jpg": 30, "train/NORMAL/._a.jpeg": 31,
-                  "train/PNEUMONIA/.thumbnails/b.png": 32})  # fmt: skip
+    thumbs = [
+        "val/NORMAL/@eaDir/c.jpeg/SYNOPHOTO_THUMB_M.jpg",
+        "train/NORMAL/._a.jpeg",
+        "train/PNEUMONIA/.thumbnails/b.png",
+    ]
+    _layout(src, {name: 30 + i for i, name in enumerate(thumbs)})
     (src / "train" / "NORMAL" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
 
 
@@ -305,18 +309,34 @@ def _folder_link(src: Path, tmp: Path) -> None:
 # Source layouts where files used to vanish without a word: (name, change(src, tmp), {path: indexed split or the
 # words of the reason it was not}). Every file under the source must be indexed or reported.
 LAYOUTS = [
-    ("class folders differing in case", lambda s, t: _layout(s, {"train/normal/e.jpeg": 5}), {"train/normal/e.jpeg":
-     "train"}),
-    ("a validation/ folder", lambda s, t: _layout(s, {"validation/NORMAL/e.jpeg": 5}), {"validation/NORMAL/e.jpeg":
-     "val"}),
-    ("class folders beside split folders", lambda s, t: _layout(s, {"PNEUMONIA/e.jpeg": 5}), {"PNEUMONIA/e.jpeg":
-     "beside the train/val/test folders"}),
-    ("NAS and desktop thumbnails", lambda s, t: _thumbnails(s), {
-        "val/NORMAL/@eaDir/c.jpeg/SYNOPHOTO_THUMB_M.jpg": "thumbnail", "train/NORMAL/._a.jpeg": "resource fork",
-        "train/PNEUMONIA/.thumbnails/b.png": "thumbnail", "train/NORMAL/Thumbs.db": "thumbnail"}),
+    (
+        "class folders differing in case",
+        lambda s, t: _layout(s, {"train/normal/e.jpeg": 5}),
+        {"train/normal/e.jpeg": "train"},
+    ),
+    (
+        "a validation/ folder",
+        lambda s, t: _layout(s, {"validation/NORMAL/e.jpeg": 5}),
+        {"validation/NORMAL/e.jpeg": "val"},
+    ),
+    (
+        "class folders beside split folders",
+        lambda s, t: _layout(s, {"PNEUMONIA/e.jpeg": 5}),
+        {"PNEUMONIA/e.jpeg": "beside the train/val/test folders"},
+    ),
+    (
+        "NAS and desktop thumbnails",
+        lambda s, t: _thumbnails(s),
+        {
+            "val/NORMAL/@eaDir/c.jpeg/SYNOPHOTO_THUMB_M.jpg": "thumbnail",
+            "train/NORMAL/._a.jpeg": "resource fork",
+            "train/PNEUMONIA/.thumbnails/b.png": "thumbnail",
+            "train/NORMAL/Thumbs.db": "thumbnail",
+        },
+    ),
     ("a dangling symlink", lambda s, t: _dangling(s), {"train/NORMAL/gone.jpeg": "broken symbolic link"}),
     ("a link to a folder", _folder_link, {"train/linked/": "link to a folder"}),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("name", "change", "expected"), LAYOUTS, ids=[c[0] for c in LAYOUTS])
@@ -369,3 +389,112 @@ def test_npz_with_python_objects_is_refused_without_pickle_advice(tmp_path) -> N
     with pytest.raises(InputError, match="holds Python objects") as e:
         index_source(bad, tmp_path / "out", workers=1)
     assert "allow_pickle" not in str(e.value)
+
+
+def _csv(tmp: Path, text: bytes) -> Path:
+    src = tmp / "src"
+    _layout(src, {"a.png": 1, "b.png": 2, "c.png": 3})
+    (src / "list.csv").write_bytes(text)
+    return src / "list.csv"
+
+
+def _kaggle(tmp: Path) -> Path:
+    _layout(tmp / "src", BASE)
+    return tmp / "src"
+
+
+def _train_on_gpu(tmp: Path) -> list[str]:
+    index_source(_kaggle(tmp), tmp / "d", workers=1)
+    return tiny_train_args(tmp / "d", tmp / "runs", "trainer.accelerator=gpu")
+
+
+def _replaced_after_indexing(tmp: Path) -> list[str]:
+    src = _kaggle(tmp)
+    index_source(src, tmp / "data", workers=1)
+    write_image(src / "train" / "NORMAL" / "a.jpeg", seed=99, size=(64, 64))
+    return ["data", "cache", str(tmp / "data"), "--size", "32"]
+
+
+LATIN1 = "path,label\na.png,NORMAL\nb.png,Pneumonie é\n".encode("latin-1")
+
+# Commands that must end in one sentence and exit code 2, never a traceback: (name, args(tmp), words on stderr).
+COMMANDS = [
+    ("a Latin-1 CSV", lambda t: ["data", "index", str(_csv(t, LATIN1)), "--out", str(t / "o")], "not UTF-8"),
+    ("--out is a file", lambda t: ["data", "index", str(_kaggle(t)), "--out", str(_csv(t, b"x"))], "is a file"),
+    (
+        "--out inside the source",
+        lambda t: ["data", "index", str(_kaggle(t)), "--out", str(t / "src" / "data")],
+        "inside the source",
+    ),
+    ("--out is the source", lambda t: ["data", "index", str(_kaggle(t)), "--out", str(t / "src")], "inside the source"),
+    ("--size 0", lambda t: ["data", "prepare", str(_kaggle(t)), "--out", str(t / "o"), "--size", "0"], "--size"),
+    ("a file replaced after indexing", _replaced_after_indexing, "changed after indexing"),
+    ("accelerator=gpu without a GPU", lambda t: _train_on_gpu(t), "no CUDA GPU"),
+]
+
+
+@pytest.mark.parametrize(("name", "args", "words"), COMMANDS, ids=[c[0] for c in COMMANDS])
+def test_commands_fail_with_one_sentence(tmp_path, capsys, name, args, words) -> None:
+    if name.startswith("accelerator") and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(args(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+def test_csv_with_bom_missing_cells_and_conflicting_labels(tmp_path) -> None:
+    rows = ["path,label,patient_id", "a.png,NORMAL,p1", "b.png,PNEUMONIA", "c.png,NORMAL,p3", "c.png,PNEUMONIA,p3"]
+    text = "\n".join([*rows, "a.png,NORMAL,p1\n"])
+    src = _csv(tmp_path, b"\xef\xbb\xbf" + text.encode())  # Excel's "CSV UTF-8" starts with a byte-order mark
+    result = index_source(src, tmp_path / "out", workers=1)
+    assert {r.path: r.patient_id for r in result.manifest.records} == {"a.png": "p1", "b.png": ""}
+    kinds = sorted((p.path, p.kind) for p in result.problems)
+    assert kinds == [("a.png", "listed_twice"), ("c.png", "conflicting_labels"), ("c.png", "conflicting_labels")]
+
+
+def test_outputs_follow_the_umask_and_killed_writers_leave_nothing(tmp_path) -> None:
+    import os
+
+    from pneumolab.data.cache import build_cache
+
+    src = _kaggle(tmp_path)
+    data = tmp_path / "data"
+    old = os.umask(0o027)
+    try:
+        result = index_source(src, data, workers=1)
+    finally:
+        os.umask(old)
+    assert (data / "manifest.csv").stat().st_mode & 0o777 == 0o640  # not mkstemp's 0600
+    orphan = data / "cache" / ".images_32_0.npy.pid999999999.x.npy.tmp"  # a writer that was SIGKILLed
+    orphan.parent.mkdir()
+    orphan.write_bytes(b"half")
+    build_cache(result.manifest, 32, data / "cache")
+    assert not orphan.exists()
+
+
+def test_a_failed_reindex_removes_the_old_manifest(tmp_path) -> None:
+    src = _kaggle(tmp_path)
+    index_source(src, tmp_path / "data", workers=1)
+    for f in (src / "train" / "PNEUMONIA").iterdir():
+        f.unlink()
+    shutil.rmtree(src / "val" / "PNEUMONIA")
+    with pytest.raises(InputError, match="only NORMAL"):
+        index_source(src, tmp_path / "data", workers=1)
+    assert not (tmp_path / "data" / "manifest.csv").exists()
+
+
+def _pdeathsig(_: int) -> int:
+    import ctypes
+
+    sig = ctypes.c_int()
+    ctypes.CDLL(None).prctl(2, ctypes.byref(sig))  # PR_GET_PDEATHSIG
+    return sig.value
+
+
+def test_decoding_workers_die_with_their_parent() -> None:
+    import signal
+
+    from pneumolab.data.pool import process_pool
+
+    with process_pool(2) as pool:
+        assert set(pool.map(_pdeathsig, range(4))) == {int(signal.SIGKILL)}

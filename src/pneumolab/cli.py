@@ -244,7 +244,7 @@ def _cache(data_dir: Path, size: int, workers: int | None) -> None:
     typer.echo(f"cache {size}x{size}: {len(manifest)} images, {path.stat().st_size / 1e6:.1f} MB, {how} ({path})")
 
 
-Size = Annotated[int, typer.Option(help="Square image side in pixels.")]
+Size = Annotated[int, typer.Option(help="Square image side in pixels.", min=16, max=1024)]
 
 
 @_command(

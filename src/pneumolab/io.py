@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "is_fresh"]
+__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "is_fresh", "remove_orphans"]
 
 
 @contextlib.contextmanager
@@ -24,14 +24,45 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    # The writer's pid is in the name, so a later run can tell a killed writer's leftovers from a live one's.
+    prefix = f".{target.name}.pid{os.getpid()}."
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix + ".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
+        if tmp.exists():  # mkstemp makes 0600 files: give the output the mode any new file gets (the umask's)
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_orphans(folder: Path) -> list[Path]:
+    """Delete the temporary files of writers in ``folder`` that were killed (their process is gone)."""
+    removed = []
+    for tmp in folder.glob(".*.pid*.tmp") if folder.is_dir() else []:
+        pid = tmp.name.rpartition(".pid")[2].partition(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it; set it straight back
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:

@@ -14,15 +14,16 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from pneumolab.data.manifest import Manifest
+from pneumolab.data.pool import process_pool
 from pneumolab.data.readers import read_entry
-from pneumolab.io import atomic_path
+from pneumolab.errors import InputError
+from pneumolab.io import atomic_path, remove_orphans
 
 __all__ = ["CACHE_VERSION", "build_cache", "cache_path", "load_cache", "resize_square"]
 
@@ -43,9 +44,14 @@ def cache_path(manifest: Manifest, size: int, cache_dir: str | Path) -> Path:
     return Path(cache_dir) / f"images_{size}_{key}.npy"
 
 
-def _decode(args: tuple[str, str, int]) -> np.ndarray:
-    root, rel, size = args
-    _, img = read_entry(Path(root), rel, draft=size)
+def _decode(args: tuple[str, str, str, int]) -> np.ndarray:
+    root, rel, sha256, size = args
+    data, img = read_entry(Path(root), rel, draft=size)
+    if hashlib.sha256(data).hexdigest() != sha256:  # replaced or edited since `data index` checked it
+        raise InputError(
+            f"{Path(root) / rel}: the file changed after indexing (its SHA-256 differs from the manifest's); "
+            "re-run `pneumolab data index` (or `data prepare`) on the source"
+        )
     return resize_square(img.pixels, size)
 
 
@@ -65,12 +71,13 @@ def build_cache(
     if path.exists():
         return path
     n = len(manifest)
-    jobs = [(str(manifest.root), r.path, size) for r in manifest.records]
+    jobs = [(str(manifest.root), r.path, r.sha256, size) for r in manifest.records]
+    remove_orphans(Path(cache_dir))  # what a killed build left behind
     workers = workers or os.cpu_count() or 1
     with atomic_path(path, suffix=".npy") as tmp, contextlib.ExitStack() as stack:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size))
         if workers > 1 and n >= 64:
-            results = stack.enter_context(ProcessPoolExecutor(workers)).map(_decode, jobs, chunksize=32)
+            results = stack.enter_context(process_pool(workers)).map(_decode, jobs, chunksize=32)
         else:
             results = map(_decode, jobs)
         for i, img in enumerate(results):

@@ -16,17 +16,17 @@ import os
 import secrets
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from pneumolab.data.manifest import CLASSES, Manifest, Record
 from pneumolab.data.patient import hash_patient_id
+from pneumolab.data.pool import process_pool
 from pneumolab.data.readers import read_entry
-from pneumolab.data.sources import Candidate, list_source
+from pneumolab.data.sources import Candidate, SourceListing, list_source
 from pneumolab.errors import ImageReadError, InputError, LeakageError
-from pneumolab.io import atomic_write_json, atomic_write_text
+from pneumolab.io import atomic_write_json, atomic_write_text, remove_orphans
 
 __all__ = ["IndexResult", "Problem", "as_dataset", "index_source"]
 
@@ -104,8 +104,41 @@ def index_source(
         LeakageError: the same image or patient appears in two of the source's splits.
     """
     listing = list_source(source)
-    out_dir = Path(out_dir)
+    out_dir = _check_out(Path(source), Path(out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_orphans(out_dir)
+    try:
+        return _index(listing, source, out_dir, strict, salt, workers, progress)
+    except Exception:
+        # A failed re-index must not leave the previous manifest standing as if it described the source now.
+        for name in ("manifest.csv", "manifest.json"):
+            (out_dir / name).unlink(missing_ok=True)
+        raise
+
+
+def _check_out(source: Path, out_dir: Path) -> Path:
+    """The output folder, refused when it is a file or would write into the source (which is only ever read)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} is a file: give a folder for the dataset (it is created if missing)")
+    src, out = source.resolve(), out_dir.resolve()
+    inside = out == src or (src.is_dir() and out.is_relative_to(src)) or (src.is_file() and src.parent == out)
+    if inside and (src.is_dir() or src.name in ("manifest.csv", "problems.csv", "index_report.json")):
+        raise InputError(
+            f"--out {out_dir} is inside the source {source}: pneumolab never writes into a source; choose a folder "
+            "outside it, e.g. runs/data/NAME"
+        )
+    return out_dir
+
+
+def _index(
+    listing: SourceListing,
+    source: str | Path,
+    out_dir: Path,
+    strict: bool,
+    salt: str | None,
+    workers: int | None,
+    progress: Progress | None,
+) -> IndexResult:
     if not listing.candidates:
         raise InputError(f"{source}: no images found (looked for .jpeg/.jpg/.png/.dcm under the class folders)")
     salt = _salt(out_dir, salt)
@@ -116,7 +149,7 @@ def index_source(
     converted: Counter[str] = Counter()
     with contextlib.ExitStack() as stack:
         if workers > 1 and len(jobs) >= 64:  # process start-up costs more than it saves on tiny sources
-            results = stack.enter_context(ProcessPoolExecutor(workers)).map(_check, jobs, chunksize=32)
+            results = stack.enter_context(process_pool(workers)).map(_check, jobs, chunksize=32)
         else:
             results = map(_check, jobs)
         for done, res in enumerate(results, start=1):

@@ -94,6 +94,14 @@ def _walk(root: Path) -> tuple[list[Path], list[str]]:
     return files, unlisted
 
 
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _why_not(rel: Path, layout: str) -> tuple[str | None, str | None, str | None]:
     """``(split, label, None)`` for a file where the Kaggle layout puts images, else ``(None, None, reason)``."""
     parts = rel.parts
@@ -134,6 +142,10 @@ def _list_kaggle(root: Path) -> SourceListing:
     candidates = []
     for f in files:
         rel = f.relative_to(root)
+        if not _utf8(str(rel)):  # os.walk hands undecodable bytes back as surrogates: no manifest can hold them
+            shown = str(rel).encode("utf-8", "backslashreplace").decode()
+            ignored.append(f"{shown}: the file name is not valid UTF-8; rename it")
+            continue
         split, label, reason = _why_not(rel, layout)
         if reason:
             ignored.append(f"{rel.as_posix()}: {reason}")
@@ -200,24 +212,53 @@ def _list_npz(path: Path) -> SourceListing:
     return SourceListing("medmnist", path.parent, candidates, [], [note])
 
 
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str | None]]]:
+    """Header and rows of a UTF-8 CSV (Excel's "CSV UTF-8" byte-order mark included)."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            return list(reader.fieldnames or []), list(reader)
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{path}: not UTF-8 text (byte {e.start} is {e.object[e.start : e.start + 1]!r}; Latin-1 or another "
+            "legacy encoding?): save it as UTF-8 (Excel: 'CSV UTF-8') and run again"
+        ) from None
+    except csv.Error as e:
+        raise InputError(f"{path}: not a readable CSV ({e})") from None
+
+
 def _list_csv(path: Path) -> SourceListing:
-    root = path.parent
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        cols = {c.strip().lower(): c for c in reader.fieldnames or []}
-        if "path" not in cols or "label" not in cols:
-            raise InputError(f"{path}: needs the columns path,label[,patient_id][,split]; found {reader.fieldnames}")
-        rows = list(reader)
+    fields, rows = _read_csv(path)
+    cols = {c.strip().lower(): c for c in fields if c is not None}
+    if "path" not in cols or "label" not in cols:
+        raise InputError(f"{path}: needs the columns path,label[,patient_id][,split]; found {fields}")
+
+    def cell(row: dict[str, str | None], name: str) -> str:
+        return (row.get(cols[name]) or "").strip() if name in cols else ""  # a short row has None cells
+
     candidates = []
+    labels_of: dict[str, set[str]] = {}
+    for row in rows:
+        if (rel := cell(row, "path")) and (label := normalise_label(cell(row, "label"))):
+            labels_of.setdefault(rel, set()).add(label)
+    seen: set[str] = set()
     for line, row in enumerate(rows, start=2):
-        rel = row[cols["path"]].strip()
-        label = normalise_label(row[cols["label"]])
-        split = row[cols["split"]].strip().lower() if "split" in cols else "train"
-        pid = row[cols["patient_id"]].strip() if "patient_id" in cols else ""
+        rel, raw_label = cell(row, "path"), cell(row, "label")
+        label = normalise_label(raw_label)
+        split = (cell(row, "split") or "train").lower()
+        pid = cell(row, "patient_id")
         problem = None
-        if label is None:
-            problem = ("unknown_label", f"line {line}: label {row[cols['label']]!r} is not NORMAL/PNEUMONIA (or 0/1)")
+        if not rel:
+            problem = ("missing_cell", f"line {line}: no path")
+        elif label is None:
+            problem = ("unknown_label", f"line {line}: label {raw_label!r} is not NORMAL/PNEUMONIA (or 0/1)")
         elif split not in SPLITS:
             problem = ("unknown_split", f"line {line}: split {split!r} is not one of {SPLITS}")
-        candidates.append(Candidate(rel, label, split if split in SPLITS else "train", pid or None, problem))
-    return SourceListing("csv", root, candidates, [], [])
+        elif len(labels_of[rel]) > 1:  # which one is right is for the source's owner to say, not for us
+            problem = ("conflicting_labels", f"line {line}: {rel} is listed as both NORMAL and PNEUMONIA")
+        elif rel in seen:
+            problem = ("listed_twice", f"line {line}: {rel} is listed again (the first row is used)")
+        seen.add(rel)
+        split = split if split in SPLITS else "train"
+        candidates.append(Candidate(rel or f"<line {line}>", label, split, pid or None, problem))
+    return SourceListing("csv", path.parent, candidates, [], [])

@@ -96,6 +96,11 @@ def build_trainer(
     if t.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=mode, patience=t.early_stopping_patience))
     callbacks += extra_callbacks or []
+    if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise InputError(
+            f"trainer.accelerator={t.accelerator} but PyTorch sees no CUDA GPU (torch.cuda.is_available() is False: "
+            "no GPU, no driver, or a CPU-only torch build); use trainer.accelerator=auto or cpu"
+        )
     n_proc = t.devices * t.num_nodes
     trainer = L.Trainer(
         default_root_dir=run_dir,

@@ -101,6 +101,8 @@ def test_robustness_objective_scores_each_trial_under_the_shifts(sample_data, tm
         ("  model.dropout2: {type: float, low: 0.0, high: 0.3}", "model.dropout2"),
         ("  optim.weight_decay: {type: float, low: 0.1, high: 0.01}", "low < high"),
         ("  data.batch_size: {type: categorical}", "choices"),
+        ("  model.dropout: {type: float, low: 0.1, high: 1.5}", "model.dropout' = 1.5"),  # only the bound is bad
+        ("  data.batch_size: {type: categorical, choices: [32, 0]}", "data.batch_size' = 0"),
     ],
 )
 def test_bad_search_space_entries_name_the_key(tmp_path, space, message) -> None:

@@ -78,8 +78,11 @@ class TuneConfig(StrictModel):
         return "val/auroc" if self.objective.startswith("robustness/") else self.objective
 
 
-def _sample_value(p: SearchParam) -> Any:
-    return p.choices[0] if p.type == "categorical" else (p.low if p.type == "float" else int(p.low))
+def _extreme_values(p: SearchParam) -> list[Any]:
+    """Every value a trial may be given that the training config can refuse: each choice, or both bounds."""
+    if p.type == "categorical":
+        return list(p.choices)
+    return [p.low, p.high] if p.type == "float" else [int(p.low), int(p.high)]
 
 
 def load_tune_config(path: str | Path, data: Path | None = None, overrides: list[str] | None = None) -> TuneConfig:
@@ -88,12 +91,13 @@ def load_tune_config(path: str | Path, data: Path | None = None, overrides: list
 
     cfg = load_config(TuneConfig, resolve_config_path(path), overrides)
     extra = [f"data.data_dir={data}"] if data else []
+    base = {} if data else {"data": {"data_dir": "."}}
     for key, param in cfg.space.items():
-        try:
-            load_config(TrainConfig, cfg.train_config, [*cfg.overrides, *extra, f"{key}={_sample_value(param)!r}"],
-                        **({} if data else {"data": {"data_dir": "."}}))  # fmt: skip
-        except InputError as e:
-            raise InputError(f"search space key {key!r} in {path}: {e}") from None
+        for value in _extreme_values(param):  # the upper bound too: a trial may draw it hours later
+            try:
+                load_config(TrainConfig, cfg.train_config, [*cfg.overrides, *extra, f"{key}={value!r}"], **base)
+            except InputError as e:
+                raise InputError(f"search space key {key!r} = {value!r} in {path}: {e}") from None
     return cfg
 
 

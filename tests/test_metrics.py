@@ -108,3 +108,27 @@ def test_temperature_scaling_lowers_ece_on_an_overconfident_toy() -> None:
         auc_before = compute_metrics(logits.softmax(1)[:, 1].double().numpy(), y.numpy())["auroc"]
         after_auc = compute_metrics(apply_temperature(logits, t).double().numpy(), y.numpy())["auroc"]
         assert after_auc == pytest.approx(auc_before, abs=1e-4)  # rankings kept (up to float32 saturation ties)
+
+
+def test_threshold_search_matches_exact_brute_force_with_its_tie_rules() -> None:
+    """sklearn's ROC under the search must pick what exact arithmetic over every observed score picks,
+    ties included (Youden/sensitivity: the highest tied threshold; specificity: the lowest)."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(5, 80))
+        y = rng.integers(0, 2, n)
+        y[:2] = (0, 1)
+        p = np.round(rng.random(n), 1)  # coarse scores: many ties
+        cand = np.unique(p)
+        n_pos, n_neg = int(y.sum()), int((1 - y).sum())
+        sens = [Fraction(int(((p >= c) & (y == 1)).sum()), n_pos) for c in cand]
+        spec = [Fraction(int(((p < c) & (y == 0)).sum()), n_neg) for c in cand]
+        j = [a + b for a, b in zip(sens, spec, strict=True)]
+        assert choose_threshold(p, y, "youden")["threshold"] == cand[max(i for i, v in enumerate(j) if v == max(j))]
+        ok = [i for i, s in enumerate(sens) if s >= Fraction(9, 10)]
+        assert choose_threshold(p, y, "sensitivity>=0.9")["threshold"] == cand[ok[-1]]
+        ok = [i for i, s in enumerate(spec) if s >= Fraction(1, 2)]
+        if ok:
+            assert choose_threshold(p, y, "specificity>=0.5")["threshold"] == cand[ok[0]]

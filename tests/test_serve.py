@@ -332,3 +332,11 @@ def test_ood_guard_in_the_predictor(run, ae_run) -> None:
     assert any("autoencoder" in r for r in blank.reasons) and any("blank" in r for r in blank.reasons)
     guard = TestClient(create_app(predictor)).get("/api/v1/model").json()["ood_guard"]
     assert guard == {"on": True, "image_checks": True, "feature_guard": True, "autoencoder": True}
+
+
+def test_the_service_does_not_import_the_training_stack() -> None:
+    """Serving imports inference only: Lightning (and the DataModule) would slow every worker's start."""
+    heavy = "('lightning', 'pneumolab.training', 'pneumolab.data.datamodule')"
+    code = f"import sys, pneumolab.serve.app; print(sorted(m for m in {heavy} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

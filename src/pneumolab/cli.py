@@ -851,15 +851,32 @@ def serve_cmd(
         raise InputError(f"--backend {backend!r}: choose torch or onnx")
     Predictor.load(model, backend=backend, ood=ood, guard=not no_guard)  # fail here, not in every worker
     threads = max(1, len(os.sched_getaffinity(0)) // workers)
-    settings = {"model": str(model), "backend": backend, "ood": str(ood) if ood else None, "guard": not no_guard,
-                "token": token, "max_upload_mb": max_upload_mb, "threads": threads}  # fmt: skip
+    settings = {
+        "model": str(model),
+        "backend": backend,
+        "ood": str(ood) if ood else None,
+        "guard": not no_guard,
+        "token": token,
+        "max_upload_mb": max_upload_mb,
+        "threads": threads,
+    }
     if no_guard:
         typer.echo("warning: --no-guard: every upload gets a label, even one that is not a chest X-ray")
     os.environ[ENV_SETTINGS] = json.dumps(settings)
     typer.echo(f"serving {model} on http://{host}:{port} (backend {backend}, {workers} process(es) x {threads} "
                f"thread(s), token {'on' if token else 'off'})")  # fmt: skip
-    uvicorn.run("pneumolab.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                http=NoDelayHTTPProtocol, log_level="warning")  # fmt: skip
+    # A worker loads torch and the model before it answers uvicorn's health check: on 2 busy cores that takes
+    # longer than uvicorn's 5 s default, and the supervisor would kill and restart it for ever.
+    uvicorn.run(
+        "pneumolab.serve.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        http=NoDelayHTTPProtocol,
+        log_level="warning",
+        timeout_worker_healthcheck=120,
+    )
 
 
 @_command(

@@ -141,19 +141,18 @@ def _check_chest_radiograph(ds, name: str) -> None:
     what = "DICOM file has no Modality" if not modality else f"DICOM Modality {modality!r}"
     if modality not in RADIOGRAPH_MODALITIES:
         raise ImageReadError(
-            name, "not_a_chest_radiograph",
+            name,
+            "not_a_chest_radiograph",
             f"{what}: not a radiograph (pneumolab reads chest radiographs only: Modality CR or DX)",
-        )  # fmt: skip
+        )
     part = str(ds.get("BodyPartExamined", "") or "").strip().upper()
     if part not in CHEST_BODY_PARTS:
-        raise ImageReadError(
-            name, "not_a_chest_radiograph", f"DICOM BodyPartExamined {part!r}: not a chest radiograph"
-        )  # fmt: skip
+        raise ImageReadError(name, "not_a_chest_radiograph", f"DICOM BodyPartExamined {part!r}: not a chest radiograph")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1:
         raise ImageReadError(
             name, "not_a_chest_radiograph", f"DICOM file holds {frames} frames; a chest radiograph has one"
-        )  # fmt: skip
+        )
 
 
 def _decode_dicom(data: bytes, name: str, max_pixels: int) -> DecodedImage:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+from sklearn.metrics import roc_curve
 
 from pneumolab.errors import InputError
 
@@ -47,21 +48,23 @@ def choose_threshold(prob: np.ndarray, y: np.ndarray, policy: str = "youden") ->
     else:
         if len(np.unique(y)) < 2:
             raise InputError("choosing a threshold needs both classes in the validation data")
-        cand = np.unique(prob)  # ascending
-        pred = prob[None, :] >= cand[:, None]  # (T, N)
-        sens = (pred & (y == 1)).sum(1) / (y == 1).sum()
-        spec = (~pred & (y == 0)).sum(1) / (y == 0).sum()
+        # sklearn's ROC: every distinct score as a threshold (descending), with the rates of "positive iff
+        # prob >= t"; O(N log N) time and O(N) memory. [0] is +inf (nothing positive). Back to integer counts,
+        # so that exact ties stay ties for the tie-breaking rules above.
+        fpr, tpr, thresholds = roc_curve(y, prob, drop_intermediate=False)
+        n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+        tp, tn = np.rint(tpr[1:] * n_pos).astype(int), n_neg - np.rint(fpr[1:] * n_neg).astype(int)
+        cand, sens, spec = thresholds[1:], tp / n_pos, tn / n_neg
         if kind == "youden":
-            j = sens + spec - 1
-            t = float(cand[np.flatnonzero(j == j.max())[-1]])
+            j = tp * n_neg + tn * n_pos  # (sensitivity + specificity) x n_pos x n_neg, an integer
+            t = float(cand[np.flatnonzero(j == j.max())[0]])  # the highest of the tied thresholds
         elif kind == "sensitivity":
-            ok = np.flatnonzero(sens >= target)  # sensitivity falls as t rises: the largest t that still meets it
-            t = float(cand[ok[-1]])
+            t = float(cand[np.flatnonzero(sens >= target)[0]])  # sensitivity falls as t rises: the largest t
         else:
             ok = np.flatnonzero(spec >= target)  # specificity rises with t: the smallest t that meets it
             if not len(ok):
                 raise InputError(f"no threshold reaches specificity >= {target} on the validation data")
-            t = float(cand[ok[0]])
+            t = float(cand[ok[-1]])
     pred = prob >= t
     sens_t = float((pred & (y == 1)).sum() / max(1, (y == 1).sum()))
     spec_t = float((~pred & (y == 0)).sum() / max(1, (y == 0).sum()))

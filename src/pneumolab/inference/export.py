@@ -70,8 +70,16 @@ def export_onnx(model_target: str | Path, out: str | Path, *, samples: list[byte
         expected = [t.numpy() for t in _as_tuple(graph(x))]
     with atomic_path(out, suffix=".onnx") as tmp:
         axes = {"image": {0: "batch"}, **{n: {0: "batch"} for n in names}}
-        torch.onnx.export(graph, (dummy,), str(tmp), dynamo=False, opset_version=17, input_names=["image"],
-                          output_names=names, dynamic_axes=axes)  # fmt: skip
+        torch.onnx.export(
+            graph,
+            (dummy,),
+            str(tmp),
+            dynamo=False,
+            opset_version=17,
+            input_names=["image"],
+            output_names=names,
+            dynamic_axes=axes,
+        )
         got = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})
         diff = max(float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True))
         if not diff <= tolerance:

@@ -23,10 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pneumolab.data.cache import load_cache
-from pneumolab.data.manifest import Manifest
 from pneumolab.data.readers import DecodedImage
-from pneumolab.evaluation.predict import pixel_logits
 
 __all__ = ["FeatureTap", "feature_scores", "fit_feature_guard", "fit_model_guard", "image_problems"]
 
@@ -106,6 +103,10 @@ def feature_scores(guard: dict[str, Any], feats: torch.Tensor) -> np.ndarray:
 def fit_model_guard(net: nn.Module, model_name: str, preprocessing: dict[str, Any], data_dir: Path) -> dict[str, Any]:
     """The feature guard of a trained ``net`` (taking pixels): fitted on the training split of ``data_dir`` as
     the model sees it at inference (no augmentation), thresholded on its validation split."""
+    # Imported here: the service imports this module, and these pull in the training stack (Lightning).
+    from pneumolab.data.cache import load_cache
+    from pneumolab.data.manifest import Manifest
+    from pneumolab.evaluation.predict import pixel_logits
     from pneumolab.inference.predictor import gradcam_layer
 
     manifest = Manifest.load(data_dir)

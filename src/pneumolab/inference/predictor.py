@@ -96,13 +96,12 @@ class Predictor:
         # The feature guard needs the pooled features: a hook on the PyTorch model, or the ONNX graph's
         # second output (``pneumolab export`` adds it when the model file has a guard).
         self.feature_guard = meta.get("ood_guard") if guard else None
-        onnx_features = onnx_session is not None and len(onnx_session.get_outputs()) > 1
-        if self.feature_guard is not None and onnx_session is None and model is not None:
+        self.tap = None
+        if self.feature_guard is not None and onnx_session is not None:
+            if len(onnx_session.get_outputs()) < 2:  # an export without the features output
+                self.feature_guard = None
+        elif self.feature_guard is not None:
             self.tap = FeatureTap(gradcam_layer(model, meta["model_name"]))
-        elif not onnx_features:
-            self.feature_guard, self.tap = None, None
-        else:
-            self.tap = None
         if guard and self.feature_guard is None and ood is None:
             raise InputError(
                 "this model has no out-of-distribution guard (a model file from before guards were stored in it, "
@@ -196,8 +195,18 @@ class Predictor:
         timings = {"preprocess": (t1 - t0) * 1e3, "model": (t2 - t1) * 1e3, "gradcam": (t3 - t2) * 1e3,
                    "total": (time.perf_counter() - t0) * 1e3}  # fmt: skip
         ood = bool(reasons) if self.guarded else None
-        return Prediction(prob, label, self.threshold, ood, {k: round(v, 2) for k, v in timings.items()}, heat,
-                          small, score, reasons, img.pixels)  # fmt: skip
+        return Prediction(
+            prob,
+            label,
+            self.threshold,
+            ood,
+            {k: round(v, 2) for k, v in timings.items()},
+            heat,
+            small,
+            score,
+            reasons,
+            img.pixels,
+        )
 
     def _gradcam(self, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         """Grad-CAM for the PNEUMONIA logit on the registry's layer, upsampled to the input: (S, S) in [0, 1],

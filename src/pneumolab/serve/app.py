@@ -40,8 +40,16 @@ ENV_SETTINGS = "PNEUMOLAB_SERVE_SETTINGS"
 log = logging.getLogger(__name__)
 
 # Problem kind -> HTTP status: 413 for "too big", 415 for "not an image we read", 422 for the rest.
-_STATUS = {"decompression_bomb": 413, "not_an_image": 415, "empty_file": 422, "truncated": 422, "corrupt": 422,
-           "too_small": 422, "no_pixel_data": 422, "not_a_chest_radiograph": 422}  # fmt: skip
+_STATUS = {
+    "decompression_bomb": 413,
+    "not_an_image": 415,
+    "empty_file": 422,
+    "truncated": 422,
+    "corrupt": 422,
+    "too_small": 422,
+    "no_pixel_data": 422,
+    "not_a_chest_radiograph": 422,
+}
 
 
 def overlay_png(image: np.ndarray, heat: np.ndarray | None, alpha: float = 0.45, max_side: int = 768) -> bytes:

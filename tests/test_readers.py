@@ -123,3 +123,15 @@ def test_sniffing_ignores_the_extension(tmp_path) -> None:
     p = write_image(tmp_path / "really_a_png.jpeg", seed=1, fmt="PNG")
     assert sniff_format(p.read_bytes()[:132]) == "png"
     assert decode_bytes(p.read_bytes(), p.name).pixels.shape == (40, 48)
+
+
+def test_read_errors_survive_the_trip_from_a_worker_process() -> None:
+    import pickle
+
+    e = pickle.loads(pickle.dumps(ImageReadError("a.png", "truncated", "image file is truncated")))
+    assert (e.path, e.kind, e.detail, str(e)) == (
+        "a.png",
+        "truncated",
+        "image file is truncated",
+        "a.png: image file is truncated",
+    )

@@ -31,3 +31,7 @@ class ImageReadError(InputError):
         self.path = path
         self.kind = kind
         self.detail = detail
+
+    def __reduce__(self) -> tuple:
+        # Raised inside decoding worker processes: must survive the trip back through pickle.
+        return (ImageReadError, (self.path, self.kind, self.detail))

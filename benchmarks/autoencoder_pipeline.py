@@ -58,32 +58,62 @@ def main() -> None:
         cfg = load_config(TrainConfig, "cpu/latent_cnn", [*common, *latent, f"trainer.max_epochs={args.epochs}"])
         run = train(cfg, progress_bar=False)
         t3 = time.perf_counter()
-        row = {"pipeline": f"AE {preset} -> latent_cnn", "code": "x".join(map(str, ae.summary["code_shape"])),
-               "ae_train_s": round(t1 - t0, 1), "encode_s": round(t2 - t1, 1), "classifier_train_s": round(t3 - t2, 1),
-               "total_s": round(t3 - t0, 1), "psnr_db": round(ae.summary["best_val"].get("val/psnr", float("nan")), 2),
-               **_val(run.run_dir, args.data)}  # fmt: skip
+        row = {
+            "pipeline": f"AE {preset} -> latent_cnn",
+            "code": "x".join(map(str, ae.summary["code_shape"])),
+            "ae_train_s": round(t1 - t0, 1),
+            "encode_s": round(t2 - t1, 1),
+            "classifier_train_s": round(t3 - t2, 1),
+            "total_s": round(t3 - t0, 1),
+            "psnr_db": round(ae.summary["best_val"].get("val/psnr", float("nan")), 2),
+            **_val(run.run_dir, args.data),
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
     for size in args.pixel_sizes:
         t0 = time.perf_counter()
         pixel = [f"data.data_dir={args.data}", f"data.image_size={size}", f"out_dir={args.out}/pixels"]
-        cfg = load_config(TrainConfig, "cpu/cnn_improved", [*pixel, f"name=cnn_improved_{size}",
-                                                            f"trainer.max_epochs={args.epochs}"])  # fmt: skip
+        cfg = load_config(
+            TrainConfig, "cpu/cnn_improved", [*pixel, f"name=cnn_improved_{size}", f"trainer.max_epochs={args.epochs}"]
+        )
         run = train(cfg, progress_bar=False)
         t1 = time.perf_counter()
-        row = {"pipeline": f"cnn_improved on pixels {size} px", "code": f"1x{size}x{size}", "ae_train_s": 0,
-               "encode_s": 0, "classifier_train_s": round(t1 - t0, 1), "total_s": round(t1 - t0, 1), "psnr_db": None,
-               **_val(run.run_dir, args.data)}  # fmt: skip
+        row = {
+            "pipeline": f"cnn_improved on pixels {size} px",
+            "code": f"1x{size}x{size}",
+            "ae_train_s": 0,
+            "encode_s": 0,
+            "classifier_train_s": round(t1 - t0, 1),
+            "total_s": round(t1 - t0, 1),
+            "psnr_db": None,
+            **_val(run.run_dir, args.data),
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
-    header = ["pipeline", "input to classifier", "AE train s", "encode s", "classifier train s", "total s",
-              "val AUROC [95% CI]", "val accuracy [95% CI]"]  # fmt: skip
+    header = [
+        "pipeline",
+        "input to classifier",
+        "AE train s",
+        "encode s",
+        "classifier train s",
+        "total s",
+        "val AUROC [95% CI]",
+        "val accuracy [95% CI]",
+    ]
     print("\n| " + " | ".join(header) + " |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         a, c = r["auroc"], r["accuracy"]
-        cells = [r["pipeline"], r["code"], r["ae_train_s"], r["encode_s"], r["classifier_train_s"], r["total_s"],
-                 f"{a[0]:.4f} [{a[1]:.4f}, {a[2]:.4f}]", f"{c[0]:.4f} [{c[1]:.4f}, {c[2]:.4f}]"]  # fmt: skip
+        cells = [
+            r["pipeline"],
+            r["code"],
+            r["ae_train_s"],
+            r["encode_s"],
+            r["classifier_train_s"],
+            r["total_s"],
+            f"{a[0]:.4f} [{a[1]:.4f}, {a[2]:.4f}]",
+            f"{c[0]:.4f} [{c[1]:.4f}, {c[2]:.4f}]",
+        ]
         print("| " + " | ".join(map(str, cells)) + " |")
 
 

@@ -38,8 +38,9 @@ def loader_throughput(
     ``batched``: the loader yields raw uint8 batches and ``augment_batch`` (counted here) augments each one,
     as the DataModule's hook does in training.
     """
-    cfg = DataConfig(data_dir=data_dir, image_size=size, batch_size=batch, num_workers=workers,
-                     augment={"batched": batched})  # fmt: skip
+    cfg = DataConfig(
+        data_dir=data_dir, image_size=size, batch_size=batch, num_workers=workers, augment={"batched": batched}
+    )
     dm = ChestXrayDataModule(cfg)
     dm.setup()
     loader = dm.train_dataloader()

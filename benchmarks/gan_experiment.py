@@ -40,9 +40,18 @@ def main() -> None:
 
     n_train = len(Manifest.load(args.data).indices("train", "real"))
     generators = {load_generator(g)[1]["label"]: g for g in args.generators}
-    samples, arms = gan_arms(data=args.data, n_train=n_train, generators=generators, models=args.models,
-                             seeds=args.seeds, per_class=args.per_class, epochs=args.epochs, size=args.size,
-                             out=args.out, extra=args.extra)  # fmt: skip
+    samples, arms = gan_arms(
+        data=args.data,
+        n_train=n_train,
+        generators=generators,
+        models=args.models,
+        seeds=args.seeds,
+        per_class=args.per_class,
+        epochs=args.epochs,
+        size=args.size,
+        out=args.out,
+        extra=args.extra,
+    )
     for step in samples + arms:
         if not step.done():  # finished runs are kept: re-running continues the matrix
             print(f"{step.name} ...", flush=True)

@@ -58,11 +58,23 @@ def _tree_rss_mb(pid: int) -> float:
     return _rss_mb(pid) + sum(_tree_rss_mb(k) for k in kids)
 
 
-def run_config(model: Path, backend: str, gradcam: bool, clients: int, requests: int, data: bytes,
-               workers: int = 1) -> dict:  # fmt: skip
+def run_config(
+    model: Path, backend: str, gradcam: bool, clients: int, requests: int, data: bytes, workers: int = 1
+) -> dict:
     port = _port()
-    cmd = [sys.executable, "-m", "pneumolab", "serve", str(model), "--port", str(port), "--backend", backend,
-           "--workers", str(workers)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pneumolab",
+        "serve",
+        str(model),
+        "--port",
+        str(port),
+        "--backend",
+        backend,
+        "--workers",
+        str(workers),
+    ]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
     url = f"http://127.0.0.1:{port}"
     try:
@@ -92,10 +104,19 @@ def run_config(model: Path, backend: str, gradcam: bool, clients: int, requests:
             lat = np.concatenate(list(pool.map(client, [requests // clients] * clients)))
         wall = time.perf_counter() - start
         p50, p95, p99 = np.percentile(lat, [50, 95, 99])
-        return {"backend": backend, "workers": workers, "gradcam": gradcam, "clients": clients, "requests": len(lat),
-                "p50_ms": round(p50, 1), "p95_ms": round(p95, 1), "p99_ms": round(p99, 1),
-                "req_per_s": round(len(lat) / wall, 1), "rss_mb_before": round(rss_before, 1),
-                "rss_mb_after": round(_tree_rss_mb(server.pid), 1)}  # fmt: skip
+        return {
+            "backend": backend,
+            "workers": workers,
+            "gradcam": gradcam,
+            "clients": clients,
+            "requests": len(lat),
+            "p50_ms": round(p50, 1),
+            "p95_ms": round(p95, 1),
+            "p99_ms": round(p99, 1),
+            "req_per_s": round(len(lat) / wall, 1),
+            "rss_mb_before": round(rss_before, 1),
+            "rss_mb_after": round(_tree_rss_mb(server.pid), 1),
+        }
     finally:
         server.terminate()
         server.wait(timeout=30)

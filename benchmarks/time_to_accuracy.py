@@ -111,13 +111,18 @@ class Clock(L.Callback):
                 ys.append(y)
             ext = None
             if self.external_x is not None:
-                ext = torch.cat([module(x.to(module.device)).float().softmax(1)[:, 1].cpu()
-                                 for x in self.external_x.split(128)]).numpy()  # fmt: skip
+                ext = torch.cat(
+                    [module(x.to(module.device)).float().softmax(1)[:, 1].cpu() for x in self.external_x.split(128)]
+                ).numpy()
         module.train()
         p, y = torch.cat(probs).numpy(), torch.cat(ys).numpy()
         acc = float(((p >= 0.5) == (y == 1)).mean())
-        row = {"train_s": round(train_s, 2), "images": self.seen, "val_acc": round(acc, 4),
-               "val_auroc": round(float(roc_auc_score(y, p)), 4)}  # fmt: skip
+        row = {
+            "train_s": round(train_s, 2),
+            "images": self.seen,
+            "val_acc": round(acc, 4),
+            "val_auroc": round(float(roc_auc_score(y, p)), 4),
+        }
         if ext is not None:
             ext_acc = float(((ext >= 0.5) == (self.external_y == 1)).mean())
             row.update(ext_acc=round(ext_acc, 4), ext_auroc=round(float(roc_auc_score(self.external_y, ext)), 4))
@@ -133,20 +138,46 @@ class Clock(L.Callback):
 def run(name: str, seed: int, data: Path, out: Path, args: argparse.Namespace) -> dict:
     preset, extra = RECIPES[name]
     extra = [*extra, *(args.fast_overrides if name == "fast" else []), f"seed={seed}", f"data.seed={seed}"]
-    cfg = load_config(TrainConfig, preset, [f"data.data_dir={data}", f"out_dir={out / 'runs'}", f"name={name}-s{seed}",
-                                            "trainer.early_stopping_patience=null", *extra])  # fmt: skip
+    cfg = load_config(
+        TrainConfig,
+        preset,
+        [
+            f"data.data_dir={data}",
+            f"out_dir={out / 'runs'}",
+            f"name={name}-s{seed}",
+            "trainer.early_stopping_patience=null",
+            *extra,
+        ],
+    )
     n_train = len(Manifest.load(data).indices("train", "real"))
     clock = Clock(max(1, int(args.eval_every * n_train)), args.target, args.budget_s, args.external_data)
     train(cfg, progress_bar=False, extra_callbacks=[clock])
     ext_rows = [r for r in clock.curve if "ext_acc" in r]
-    external = {"time_to_external_target_s": clock.reached_external,
-                "best_external_acc": max((r["ext_acc"] for r in ext_rows), default=None),
-                "external_acc_at_stop": ext_rows[-1]["ext_acc"] if ext_rows else None} if ext_rows else {}  # fmt: skip
-    return {"recipe": name, "seed": seed, "config": preset, "overrides": extra, "image_size": cfg.data.image_size,
-            "model": cfg.model.name, "precision": cfg.trainer.precision, "batch_size": cfg.data.batch_size,
-            "time_to_target_s": clock.reached, "train_s": round(clock.train_seconds(), 1),
-            "images_seen": clock.seen, "threads": torch.get_num_threads(), **external,
-            "curve": clock.curve}  # fmt: skip
+    external = (
+        {
+            "time_to_external_target_s": clock.reached_external,
+            "best_external_acc": max((r["ext_acc"] for r in ext_rows), default=None),
+            "external_acc_at_stop": ext_rows[-1]["ext_acc"] if ext_rows else None,
+        }
+        if ext_rows
+        else {}
+    )
+    return {
+        "recipe": name,
+        "seed": seed,
+        "config": preset,
+        "overrides": extra,
+        "image_size": cfg.data.image_size,
+        "model": cfg.model.name,
+        "precision": cfg.trainer.precision,
+        "batch_size": cfg.data.batch_size,
+        "time_to_target_s": clock.reached,
+        "train_s": round(clock.train_seconds(), 1),
+        "images_seen": clock.seen,
+        "threads": torch.get_num_threads(),
+        **external,
+        "curve": clock.curve,
+    }
 
 
 def main() -> None:
@@ -166,16 +197,22 @@ def main() -> None:
         args.external_data = as_dataset(args.external, args.out / "external_data")
     # Accuracy at 0.5 swings early in training, so one run's time to target is noisy: the cheap recipe runs
     # several seeds and its median counts; the study's recipe (~15 min a run on 2 cores) runs seed 0.
-    results = [run(name, seed, args.data, args.out, args) for name in args.recipes
-               for seed in (range(args.fast_seeds) if name == "fast" else [0])]  # fmt: skip
+    results = [
+        run(name, seed, args.data, args.out, args)
+        for name in args.recipes
+        for seed in (range(args.fast_seeds) if name == "fast" else [0])
+    ]
     with open(args.out / "curves.csv", "w", newline="") as f:
         fields = ["recipe", "seed", "train_s", "images", "val_acc", "val_auroc", "ext_acc", "ext_auroc"]
         w = csv.DictWriter(f, fieldnames=fields if args.external else fields[:6])
         w.writeheader()
         for r in results:
             w.writerows({"recipe": r["recipe"], "seed": r["seed"], **row} for row in r["curve"])
-    summary = {"target_val_acc": args.target, "budget_s": args.budget_s,
-               "recipes": [{k: v for k, v in r.items() if k != "curve"} for r in results]}  # fmt: skip
+    summary = {
+        "target_val_acc": args.target,
+        "budget_s": args.budget_s,
+        "recipes": [{k: v for k, v in r.items() if k != "curve"} for r in results],
+    }
     times = {name: [r["time_to_target_s"] or r["train_s"] for r in results if r["recipe"] == name] for name in RECIPES}
     if times["fast"] and times["study"]:
         summary["speed_up"] = {

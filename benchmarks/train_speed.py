@@ -36,8 +36,9 @@ def main() -> None:
         for size in args.sizes:
             row = {"model": name, "size": size, "device": args.device, "threads": torch.get_num_threads()}
             for label, bf16 in (("fp32", False), ("bf16_cl", True)):
-                rate = classifier_step_rate(name, size, args.batch_size, bf16=bf16, seconds=args.seconds,
-                                            device=args.device)  # fmt: skip
+                rate = classifier_step_rate(
+                    name, size, args.batch_size, bf16=bf16, seconds=args.seconds, device=args.device
+                )
                 row[label] = round(rate, 1)
             results.append(row)
             print(json.dumps(row), flush=True)

@@ -145,10 +145,20 @@ def sample_data(tmp_path_factory) -> Path:
 def tiny_train_args(data: Path, out: Path, *extra: str) -> list[str]:
     """CLI arguments for a seconds-long training of the small CNN at 32 px."""
     return [
-        "train", "-c", "cpu/cnn_base", "--data", str(data), f"out_dir={out}", "data.image_size=32",
-        "data.num_workers=0", "trainer.max_epochs=2", "trainer.precision=32", "trainer.channels_last=false",
-        "trainer.log_every_n_steps=1", *extra,
-    ]  # fmt: skip
+        "train",
+        "-c",
+        "cpu/cnn_base",
+        "--data",
+        str(data),
+        f"out_dir={out}",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "trainer.max_epochs=2",
+        "trainer.precision=32",
+        "trainer.channels_last=false",
+        "trainer.log_every_n_steps=1",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -157,7 +167,16 @@ def ae_run(sample_data, tmp_path_factory) -> Path:
     from pneumolab.cli import main
 
     out = tmp_path_factory.mktemp("ae")
-    args = ["autoencoder", "train", "--data", str(sample_data), f"out_dir={out}", "data.image_size=64",
-            "data.num_workers=0", "trainer.max_epochs=8", "trainer.precision=32"]  # fmt: skip
+    args = [
+        "autoencoder",
+        "train",
+        "--data",
+        str(sample_data),
+        f"out_dir={out}",
+        "data.image_size=64",
+        "data.num_workers=0",
+        "trainer.max_epochs=8",
+        "trainer.precision=32",
+    ]
     assert main(args) == 0
     return out / "autoencoder"

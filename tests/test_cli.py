@@ -9,11 +9,33 @@ from pneumolab.cli import main
 from pneumolab.data import sample_root
 from pneumolab.data.manifest import Manifest
 
-COMMANDS = [[], ["data"], ["data", "index"], ["data", "split"], ["data", "cache"], ["data", "summary"],
-            ["data", "prepare"], ["demo"], ["train"], ["models"], ["tensorboard"], ["evaluate"], ["compare"],
-            ["predict"], ["export"], ["serve"], ["tune"], ["autoencoder"], ["autoencoder", "train"],
-            ["autoencoder", "encode"], ["gan"], ["gan", "train"], ["gan", "sample"], ["gan", "quality"],
-            ["robustness"]]  # fmt: skip
+COMMANDS = [
+    [],
+    ["data"],
+    ["data", "index"],
+    ["data", "split"],
+    ["data", "cache"],
+    ["data", "summary"],
+    ["data", "prepare"],
+    ["demo"],
+    ["train"],
+    ["models"],
+    ["tensorboard"],
+    ["evaluate"],
+    ["compare"],
+    ["predict"],
+    ["export"],
+    ["serve"],
+    ["tune"],
+    ["autoencoder"],
+    ["autoencoder", "train"],
+    ["autoencoder", "encode"],
+    ["gan"],
+    ["gan", "train"],
+    ["gan", "sample"],
+    ["gan", "quality"],
+    ["robustness"],
+]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "top")
@@ -30,8 +52,10 @@ def test_python_dash_m_works() -> None:
 
 def test_demo_runs_on_the_bundled_sample_without_touching_it(tmp_path, capsys) -> None:
     before = tree_digest(sample_root())
-    quick = ["overrides=[trainer.max_epochs=1,data.num_workers=0,trainer.precision=32]",
-             "gan.gan_overrides=[trainer.max_epochs=1,width=8,data.num_workers=0]"]  # fmt: skip
+    quick = [
+        "overrides=[trainer.max_epochs=1,data.num_workers=0,trainer.precision=32]",
+        "gan.gan_overrides=[trainer.max_epochs=1,width=8,data.num_workers=0]",
+    ]
     assert main(["demo", "--out", str(tmp_path), *quick]) == 0
     out = capsys.readouterr().out
     assert "CC BY 4.0" in out and "19 of 19 steps ok" in out and "report: " in out

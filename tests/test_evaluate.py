@@ -33,8 +33,20 @@ def test_evaluate_writes_predictions_metrics_plots_and_keeps_the_threshold(
 ) -> None:
     run = two_runs[0]
     before = (run / "model.pt").read_bytes()
-    code = main(["evaluate", str(run), "--data", str(sample_data), "--out", str(tmp_path), "--n-boot", "300",
-                 "--policy", "sensitivity>=0.95"])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            str(run),
+            "--data",
+            str(sample_data),
+            "--out",
+            str(tmp_path),
+            "--n-boot",
+            "300",
+            "--policy",
+            "sensitivity>=0.95",
+        ]
+    )
     assert code == 0
     assert "threshold" in capsys.readouterr().out
     assert (run / "model.pt").read_bytes() == before  # evaluate never changes the stored threshold
@@ -49,8 +61,12 @@ def test_evaluate_writes_predictions_metrics_plots_and_keeps_the_threshold(
     with open(tmp_path / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == m["at_threshold"]["n_images"] == 75 and rows[0].keys() == {
-        "path", "patient_id", "label", "probability", "prediction",
-    }  # fmt: skip
+        "path",
+        "patient_id",
+        "label",
+        "probability",
+        "prediction",
+    }
     t = m["threshold"]["value"]
     assert all((r["prediction"] == "PNEUMONIA") == (float(r["probability"]) >= t) for r in rows)
     for name in ("roc", "pr", "confusion", "reliability", "curves"):
@@ -141,8 +157,9 @@ def test_robustness_reports_every_shift_and_matches_clean_evaluation(two_runs, s
     assert (tmp_path / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_robustness_of_several_models_shares_the_shifts_and_reaches_the_report(two_runs, sample_data, tmp_path,
-                                                                                capsys) -> None:  # fmt: skip
+def test_robustness_of_several_models_shares_the_shifts_and_reaches_the_report(
+    two_runs, sample_data, tmp_path, capsys
+) -> None:
     from pneumolab.evaluation.robustness import robustness
 
     args = ["robustness", *map(str, two_runs), "--data", str(sample_data)]

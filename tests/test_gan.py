@@ -29,8 +29,10 @@ def test_generator_and_discriminator_follow_the_study() -> None:
     assert g.main[0].in_channels == 100 and g.main[12].out_channels == 1
     # Discriminator: first Conv + LeakyReLU (no BN), middle Conv + BN + LeakyReLU, last Conv, flatten, Sigmoid.
     assert _pattern(d.main) == ["Conv2d", "LeakyReLU"] + ["Conv2d", "BatchNorm2d", "LeakyReLU"] * 3 + [
-        "Conv2d", "Flatten", "Sigmoid",
-    ]  # fmt: skip
+        "Conv2d",
+        "Flatten",
+        "Sigmoid",
+    ]
     assert Generator(128)(torch.randn(1, 100, 1, 1)).shape == (1, 1, 128, 128)
     assert Discriminator(128)(torch.zeros(2, 1, 128, 128)).shape == (2,)
 
@@ -69,8 +71,19 @@ def test_a_few_gan_steps_change_both_networks(sample_data) -> None:
 @pytest.fixture(scope="module")
 def gan_run(sample_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("gan")
-    args = ["gan", "train", "--label", "PNEUMONIA", "--data", str(sample_data), f"out_dir={out}",
-            "trainer.max_epochs=1", "data.num_workers=0", "data.batch_size=32", "width=16"]  # fmt: skip
+    args = [
+        "gan",
+        "train",
+        "--label",
+        "PNEUMONIA",
+        "--data",
+        str(sample_data),
+        f"out_dir={out}",
+        "trainer.max_epochs=1",
+        "data.num_workers=0",
+        "data.batch_size=32",
+        "width=16",
+    ]
     assert main(args) == 0
     return out / "dcgan_PNEUMONIA"
 
@@ -152,8 +165,19 @@ def test_train_on_synthetic_test_on_real(gan_run, sample_data, tmp_path) -> None
     from pneumolab.data.datamodule import train_statistics
     from pneumolab.evaluation.evaluate import evaluate
 
-    args = ["gan", "train", "--label", "NORMAL", "--data", str(sample_data), f"out_dir={tmp_path}",
-            "trainer.max_epochs=1", "data.num_workers=0", "data.batch_size=32", "width=16"]  # fmt: skip
+    args = [
+        "gan",
+        "train",
+        "--label",
+        "NORMAL",
+        "--data",
+        str(sample_data),
+        f"out_dir={tmp_path}",
+        "trainer.max_epochs=1",
+        "data.num_workers=0",
+        "data.batch_size=32",
+        "width=16",
+    ]
     assert main(args) == 0
     sets = [sample_set(gan_run, 40, tmp_path / "p", seed=1), sample_set(tmp_path / "dcgan_NORMAL", 40, tmp_path / "n")]
     cfg = DataConfig(data_dir=sample_data, image_size=32, num_workers=0, synthetic=sets, real_train=False)

@@ -56,8 +56,12 @@ def test_alexnet_base_is_exactly_the_printed_structure() -> None:
     for idx, (cin, cout, k, s, p) in zip([0, 3, 6, 8, 10], convs, strict=True):
         layer = m.features[idx]
         assert (layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding) == (
-            cin, cout, (k, k), (s, s), (p, p),
-        )  # fmt: skip
+            cin,
+            cout,
+            (k, k),
+            (s, s),
+            (p, p),
+        )
     assert [type(m.features[i]).__name__ for i in (2, 5, 12)] == ["MaxPool2d"] * 3
     assert all(m.features[i].kernel_size == 3 and m.features[i].stride == 2 for i in (2, 5, 12))
     assert m.avgpool.output_size == (6, 6)
@@ -74,8 +78,12 @@ def test_alexnet_improved_is_exactly_the_printed_structure() -> None:
     for idx, (cin, cout, k, s, p) in zip([0, 3, 6], convs, strict=True):
         layer = m.features[idx]
         assert (layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding) == (
-            cin, cout, (k, k), (s, s), (p, p),
-        )  # fmt: skip
+            cin,
+            cout,
+            (k, k),
+            (s, s),
+            (p, p),
+        )
     assert len(m.features) == 9 and type(m.features[8]).__name__ == "MaxPool2d"
     fcs = [(m.classifier[i].in_features, m.classifier[i].out_features) for i in (1, 4, 6)]
     assert fcs == [(4608, 1024), (1024, 512), (512, 2)]

@@ -152,8 +152,19 @@ def test_serve_command_with_two_worker_processes(run) -> None:
     import httpx
 
     port = _free_port()
-    cmd = [sys.executable, "-m", "pneumolab", "serve", str(run), "--port", str(port), "--workers", "2",
-           "--token", "s3cret"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pneumolab",
+        "serve",
+        str(run),
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+        "--token",
+        "s3cret",
+    ]
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url, auth = f"http://127.0.0.1:{port}", {"Authorization": "Bearer s3cret"}
     try:
@@ -166,8 +177,14 @@ def test_serve_command_with_two_worker_processes(run) -> None:
                 time.sleep(0.2)
         data = XRAY.read_bytes()
         with ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(lambda _: httpx.post(f"{url}/api/v1/predict", files={"file": ("x.jpeg", data)},
-                                                        headers=auth, timeout=60), range(8)))  # fmt: skip
+            answers = list(
+                pool.map(
+                    lambda _: httpx.post(
+                        f"{url}/api/v1/predict", files={"file": ("x.jpeg", data)}, headers=auth, timeout=60
+                    ),
+                    range(8),
+                )
+            )
         refused = httpx.post(f"{url}/api/v1/predict", files={"file": ("x.jpeg", data)}, timeout=60)
     finally:
         server.terminate()
@@ -244,8 +261,12 @@ def test_gradcam_is_highest_where_a_toy_model_looks() -> None:
         loss.backward()
         opt.step()
     model.eval()
-    meta = {"model_name": "cnn_base", "classes": ["NORMAL", "PNEUMONIA"], "threshold": 0.5,
-            "preprocessing": {"image_size": s, "mean": 0.3, "std": 0.2, "normalization": "dataset"}}  # fmt: skip
+    meta = {
+        "model_name": "cnn_base",
+        "classes": ["NORMAL", "PNEUMONIA"],
+        "threshold": 0.5,
+        "preprocessing": {"image_size": s, "mean": 0.3, "std": 0.2, "normalization": "dataset"},
+    }
     img = (np.clip(x[1, 0], 0, 1) * 255).astype(np.uint8)  # a positive example
     r = Predictor(model, meta, guard=False).predict(_png(img), gradcam=True)
     heat = r.heatmap

@@ -31,8 +31,13 @@ def test_split_is_patient_disjoint_stratified_and_leaves_test_alone(big_manifest
     assert 0.12 <= len(val) / len(pool) <= 0.28  # whole patients move, so the share is approximate
     share = lambda rows: sum(r.label == "PNEUMONIA" for r in rows) / len(rows)  # noqa: E731
     assert abs(share(val) - share(pool)) < 0.1  # stratified: val keeps the class balance
-    assert out.meta["split"] == {"val_fraction": 0.2, "seed": 0, "by_image": False, "source_val": "merge",
-                                 "test_fraction": 0.0}  # fmt: skip
+    assert out.meta["split"] == {
+        "val_fraction": 0.2,
+        "seed": 0,
+        "by_image": False,
+        "source_val": "merge",
+        "test_fraction": 0.0,
+    }
 
 
 def test_internal_test_split_is_patient_disjoint_from_train_and_val(big_manifest: Manifest) -> None:

@@ -10,8 +10,13 @@ from pneumolab.errors import InputError
 from pneumolab.study import StudyConfig, load_study_config, plan_study
 from pneumolab.training.trainer import load_run_config
 
-FAST = ["data.num_workers=0", "trainer.precision=32", "trainer.channels_last=false", "trainer.log_images=false",
-        "trainer.log_graph=false"]  # fmt: skip
+FAST = [
+    "data.num_workers=0",
+    "trainer.precision=32",
+    "trainer.channels_last=false",
+    "trainer.log_images=false",
+    "trainer.log_graph=false",
+]
 
 
 def _study_yaml(tmp_path: Path, **changes) -> Path:
@@ -23,11 +28,16 @@ def _study_yaml(tmp_path: Path, **changes) -> Path:
         "recipe": "fast",
         "overrides": ["trainer.max_epochs=1", "trainer.early_stopping_patience=null", *FAST],
         "autoencoder": {"overrides": ["trainer.max_epochs=1", "channels=[8,16]", *FAST]},
-        "gan": {"models": ["cnn_base"], "per_class": 8, "epochs": 1, "seed_protocol": True,
-                "gan_overrides": ["trainer.max_epochs=1", "width=8", "data.batch_size=8", *FAST]},
+        "gan": {
+            "models": ["cnn_base"],
+            "per_class": 8,
+            "epochs": 1,
+            "seed_protocol": True,
+            "gan_overrides": ["trainer.max_epochs=1", "width=8", "data.batch_size=8", *FAST],
+        },
         "robustness": ["cnn_base", "recipe-fast"],
         **changes,
-    }  # fmt: skip
+    }
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(body))
     return path
@@ -46,10 +56,23 @@ def test_study_runs_every_step_and_writes_one_report(finished) -> None:
     state = json.loads((root / "study.json").read_text())
     assert {s["status"] for s in state["steps"].values()} == {"done"}
     assert list(state["steps"]) == [
-        "data", "cnn_base", "recipe-fast", "autoencoder", "latent_cnn", "gan-NORMAL", "gan-PNEUMONIA",
-        "synthetic-NORMAL", "synthetic-PNEUMONIA", "cnn_base-plain-s0", "cnn_base-gan-s0", "cnn_base-dup-s0",
-        "seed-protocol-data", "cnn_base-seed-protocol", "robustness", "report",
-    ]  # fmt: skip
+        "data",
+        "cnn_base",
+        "recipe-fast",
+        "autoencoder",
+        "latent_cnn",
+        "gan-NORMAL",
+        "gan-PNEUMONIA",
+        "synthetic-NORMAL",
+        "synthetic-PNEUMONIA",
+        "cnn_base-plain-s0",
+        "cnn_base-gan-s0",
+        "cnn_base-dup-s0",
+        "seed-protocol-data",
+        "cnn_base-seed-protocol",
+        "robustness",
+        "report",
+    ]
     report = (root / "report" / "report.md").read_text()
     shifted = json.loads((root / "robustness" / "summary.json").read_text())
     assert set(shifted) == {"cnn_base", "recipe-fast"}  # the runs the `robustness` key names, on validation
@@ -126,8 +149,14 @@ def test_study_rerun_skips_finished_runs_and_resumes_an_interrupted_one(finished
 
 
 def test_a_failed_run_is_recorded_and_the_rest_go_on(tmp_path, capsys) -> None:
-    cfg_file = _study_yaml(tmp_path, classifiers=["cpu/cnn_base", "cpu/cnn_improved"], autoencoder=None, gan=None,
-                           overrides=["trainer.max_epochs=1", *FAST], robustness=[])  # fmt: skip
+    cfg_file = _study_yaml(
+        tmp_path,
+        classifiers=["cpu/cnn_base", "cpu/cnn_improved"],
+        autoencoder=None,
+        gan=None,
+        overrides=["trainer.max_epochs=1", *FAST],
+        robustness=[],
+    )
     bad = tmp_path / "no_such_synthetic_set"
     code = main(["study", str(cfg_file), "classifiers=['cpu/cnn_base']", f"recipe={_bad_recipe(tmp_path, bad)}"])
     assert code == 1

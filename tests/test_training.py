@@ -207,8 +207,9 @@ def test_ema_weights_are_validated_checkpointed_and_exported(sample_data, tmp_pa
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             self.states.append({k: v.detach().clone() for k, v in pl_module.net.state_dict().items()})
 
-    cfg = _cfg(sample_data, tmp_path, "ema", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-               "trainer.ema_decay=0.75")  # fmt: skip
+    cfg = _cfg(
+        sample_data, tmp_path, "ema", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.ema_decay=0.75"
+    )
     snaps = Snapshots()
     run = train(cfg, progress_bar=False, extra_callbacks=[snaps]).run_dir
     w1, w2 = snaps.states
@@ -220,3 +221,22 @@ def test_ema_weights_are_validated_checkpointed_and_exported(sample_data, tmp_pa
             assert torch.equal(best["state_dict"][f"net.{k}"], v)  # validated and checkpointed: the average
             assert torch.equal(last["current_model_state"][f"net.{k}"], w2[k])  # raw weights kept for --resume
     assert any(not torch.allclose(w1[k], w2[k]) for k in w1)  # the two steps did change the weights
+
+
+def test_a_training_console_shows_only_what_a_user_can_act_on(sample_data, tmp_path) -> None:
+    """No GPU/TPU lines, product tips, AMP notices, model table or framework deprecation warnings; --verbose
+    brings Lightning's lines back."""
+    from conftest import tiny_train_args
+
+    def console(*pre: str) -> str:
+        args = [*pre, *tiny_train_args(sample_data, tmp_path / str(len(pre)), "trainer.max_epochs=1")]
+        env = {**os.environ, "PYTHONWARNINGS": "default"}  # what a user's shell shows (pytest filters warnings)
+        done = subprocess.run([sys.executable, "-m", "pneumolab", *args], capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr
+        return done.stdout + done.stderr
+
+    quiet = console()
+    assert "done: cnn_base" in quiet
+    for noise in ("GPU available", "TPU available", "Tip:", "Total params", "Warning", "deprecated", "Loading `"):
+        assert noise not in quiet, noise
+    assert "GPU available" in console("--verbose")

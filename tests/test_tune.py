@@ -131,11 +131,17 @@ def postgres():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+        check=True,
+        capture_output=True,
+    )
     opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-w", "start", "-l",
-                    str(data / "log")], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-w", "start", "-l", str(data / "log")],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     finally:
@@ -147,8 +153,23 @@ def test_two_workers_share_one_study_through_postgresql(postgres, sample_data, t
     cfg_file = _tune_yaml(tmp_path)
     monkeypatch.chdir(tmp_path)  # workers inherit this folder: they must not write configs/tuned/ there
     start = time.time()
-    code = main(["tune", "-c", str(cfg_file), "--data", str(sample_data), "--storage", postgres, "--workers", "2",
-                 "--trials", "4", "--out-config", str(tmp_path / "best.yaml")])  # fmt: skip
+    code = main(
+        [
+            "tune",
+            "-c",
+            str(cfg_file),
+            "--data",
+            str(sample_data),
+            "--storage",
+            postgres,
+            "--workers",
+            "2",
+            "--trials",
+            "4",
+            "--out-config",
+            str(tmp_path / "best.yaml"),
+        ]
+    )
     assert code == 0
     study = optuna.load_study(study_name="t", storage=postgres)
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]

@@ -6,6 +6,7 @@ import enum
 import functools
 import json
 import logging
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -34,6 +35,18 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Also show the frameworks' own messages (Lightning, torch warnings).")
+    ] = False,
+) -> None:
+    if verbose:
+        from pneumolab.training.console import VERBOSE_ENV
+
+        os.environ[VERBOSE_ENV] = "1"
 
 
 def _group(name: str, text: str, *examples: str) -> typer.Typer:
@@ -407,8 +420,10 @@ def _echo_metrics(r: dict) -> None:
     if "alternative_threshold" in r:
         a = r["alternative_threshold"]
         am = a["metrics"]
-        typer.echo(f"policy {a['policy']}: threshold {a['value']:.4f} ({a['origin']}): sensitivity "
-                   f"{am['sensitivity']['value']:.4f}, specificity {am['specificity']['value']:.4f}")  # fmt: skip
+        typer.echo(
+            f"policy {a['policy']}: threshold {a['value']:.4f} ({a['origin']}): sensitivity "
+            f"{am['sensitivity']['value']:.4f}, specificity {am['specificity']['value']:.4f}"
+        )
 
 
 def _train(cfg, resume: Path | None, progress_bar: bool = True) -> Path:
@@ -457,8 +472,13 @@ def train_cmd(
     from pneumolab.config import TrainConfig
 
     extra = list(overrides or [])
-    for key, value in (("name", name), ("latent", latent), ("trainer.devices", devices),
-                       ("trainer.num_nodes", num_nodes), ("trainer.accelerator", accelerator)):  # fmt: skip
+    for key, value in (
+        ("name", name),
+        ("latent", latent),
+        ("trainer.devices", devices),
+        ("trainer.num_nodes", num_nodes),
+        ("trainer.accelerator", accelerator),
+    ):
         if value is not None:
             extra.append(f"{key}={value}")
     cfg = _resolve(TrainConfig, config, extra, data, resume)
@@ -508,9 +528,11 @@ def ae_train_cmd(
     s = train_autoencoder(cfg, resume=resume).summary
     if s:
         b = s["best_val"]
-        typer.echo(f"done: codes {'x'.join(map(str, s['code_shape']))}, val MSE {b.get('val/loss', float('nan')):.4f}, "
-                   f"PSNR {b.get('val/psnr', float('nan')):.2f} dB, SSIM {b.get('val/ssim', float('nan')):.3f}, "
-                   f"OOD threshold {s['ood_threshold']:.4f}; {s['wall_s']:.0f} s -> {s['run_dir']}")  # fmt: skip
+        typer.echo(
+            f"done: codes {'x'.join(map(str, s['code_shape']))}, val MSE {b.get('val/loss', float('nan')):.4f}, "
+            f"PSNR {b.get('val/psnr', float('nan')):.2f} dB, SSIM {b.get('val/ssim', float('nan')):.3f}, "
+            f"OOD threshold {s['ood_threshold']:.4f}; {s['wall_s']:.0f} s -> {s['run_dir']}"
+        )
 
 
 @_command(
@@ -537,8 +559,10 @@ def gan_train_cmd(
     cfg = _resolve(GanConfig, config, extra, None, resume) if resume else gan_config(label, extra, config)
     s = train_gan(cfg, resume=resume).summary
     if s:
-        typer.echo(f"done: {s['label']} generator after {s['epochs']} epochs on {s['images']} training images; "
-                   f"{s['wall_s']:.0f} s -> {s['run_dir']} (samples.png, generator.pt)")  # fmt: skip
+        typer.echo(
+            f"done: {s['label']} generator after {s['epochs']} epochs on {s['images']} training images; "
+            f"{s['wall_s']:.0f} s -> {s['run_dir']} (samples.png, generator.pt)"
+        )
 
 
 @_command(gan_app, "sample", ["pneumolab gan sample runs/gan/dcgan_PNEUMONIA --n 1280 --out runs/synthetic/pneumonia"])
@@ -589,8 +613,10 @@ def gan_quality_cmd(
     q = synthetic_quality(torch.from_numpy(ref)[:, None], torch.from_numpy(fake)[:, None], extractor)
     q.update({"label": label, "reference": f"{len(idx)} real {label} training images of {data}"})
     atomic_write_json(synthetic / "quality.json", q)
-    typer.echo(f"{label}: FID {q['fid']:.4g}, KID {q['kid_mean']:.4g} +- {q['kid_std']:.2g}, precision "
-               f"{q['precision']:.3f}, recall {q['recall']:.3f} (features: {q['feature_extractor']})")  # fmt: skip
+    typer.echo(
+        f"{label}: FID {q['fid']:.4g}, KID {q['kid_mean']:.4g} +- {q['kid_std']:.2g}, precision "
+        f"{q['precision']:.3f}, recall {q['recall']:.3f} (features: {q['feature_extractor']})"
+    )
     typer.echo(f"memorisation: {q['memorisation']} -> {synthetic / 'quality.json'}")
 
 
@@ -609,8 +635,10 @@ def ae_encode_cmd(
     start = time.perf_counter()
     path = encode_manifest(data, run)
     codes = np.load(path, mmap_mode="r")
-    typer.echo(f"codes {tuple(codes.shape)} float16 ({path.stat().st_size / 1e6:.1f} MB) in "
-               f"{time.perf_counter() - start:.1f} s -> {path}")  # fmt: skip
+    typer.echo(
+        f"codes {tuple(codes.shape)} float16 ({path.stat().st_size / 1e6:.1f} MB) in "
+        f"{time.perf_counter() - start:.1f} s -> {path}"
+    )
 
 
 @_command(
@@ -863,8 +891,10 @@ def serve_cmd(
     if no_guard:
         typer.echo("warning: --no-guard: every upload gets a label, even one that is not a chest X-ray")
     os.environ[ENV_SETTINGS] = json.dumps(settings)
-    typer.echo(f"serving {model} on http://{host}:{port} (backend {backend}, {workers} process(es) x {threads} "
-               f"thread(s), token {'on' if token else 'off'})")  # fmt: skip
+    typer.echo(
+        f"serving {model} on http://{host}:{port} (backend {backend}, {workers} process(es) x {threads} "
+        f"thread(s), token {'on' if token else 'off'})"
+    )
     # A worker loads torch and the model before it answers uvicorn's health check: on 2 busy cores that takes
     # longer than uvicorn's 5 s default, and the supervisor would kill and restart it for ever.
     uvicorn.run(
@@ -908,8 +938,9 @@ def tune_cmd(
     from pneumolab.tuning.study import load_tune_config, run_study, write_best, write_report
 
     cfg = load_tune_config(config, data, overrides)
-    study = run_study(cfg, data=data, storage=storage, trials=trials, workers=workers, config_path=config,
-                      overrides=overrides)  # fmt: skip
+    study = run_study(
+        cfg, data=data, storage=storage, trials=trials, workers=workers, config_path=config, overrides=overrides
+    )
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     typer.echo(f"study {cfg.name}: {len(finished)} finished trials ({len(study.trials)} in all)")
     if any(t.state.name == "COMPLETE" for t in study.trials) and not worker:  # a --workers child: the parent writes
@@ -946,8 +977,10 @@ def robustness_cmd(
         typer.echo(f"{'shift':<14} {'severity':>8} {'AUROC':>7} {'sens.':>7} {'spec.':>7} {'ECE':>6}")
         for name, rows in [("clean", [{"severity": "-", **r["clean"]}]), *r["shifts"].items()]:
             for m in rows:
-                typer.echo(f"{name:<14} {m['severity']!s:>8} {m['auroc']:>7.3f} {m['sensitivity']:>7.3f} "
-                           f"{m['specificity']:>7.3f} {m['ece']:>6.3f}")  # fmt: skip
+                typer.echo(
+                    f"{name:<14} {m['severity']!s:>8} {m['auroc']:>7.3f} {m['sensitivity']:>7.3f} "
+                    f"{m['specificity']:>7.3f} {m['ece']:>6.3f}"
+                )
     for r, target in zip(results, outs, strict=True):
         w = r["worst_shift"]
         typer.echo(
@@ -988,8 +1021,21 @@ def tensorboard_cmd(
     if missing:
         raise InputError(f"no TensorBoard logs in {', '.join(missing)}: give folders made by `pneumolab train`")
     spec = ",".join(f"{r.name}:{r / 'tensorboard'}" for r in runs)
-    raise typer.Exit(subprocess.call([sys.executable, "-m", "tensorboard.main", "--logdir_spec", spec,
-                                      "--host", "127.0.0.1", "--port", str(port)]))  # fmt: skip
+    raise typer.Exit(
+        subprocess.call(
+            [
+                sys.executable,
+                "-m",
+                "tensorboard.main",
+                "--logdir_spec",
+                spec,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ]
+        )
+    )
 
 
 @_command(app, "version", ["pneumolab version"])

@@ -87,8 +87,12 @@ def load_study_config(name: str | Path, overrides: list[str] | None = None) -> S
 
 
 # The file whose presence means a step of this kind finished (written last, atomically); runs: summary.json.
-_DONE_MARKER = {"data": "manifest.csv", "synthetic": "manifest.csv", "leaky-data": "manifest.csv",
-                "report": "report.html"}  # fmt: skip
+_DONE_MARKER = {
+    "data": "manifest.csv",
+    "synthetic": "manifest.csv",
+    "leaky-data": "manifest.csv",
+    "report": "report.html",
+}
 
 
 @dataclass
@@ -187,9 +191,19 @@ def _estimate_generative(kind: str, cfg: Any, n_train: int | None, budget_min: f
 
 
 def gan_arms(
-    *, data: Path, n_train: int, generators: dict[str, Path], models: list[str], seeds: list[int], per_class: int,
-    epochs: int, size: int, out: Path, extra: list[str] | None = None, progress: bool = False,
-) -> tuple[list[Step], list[Step]]:  # fmt: skip
+    *,
+    data: Path,
+    n_train: int,
+    generators: dict[str, Path],
+    models: list[str],
+    seeds: list[int],
+    per_class: int,
+    epochs: int,
+    size: int,
+    out: Path,
+    extra: list[str] | None = None,
+    progress: bool = False,
+) -> tuple[list[Step], list[Step]]:
     """The GAN comparison as steps: sample each generator's set, then plain / +GAN / +duplicated-real arms per
     model and seed, each stopped after the plain arm's optimiser steps in ``epochs`` epochs of ``n_train``
     real training images."""
@@ -212,13 +226,22 @@ def gan_arms(
         preset = model if "/" in model else f"cpu/{model}"
         for seed in seeds:
             for arm, arm_extra in arms.items():
-                overrides = [f"data.data_dir={data}", f"data.image_size={size}", f"out_dir={out / 'runs'}",
-                             f"name={Path(preset).stem}-{arm}-s{seed}", f"seed={seed}", f"data.seed={seed}",
-                             "trainer.early_stopping_patience=null", *arm_extra, *(extra or [])]  # fmt: skip
+                overrides = [
+                    f"data.data_dir={data}",
+                    f"data.image_size={size}",
+                    f"out_dir={out / 'runs'}",
+                    f"name={Path(preset).stem}-{arm}-s{seed}",
+                    f"seed={seed}",
+                    f"data.seed={seed}",
+                    "trainer.early_stopping_patience=null",
+                    *arm_extra,
+                    *(extra or []),
+                ]
                 batch = load_config(TrainConfig, preset, overrides).data.batch_size
                 steps = epochs * math.ceil(n_train / batch)  # what the plain arm takes; every arm gets exactly this
-                cfg = load_config(TrainConfig, preset, [*overrides, f"trainer.max_steps={steps}",
-                                                        f"trainer.max_epochs={10 * epochs}"])  # fmt: skip
+                cfg = load_config(
+                    TrainConfig, preset, [*overrides, f"trainer.max_steps={steps}", f"trainer.max_epochs={10 * epochs}"]
+                )
                 needs = [s.name for s in sample_steps] if arm == "gan" else []
                 runs.append(_train_step(cfg.name, "classifier", cfg, train, progress, needs=needs, report=True))
     return sample_steps, runs
@@ -243,12 +266,20 @@ def plan_study(cfg: StudyConfig, *, progress: bool = False, estimate: bool = Fal
         preset: str, extra: list[str], name: str | None = None, needs: list[str] | None = None, own_size: bool = False
     ) -> Step:
         size = [] if own_size else [f"data.image_size={d.image_size}"]
-        overrides = [f"data.data_dir={data_dir}", *size, f"out_dir={root / 'runs'}", *budget, *cfg.overrides, *extra,
-                     *([f"name={name}"] if name else [])]  # fmt: skip
+        overrides = [
+            f"data.data_dir={data_dir}",
+            *size,
+            f"out_dir={root / 'runs'}",
+            *budget,
+            *cfg.overrides,
+            *extra,
+            *([f"name={name}"] if name else []),
+        ]
         c = load_config(TrainConfig, preset, overrides)
         est = _estimate(c, n_train, rates, cfg.budget_min) if estimate else None
-        return _train_step(c.name, "classifier", c, train, progress, estimate_s=est, needs=["data", *(needs or [])],
-                           report=True)  # fmt: skip
+        return _train_step(
+            c.name, "classifier", c, train, progress, estimate_s=est, needs=["data", *(needs or [])], report=True
+        )
 
     for preset in cfg.classifiers:
         steps.append(classifier(preset, []))
@@ -259,8 +290,9 @@ def plan_study(cfg: StudyConfig, *, progress: bool = False, estimate: bool = Fal
         ae_over = [f"data.data_dir={data_dir}", f"data.image_size={d.image_size}", f"out_dir={root / 'autoencoder'}"]
         ae_cfg = load_config(AutoencoderConfig, ae.config, [*ae_over, *budget, *ae.overrides])
         est = _estimate_generative("autoencoder", ae_cfg, n_train, cfg.budget_min) if estimate else None
-        ae_step = _train_step("autoencoder", "autoencoder", ae_cfg, train_autoencoder, progress, needs=["data"],
-                              estimate_s=est)  # fmt: skip
+        ae_step = _train_step(
+            "autoencoder", "autoencoder", ae_cfg, train_autoencoder, progress, needs=["data"], estimate_s=est
+        )
         steps += [ae_step, classifier(ae.classifier, [f"latent={ae_step.folder}"], needs=["autoencoder"])]
     if (g := cfg.gan) is not None:
         generators = {}
@@ -270,10 +302,19 @@ def plan_study(cfg: StudyConfig, *, progress: bool = False, estimate: bool = Fal
             steps.append(_train_step(f"gan-{label}", "gan", gc, train_gan, progress, needs=["data"], estimate_s=est))
             generators[label] = steps[-1].folder
         # Equal steps, not equal time, decide this comparison: no wall-clock budget on the arms.
-        samples, arms = gan_arms(data=data_dir, n_train=n_train or 1, generators=generators, models=g.models,
-                                 seeds=g.seeds, per_class=g.per_class, epochs=g.epochs,
-                                 size=g.image_size or d.image_size, out=root / "gan-experiment", extra=cfg.overrides,
-                                 progress=progress)  # fmt: skip
+        samples, arms = gan_arms(
+            data=data_dir,
+            n_train=n_train or 1,
+            generators=generators,
+            models=g.models,
+            seeds=g.seeds,
+            per_class=g.per_class,
+            epochs=g.epochs,
+            size=g.image_size or d.image_size,
+            out=root / "gan-experiment",
+            extra=cfg.overrides,
+            progress=progress,
+        )
         for arm in arms:
             arm.needs.append("data")
             arm.estimate_s = _estimate(arm.config, n_train, rates, None) if estimate else None
@@ -291,10 +332,24 @@ def plan_study(cfg: StudyConfig, *, progress: bool = False, estimate: bool = Fal
                 f"robustness: no reported run named {', '.join(unknown)}; choose from all, {', '.join(names)}"
             )
         shifted = reported if "all" in cfg.robustness else [s for s in reported if s.name in cfg.robustness]
-        steps.append(Step("robustness", "robustness", root / "robustness",
-                          lambda: _robustness(data_dir, shifted, root / "robustness"), needs=["data"]))  # fmt: skip
-    steps.append(Step("report", "report", root / "report",
-                      lambda: _report(cfg, data_dir, reported, root / "report", protocol), needs=["data"]))  # fmt: skip
+        steps.append(
+            Step(
+                "robustness",
+                "robustness",
+                root / "robustness",
+                lambda: _robustness(data_dir, shifted, root / "robustness"),
+                needs=["data"],
+            )
+        )
+    steps.append(
+        Step(
+            "report",
+            "report",
+            root / "report",
+            lambda: _report(cfg, data_dir, reported, root / "report", protocol),
+            needs=["data"],
+        )
+    )
     return steps
 
 
@@ -312,15 +367,31 @@ def _seed_protocol_steps(cfg: StudyConfig, data_dir: Path, samples: list[Step], 
         from pneumolab.data.manifest import Manifest
         from pneumolab.data.seed_protocol import seed_protocol_manifest
 
-        return _write_dataset(leaky_dir, size, lambda _: seed_protocol_manifest(
-            Manifest.load(data_dir), [s.folder for s in samples], seed=g.seeds[0]))  # fmt: skip
+        return _write_dataset(
+            leaky_dir,
+            size,
+            lambda _: seed_protocol_manifest(Manifest.load(data_dir), [s.folder for s in samples], seed=g.seeds[0]),
+        )
 
-    c = load_config(TrainConfig, preset, [
-        f"data.data_dir={leaky_dir}", f"data.image_size={size}", f"out_dir={leaky_dir.parent / 'runs'}",
-        f"name={Path(preset).stem}-seed-protocol", f"seed={g.seeds[0]}", f"data.seed={g.seeds[0]}",
-        "trainer.early_stopping_patience=null", *cfg.overrides, f"trainer.max_epochs={g.epochs}"])  # fmt: skip
-    return (Step("seed-protocol-data", "leaky-data", leaky_dir, prepare, needs=[s.name for s in samples]),
-            _train_step(c.name, "classifier", c, train, progress, needs=["seed-protocol-data"]))  # fmt: skip
+    c = load_config(
+        TrainConfig,
+        preset,
+        [
+            f"data.data_dir={leaky_dir}",
+            f"data.image_size={size}",
+            f"out_dir={leaky_dir.parent / 'runs'}",
+            f"name={Path(preset).stem}-seed-protocol",
+            f"seed={g.seeds[0]}",
+            f"data.seed={g.seeds[0]}",
+            "trainer.early_stopping_patience=null",
+            *cfg.overrides,
+            f"trainer.max_epochs={g.epochs}",
+        ],
+    )
+    return (
+        Step("seed-protocol-data", "leaky-data", leaky_dir, prepare, needs=[s.name for s in samples]),
+        _train_step(c.name, "classifier", c, train, progress, needs=["seed-protocol-data"]),
+    )
 
 
 def _write_dataset(dest: Path, size: int, make: Callable[[Path], Any]) -> Path:
@@ -344,9 +415,15 @@ def _prepare(cfg: StudyConfig, data_dir: Path) -> Path:
     from pneumolab.data.splits import split_manifest
 
     d = cfg.data
-    return _write_dataset(data_dir, d.image_size, lambda tmp: split_manifest(
-        index_source(d.source or sample_root(), tmp).manifest, val_fraction=d.val_fraction,
-        test_fraction=d.test_fraction))  # fmt: skip
+    return _write_dataset(
+        data_dir,
+        d.image_size,
+        lambda tmp: split_manifest(
+            index_source(d.source or sample_root(), tmp).manifest,
+            val_fraction=d.val_fraction,
+            test_fraction=d.test_fraction,
+        ),
+    )
 
 
 def _robustness(data_dir: Path, classifiers: list[Step], out: Path) -> Path:
@@ -368,8 +445,9 @@ def _robustness(data_dir: Path, classifiers: list[Step], out: Path) -> Path:
     return out
 
 
-def _report(cfg: StudyConfig, data_dir: Path, classifiers: list[Step], out: Path,
-            protocol: tuple[Path, Path, Path] | None) -> Path:  # fmt: skip
+def _report(
+    cfg: StudyConfig, data_dir: Path, classifiers: list[Step], out: Path, protocol: tuple[Path, Path, Path] | None
+) -> Path:
     from pneumolab.data.manifest import Manifest
     from pneumolab.evaluation.protocol import protocol_section
     from pneumolab.evaluation.report import compare
@@ -383,9 +461,13 @@ def _report(cfg: StudyConfig, data_dir: Path, classifiers: list[Step], out: Path
     extra = []
     if protocol and all((run / "model.pt").is_file() for run in protocol[:2]):
         reference, leaky, leaky_data = protocol
-        extra.append(("The original study's protocol vs ours: how much an image-level split with synthetic images "
-                      "inside inflates the numbers (same model and recipe)",
-                      protocol_section(reference, data_dir, split, leaky, leaky_data)))  # fmt: skip
+        extra.append(
+            (
+                "The original study's protocol vs ours: how much an image-level split with synthetic images "
+                "inside inflates the numbers (same model and recipe)",
+                protocol_section(reference, data_dir, split, leaky, leaky_data),
+            )
+        )
     return compare(runs, data_dir, out, split=split, extra_sections=extra)
 
 
@@ -426,8 +508,13 @@ def run_study(
         if status in ("done", "skipped"):
             ok.add(step.name)
         seconds = data_s if step.kind == "data" else time.perf_counter() - start
-        state["steps"][step.name] = {"kind": step.kind, "folder": str(step.folder), "status": status,
-                                     "seconds": round(seconds, 1), **({"error": error} if error else {})}  # fmt: skip
+        state["steps"][step.name] = {
+            "kind": step.kind,
+            "folder": str(step.folder),
+            "status": status,
+            "seconds": round(seconds, 1),
+            **({"error": error} if error else {}),
+        }
         atomic_write_json(root / "study.json", state)
         if on_step:
             on_step(step, status, seconds)

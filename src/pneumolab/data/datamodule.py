@@ -114,8 +114,11 @@ class ChestXrayDataModule(L.LightningDataModule):
             train_parts = syn_parts
         if cfg.duplicate_real:
             rng = np.random.default_rng(cfg.seed)
-            extra = [int(i) for label, n in sorted(cfg.duplicate_real.items())
-                     for i in rng.choice([i for i in train_idx if manifest.records[i].label == label], n)]  # fmt: skip
+            extra = [
+                int(i)
+                for label, n in sorted(cfg.duplicate_real.items())
+                for i in rng.choice([i for i in train_idx if manifest.records[i].label == label], n)
+            ]
             train_parts.append(CachedImages(images, extra, [manifest.records[i].target for i in extra], None))
         norm = {"mean": self.mean, "std": self.std, "normalization": cfg.normalization}
         if cfg.augment.batched:  # raw uint8 out of the loader; augment_batch() does the rest

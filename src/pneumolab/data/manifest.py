@@ -150,8 +150,12 @@ def _parse_row(row: dict[str, str]) -> Record:
 
 def _check(records: list[Record], meta: dict[str, Any], where: str = "this dataset") -> None:
     if meta.get("protocol") == LEAKY_PROTOCOL:
-        log.warning("%s uses the original study's LEAKY image-level split (%s): its numbers are inflated by "
-                    "design and must not be reported as results", where, LEAKY_PROTOCOL)  # fmt: skip
+        log.warning(
+            "%s uses the original study's LEAKY image-level split (%s): its numbers are inflated by "
+            "design and must not be reported as results",
+            where,
+            LEAKY_PROTOCOL,
+        )
         return
     check_no_leakage(records)
 

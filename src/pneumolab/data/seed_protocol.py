@@ -21,9 +21,12 @@ __all__ = ["seed_protocol_manifest"]
 
 
 def seed_protocol_manifest(
-    manifest: Manifest, synthetic: list[Path], *, fractions: tuple[float, float, float] = (0.70, 0.15, 0.15),
+    manifest: Manifest,
+    synthetic: list[Path],
+    *,
+    fractions: tuple[float, float, float] = (0.70, 0.15, 0.15),
     seed: int = 0,
-) -> Manifest:  # fmt: skip
+) -> Manifest:
     """All real rows of ``manifest`` plus the synthetic sets' rows, re-split at random by image (stratified by
     label) into train/val/test with ``fractions``; synthetic paths become absolute (their own roots)."""
     records = [replace(r, split="train") for r in manifest.records if r.source == "real"]
@@ -33,10 +36,12 @@ def seed_protocol_manifest(
     y = np.array([r.target for r in records])
     idx = np.arange(len(records))
     train, rest = train_test_split(idx, train_size=fractions[0], stratify=y, random_state=seed)
-    val, test = train_test_split(rest, test_size=fractions[2] / (1 - fractions[0]), stratify=y[rest],
-                                 random_state=seed)  # fmt: skip
+    val, test = train_test_split(rest, test_size=fractions[2] / (1 - fractions[0]), stratify=y[rest], random_state=seed)
     splits = np.empty(len(records), dtype=object)
     splits[train], splits[val], splits[test] = "train", "val", "test"
-    meta = {"protocol": LEAKY_PROTOCOL, "split": {"fractions": list(fractions), "seed": seed, "by_image": True},
-            "synthetic": [str(Path(s).resolve()) for s in synthetic]}  # fmt: skip
+    meta = {
+        "protocol": LEAKY_PROTOCOL,
+        "split": {"fractions": list(fractions), "seed": seed, "by_image": True},
+        "synthetic": [str(Path(s).resolve()) for s in synthetic],
+    }
     return Manifest(manifest.root, [replace(r, split=str(s)) for r, s in zip(records, splits, strict=True)], meta)

@@ -63,8 +63,15 @@ def split_manifest(
     if source_val == "keep" and n_val == 0:
         raise InputError("--source-val keep: the source has no val split; use --source-val merge")
     splits = [s if s == "test" else "train" for s in src]
-    meta = {"split": {"val_fraction": val_fraction, "seed": seed, "by_image": by_image, "source_val": source_val,
-                      "test_fraction": test_fraction}}  # fmt: skip
+    meta = {
+        "split": {
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "by_image": by_image,
+            "source_val": source_val,
+            "test_fraction": test_fraction,
+        }
+    }
     if source_val == "keep":
         splits = list(src)
         out = manifest.with_splits(splits, **meta)

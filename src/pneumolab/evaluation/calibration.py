@@ -80,8 +80,12 @@ class OperatingPoint:
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> OperatingPoint:
         """The operating point a model file stores (defaults where it stores none)."""
-        return cls(float(meta.get("threshold", 0.5)), float(meta.get("temperature", 1.0)),
-                   float(meta.get("prior_shift", 0.0)), meta.get("threshold_policy"))  # fmt: skip
+        return cls(
+            float(meta.get("threshold", 0.5)),
+            float(meta.get("temperature", 1.0)),
+            float(meta.get("prior_shift", 0.0)),
+            meta.get("threshold_policy"),
+        )
 
     @staticmethod
     def prior_shift_for(site_prior: float, source_prior: float) -> float:

@@ -21,9 +21,18 @@ __all__ = ["METRICS", "bootstrap_weights", "compute_metrics", "metrics_with_ci",
 log = logging.getLogger(__name__)
 
 METRICS = (
-    "accuracy", "balanced_accuracy", "sensitivity", "specificity", "precision", "npv", "f1",
-    "auroc", "auprc", "brier", "ece",
-)  # fmt: skip
+    "accuracy",
+    "balanced_accuracy",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "npv",
+    "f1",
+    "auroc",
+    "auprc",
+    "brier",
+    "ece",
+)
 N_ECE_BINS = 15
 
 
@@ -50,8 +59,11 @@ def _weighted_metrics(prob: np.ndarray, y: np.ndarray, w: np.ndarray, threshold:
         "npv": _div(tn, tn + fn),
         "f1": _div(2 * tp, 2 * tp + fp + fn),
         "brier": _div((w * (prob - y) ** 2).sum(1), n),
-        "tp": tp, "fp": fp, "tn": tn, "fn": fn,
-    }  # fmt: skip
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+    }
     out.update(rank_metrics(prob, y, w))
     out["ece"] = _ece(prob, y, w)
     return out

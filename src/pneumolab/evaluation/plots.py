@@ -16,9 +16,15 @@ from pneumolab.evaluation.metrics import N_ECE_BINS, bootstrap_weights
 from pneumolab.io import atomic_path
 
 __all__ = [
-    "fig_to_png", "plot_confusion", "plot_curves", "plot_pr", "plot_reliability", "plot_robustness", "plot_roc",
+    "fig_to_png",
+    "plot_confusion",
+    "plot_curves",
+    "plot_pr",
+    "plot_reliability",
+    "plot_robustness",
+    "plot_roc",
     "roc_band",
-]  # fmt: skip
+]
 
 
 def fig_to_png(fig) -> bytes:
@@ -91,8 +97,15 @@ def plot_confusion(confusion: dict, classes: list[str], title: str, path: Path) 
     ax.imshow(m, cmap="Blues")
     for (i, j), v in np.ndenumerate(m):
         ax.text(j, i, str(v), ha="center", va="center", color="white" if v > m.max() / 2 else "black")
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=classes, yticklabels=classes, xlabel="predicted",
-           ylabel="true", title=title)  # fmt: skip
+    ax.set(
+        xticks=[0, 1],
+        yticks=[0, 1],
+        xticklabels=classes,
+        yticklabels=classes,
+        xlabel="predicted",
+        ylabel="true",
+        title=title,
+    )
     return _save(fig, path)
 
 

@@ -20,8 +20,16 @@ from pneumolab.evaluation.metrics import metrics_with_ci
 
 __all__ = ["protocol_section"]
 
-HEADER = ["protocol", "evaluated on", "images (real / synthetic)", "real test images whose patient is in train",
-          "AUROC [95% CI]", "accuracy", "sensitivity", "specificity"]  # fmt: skip
+HEADER = [
+    "protocol",
+    "evaluated on",
+    "images (real / synthetic)",
+    "real test images whose patient is in train",
+    "AUROC [95% CI]",
+    "accuracy",
+    "sensitivity",
+    "specificity",
+]
 
 
 def _row(protocol: str, on: str, m: dict[str, Any], n_real: int, n_syn: int, shared: int | str) -> list[str]:
@@ -29,8 +37,16 @@ def _row(protocol: str, on: str, m: dict[str, Any], n_real: int, n_syn: int, sha
         v = m[k]
         return f"{v['value']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
 
-    return [protocol, on, f"{n_real} / {n_syn}", str(shared), ci("auroc"), ci("accuracy"), ci("sensitivity"),
-            ci("specificity")]  # fmt: skip
+    return [
+        protocol,
+        on,
+        f"{n_real} / {n_syn}",
+        str(shared),
+        ci("auroc"),
+        ci("accuracy"),
+        ci("sensitivity"),
+        ci("specificity"),
+    ]
 
 
 def protocol_section(

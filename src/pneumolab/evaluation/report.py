@@ -71,16 +71,23 @@ def _load_run(run: Path, data: Path, split: str, n_boot: int) -> RunResult:
         metrics = evaluate(model_file, data, split=split, out=out, n_boot=n_boot)
     model, meta = load_model_file(model_file)
     with (out / "predictions.csv").open() as f:
-        preds = {r["path"]: (float(r["probability"]), int(r["label"] == "PNEUMONIA"), r["patient_id"] or r["path"])
-                 for r in csv.DictReader(f)}  # fmt: skip
+        preds = {
+            r["path"]: (float(r["probability"]), int(r["label"] == "PNEUMONIA"), r["patient_id"] or r["path"])
+            for r in csv.DictReader(f)
+        }
     summary_file = model_file.parent / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     size = meta["preprocessing"]["image_size"]
     return RunResult(
         name=meta["config"].get("name", model_file.parent.name) if model_file.parent.name != "." else run.name,
-        run_dir=model_file.parent, meta=meta, summary=summary, metrics=metrics, predictions=preds,
-        params=sum(p.numel() for p in model.parameters()), gflops=count_flops(model, size) / 1e9,
-    )  # fmt: skip
+        run_dir=model_file.parent,
+        meta=meta,
+        summary=summary,
+        metrics=metrics,
+        predictions=preds,
+        params=sum(p.numel() for p in model.parameters()),
+        gflops=count_flops(model, size) / 1e9,
+    )
 
 
 def paired_auroc_test(a: RunResult, b: RunResult, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
@@ -119,23 +126,47 @@ def _main_tables(runs: list[RunResult]) -> list[tuple[str, dict[str, Any]]]:
 
     study = _table(
         ["run", "accuracy", "precision", "recall", "F1", "accuracy @0.5", "F1 @0.5"],
-        [[r.name, *values(r, "at_threshold", ("accuracy", "precision", "sensitivity", "f1")),
-          *values(r, "at_0.5", ("accuracy", "f1"))] for r in runs],
-    )  # fmt: skip
+        [
+            [
+                r.name,
+                *values(r, "at_threshold", ("accuracy", "precision", "sensitivity", "f1")),
+                *values(r, "at_0.5", ("accuracy", "f1")),
+            ]
+            for r in runs
+        ],
+    )
     full = _table(
         ["run", "AUROC [95% CI]", "sensitivity", "specificity", "balanced acc.", "ECE", "threshold (policy)"],
-        [[r.name, _ci(r.metrics["at_threshold"]["auroc"]), _ci(r.metrics["at_threshold"]["sensitivity"]),
-          _ci(r.metrics["at_threshold"]["specificity"]), _ci(r.metrics["at_threshold"]["balanced_accuracy"]),
-          f"{r.metrics['calibration']['ece_calibrated']:.3f}",
-          f"{r.metrics['threshold']['value']:.3f} ({r.meta.get('threshold_policy', '-')})"] for r in runs],
-    )  # fmt: skip
+        [
+            [
+                r.name,
+                _ci(r.metrics["at_threshold"]["auroc"]),
+                _ci(r.metrics["at_threshold"]["sensitivity"]),
+                _ci(r.metrics["at_threshold"]["specificity"]),
+                _ci(r.metrics["at_threshold"]["balanced_accuracy"]),
+                f"{r.metrics['calibration']['ece_calibrated']:.3f}",
+                f"{r.metrics['threshold']['value']:.3f} ({r.meta.get('threshold_policy', '-')})",
+            ]
+            for r in runs
+        ],
+    )
     cost = _table(
         ["run", "model", "params", "GFLOPs", "image px", "epochs (best)", "train wall s", "train img/s", "trained on"],
-        [[r.name, r.meta["model_name"], f"{r.params:,}", f"{r.gflops:.2f}", str(r.meta["preprocessing"]["image_size"]),
-          f"{r.summary.get('epochs_run', '?')} ({r.summary.get('best_epoch', '?')})", str(r.summary.get("wall_s", "?")),
-          str(r.summary.get("train_images_per_s", "?")),
-          {"gan": "real + GAN", "duplicate": "real + duplicates", "plain": "real"}[r.arm]] for r in runs],
-    )  # fmt: skip
+        [
+            [
+                r.name,
+                r.meta["model_name"],
+                f"{r.params:,}",
+                f"{r.gflops:.2f}",
+                str(r.meta["preprocessing"]["image_size"]),
+                f"{r.summary.get('epochs_run', '?')} ({r.summary.get('best_epoch', '?')})",
+                str(r.summary.get("wall_s", "?")),
+                str(r.summary.get("train_images_per_s", "?")),
+                {"gan": "real + GAN", "duplicate": "real + duplicates", "plain": "real"}[r.arm],
+            ]
+            for r in runs
+        ],
+    )
     return [
         ("The study's table (at each model's validation-chosen threshold; recall = sensitivity)", study),
         ("Discrimination, operating point and calibration (95% patient-bootstrap CIs)", full),
@@ -148,8 +179,16 @@ def _pairwise(runs: list[RunResult], n_boot: int) -> dict[str, Any]:
     for a, b in combinations(runs, 2):
         t = paired_auroc_test(a, b, n_boot)
         verdict = "yes" if t["p_value"] < 0.05 else "no"
-        rows.append([a.name, b.name, f"{t['diff']:+.4f}", f"[{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]",
-                     f"{t['p_value']:.3f}", verdict])  # fmt: skip
+        rows.append(
+            [
+                a.name,
+                b.name,
+                f"{t['diff']:+.4f}",
+                f"[{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]",
+                f"{t['p_value']:.3f}",
+                verdict,
+            ]
+        )
     return _table(["A", "B", "AUROC A - B", "95% CI", "p (paired bootstrap)", "significant at 5%?"], rows)
 
 
@@ -204,9 +243,17 @@ def _latent_section(runs: list[RunResult]) -> dict[str, Any] | None:
             ae_s = float(json.loads(ae_summary.read_text()).get("wall_s", 0)) if ae_summary.is_file() else float("nan")
         clf_s = float(r.summary.get("wall_s", float("nan")))
         size = r.meta["preprocessing"]["image_size"]
-        rows.append([r.name, "x".join(map(str, lat["shape"])) + " code" if lat else f"{size}x{size} pixels",
-                     f"{ae_s:.0f}" if lat else "-", f"{clf_s:.0f}", f"{ae_s + clf_s:.0f}",
-                     _ci(r.metrics["at_threshold"]["auroc"]), _ci(r.metrics["at_threshold"]["accuracy"])])  # fmt: skip
+        rows.append(
+            [
+                r.name,
+                "x".join(map(str, lat["shape"])) + " code" if lat else f"{size}x{size} pixels",
+                f"{ae_s:.0f}" if lat else "-",
+                f"{clf_s:.0f}",
+                f"{ae_s + clf_s:.0f}",
+                _ci(r.metrics["at_threshold"]["auroc"]),
+                _ci(r.metrics["at_threshold"]["accuracy"]),
+            ]
+        )
     header = ["run", "classifier input", "autoencoder train s", "classifier train s", "total s", "AUROC", "accuracy"]
     return _table(header, rows)
 
@@ -216,8 +263,11 @@ def _robustness_results(runs: list[RunResult], data: Path) -> list[tuple[RunResu
     when one exists and is newer than the run's model."""
     found = []
     for r in runs:
-        results = [json.loads(f.read_text()) for f in sorted(r.run_dir.glob("robustness/**/robustness.json"))
-                   if is_fresh(f, r.run_dir / "model.pt")]  # fmt: skip
+        results = [
+            json.loads(f.read_text())
+            for f in sorted(r.run_dir.glob("robustness/**/robustness.json"))
+            if is_fresh(f, r.run_dir / "model.pt")
+        ]
         results = [x for x in results if x.get("data") == str(data.resolve())]
         if results:
             found.append((r, next((x for x in results if x["split"] == "val"), results[0])))
@@ -231,12 +281,28 @@ def _robustness_section(found: list[tuple[RunResult, dict[str, Any]]]) -> dict[s
     for r, x in found:
         w = x["worst_shift"]
         strongest = [f"{x['shifts'][s][-1]['specificity']:.2f}" if s in x["shifts"] else "-" for s in shifts]
-        rows.append([r.name, x["split"], f"{x['clean']['auroc']:.4f}", f"{x['clean']['specificity']:.3f}",
-                     f"{x['worst_specificity']:.3f} ({w['shift']} {w['severity']:g})",
-                     f"{x['mean_balanced_accuracy']:.3f}", f"{x['mean_ece']:.3f}", *strongest])  # fmt: skip
-    header = ["run", "shifted split", "clean AUROC", "clean spec.", "worst spec. (shift, severity)",
-              "mean bal. acc. under shifts", "mean ECE under shifts",
-              *(f"spec. {s} {first[s][-1]['severity']:g}" for s in shifts)]  # fmt: skip
+        rows.append(
+            [
+                r.name,
+                x["split"],
+                f"{x['clean']['auroc']:.4f}",
+                f"{x['clean']['specificity']:.3f}",
+                f"{x['worst_specificity']:.3f} ({w['shift']} {w['severity']:g})",
+                f"{x['mean_balanced_accuracy']:.3f}",
+                f"{x['mean_ece']:.3f}",
+                *strongest,
+            ]
+        )
+    header = [
+        "run",
+        "shifted split",
+        "clean AUROC",
+        "clean spec.",
+        "worst spec. (shift, severity)",
+        "mean bal. acc. under shifts",
+        "mean ECE under shifts",
+        *(f"spec. {s} {first[s][-1]['severity']:g}" for s in shifts),
+    ]
     return _table(header, rows)
 
 
@@ -245,12 +311,17 @@ def _robustness_figure(found: list[tuple[RunResult, dict[str, Any]]]) -> bytes:
     shifts = list(found[0][1]["shifts"])
     fig, ax = plt.subplots(figsize=(9, 3.8))
     for r, x in found:
-        spec = [x["clean"]["specificity"], *(x["shifts"][s][-1]["specificity"] if s in x["shifts"] else np.nan
-                                            for s in shifts)]  # fmt: skip
+        spec = [
+            x["clean"]["specificity"],
+            *(x["shifts"][s][-1]["specificity"] if s in x["shifts"] else np.nan for s in shifts),
+        ]
         ax.plot(range(len(spec)), spec, "o-", ms=4, label=f"{r.name} ({x['split']})")
     ax.set_xticks(range(len(shifts) + 1), ["clean", *shifts], rotation=30, ha="right")
-    ax.set(ylabel="specificity at the stored threshold", ylim=(-0.02, 1.02),
-           title="Specificity under each shift at its strongest severity")  # fmt: skip
+    ax.set(
+        ylabel="specificity at the stored threshold",
+        ylim=(-0.02, 1.02),
+        title="Specificity under each shift at its strongest severity",
+    )
     ax.legend(fontsize=7, loc="lower left")
     return fig_to_png(fig)
 
@@ -267,8 +338,13 @@ def _sample_grids(runs: list[RunResult]) -> list[tuple[str, bytes]]:
             samples = Path(p["generator"]) / "samples.png"
             if samples.is_file() and samples not in seen:
                 seen.add(samples)
-                grids.append((f"DCGAN samples, {p['label']} (generator {Path(p['generator']).name}, "
-                              f"sha256 {p['generator_sha256'][:12]})", samples.read_bytes()))  # fmt: skip
+                grids.append(
+                    (
+                        f"DCGAN samples, {p['label']} (generator {Path(p['generator']).name}, "
+                        f"sha256 {p['generator_sha256'][:12]})",
+                        samples.read_bytes(),
+                    )
+                )
     return grids
 
 
@@ -298,9 +374,14 @@ def _html_table(t: dict[str, Any]) -> str:
 
 
 def compare(
-    runs: list[Path], data: str | Path, out: str | Path, *, split: str = "test", n_boot: int = 2000,
+    runs: list[Path],
+    data: str | Path,
+    out: str | Path,
+    *,
+    split: str = "test",
+    n_boot: int = 2000,
     extra_sections: list[tuple[str, dict[str, Any]]] | None = None,
-) -> Path:  # fmt: skip
+) -> Path:
     """Evaluate (or reuse the evaluations of) ``runs`` on one split of ``data`` and write the report to ``out``.
 
     ``extra_sections``: more ``(title, {"header", "rows"})`` tables, appended as given (the study's protocol table).
@@ -324,8 +405,12 @@ def compare(
         sections.append(("Autoencoder codes vs pixels (every training second counted; encoding takes seconds)", latent))
     figures = [("ROC curves", "roc.png", _roc_figure(results, f"ROC, {where}"))]
     if robust := _robustness_results(results, data):
-        sections.append(("Robustness to acquisition shifts (`pneumolab robustness`; metrics at the stored threshold)",
-                         _robustness_section(robust)))  # fmt: skip
+        sections.append(
+            (
+                "Robustness to acquisition shifts (`pneumolab robustness`; metrics at the stored threshold)",
+                _robustness_section(robust),
+            )
+        )
         figures.append(("Robustness to acquisition shifts", "robustness.png", _robustness_figure(robust)))
     sections += extra_sections or []
     grids = _sample_grids(results)

@@ -138,8 +138,14 @@ def _scorer(model_target: str | Path, manifest: Manifest, rows: list[int], data:
         return {k: m[k] for k in ("auroc", "sensitivity", "specificity", "balanced_accuracy", "ece")}
 
     clean = np.array(load_cache(manifest, size, data / "cache")[rows])  # (N, S, S) uint8: what `evaluate` scores
-    result = {"model_file": str(model_file), "data": str(data.resolve()), "threshold": threshold,
-              "reference_size": REFERENCE_SIZE, "clean": score(clean), "shifts": {}}  # fmt: skip
+    result = {
+        "model_file": str(model_file),
+        "data": str(data.resolve()),
+        "threshold": threshold,
+        "reference_size": REFERENCE_SIZE,
+        "clean": score(clean),
+        "shifts": {},
+    }
     return result, score
 
 
@@ -154,8 +160,14 @@ def _summarise(result: dict[str, Any]) -> None:
 
 
 @torch.no_grad()
-def robustness_many(model_targets: list[str | Path], data: str | Path, *, split: str = "val",
-                    outs: list[str | Path | None] | None = None, seed: int = 0) -> list[dict[str, Any]]:  # fmt: skip
+def robustness_many(
+    model_targets: list[str | Path],
+    data: str | Path,
+    *,
+    split: str = "val",
+    outs: list[str | Path | None] | None = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
     """:func:`robustness` of several models on the same shifted images (each shifted set is made once).
 
     ``outs``: a folder per model for ``robustness.json`` and ``robustness.png`` (``None``: not written).
@@ -187,8 +199,9 @@ def robustness_many(model_targets: list[str | Path], data: str | Path, *, split:
     return results
 
 
-def robustness(model_target: str | Path, data: str | Path, *, split: str = "val", out: str | Path | None = None,
-               seed: int = 0) -> dict[str, Any]:  # fmt: skip
+def robustness(
+    model_target: str | Path, data: str | Path, *, split: str = "val", out: str | Path | None = None, seed: int = 0
+) -> dict[str, Any]:
     """Metrics of one model on ``split`` of a dataset folder, clean and under every shift and severity.
 
     Returns ``{"clean": metrics, "shifts": {name: [metrics + severity, ...]}, "worst_specificity",

@@ -74,8 +74,10 @@ def save_autoencoder(path: str | Path, model: ConvAutoencoder, meta: dict[str, A
     """Write weights + metadata (preprocessing, OOD threshold, ...) atomically; loads with ``weights_only``."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "version": __version__, "channels": list(model.channels), **meta,
-                    "state_dict": state}, tmp)  # fmt: skip
+        torch.save(
+            {"format": FORMAT, "version": __version__, "channels": list(model.channels), **meta, "state_dict": state},
+            tmp,
+        )
 
 
 def load_autoencoder(path: str | Path) -> tuple[ConvAutoencoder, dict[str, Any]]:

@@ -54,7 +54,7 @@ class Generator(nn.Module):
             nn.ConvTranspose2d(nz, widths[0], 4, 1, 0, bias=False),
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(True),
-        ]  # fmt: skip  (B, 512, 4, 4)
+        ]  # (B, 512, 4, 4)
         for a, b in itertools.pairwise(widths):
             layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(True)]  # doubles H, W
         layers += [nn.ConvTranspose2d(widths[-1], 1, 4, 2, 1, bias=False), nn.Tanh()]
@@ -87,8 +87,18 @@ class Discriminator(nn.Module):
 def save_generator(path: str | Path, g: Generator, meta: dict[str, Any]) -> None:
     state = {k: v.detach().cpu() for k, v in g.state_dict().items()}
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "version": __version__, "size": g.size, "nz": g.nz, "width": g.width, **meta,
-                    "state_dict": state}, tmp)  # fmt: skip
+        torch.save(
+            {
+                "format": FORMAT,
+                "version": __version__,
+                "size": g.size,
+                "nz": g.nz,
+                "width": g.width,
+                **meta,
+                "state_dict": state,
+            },
+            tmp,
+        )
 
 
 def load_generator(path: str | Path) -> tuple[Generator, dict[str, Any], str]:
@@ -128,11 +138,30 @@ def sample_set(generator_run: str | Path, n: int, out: str | Path, *, seed: int 
             Image.fromarray(arr).save(buf, format="PNG")
             with atomic_path(out / rel, suffix=".png") as tmp:
                 tmp.write_bytes(buf.getvalue())
-            records.append(Record(rel, label, "", "train", "synthetic", hashlib.sha256(buf.getvalue()).hexdigest(),
-                                  arr.shape[1], arr.shape[0], "train"))  # fmt: skip
-    provenance = {"generator": str(Path(generator_run).resolve()), "generator_sha256": sha, "seed": seed, "n": n,
-                  "label": label, "source": "synthetic", "image_size": g.size, "pneumolab": __version__,
-                  "trained_on": meta.get("trained_on")}  # fmt: skip
+            records.append(
+                Record(
+                    rel,
+                    label,
+                    "",
+                    "train",
+                    "synthetic",
+                    hashlib.sha256(buf.getvalue()).hexdigest(),
+                    arr.shape[1],
+                    arr.shape[0],
+                    "train",
+                )
+            )
+    provenance = {
+        "generator": str(Path(generator_run).resolve()),
+        "generator_sha256": sha,
+        "seed": seed,
+        "n": n,
+        "label": label,
+        "source": "synthetic",
+        "image_size": g.size,
+        "pneumolab": __version__,
+        "trained_on": meta.get("trained_on"),
+    }
     Manifest(out.resolve(), records, {"source_kind": "synthetic", "notes": [], "provenance": provenance}).save(out)
     atomic_write_json(out / "provenance.json", provenance)
     return out

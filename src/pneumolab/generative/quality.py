@@ -70,8 +70,11 @@ def nearest_real_distances(real: np.ndarray, fake: np.ndarray) -> dict[str, floa
     d_rr = _dist(real, real)
     np.fill_diagonal(d_rr, np.inf)
     rr = d_rr.min(1)
-    return {"fake_to_real_median": float(np.median(d_fr)), "real_to_real_median": float(np.median(rr)),
-            "share_closer_than_real_5th_percentile": float((d_fr < np.percentile(rr, 5)).mean())}  # fmt: skip
+    return {
+        "fake_to_real_median": float(np.median(d_fr)),
+        "real_to_real_median": float(np.median(rr)),
+        "share_closer_than_real_5th_percentile": float((d_fr < np.percentile(rr, 5)).mean()),
+    }
 
 
 def synthetic_quality(real: torch.Tensor, fake: torch.Tensor, extractor: ClassifierFeatures) -> dict[str, Any]:
@@ -88,6 +91,14 @@ def synthetic_quality(real: torch.Tensor, fake: torch.Tensor, extractor: Classif
     kid_mean, kid_std = kid.compute()
     fr, ff = extractor(real).numpy(), extractor(fake).numpy()
     precision, recall = knn_precision_recall(fr, ff)
-    return {"feature_extractor": extractor.name, "fid": float(fid.compute()), "kid_mean": float(kid_mean),
-            "kid_std": float(kid_std), "precision": precision, "recall": recall,
-            "memorisation": nearest_real_distances(fr, ff), "n_real": len(real), "n_fake": len(fake)}  # fmt: skip
+    return {
+        "feature_extractor": extractor.name,
+        "fid": float(fid.compute()),
+        "kid_mean": float(kid_mean),
+        "kid_std": float(kid_std),
+        "precision": precision,
+        "recall": recall,
+        "memorisation": nearest_real_distances(fr, ff),
+        "n_real": len(real),
+        "n_fake": len(fake),
+    }

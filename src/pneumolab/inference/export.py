@@ -40,8 +40,9 @@ def _as_tuple(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tenso
 log = logging.getLogger(__name__)
 
 
-def export_onnx(model_target: str | Path, out: str | Path, *, samples: list[bytes] | None = None,
-                tolerance: float = 1e-4) -> dict[str, Any]:  # fmt: skip
+def export_onnx(
+    model_target: str | Path, out: str | Path, *, samples: list[bytes] | None = None, tolerance: float = 1e-4
+) -> dict[str, Any]:
     """Export to ONNX (opset 17, dynamic batch) plus a ``.onnx.json`` metadata sidecar, then compare
     ONNX Runtime with PyTorch on ``samples`` (encoded images; default: the bundled sample's test images).
 

@@ -192,8 +192,12 @@ class Predictor:
         elif label != "PNEUMONIA":
             heat = None  # Grad-CAM of a negative result points at whatever raised the score most: misleading
         # With PyTorch and Grad-CAM, "model" includes the Grad-CAM pass and "gradcam" is 0.
-        timings = {"preprocess": (t1 - t0) * 1e3, "model": (t2 - t1) * 1e3, "gradcam": (t3 - t2) * 1e3,
-                   "total": (time.perf_counter() - t0) * 1e3}  # fmt: skip
+        timings = {
+            "preprocess": (t1 - t0) * 1e3,
+            "model": (t2 - t1) * 1e3,
+            "gradcam": (t3 - t2) * 1e3,
+            "total": (time.perf_counter() - t0) * 1e3,
+        }
         ood = bool(reasons) if self.guarded else None
         return Prediction(
             prob,

@@ -46,17 +46,29 @@ def alexnet_base(*, num_classes: int = 2, in_chans: int = 1, dropout: float | No
     """BaseAlexNet as printed in the report (min input 63 px)."""
     p = 0.5 if dropout is None else dropout
     features = nn.Sequential(
-        nn.Conv2d(in_chans, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True), _pool(),
-        nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True), _pool(),
-        nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-        nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True), _pool(),
-    )  # fmt: skip
+        nn.Conv2d(in_chans, 64, kernel_size=11, stride=4, padding=2),
+        nn.ReLU(inplace=True),
+        _pool(),
+        nn.Conv2d(64, 192, kernel_size=5, padding=2),
+        nn.ReLU(inplace=True),
+        _pool(),
+        nn.Conv2d(192, 384, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        _pool(),
+    )
     classifier = nn.Sequential(
-        nn.Dropout(p), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
-        nn.Dropout(p), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+        nn.Dropout(p),
+        nn.Linear(256 * 6 * 6, 4096),
+        nn.ReLU(inplace=True),
+        nn.Dropout(p),
+        nn.Linear(4096, 4096),
+        nn.ReLU(inplace=True),
         nn.Linear(4096, num_classes),
-    )  # fmt: skip
+    )
     return AlexNet(features, classifier)
 
 
@@ -72,15 +84,25 @@ def alexnet_improved(*, num_classes: int = 2, in_chans: int = 1, dropout: float 
     """ImprovedAlexNet as printed in the report (min input 63 px)."""
     p = 0.5 if dropout is None else dropout
     features = nn.Sequential(
-        nn.Conv2d(in_chans, 32, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True), _pool(),
-        nn.Conv2d(32, 64, kernel_size=5, padding=2), nn.ReLU(inplace=True), _pool(),
-        nn.Conv2d(64, 128, kernel_size=3, padding=1), nn.ReLU(inplace=True), _pool(),
-    )  # fmt: skip
+        nn.Conv2d(in_chans, 32, kernel_size=11, stride=4, padding=2),
+        nn.ReLU(inplace=True),
+        _pool(),
+        nn.Conv2d(32, 64, kernel_size=5, padding=2),
+        nn.ReLU(inplace=True),
+        _pool(),
+        nn.Conv2d(64, 128, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        _pool(),
+    )
     classifier = nn.Sequential(
-        nn.Dropout(p), nn.Linear(128 * 6 * 6, 1024), nn.ReLU(inplace=True),
-        nn.Dropout(p), nn.Linear(1024, 512), nn.ReLU(inplace=True),
+        nn.Dropout(p),
+        nn.Linear(128 * 6 * 6, 1024),
+        nn.ReLU(inplace=True),
+        nn.Dropout(p),
+        nn.Linear(1024, 512),
+        nn.ReLU(inplace=True),
         nn.Linear(512, num_classes),
-    )  # fmt: skip
+    )
     return AlexNet(features, classifier)
 
 

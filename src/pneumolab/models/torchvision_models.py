@@ -83,15 +83,27 @@ _TV = [
     ("resnet34", tvm.resnet34, "layer4", "fc", "conv1", "ResNet34 (study)", {}, ()),
     ("densenet121", tvm.densenet121, "features", "classifier", "features.conv0", "DenseNet121 (study)", {}, ()),
     (
-        "googlenet", tvm.googlenet, "inception5b", "fc", "conv1.conv", "GoogLeNet / Inception v1 (study), no aux heads",
-        {"aux_logits": False, "init_weights": True, "transform_input": False}, ("aux1.", "aux2."),
+        "googlenet",
+        tvm.googlenet,
+        "inception5b",
+        "fc",
+        "conv1.conv",
+        "GoogLeNet / Inception v1 (study), no aux heads",
+        {"aux_logits": False, "init_weights": True, "transform_input": False},
+        ("aux1.", "aux2."),
     ),
     (
-        "mobilenet_v3_small", tvm.mobilenet_v3_small, "features", "classifier.3", "features.0.0",
-        "MobileNetV3-Small: fastest on a CPU", {}, (),
+        "mobilenet_v3_small",
+        tvm.mobilenet_v3_small,
+        "features",
+        "classifier.3",
+        "features.0.0",
+        "MobileNetV3-Small: fastest on a CPU",
+        {},
+        (),
     ),
     ("efficientnet_b0", tvm.efficientnet_b0, "features", "classifier.1", "features.0.0", "EfficientNet-B0", {}, ()),
-]  # fmt: skip
+]
 
 for _name, _factory, _cam, _head, _stem, _desc, _kw, _ignore in _TV:
     register_model(

@@ -111,8 +111,13 @@ def train_autoencoder(cfg: AutoencoderConfig, *, resume: Path | None = None, pro
     }
     save_autoencoder(run_dir / "autoencoder.pt", best.net, meta)
     _save_preview(best, dm, run_dir / "reconstructions.png")
-    summary = {"run_dir": str(run_dir), "code_shape": meta["code_shape"], "best_val": meta["metrics"],
-               "ood_threshold": guard["threshold"], **throughput.summary()}  # fmt: skip
+    summary = {
+        "run_dir": str(run_dir),
+        "code_shape": meta["code_shape"],
+        "best_val": meta["metrics"],
+        "ood_threshold": guard["threshold"],
+        **throughput.summary(),
+    }
     atomic_write_json(run_dir / "summary.json", summary)
     return TrainResult(run_dir, summary)
 

@@ -140,7 +140,7 @@ class EpochHistory(L.Callback):
                 k.removesuffix("_epoch"): v
                 for k, v in m.items()
                 if k.startswith("train/") and k.endswith("_epoch") and k != "train/loss_epoch"
-            },  # fmt: skip  (GAN: train/d_loss, train/g_loss, ...)
+            },  # (GAN: train/d_loss, train/g_loss, ...)
             **{k: v for k, v in sorted(m.items()) if k.startswith("val/")},  # val/loss, val/auroc, val/psnr, ...
             "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None,
         }

@@ -27,8 +27,16 @@ __all__ = ["GanModule", "train_gan"]
 class GanModule(L.LightningModule):
     """Inputs arrive normalised with the dataset's mean/std; they are mapped to [-1, 1] for the Tanh generator."""
 
-    def __init__(self, size: int, nz: int, width: int, lr: float, beta1: float, preprocessing: dict[str, Any],
-                 config: dict[str, Any]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        size: int,
+        nz: int,
+        width: int,
+        lr: float,
+        beta1: float,
+        preprocessing: dict[str, Any],
+        config: dict[str, Any],
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -77,14 +85,21 @@ class GanModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         betas = (self.hparams.beta1, 0.999)
-        return (torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr, betas=betas),
-                torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr, betas=betas))  # fmt: skip
+        return (
+            torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.lr, betas=betas),
+            torch.optim.Adam(self.generator.parameters(), lr=self.hparams.lr, betas=betas),
+        )
 
 
 def gan_config(label: str, overrides: list[str] | None = None, config: str | Path | None = None) -> GanConfig:
     """The study's DCGAN setting for one class (64 px, no augmentation, no class balancing), plus ``overrides``."""
-    base = [f"label={label.upper()}", f"name=dcgan_{label.upper()}", "data.image_size=64",
-            "data.augment.enabled=false", "data.balance=none"]  # fmt: skip
+    base = [
+        f"label={label.upper()}",
+        f"name=dcgan_{label.upper()}",
+        "data.image_size=64",
+        "data.augment.enabled=false",
+        "data.balance=none",
+    ]
     return load_config(GanConfig, config, [*base, *(overrides or [])])
 
 
@@ -105,20 +120,30 @@ def train_gan(cfg: GanConfig, *, resume: Path | None = None, progress_bar: bool 
     dm.datasets["train"] = CachedImages(
         train.images, [train.indices[i] for i in keep], [train.targets[i] for i in keep], train.transform
     )
-    module = GanModule(cfg.data.image_size, cfg.nz, cfg.width, cfg.lr, cfg.beta1, dm.preprocessing(),
-                       cfg.model_dump(mode="json"))  # fmt: skip
+    module = GanModule(
+        cfg.data.image_size, cfg.nz, cfg.width, cfg.lr, cfg.beta1, dm.preprocessing(), cfg.model_dump(mode="json")
+    )
     trainer, throughput = fit(cfg, module, dm, run_dir, last, progress_bar)
     if not trainer.is_global_zero:
         return TrainResult(run_dir, {})
-    meta = {"label": cfg.label, "config": cfg.model_dump(mode="json"), "epochs": trainer.current_epoch,
-            "trained_on": {"data": str(cfg.data.data_dir), "split": "train", "images": len(keep)}}  # fmt: skip
+    meta = {
+        "label": cfg.label,
+        "config": cfg.model_dump(mode="json"),
+        "epochs": trainer.current_epoch,
+        "trained_on": {"data": str(cfg.data.data_dir), "split": "train", "images": len(keep)},
+    }
     save_generator(run_dir / "generator.pt", module.generator.cpu(), meta)
     from PIL import Image
 
     grid = module.sample_grid()
     with atomic_path(run_dir / "samples.png", suffix=".png") as tmp:
         Image.fromarray((grid[0].numpy() * 255).round().astype("uint8")).save(tmp, format="PNG")
-    summary = {"run_dir": str(run_dir), "label": cfg.label, "images": len(keep), "epochs": trainer.current_epoch,
-               **throughput.summary()}  # fmt: skip
+    summary = {
+        "run_dir": str(run_dir),
+        "label": cfg.label,
+        "images": len(keep),
+        "epochs": trainer.current_epoch,
+        **throughput.summary(),
+    }
     atomic_write_json(run_dir / "summary.json", summary)
     return TrainResult(run_dir, summary)

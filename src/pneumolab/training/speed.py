@@ -62,5 +62,11 @@ def classifier_step_rate(
 
     torch.manual_seed(0)
     y = torch.randint(0, 2, (batch,), device=device)
-    return step_rate(create_model(name), torch.randn(batch, 1, size, size), lambda out: F.cross_entropy(out, y),
-                     bf16=bf16, seconds=seconds, device=device)  # fmt: skip
+    return step_rate(
+        create_model(name),
+        torch.randn(batch, 1, size, size),
+        lambda out: F.cross_entropy(out, y),
+        bf16=bf16,
+        seconds=seconds,
+        device=device,
+    )

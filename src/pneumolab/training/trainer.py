@@ -2,8 +2,9 @@
 
 Every command that trains a classifier goes through :func:`train`. A run writes to its own folder
 ``<out_dir>/<name>[-N]``: ``config.yaml`` (resolved), ``checkpoints/{best,last}.ckpt``,
-``history.csv`` (one row per epoch), ``logs/metrics.csv`` (every logged step), ``tensorboard/``
-events, ``model.pt`` (the self-describing best model) and ``summary.json``.
+``history.csv`` (one row per epoch: ours, kept across resumes; Lightning's CSVLogger rewrites its file on
+every resume, so it is not used), ``tensorboard/`` events (every logged step), ``model.pt`` (the
+self-describing best model) and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, WeightAveraging
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from pneumolab import __version__
@@ -37,6 +38,7 @@ from pneumolab.io import atomic_path, atomic_write_json, atomic_write_text
 from pneumolab.models.checkpoint import save_model_file, with_encoder
 from pneumolab.training.callbacks import AtomicCheckpointIO, EpochHistory, TensorBoardExtras, Throughput, read_history
 from pneumolab.training.classifier import ClassifierModule
+from pneumolab.training.console import quiet_frameworks, verbose
 
 __all__ = ["TrainResult", "build_trainer", "fit", "load_run_config", "new_run_dir", "on_gpu", "start_run", "train"]
 
@@ -116,13 +118,12 @@ def build_trainer(
         strategy="ddp" if n_proc > 1 else "auto",
         callbacks=callbacks,
         logger=[
-            CSVLogger(run_dir, name="logs", version="", flush_logs_every_n_steps=1),  # on disk before a kill
             TensorBoardLogger(run_dir, name="tensorboard", version="", log_graph=t.log_graph, default_hp_metric=False),
         ],
         plugins=[AtomicCheckpointIO()],
         log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=progress_bar,
-        enable_model_summary=progress_bar,
+        enable_model_summary=progress_bar and verbose(),
         limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches,
     )
@@ -167,7 +168,8 @@ def fit(
     extra_callbacks: list[L.Callback] | None = None,
 ) -> tuple[L.Trainer, Throughput]:
     """Save the resolved config, then fit ``module`` on ``dm`` (any task: classifier, autoencoder, ...)."""
-    trainer, throughput = build_trainer(cfg, run_dir, progress_bar=progress_bar, extra_callbacks=extra_callbacks)
+    with quiet_frameworks():  # the Trainer's constructor prints the GPU/TPU/AMP lines
+        trainer, throughput = build_trainer(cfg, run_dir, progress_bar=progress_bar, extra_callbacks=extra_callbacks)
     if trainer.is_global_zero:  # also on resume: trainer limits may have changed
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -175,7 +177,8 @@ def fit(
     if multi:
         os.environ[_RUN_DIR_ENV] = str(run_dir)  # inherited by the worker processes Lightning starts
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=last, weights_only=True)
+        with quiet_frameworks():
+            trainer.fit(module, datamodule=dm, ckpt_path=last, weights_only=True)
     finally:
         if multi:
             os.environ.pop(_RUN_DIR_ENV, None)

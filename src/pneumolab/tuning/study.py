@@ -140,9 +140,15 @@ def _objective(cfg: TuneConfig, data: Path | None):
             sampled.append(f"{key}={v!r}")
         budget = [f"trainer.max_time_min={cfg.trial_max_time_min}"] if cfg.trial_max_time_min else []
         robust = cfg.objective.startswith("robustness/")
-        overrides = [*cfg.overrides, *budget, *sampled, f"trainer.monitor={cfg.monitor}",
-                     f"out_dir={cfg.out_dir / cfg.name / 'trials'}", f"name=trial-{trial.number:04d}",
-                     *([f"data.data_dir={data}"] if data else [])]  # fmt: skip
+        overrides = [
+            *cfg.overrides,
+            *budget,
+            *sampled,
+            f"trainer.monitor={cfg.monitor}",
+            f"out_dir={cfg.out_dir / cfg.name / 'trials'}",
+            f"name=trial-{trial.number:04d}",
+            *([f"data.data_dir={data}"] if data else []),
+        ]
         run_cfg = load_config(TrainConfig, cfg.train_config, overrides)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         pruning = [] if robust else [PyTorchLightningPruningCallback(trial, monitor=cfg.objective)]
@@ -186,16 +192,31 @@ def run_study(
 
     total = trials or cfg.trials
     store = _storage(cfg, storage)
-    study = optuna.create_study(study_name=cfg.name, storage=store, direction=cfg.direction, pruner=_pruner(cfg),
-                                load_if_exists=True)  # fmt: skip
+    study = optuna.create_study(
+        study_name=cfg.name, storage=store, direction=cfg.direction, pruner=_pruner(cfg), load_if_exists=True
+    )
     # Seeded for a local study, offset by the trials it already holds (a resumed study with the same seed
     # would re-draw its first trials); unseeded on a shared storage, where equal seeds make workers sample alike.
     study.sampler = optuna.samplers.TPESampler(seed=None if storage else cfg.seed + len(study.trials))
     if workers > 1:
         url = store.url if hasattr(store, "url") else str(storage)
-        cmd = [sys.executable, "-m", "pneumolab", "tune", "-c", str(config_path), "--storage", url,
-               "--trials", str(total), "--workers", "1", "--worker", *(["--data", str(data)] if data else []),
-               *(overrides or [])]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "pneumolab",
+            "tune",
+            "-c",
+            str(config_path),
+            "--storage",
+            url,
+            "--trials",
+            str(total),
+            "--workers",
+            "1",
+            "--worker",
+            *(["--data", str(data)] if data else []),
+            *(overrides or []),
+        ]
         procs = [subprocess.Popen(cmd, env={**os.environ}) for _ in range(workers)]
         codes = [p.wait() for p in procs]
         if any(codes):
@@ -218,12 +239,19 @@ def run_study(
 def write_best(study: Any, cfg: TuneConfig, out: str | Path, data: Path | None = None) -> Path:
     """The best trial's resolved training config, ready for ``pneumolab train -c OUT``."""
     best = study.best_trial
-    overrides = [*cfg.overrides, *(f"{k}={v!r}" for k, v in best.params.items()), f"name={cfg.name}-tuned",
-                 f"trainer.monitor={cfg.monitor}", *([f"data.data_dir={data}"] if data else [])]  # fmt: skip
+    overrides = [
+        *cfg.overrides,
+        *(f"{k}={v!r}" for k, v in best.params.items()),
+        f"name={cfg.name}-tuned",
+        f"trainer.monitor={cfg.monitor}",
+        *([f"data.data_dir={data}"] if data else []),
+    ]
     resolved = load_config(TrainConfig, cfg.train_config, overrides, **({} if data else {"data": {"data_dir": "."}}))
     body = resolved.model_dump(mode="json")
-    header = (f"# Tuned by `pneumolab tune` (study {cfg.name}, trial {best.number}: {cfg.objective} = {best.value:.5f} "
-              f"on validation). Params: {best.params}\n")  # fmt: skip
+    header = (
+        f"# Tuned by `pneumolab tune` (study {cfg.name}, trial {best.number}: {cfg.objective} = {best.value:.5f} "
+        f"on validation). Params: {best.params}\n"
+    )
     atomic_write_text(out, header + yaml.safe_dump(body, sort_keys=False))
     return Path(out)
 
@@ -242,8 +270,11 @@ def write_report(study: Any, cfg: TuneConfig) -> Path:
 
     warnings.filterwarnings("ignore", category=ExperimentalWarning)  # Optuna marks its matplotlib plots experimental
     folder = cfg.out_dir / cfg.name
-    plots = {"history": vis.plot_optimization_history, "importances": vis.plot_param_importances,
-             "parallel": vis.plot_parallel_coordinate}  # fmt: skip
+    plots = {
+        "history": vis.plot_optimization_history,
+        "importances": vis.plot_param_importances,
+        "parallel": vis.plot_parallel_coordinate,
+    }
     made = []
     for name, fn in plots.items():
         try:
@@ -254,12 +285,20 @@ def write_report(study: Any, cfg: TuneConfig) -> Path:
             made.append(name)
         except (ValueError, RuntimeError) as e:  # e.g. importances need 2+ complete trials
             log.info("no %s plot: %s", name, e)
-    trials = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value,
-                    reverse=cfg.direction == "maximize")  # fmt: skip
+    trials = sorted(
+        (t for t in study.trials if t.state == TrialState.COMPLETE),
+        key=lambda t: t.value,
+        reverse=cfg.direction == "maximize",
+    )
     counts = {s.name.lower(): sum(t.state == s for t in study.trials) for s in TrialState}
-    lines = [f"# Tuning study `{cfg.name}`", "",
-             f"Objective: **{cfg.objective}** on the validation split ({cfg.direction}). Trials: {counts}.", "",
-             "| trial | value | params | run |", "| --- | --- | --- | --- |"]  # fmt: skip
+    lines = [
+        f"# Tuning study `{cfg.name}`",
+        "",
+        f"Objective: **{cfg.objective}** on the validation split ({cfg.direction}). Trials: {counts}.",
+        "",
+        "| trial | value | params | run |",
+        "| --- | --- | --- | --- |",
+    ]
     lines += [f"| {t.number} | {t.value:.5f} | {t.params} | {t.user_attrs.get('run_dir', '')} |" for t in trials[:10]]
     lines += ["", *[f"![{n}]({n}.png)" for n in made], ""]
     atomic_write_text(folder / "report.md", "\n".join(lines))

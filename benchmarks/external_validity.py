@@ -51,6 +51,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-128": ("fast", ["data.image_size=128"]),
     "fast-equalize": ("fast", ["data.normalization=equalize"]),
     "fast-resnet18": ("fast", ["model.name=resnet18"]),
+    "resnet18-64-per-image": ("cpu/resnet18", ["data.image_size=64", "data.normalization=per_image"]),
 }
 KEYS = ("auroc", "sensitivity", "specificity", "accuracy", "balanced_accuracy", "ece")
 

@@ -171,13 +171,24 @@ def _list_kaggle(root: Path) -> SourceListing:
     return SourceListing("kaggle", root, candidates, ignored, notes)
 
 
+def _npy_shape(z: np.lib.npyio.NpzFile, key: str) -> tuple[int, ...]:
+    """The shape of array ``key`` from its ``.npy`` header, without decompressing the array (read later, once)."""
+    with z.zip.open(f"{key}.npy") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    if dtype.hasobject:  # would need pickle to load, like numpy's own refusal below
+        raise ValueError("Object arrays cannot be loaded without pickle")
+    return shape
+
+
 def _list_npz(path: Path) -> SourceListing:
     try:
         with np.load(path, allow_pickle=False) as z:
             keys = set(z.files)
             splits = [s for s in SPLITS if f"{s}_images" in keys]
             labels = {s: z[f"{s}_labels"].reshape(-1) if f"{s}_labels" in keys else np.zeros(0) for s in splits}
-            shapes = {s: z[f"{s}_images"].shape for s in splits}
+            shapes = {s: _npy_shape(z, f"{s}_images") for s in splits}
     except (OSError, ValueError, KeyError) as e:
         # numpy's own message for object arrays advises allow_pickle=True: loading pickles runs code. Never.
         why = "it holds Python objects, not plain arrays" if "pickle" in str(e) else f"{type(e).__name__}: {e}"
@@ -188,26 +199,19 @@ def _list_npz(path: Path) -> SourceListing:
     for split in splits:
         shape, ys = shapes[split], labels[split]
         if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] not in (1, 3)):
-            raise InputError(
-                f"{path}: {split}_images has shape {shape}; expected (N, H, W), (N, H, W, 1) or (N, H, W, 3)"
-            )
-        for i in range(max(shape[0], len(ys))):
-            entry = f"{path.name}{NPZ_SEP}{split}/{i}"
+            expected = "(N, H, W), (N, H, W, 1) or (N, H, W, 3)"
+            raise InputError(f"{path}: {split}_images has shape {shape}; expected {expected}")
+        for i in range(max(shape[0], len(ys))):  # more labels than images or the reverse: each extra is reported
+            label, problem = None, None
             if i >= shape[0]:
-                candidates.append(
-                    Candidate(entry, None, split, None, ("no_image", f"{split}_labels[{i}] has no image"))
-                )
-                continue
-            if i >= len(ys):
-                candidates.append(
-                    Candidate(entry, None, split, None, ("no_label", f"{split}_images[{i}] has no label"))
-                )
-                continue
-            label = CLASSES[int(ys[i])] if int(ys[i]) in (0, 1) else None
-            problem = (
-                None if label else ("unknown_label", f"label {int(ys[i])} is neither 0 (normal) nor 1 (pneumonia)")
-            )
-            candidates.append(Candidate(entry, label, split, None, problem))
+                problem = ("no_image", f"{split}_labels[{i}] has no image")
+            elif i >= len(ys):
+                problem = ("no_label", f"{split}_images[{i}] has no label")
+            elif int(ys[i]) in (0, 1):
+                label = CLASSES[int(ys[i])]
+            else:
+                problem = ("unknown_label", f"label {int(ys[i])} is neither 0 (normal) nor 1 (pneumonia)")
+            candidates.append(Candidate(f"{path.name}{NPZ_SEP}{split}/{i}", label, split, None, problem))
     note = "MedMNIST has no patient ids: splits cannot be grouped by patient"
     return SourceListing("medmnist", path.parent, candidates, [], [note])
 

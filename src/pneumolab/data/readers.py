@@ -157,7 +157,6 @@ def _check_chest_radiograph(ds, name: str) -> None:
 
 def _decode_dicom(data: bytes, name: str, max_pixels: int) -> DecodedImage:
     import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     # 2 bytes a pixel (16-bit) plus 1 MB of header: any real radiograph within the pixel limit inflates to less.
     if _DEFLATED.encode() in data[:1024] and not _inflated_size_ok(data, 2 * max_pixels + 1_000_000):
@@ -173,7 +172,7 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> DecodedImage:
     if rows * cols > max_pixels:
         raise ImageReadError(name, "decompression_bomb", f"{cols}x{rows} pixels exceeds the {max_pixels:,}-pixel limit")
     try:
-        return _dicom_pixels(ds, apply_modality_lut, apply_voi_lut)
+        return _dicom_pixels(ds)
     except Exception as e:  # pydicom/numpy raise many types; the message may name a codec, never patient data
         raise ImageReadError(name, "corrupt", _dicom_pixel_problem(ds, e)) from None
 
@@ -186,16 +185,19 @@ def _dicom_pixel_problem(ds, e: Exception) -> str:
     return f"cannot decode DICOM pixel data: damaged or inconsistent with its header ({type(e).__name__})"
 
 
-def _dicom_pixels(ds, apply_modality_lut, apply_voi_lut) -> DecodedImage:
+def _dicom_pixels(ds) -> DecodedImage:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
     arr = ds.pixel_array
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if arr.ndim != (3 if int(ds.get("SamplesPerPixel", 1)) == 3 else 2):
+    colour = int(ds.get("SamplesPerPixel", 1)) == 3
+    if arr.ndim != (3 if colour else 2):
         raise ValueError(f"pixel array of shape {arr.shape}")  # more frames than declared, or none
-    if int(ds.get("SamplesPerPixel", 1)) == 3:
+    if colour:
         # (H, W, 3) colour secondary capture: ITU-R 601-2 luma, like PIL's convert("L")
         gray = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
-        colour = float(np.abs(arr - arr.mean(axis=2, keepdims=True)).mean() * 255 / max(float(arr.max()), 1.0))
-        return DecodedImage(_to_uint8(gray), f"DICOM {photometric}", True, ds.get("PatientID"), colour)
+        chroma = float(np.abs(arr - arr.mean(axis=2, keepdims=True)).mean() * 255 / max(float(arr.max()), 1.0))
+        return DecodedImage(_to_uint8(gray), f"DICOM {photometric}", True, ds.get("PatientID"), chroma)
     arr = apply_modality_lut(arr, ds)  # stored values -> e.g. Hounsfield / optical density
     arr = apply_voi_lut(arr, ds)  # window centre/width or VOI LUT: the range the radiologist looks at
     out = _to_uint8(arr)

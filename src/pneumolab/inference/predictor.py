@@ -180,9 +180,7 @@ class Predictor:
             else:
                 logits, feats = self._logits(x)
                 t2 = time.perf_counter()
-                heat = self._gradcam(x)[0] if gradcam else None
-                if gradcam and self.tap is not None:
-                    self.tap.take()  # the Grad-CAM pass's features: already have them
+                heat = self._gradcam(x)[0] if gradcam else None  # ONNX: no tap, the graph gave the features
                 t3 = time.perf_counter()
             reasons, score = self._guard(img, feats)
         prob = float(self.operating_point.probability(logits.float())[0])

@@ -62,7 +62,7 @@ def overlay_png(image: np.ndarray, heat: np.ndarray | None, alpha: float = 0.45,
     shown = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR), dtype=np.float32) / 255.0
     gray = np.repeat(shown[..., None], 3, axis=2)  # (h', w', 3)
     if heat is not None:
-        stretched = Image.fromarray(heat.astype(np.float32), mode="F").resize(size, Image.BILINEAR)
+        stretched = Image.fromarray(heat.astype(np.float32)).resize(size, Image.BILINEAR)
         a = np.clip(np.asarray(stretched), 0, 1)[..., None]  # (h', w', 1)
         colour = np.concatenate([np.ones_like(a), a, np.zeros_like(a)], axis=2)  # red -> yellow as heat rises
         gray = (1 - alpha * a) * gray + alpha * a * colour

@@ -10,7 +10,7 @@ $(PY):
 
 # Re-install only when the dependency list changes (idempotent and fast on re-runs).
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[all]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(PY)

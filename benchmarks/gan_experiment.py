@@ -21,7 +21,7 @@ from pathlib import Path
 from pneumolab.data.manifest import Manifest
 from pneumolab.evaluation.report import compare
 from pneumolab.generative.dcgan import load_generator
-from pneumolab.study import gan_arms
+from pneumolab.pipeline import gan_arms
 
 
 def main() -> None:

@@ -3,39 +3,33 @@ import subprocess
 import sys
 
 import pytest
+import typer
 from conftest import make_npz, tree_digest, write_image
 
-from pneumolab.cli import main
+from pneumolab.cli import app, main
 from pneumolab.data import sample_root
 from pneumolab.data.manifest import Manifest
 
-COMMANDS = [
-    [],
-    ["data"],
-    ["data", "index"],
-    ["data", "split"],
-    ["data", "cache"],
-    ["data", "summary"],
-    ["data", "prepare"],
-    ["demo"],
-    ["train"],
-    ["models"],
-    ["tensorboard"],
-    ["evaluate"],
-    ["compare"],
-    ["predict"],
-    ["export"],
-    ["serve"],
-    ["tune"],
-    ["autoencoder"],
-    ["autoencoder", "train"],
-    ["autoencoder", "encode"],
-    ["gan"],
-    ["gan", "train"],
-    ["gan", "sample"],
-    ["gan", "quality"],
-    ["robustness"],
-]
+
+def _all_commands() -> list[list[str]]:
+    """Every command and group of ``pneumolab``, read from the app itself (a new command is checked too)."""
+    found, todo = [], [([], typer.main.get_command(app))]
+    while todo:
+        path, cmd = todo.pop()
+        found.append(path)
+        for name, sub in getattr(cmd, "commands", {}).items():
+            if not sub.hidden:
+                todo.append(([*path, name], sub))
+    return sorted(found)
+
+
+COMMANDS = _all_commands()
+
+
+def test_the_command_tree_is_complete() -> None:
+    assert {"data prepare", "train", "gan quality", "serve", "calibrate", "adapt", "version"} <= {
+        " ".join(c) for c in COMMANDS
+    }
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "top")
@@ -129,3 +123,22 @@ def test_prepare_accepts_the_full_kaggle_download_with_its_test_split(kaggle_dir
     m = Manifest.load(out)
     assert sorted(r.path for r in m.records if r.split == "test") == test_files  # the official test stays test
     assert {r.split for r in m.records if r.source_split != "test"} == {"train", "val"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "missing", "extra"),
+    [
+        (["serve", "runs/x"], "uvicorn", "serve"),
+        (["tune", "-c", "tune/cpu_resnet18"], "optuna", "tune"),
+        (["export", "runs/x", "--onnx", "x.onnx"], "onnxruntime", "onnx"),
+    ],
+)
+def test_an_optional_part_without_its_extra_names_the_install(argv, missing, extra, monkeypatch, capsys) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else real(name, *a))
+    monkeypatch.delitem(sys.modules, missing, raising=False)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{missing}, which is not installed: pip install 'pneumolab[{extra}]'" in err

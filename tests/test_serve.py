@@ -199,7 +199,7 @@ def test_served_connections_get_tcp_nodelay(monkeypatch) -> None:
     # uvicorn's multi-process sockets lose asyncio's TCP_NODELAY: small answers then wait ~40 ms for a delayed ACK.
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-    from pneumolab.serve.app import NoDelayHTTPProtocol
+    from pneumolab.serve.server import NoDelayHTTPProtocol
 
     monkeypatch.setattr(AutoHTTPProtocol, "connection_made", lambda self, transport: None)  # only our part runs
 
@@ -358,6 +358,6 @@ def test_ood_guard_in_the_predictor(run, ae_run) -> None:
 def test_the_service_does_not_import_the_training_stack() -> None:
     """Serving imports inference only: Lightning (and the DataModule) would slow every worker's start."""
     heavy = "('lightning', 'pneumolab.training', 'pneumolab.data.datamodule')"
-    code = f"import sys, pneumolab.serve.app; print(sorted(m for m in {heavy} if m in sys.modules))"
+    code = f"import sys, pneumolab.serve.server; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -12,7 +12,7 @@ import pytest
 from pneumolab.cli import main
 from pneumolab.config import TrainConfig, load_config
 from pneumolab.errors import InputError
-from pneumolab.tuning.study import load_tune_config, run_study, write_best
+from pneumolab.tuning.search import load_tune_config, run_study, write_best
 
 
 def _tune_yaml(tmp_path: Path, space: str = "") -> Path:

@@ -27,7 +27,9 @@ __all__ = [
     "TrainConfig",
     "TrainerConfig",
     "load_config",
+    "load_run_config",
     "parse_overrides",
+    "resolve_config",
     "resolve_config_path",
 ]
 
@@ -311,3 +313,23 @@ def load_config(
             msgs.append(msg)
         where = f" ({path} + overrides)" if path else ""
         raise InputError(f"invalid {schema.__name__}{where}: " + "; ".join(msgs)) from None
+
+
+def load_run_config(run_dir: Path, schema: type[M]) -> M:
+    """The resolved config a run saved in its ``config.yaml`` (what ``--resume`` continues), as ``schema``."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise InputError(f"{run_dir} is not a training run (no config.yaml); give the folder that pneumolab made")
+    return load_config(schema, path)
+
+
+def resolve_config(schema: type[M], path: str | Path | None, overrides: list[str], resume: Path | None = None) -> M:
+    """A new run's config (preset/file + overrides), or for ``resume`` the run's saved config + ``trainer.*``.
+
+    A resumed run must stay the run it was: only how long and where it trains may change.
+    """
+    if resume is None:
+        return load_config(schema, path, overrides)
+    if path is not None or any(not o.startswith("trainer.") for o in overrides):
+        raise InputError("--resume continues a run with its saved config; only trainer.* overrides are allowed")
+    return load_config(schema, None, overrides, **load_run_config(resume, schema).model_dump(mode="json"))

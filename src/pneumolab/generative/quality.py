@@ -15,7 +15,13 @@ from torch import nn
 from pneumolab.models import get_spec
 from pneumolab.models.checkpoint import load_model_file
 
-__all__ = ["ClassifierFeatures", "knn_precision_recall", "nearest_real_distances", "synthetic_quality"]
+__all__ = [
+    "ClassifierFeatures",
+    "knn_precision_recall",
+    "nearest_real_distances",
+    "score_synthetic_set",
+    "synthetic_quality",
+]
 
 
 class ClassifierFeatures(nn.Module):
@@ -102,3 +108,24 @@ def synthetic_quality(real: torch.Tensor, fake: torch.Tensor, extractor: Classif
         "n_real": len(real),
         "n_fake": len(fake),
     }
+
+
+def score_synthetic_set(synthetic: Path, data: Path, classifier: Path, n: int = 1000) -> dict[str, Any]:
+    """:func:`synthetic_quality` of a set made by ``pneumolab gan sample`` against the real training images of
+    its class in ``data`` (at most ``n`` of each, at the set's own size); writes ``quality.json`` into it."""
+    from pneumolab.data.cache import load_cache
+    from pneumolab.data.manifest import Manifest
+    from pneumolab.io import atomic_write_json
+
+    syn, real = Manifest.load(synthetic), Manifest.load(data)
+    label, size = syn.records[0].label, syn.records[0].width
+    fake = np.array(load_cache(syn, size, synthetic / "cache")[:n])  # (N, S, S) uint8
+    # Only training images: the generator learned from them, and validation/test stay unseen by every stage.
+    idx = [i for i in real.indices("train", "real") if real.records[i].label == label][:n]
+    ref = np.array(load_cache(real, size, data / "cache")[idx])
+    q = synthetic_quality(
+        torch.from_numpy(ref)[:, None], torch.from_numpy(fake)[:, None], ClassifierFeatures(classifier)
+    )
+    q.update({"label": label, "reference": f"{len(idx)} real {label} training images of {data}"})
+    atomic_write_json(synthetic / "quality.json", q)
+    return q

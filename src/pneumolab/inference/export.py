@@ -12,6 +12,7 @@ import torch
 
 from pneumolab.data.readers import decode_bytes
 from pneumolab.errors import InputError
+from pneumolab.extras import require_extra
 from pneumolab.io import atomic_path, atomic_write_text
 from pneumolab.models.checkpoint import load_model_file
 
@@ -49,6 +50,7 @@ def export_onnx(
     Raises:
         InputError: the outputs differ by more than ``tolerance`` (the file is then not kept).
     """
+    require_extra("onnx")
     import onnxruntime as ort
 
     from pneumolab.inference.predictor import Predictor

@@ -26,6 +26,7 @@ from pneumolab.data.readers import DecodedImage, decode_bytes
 from pneumolab.data.transforms import EvalPreset
 from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import OperatingPoint
+from pneumolab.extras import require_extra
 from pneumolab.inference.guard import FeatureTap, feature_scores, image_problems
 from pneumolab.models import get_spec
 from pneumolab.models.checkpoint import load_model_file
@@ -129,6 +130,7 @@ class Predictor:
         if target.suffix == ".onnx" or backend == "onnx":
             if not onnx_file.is_file() or onnx_file.suffix != ".onnx":
                 raise InputError(f"{target}: no ONNX model; run `pneumolab export RUN --onnx RUN/model.onnx` first")
+            require_extra("onnx")
             import onnxruntime as ort
 
             meta = json.loads(onnx_file.with_suffix(".onnx.json").read_text())

@@ -17,7 +17,7 @@ from torch import nn
 
 from pneumolab.errors import InputError
 
-__all__ = ["ModelSpec", "count_flops", "create_model", "get_spec", "list_models", "register_model"]
+__all__ = ["ModelSpec", "count_flops", "create_model", "get_spec", "list_models", "model_table", "register_model"]
 
 
 @dataclass(frozen=True)
@@ -114,3 +114,18 @@ def count_flops(model: nn.Module, size: int, in_chans: int = 1) -> float:
         model(torch.zeros(1, in_chans, size, size))
     model.train(was_training)
     return float(counter.get_total_flops())
+
+
+def model_table(size: int) -> list[dict[str, Any]]:
+    """One row per registered model: name, parameters, forward GFLOPs at ``size`` (None when the input is too
+    small for the architecture) and description (``pneumolab models``)."""
+    rows = []
+    for name in list_models():
+        model = create_model(name)
+        try:
+            gflops: float | None = count_flops(model, size) / 1e9
+        except RuntimeError:  # e.g. AlexNet's pooling on a 16 px image
+            gflops = None
+        params = sum(p.numel() for p in model.parameters())
+        rows.append({"name": name, "params": params, "gflops": gflops, "description": get_spec(name).description})
+    return rows

@@ -9,33 +9,24 @@ file name, its bytes) is ever returned or logged.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import io
 import json
 import logging
-import os
 import secrets
-import socket
 from importlib import resources
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from PIL import Image
-from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from pneumolab import __version__
 from pneumolab.errors import ImageReadError, InputError
+from pneumolab.inference.overlay import overlay_png
 from pneumolab.inference.predictor import Prediction, Predictor
 
-__all__ = ["ENV_SETTINGS", "NoDelayHTTPProtocol", "app_from_env", "create_app", "overlay_png"]
-
-# `pneumolab serve --workers N`: uvicorn starts N processes, each builds its app from these JSON settings.
-ENV_SETTINGS = "PNEUMOLAB_SERVE_SETTINGS"
+__all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +41,6 @@ _STATUS = {
     "no_pixel_data": 422,
     "not_a_chest_radiograph": 422,
 }
-
-
-def overlay_png(image: np.ndarray, heat: np.ndarray | None, alpha: float = 0.45, max_side: int = 768) -> bytes:
-    """The X-ray ``(H, W) uint8`` at its own aspect ratio (at most ``max_side`` px) with the Grad-CAM map
-    (red-yellow) blended on top, as PNG. The model saw the image squashed to a square, so its ``(S, S)`` map
-    is stretched back over the whole image: each heat pixel lands on the part of the X-ray it came from."""
-    h, w = image.shape
-    scale = min(1.0, max_side / max(h, w))
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    shown = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR), dtype=np.float32) / 255.0
-    gray = np.repeat(shown[..., None], 3, axis=2)  # (h', w', 3)
-    if heat is not None:
-        stretched = Image.fromarray(heat.astype(np.float32)).resize(size, Image.BILINEAR)
-        a = np.clip(np.asarray(stretched), 0, 1)[..., None]  # (h', w', 1)
-        colour = np.concatenate([np.ones_like(a), a, np.zeros_like(a)], axis=2)  # red -> yellow as heat rises
-        gray = (1 - alpha * a) * gray + alpha * a * colour
-    buf = io.BytesIO()
-    Image.fromarray((gray * 255).round().astype(np.uint8)).save(buf, format="PNG", compress_level=1)  # speed, not size
-    return buf.getvalue()
 
 
 class UploadLimit:
@@ -180,32 +152,3 @@ def create_app(predictor: Predictor, *, token: str | None = None, max_upload_mb:
         return JSONResponse(body)
 
     return app
-
-
-class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
-    """uvicorn's HTTP protocol with TCP_NODELAY on every connection (``pneumolab serve`` uses it).
-
-    With ``--workers N`` uvicorn binds the listening socket itself (``proto=0``), and asyncio then skips
-    TCP_NODELAY on the accepted connections: every small response waited ~40 ms for the client's
-    delayed ACK (measured: /healthz 44 ms instead of 1 ms). Setting it here restores the single-process
-    behaviour.
-    """
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().connection_made(transport)
-
-
-def app_from_env() -> FastAPI:
-    """App factory for uvicorn's worker processes: settings (model, backend, ood, token, upload limit,
-    torch threads) come as JSON in ``PNEUMOLAB_SERVE_SETTINGS``, written by ``pneumolab serve``."""
-    import torch
-
-    settings = json.loads(os.environ[ENV_SETTINGS])
-    torch.set_num_threads(settings["threads"])  # N processes x T threads = the cores, no oversubscription
-    predictor = Predictor.load(
-        settings["model"], backend=settings["backend"], ood=settings["ood"], guard=settings["guard"]
-    )
-    return create_app(predictor, token=settings["token"], max_upload_mb=settings["max_upload_mb"])

@@ -24,7 +24,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from pneumolab import __version__
-from pneumolab.config import TrainConfig, load_config
+from pneumolab.config import TrainConfig
 from pneumolab.data.datamodule import ChestXrayDataModule
 from pneumolab.data.manifest import Manifest
 from pneumolab.errors import InputError
@@ -40,7 +40,7 @@ from pneumolab.training.callbacks import AtomicCheckpointIO, EpochHistory, Tenso
 from pneumolab.training.classifier import ClassifierModule
 from pneumolab.training.console import quiet_frameworks, verbose
 
-__all__ = ["TrainResult", "build_trainer", "fit", "load_run_config", "new_run_dir", "on_gpu", "start_run", "train"]
+__all__ = ["TrainResult", "build_trainer", "fit", "new_run_dir", "on_gpu", "start_run", "train"]
 
 log = logging.getLogger(__name__)
 _RUN_DIR_ENV = "PNEUMOLAB_RUN_DIR"  # lets DDP worker processes (re-launched commands) find rank 0's run folder
@@ -59,16 +59,6 @@ def new_run_dir(out_dir: Path, name: str) -> Path:
         if not path.exists():
             return path
     raise InputError(f"{out_dir}: too many runs named {name!r}")
-
-
-def load_run_config(run_dir: Path, schema: type = TrainConfig) -> Any:
-    """The resolved config a run saved (used by ``--resume``), as ``schema``."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise InputError(
-            f"{run_dir} is not a training run (no config.yaml); give the folder that `pneumolab train` made"
-        )
-    return load_config(schema, path)
 
 
 def build_trainer(

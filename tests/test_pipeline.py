@@ -5,10 +5,10 @@ import pytest
 import yaml
 
 from pneumolab.cli import main
+from pneumolab.config import load_run_config
 from pneumolab.data.manifest import Manifest
 from pneumolab.errors import InputError
-from pneumolab.study import StudyConfig, load_study_config, plan_study
-from pneumolab.training.trainer import load_run_config
+from pneumolab.pipeline import StudyConfig, load_study_config, plan_study
 
 FAST = [
     "data.num_workers=0",

@@ -1,6 +1,6 @@
-"""``pneumolab study CONFIG``: the whole study from one YAML -- data, every classifier, the autoencoder
-pipeline, the with/without-GAN comparison and our recipe -- then the chosen runs under acquisition shifts
-(``robustness``) and one comparison report.
+"""The study pipeline behind ``pneumolab study CONFIG``: from one YAML, the data, every classifier, the
+autoencoder pipeline, the with/without-GAN comparison and our recipe, then the chosen runs under acquisition
+shifts (``robustness``) and one comparison report.
 
 Resumable: a finished run (it has ``summary.json``) is skipped, an interrupted one (``last.ckpt``, no
 summary) resumes, a run that never finished an epoch starts again. A failed run is recorded in
@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import Field
 
-from pneumolab.config import AutoencoderConfig, StrictModel, TrainConfig, load_config
+from pneumolab.config import AutoencoderConfig, StrictModel, TrainConfig, load_config, load_run_config
 from pneumolab.errors import InputError
 from pneumolab.io import atomic_write_json, atomic_write_text, is_fresh
 
@@ -118,8 +118,6 @@ def _train_step(name: str, kind: str, cfg: Any, trainer_fn: Callable[..., Any], 
     def run() -> Any:
         folder = Path(cfg.out_dir) / cfg.name
         if (folder / "checkpoints" / "last.ckpt").is_file():
-            from pneumolab.training.trainer import load_run_config
-
             return trainer_fn(load_run_config(folder, type(cfg)), resume=folder, progress_bar=progress)
         shutil.rmtree(folder, ignore_errors=True)  # started, but no epoch finished: nothing worth keeping
         return trainer_fn(cfg, progress_bar=progress)

@@ -1,0 +1,128 @@
+"""``pneumolab predict``, ``export`` and ``serve``: a trained model used on new X-rays."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pneumolab.cli.base import NoGuard, app, command
+
+
+@command(
+    app,
+    "predict",
+    [
+        "pneumolab predict runs/train/resnet18 xray1.png xray2.dcm",
+        "pneumolab predict runs/train/resnet18/model.onnx scans/*.jpeg --json",
+        "pneumolab predict runs/train/resnet18 xray.png --gradcam out/ --ood runs/autoencoder/autoencoder",
+    ],
+)
+def predict_cmd(
+    model: Annotated[Path, typer.Argument(help="Run folder, model.pt or model.onnx.")],
+    images: Annotated[list[Path], typer.Argument(help="PNG, JPEG or DICOM files.")],
+    gradcam: Annotated[Path | None, typer.Option(help="Write Grad-CAM overlays (PNG) into this folder.")] = None,
+    ood: Annotated[Path | None, typer.Option(help="Also use this autoencoder run's guard.")] = None,
+    no_guard: NoGuard = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Probability, label at the stored operating point and timing per image; bad files fail alone (exit 2).
+
+    Images the guard flags (not a chest X-ray as far as it can tell) are NOT_ASSESSED: no label, no probability.
+    """
+    from pneumolab.errors import ImageReadError
+    from pneumolab.inference.overlay import overlay_png
+    from pneumolab.inference.predictor import Predictor
+    from pneumolab.io import atomic_path
+
+    predictor = Predictor.load(model, ood=ood, guard=not no_guard)
+    failed = 0
+    if not as_json:
+        typer.echo(f"model {model}: {predictor.site or 'as trained (not site-calibrated or adapted)'}")
+        if no_guard:
+            typer.echo("warning: --no-guard: every image gets a label, even one that is not a chest X-ray")
+        typer.echo(f"{'image':<40} {'P(pneumonia)':>12}  {'label':<12} ms   (threshold {predictor.threshold:.3f})")
+    for path in images:
+        try:
+            r = predictor.predict(path.read_bytes(), name=str(path), gradcam=gradcam is not None)
+        except (ImageReadError, OSError) as e:
+            failed += 1
+            msg = e.detail if isinstance(e, ImageReadError) else e.strerror
+            typer.echo(json.dumps({"image": str(path), "error": msg}) if as_json else f"{path!s:<40} error: {msg}")
+            continue
+        if gradcam is not None and r.assessed:
+            with atomic_path(gradcam / f"{path.stem}_gradcam.png", suffix=".png") as tmp:
+                tmp.write_bytes(overlay_png(r.original, r.heatmap))
+        if as_json:
+            typer.echo(json.dumps({"image": str(path), **r.to_dict(), "site": predictor.site}))
+        else:
+            p_text = "-" if r.probability is None else f"{r.probability:.4f}"
+            why = f"  ({'; '.join(r.reasons)})" if r.reasons else ""
+            typer.echo(f"{path!s:<40} {p_text:>12}  {r.label:<12} {r.timings_ms['total']:.0f}{why}")
+    if failed:
+        raise typer.Exit(2)
+
+
+@command(app, "export", ["pneumolab export runs/train/resnet18 --onnx runs/train/resnet18/model.onnx"])
+def export_cmd(
+    model: Annotated[Path, typer.Argument(help="Run folder or model.pt.")],
+    onnx: Annotated[Path, typer.Option(help="Output .onnx file (a .onnx.json with the metadata goes beside it).")],
+    tolerance: Annotated[float, typer.Option(help="Largest accepted |ONNX - PyTorch| on the sample images.")] = 1e-4,
+) -> None:
+    """Export to ONNX and verify ONNX Runtime against PyTorch on real sample images."""
+    from pneumolab.inference.export import export_onnx
+
+    r = export_onnx(model, onnx, tolerance=tolerance)
+    typer.echo(f"wrote {r['path']}: max |ONNX - PyTorch| = {r['max_abs_diff']:.2e} on {r['images']} images")
+
+
+@command(
+    app,
+    "serve",
+    [
+        "pneumolab serve runs/train/resnet18",
+        "PNEUMOLAB_TOKEN=secret pneumolab serve runs/train/resnet18 --backend onnx --ood runs/autoencoder/autoencoder",
+    ],
+)
+def serve_cmd(
+    model: Annotated[Path, typer.Argument(help="Run folder, model.pt or model.onnx.")],
+    host: Annotated[str, typer.Option(help="Interface to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    token: Annotated[str | None, typer.Option(envvar="PNEUMOLAB_TOKEN", help="Require this bearer token.")] = None,
+    backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    ood: Annotated[Path | None, typer.Option(help="Also use this autoencoder run's guard.")] = None,
+    no_guard: NoGuard = False,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted upload.")] = 20.0,
+    workers: Annotated[
+        int, typer.Option(help="Server processes (the cores, e.g. 2, for many concurrent clients).", min=1)
+    ] = 1,
+) -> None:
+    """The web page and JSON API (OpenAPI schema at /openapi.json) for one model."""
+    from pneumolab.extras import require_extra
+
+    require_extra("serve")
+    from pneumolab.serve.server import serve
+
+    if no_guard:
+        typer.echo("warning: --no-guard: every upload gets a label, even one that is not a chest X-ray")
+
+    def ready(threads: int) -> None:
+        typer.echo(
+            f"serving {model} on http://{host}:{port} (backend {backend}, {workers} process(es) x {threads} "
+            f"thread(s), token {'on' if token else 'off'})"
+        )
+
+    serve(
+        model,
+        host=host,
+        port=port,
+        backend=backend,
+        ood=ood,
+        guard=not no_guard,
+        token=token,
+        max_upload_mb=max_upload_mb,
+        workers=workers,
+        on_ready=ready,
+    )

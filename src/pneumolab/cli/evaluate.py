@@ -1,0 +1,129 @@
+"""``pneumolab evaluate``, ``compare`` and ``robustness``: metrics with CIs, the report, acquisition shifts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pneumolab.cli.base import app, command
+from pneumolab.errors import InputError
+
+
+def _echo_metrics(r: dict) -> None:
+    """The key numbers of an evaluation (``metrics.json``), each with its 95% CI."""
+    m = r["at_threshold"]
+    typer.echo(
+        f"{r['model']} on the {r['split']} split of {r['data']}: {m['n_images']} images, {m['n_patients']} patients"
+    )
+    typer.echo(f"threshold {r['threshold']['value']:.4f} ({r['threshold']['origin']})")
+    typer.echo(f"model: {r['site'] or 'as trained (not site-calibrated or adapted)'}")
+    for key in ("auroc", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy", "accuracy", "ece"):
+        v = m[key]
+        typer.echo(f"  {key:<18} {v['value']:.4f}  [{v['ci_low']:.4f}, {v['ci_high']:.4f}]")
+    c = r["calibration"]
+    typer.echo(f"  ECE {c['ece_uncalibrated']:.4f} -> {c['ece_calibrated']:.4f} (temperature {c['temperature']:.3f})")
+    if "warning" in r:
+        typer.echo(f"warning: {r['warning']}")
+    if "alternative_threshold" in r:
+        a = r["alternative_threshold"]
+        am = a["metrics"]
+        typer.echo(
+            f"policy {a['policy']}: threshold {a['value']:.4f} ({a['origin']}): sensitivity "
+            f"{am['sensitivity']['value']:.4f}, specificity {am['specificity']['value']:.4f}"
+        )
+
+
+@command(
+    app,
+    "evaluate",
+    [
+        "pneumolab evaluate runs/train/resnet18 --data runs/data/kermany --split val",
+        "pneumolab evaluate runs/train/resnet18 --data path/to/chest_xray --split test",
+        "pneumolab evaluate runs/train/resnet18/model.pt --data hospital.csv --split all --policy 'sensitivity>=0.95'",
+    ],
+)
+def evaluate_cmd(
+    model: Annotated[Path, typer.Argument(help="Run folder or model.pt.")],
+    data: Annotated[Path, typer.Option(help="Dataset folder, Kaggle-layout folder, CSV or npz.")],
+    split: Annotated[str, typer.Option(help="test, val, train or all.")] = "test",
+    out: Annotated[Path | None, typer.Option(help="Output folder (default RUN/eval/<data>-<split>).")] = None,
+    policy: Annotated[
+        str | None,
+        typer.Option(help="Also report the threshold this policy picks on validation, e.g. sensitivity>=0.95."),
+    ] = None,
+    n_boot: Annotated[int, typer.Option(help="Patient-level bootstrap resamples.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+) -> None:
+    """Predictions, metrics with patient-level 95% CIs, and plots on one split; the stored threshold is kept."""
+    from pneumolab.evaluation.evaluate import evaluate
+
+    if split not in ("test", "val", "train", "all"):
+        raise InputError(f"--split {split!r}: choose test, val, train or all")
+    r = evaluate(model, data, split=split, out=out, policy=policy, n_boot=n_boot, seed=seed)
+    _echo_metrics(r)
+    typer.echo(f"wrote {Path(r['plots']['roc']).parent}")
+
+
+@command(
+    app,
+    "compare",
+    [
+        "pneumolab compare runs/train/cnn_base runs/train/resnet18 --data runs/data/kermany --split val --out runs/rep",
+        "pneumolab compare runs/train/* --data path/to/chest_xray --split test --out runs/report-test",
+    ],
+)
+def compare_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (or model files) to compare.")],
+    data: Annotated[Path, typer.Option(help="Dataset folder, Kaggle-layout folder, CSV or npz.")],
+    out: Annotated[Path, typer.Option(help="Folder for report.md, report.html and figures.")],
+    split: Annotated[str, typer.Option(help="test, val, train or all.")] = "test",
+    n_boot: Annotated[int, typer.Option(help="Patient-level bootstrap resamples.")] = 2000,
+) -> None:
+    """Comparison report (the study's table, CIs, paired AUROC tests, GAN section) over runs on one split."""
+    from pneumolab.evaluation.report import compare
+
+    path = compare(runs, data, out, split=split, n_boot=n_boot)
+    typer.echo(f"wrote {path} and {path.with_suffix('.md')}")
+
+
+@command(
+    app,
+    "robustness",
+    [
+        "pneumolab robustness runs/train/resnet18 --data runs/data/kermany --split val",
+        "pneumolab robustness runs/train/fast runs/train/resnet18 --data runs/data/kermany",
+    ],
+)
+def robustness_cmd(
+    models: Annotated[list[Path], typer.Argument(help="Run folders or model.pt files (shifted images are shared).")],
+    data: Annotated[Path, typer.Option(help="Dataset folder made by `pneumolab data index`.")],
+    split: Annotated[str, typer.Option(help="Split to shift (val by default; never select on test).")] = "val",
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for robustness.json/.png (one model only; default: beside each model).")
+    ] = None,
+) -> None:
+    """AUROC, sensitivity, specificity and ECE under graded acquisition shifts (contrast, blur, noise, ...)."""
+    from pneumolab.evaluation.robustness import result_dir, robustness_many
+
+    if out is not None and len(models) > 1:
+        raise InputError("--out takes one model; with several, each result is written beside its model")
+    outs = [out or result_dir(m, data, split) for m in models]
+    results = robustness_many(models, data, split=split, outs=outs)
+    if len(models) == 1:
+        r = results[0]
+        typer.echo(f"{'shift':<14} {'severity':>8} {'AUROC':>7} {'sens.':>7} {'spec.':>7} {'ECE':>6}")
+        for name, rows in [("clean", [{"severity": "-", **r["clean"]}]), *r["shifts"].items()]:
+            for m in rows:
+                typer.echo(
+                    f"{name:<14} {m['severity']!s:>8} {m['auroc']:>7.3f} {m['sensitivity']:>7.3f} "
+                    f"{m['specificity']:>7.3f} {m['ece']:>6.3f}"
+                )
+    for r, target in zip(results, outs, strict=True):
+        w = r["worst_shift"]
+        typer.echo(
+            f"{r['model_file']}: clean spec. {r['clean']['specificity']:.3f}, worst spec. {r['worst_specificity']:.3f}"
+            f" ({w['shift']} {w['severity']:g}), mean balanced acc. {r['mean_balanced_accuracy']:.3f} at the stored "
+            f"threshold -> {target / 'robustness.json'}, robustness.png"
+        )

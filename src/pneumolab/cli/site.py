@@ -1,0 +1,85 @@
+"""``pneumolab calibrate`` and ``adapt``: fit a model to a hospital's own images; always a new run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pneumolab.cli.base import app, command
+
+SiteData = Annotated[Path, typer.Option(help="The site's images: dataset folder, Kaggle-layout folder, CSV or npz.")]
+NewRun = Annotated[Path, typer.Option("--out", "-o", help="New run folder (the original run is never changed).")]
+SiteSplit = Annotated[str, typer.Option(help="Which rows of --data form the site sample: all, train, val or test.")]
+
+
+@command(
+    app,
+    "calibrate",
+    [
+        "pneumolab calibrate runs/train/fast --data site/labeled_sample --out runs/site/fast-calibrated",
+        "pneumolab calibrate runs/train/fast --data site.csv --out runs/site/fast-cal --policy 'sensitivity>=0.9'",
+    ],
+)
+def calibrate_cmd(
+    model: Annotated[Path, typer.Argument(help="Run folder or model.pt.")],
+    data: SiteData,
+    out: NewRun,
+    policy: Annotated[
+        str | None, typer.Option(help="Threshold policy on the site's images (default: the model's own).")
+    ] = None,
+    split: SiteSplit = "all",
+) -> None:
+    """Refit temperature and intercept and re-choose the threshold on a LABELED site sample; writes a new run."""
+    from pneumolab.site_adaptation.calibrate import calibrate
+
+    r = calibrate(model, data, out, policy=policy, split=split)
+    fit = r["on_site_sample"]
+    typer.echo(f"calibrated on {r['images']} labeled images of {r['data']} ({r['classes']}), policy {r['policy']}")
+    typer.echo(
+        f"  threshold {r['threshold']['before']:.4f} -> {r['threshold']['after']:.4f}, temperature "
+        f"{r['temperature']['before']:.3f} -> {r['temperature']['after']:.3f}, "
+        f"intercept {r['prior_shift']['after']:+.3f}"
+    )
+    typer.echo(
+        f"  on the site sample itself (optimistic: fitted there): sensitivity {fit['sensitivity']:.3f}, "
+        f"specificity {fit['specificity']:.3f}, ECE {fit['ece_before']:.3f} -> {fit['ece_after']:.3f}"
+    )
+    typer.echo(f"wrote {r['model_file']}; score it on other site images: pneumolab evaluate {out} --data OTHER")
+
+
+@command(
+    app,
+    "adapt",
+    [
+        "pneumolab adapt runs/train/fast --data site/unlabeled --out runs/site/fast-adapted",
+        "pneumolab adapt runs/train/fast --data site.csv --out runs/site/fast-bn-only --no-prior",
+    ],
+)
+def adapt_cmd(
+    model: Annotated[Path, typer.Argument(help="Run folder or model.pt.")],
+    data: SiteData,
+    out: NewRun,
+    bn: Annotated[bool, typer.Option("--bn/--no-bn", help="Re-estimate BatchNorm statistics (AdaBN).")] = True,
+    prior: Annotated[bool, typer.Option("--prior/--no-prior", help="Estimate the site's prevalence (EM).")] = True,
+    split: SiteSplit = "all",
+) -> None:
+    """Adapt to UNLABELED site images (labels ignored): BatchNorm statistics and class prior; writes a new run."""
+    from pneumolab.site_adaptation.adapt import adapt
+
+    r = adapt(model, data, out, batchnorm=bn, prior=prior, split=split)
+    typer.echo(f"adapted on {r['images']} unlabeled images of {r['data']} (labels, if any, were not read)")
+    for line in r.get("skipped_files", [])[:10]:
+        typer.echo(f"  skipped {line}")
+    if len(r.get("skipped_files", [])) > 10:
+        typer.echo(f"  ... {len(r['skipped_files'])} files skipped in all (listed in the model's meta['site'])")
+    if r["batchnorm"]:
+        typer.echo(f"  BatchNorm statistics of {r['batchnorm']['layers']} layers re-estimated")
+    if r["prior"]:
+        p = r["prior"]
+        typer.echo(
+            f"  pneumonia prevalence: source {p['source']:.3f}, site estimate {p['site_estimate']:.3f} "
+            f"(log-odds shift {p['prior_shift']:+.3f})"
+        )
+    typer.echo(f"wrote {r['model_file']}; check it on labeled site images: pneumolab evaluate {out} --data LABELED")

@@ -32,6 +32,7 @@ import torch
 
 from pneumolab.config import TrainConfig, load_config
 from pneumolab.data.manifest import Manifest
+from pneumolab.data.transforms import Preprocessing
 from pneumolab.evaluation.calibration import OperatingPoint
 from pneumolab.evaluation.predict import predict_logits
 from pneumolab.models.checkpoint import load_model_file
@@ -73,7 +74,7 @@ def main() -> None:
         model, meta = load_model_file(run_dir)
         sub = Manifest.load(fold_dir)
         held = sub.indices("val")
-        logits = torch.from_numpy(predict_logits(model, meta["preprocessing"], sub, held, fold_dir / "cache"))
+        logits = torch.from_numpy(predict_logits(model, Preprocessing.from_meta(meta), sub, held, fold_dir / "cache"))
         p = OperatingPoint.from_meta(meta).probability(logits).numpy()
         for j, prob in zip(held, p, strict=True):
             oof[train_rows[j]] = (1 - prob, prob)

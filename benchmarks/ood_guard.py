@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw
 
 from pneumolab.data.index import as_dataset
 from pneumolab.data.readers import read_entry
+from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import ImageReadError
 from pneumolab.inference.guard import fit_model_guard
 from pneumolab.inference.predictor import Predictor
@@ -123,7 +124,7 @@ def main() -> None:
         if "ood_guard" not in meta:
             if args.data is None:
                 raise SystemExit(f"{run} has no guard: pass --data to fit one")
-            meta["ood_guard"] = fit_model_guard(model, meta["model_name"], meta["preprocessing"], args.data)
+            meta["ood_guard"] = fit_model_guard(model, meta["model_name"], Preprocessing.from_meta(meta), args.data)
         predictor = Predictor(model, meta)
         real_flags = [flagged(predictor, b, n) for n, b in real]
         other_flags = {n: flagged(predictor, b, n) for n, b in others.items()}

@@ -39,7 +39,6 @@ from pneumolab.config import TrainConfig, load_config
 from pneumolab.data.cache import load_cache
 from pneumolab.data.index import as_dataset
 from pneumolab.data.manifest import Manifest
-from pneumolab.data.transforms import EvalPreset
 from pneumolab.training.trainer import train
 
 RECIPES = {
@@ -70,9 +69,7 @@ class Clock(L.Callback):
         if self.external is not None and self.external_x is None:
             manifest, folder = self.external
             pre = trainer.datamodule.preprocessing()  # the training split's normalisation, as validation uses
-            tf = EvalPreset(mean=pre["mean"], std=pre["std"], normalization=pre["normalization"])
-            pixels = np.asarray(load_cache(manifest, pre["image_size"], folder / "cache"))
-            self.external_x = tf(torch.from_numpy(pixels)[:, None])
+            self.external_x = pre(np.asarray(load_cache(manifest, pre.image_size, folder / "cache")))
             self.external_y = np.array([r.target for r in manifest.records])
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:

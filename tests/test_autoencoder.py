@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import tiny_train_args
 from PIL import Image, ImageDraw
@@ -10,6 +11,7 @@ from pneumolab.data.cache import resize_square
 from pneumolab.data.latent import latent_path
 from pneumolab.data.manifest import Manifest
 from pneumolab.data.transforms import EvalPreset
+from pneumolab.errors import InputError
 from pneumolab.generative.autoencoder import ConvAutoencoder, load_autoencoder, ood_flags
 from pneumolab.models.checkpoint import load_model_file
 
@@ -93,6 +95,20 @@ def test_encode_then_latent_training_round_trip(ae_run, sample_data, tmp_path, c
     model, meta = load_model_file(tmp_path / "latent_cnn" / "model.pt")
     assert meta["preprocessing"]["latent"]["shape"] == [256, 4, 4]
     assert model(torch.zeros(2, 1, 64, 64)).shape == (2, 2)  # takes pixels: the encoder sits in front
+    # Self-contained: the file loads with the same weights where the autoencoder run does not exist.
+    blob = torch.load(tmp_path / "latent_cnn" / "model.pt", weights_only=True)
+    blob["preprocessing"]["latent"]["autoencoder"] = "/elsewhere/autoencoder.pt"
+    torch.save(blob, tmp_path / "moved.pt")
+    x = torch.rand(3, 1, 64, 64)
+    assert torch.equal(load_model_file(tmp_path / "moved.pt")[0](x), model(x))
+    # A head-only file (the old format) needs its autoencoder, unchanged: a changed one is refused.
+    changed = tmp_path / "changed.pt"
+    changed.write_bytes((ae_run / "autoencoder.pt").read_bytes() + b"\0")
+    blob["state_dict"] = {k[len("head.") :]: v for k, v in blob["state_dict"].items() if k.startswith("head.")}
+    blob["preprocessing"]["latent"]["autoencoder"] = str(changed)
+    torch.save(blob, tmp_path / "head_only.pt")
+    with pytest.raises(InputError, match="missing or changed"):
+        load_model_file(tmp_path / "head_only.pt")
     assert main(["evaluate", str(tmp_path / "latent_cnn"), "--data", str(sample_data), "--n-boot", "100"]) == 0
     from pneumolab.evaluation.report import compare
 

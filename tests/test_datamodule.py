@@ -66,7 +66,7 @@ def test_per_image_normalisation(prepared_dir) -> None:
     dm = _dm(prepared_dir, normalization="per_image")
     x, _ = _all(dm.val_dataloader())
     assert torch.allclose(x.mean(dim=(1, 2, 3)), torch.zeros(len(x)), atol=1e-4)
-    assert dm.preprocessing()["normalization"] == "per_image"
+    assert dm.preprocessing().normalization == "per_image"
 
 
 def test_requires_a_split(kaggle_dir, tmp_path) -> None:

@@ -7,9 +7,14 @@ import torch
 from conftest import tiny_train_args
 
 from pneumolab.cli import main
+from pneumolab.data.manifest import Manifest
+from pneumolab.data.transforms import Preprocessing
+from pneumolab.evaluation import evaluate as evaluate_module
 from pneumolab.evaluation.evaluate import evaluate
+from pneumolab.evaluation.predict import predict_logits, read_val_logits
 from pneumolab.evaluation.report import compare
 from pneumolab.models.checkpoint import load_model_file
+from pneumolab.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +25,13 @@ def two_runs(sample_data, tmp_path_factory):
     return out / "cnn_base", out / "cnn_improved"
 
 
-def test_training_stores_a_validation_operating_point(two_runs) -> None:
-    _, meta = load_model_file(two_runs[0] / "model.pt")
+def test_training_stores_a_validation_operating_point(two_runs, sample_data) -> None:
+    model, meta = load_model_file(two_runs[0] / "model.pt")
+    # ... and the validation logits it came from, which later stages read instead of predicting again
+    manifest = Manifest.load(sample_data)
+    kept = read_val_logits(RunDir(two_runs[0]).val_logits, manifest)
+    pre, val = Preprocessing.from_meta(meta), manifest.indices("val")
+    np.testing.assert_allclose(kept, predict_logits(model, pre, manifest, val, sample_data / "cache"), atol=1e-5)
     assert 0 < meta["threshold"] < 1 and meta["threshold_policy"] == "youden"
     assert meta["operating_point"]["split"] == "val" and meta["temperature"] > 0
     card = (two_runs[0] / "MODEL_CARD.md").read_text()
@@ -29,10 +39,13 @@ def test_training_stores_a_validation_operating_point(two_runs) -> None:
 
 
 def test_evaluate_writes_predictions_metrics_plots_and_keeps_the_threshold(
-    two_runs, sample_data, tmp_path, capsys
+    two_runs, sample_data, tmp_path, capsys, monkeypatch
 ) -> None:
     run = two_runs[0]
     before = (run / "model.pt").read_bytes()
+    predicted = []
+    real = evaluate_module._probabilities
+    monkeypatch.setattr(evaluate_module, "_probabilities", lambda *a: predicted.append(a[3]) or real(*a))
     code = main(
         [
             "evaluate",
@@ -55,6 +68,7 @@ def test_evaluate_writes_predictions_metrics_plots_and_keeps_the_threshold(
     assert m["split"] == "test" and m["threshold"]["value"] == meta["threshold"]
     assert "validation" in m["threshold"]["origin"]
     assert m["alternative_threshold"]["policy"] == "sensitivity>=0.95"
+    assert len(predicted) == 1  # the test split only: the policy read the run's kept validation logits
     assert m["alternative_threshold"]["metrics"]["sensitivity"]["value"] >= m["at_threshold"]["sensitivity"]["value"]
     auroc = m["at_threshold"]["auroc"]
     assert auroc["ci_low"] <= auroc["value"] <= auroc["ci_high"]
@@ -166,7 +180,7 @@ def test_robustness_of_several_models_shares_the_shifts_and_reaches_the_report(
     assert main([*args, "--out", str(tmp_path)]) == 2  # one --out folder cannot hold two results
     assert "--out takes one model" in capsys.readouterr().err
     assert main(args) == 0
-    written = [run / "robustness" / f"{sample_data.name}-val" / "robustness.json" for run in two_runs]
+    written = [RunDir(run).robustness_dir(sample_data, "val") / "robustness.json" for run in two_runs]
     assert str(written[1]) in capsys.readouterr().out
     for run, path in zip(two_runs, written, strict=True):  # the same numbers as one model at a time
         alone = robustness(run, sample_data, split="val")
@@ -180,3 +194,11 @@ def test_robustness_of_several_models_shares_the_shifts_and_reaches_the_report(
     row = next(line for line in text.splitlines() if line.startswith(f"| {two_runs[0].name} | val |"))  # shifts: val
     assert f"{r0['worst_specificity']:.3f} ({r0['worst_shift']['shift']}" in row
     assert (tmp_path / "report" / "robustness.png").is_file()
+
+
+def test_two_datasets_with_the_same_name_get_their_own_evaluation_folders(tmp_path) -> None:
+    run = RunDir(tmp_path / "run")
+    a, b = run.eval_dir(tmp_path / "a" / "data", "test"), run.eval_dir(tmp_path / "b" / "data", "test")
+    assert a != b and a.parent == b.parent == tmp_path / "run" / "eval"
+    assert a.name.startswith("data-") and a.name.endswith("-test")
+    assert run.eval_dir(tmp_path / "a" / "data", "test") == a  # stable: a re-run finds its own results

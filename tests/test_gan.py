@@ -44,7 +44,7 @@ def test_a_few_gan_steps_change_both_networks(sample_data) -> None:
     dm = ChestXrayDataModule(DataConfig(data_dir=sample_data, image_size=64, batch_size=16, num_workers=0))
     dm.setup()
     x, _ = next(iter(dm.train_dataloader()))
-    module = GanModule(64, 100, 16, 2e-4, 0.5, dm.preprocessing(), {})
+    module = GanModule(64, 100, 16, 2e-4, 0.5, dm.preprocessing().to_dict(), {})
     opt_d, opt_g = module.configure_optimizers()
     g0 = [p.clone() for p in module.generator.parameters()]
     d0 = [p.clone() for p in module.discriminator.parameters()]

@@ -9,6 +9,7 @@ from pneumolab.config import load_run_config
 from pneumolab.data.manifest import Manifest
 from pneumolab.errors import InputError
 from pneumolab.pipeline import StudyConfig, load_study_config, plan_study
+from pneumolab.rundir import RunDir
 
 FAST = [
     "data.num_workers=0",
@@ -141,7 +142,7 @@ def test_study_rerun_skips_finished_runs_and_resumes_an_interrupted_one(finished
         "report",
     }
     shifted = {
-        name: root / "runs" / name / "robustness" / "data-val" / "robustness.json"
+        name: RunDir(root / "runs" / name).robustness_dir(root / "data", "val") / "robustness.json"
         for name in ("cnn_base", "recipe-fast")
     }
     assert shifted["cnn_base"].stat().st_mtime >= (run / "model.pt").stat().st_mtime  # re-shifted: a new model.pt

@@ -221,8 +221,10 @@ def test_onnx_export_parity_and_backend(run, tmp_path) -> None:
     report = export_onnx(run, target)
     assert report["max_abs_diff"] < 1e-4 and target.with_suffix(".onnx.json").is_file()
     shutil.copy(run / "model.pt", tmp_path / "model.pt")  # Grad-CAM still comes from the PyTorch weights
+    target.with_suffix(".onnx.json").unlink()  # for people: the .onnx file itself carries the metadata
     torch_p, onnx_p = Predictor.load(run), Predictor.load(target)
-    assert onnx_p.backend == "onnx"
+    assert onnx_p.backend == "onnx" and onnx_p.operating_point == torch_p.operating_point
+    assert onnx_p.preprocessing == torch_p.preprocessing
     assert onnx_p.feature_guard is not None  # the guard's features are the graph's second output
     for path in sorted((sample_root() / "test").rglob("*.jpeg"))[:6]:
         a, b = torch_p.predict(path.read_bytes()), onnx_p.predict(path.read_bytes(), gradcam=True)

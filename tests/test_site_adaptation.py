@@ -13,6 +13,7 @@ from torch import nn
 
 from pneumolab.cli import main
 from pneumolab.data.manifest import Manifest
+from pneumolab.data.transforms import Preprocessing
 from pneumolab.evaluation.calibration import OperatingPoint, estimate_prior_em
 from pneumolab.evaluation.predict import predict_logits
 from pneumolab.evaluation.thresholds import choose_threshold
@@ -101,7 +102,9 @@ def test_calibrate_round_trip(runs, sample_data, tmp_path, capsys) -> None:
     labels = [manifest.records[i].label for i in rows]
     assert step["classes"] == {c: labels.count(c) for c in ("NORMAL", "PNEUMONIA")} and step["date"].startswith("20")
     # The stored numbers are what Platt scaling + the model's own policy give on those images.
-    logits = torch.from_numpy(predict_logits(model, meta["preprocessing"], manifest, rows, sample_data / "cache"))
+    logits = torch.from_numpy(
+        predict_logits(model, Preprocessing.from_meta(meta), manifest, rows, sample_data / "cache")
+    )
     y = np.array([manifest.records[i].target for i in rows])
     t, b = fit_platt(logits, torch.from_numpy(y))
     assert (meta["temperature"], meta["prior_shift"]) == pytest.approx((t, b))

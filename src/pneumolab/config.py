@@ -29,6 +29,7 @@ __all__ = [
     "load_config",
     "load_run_config",
     "parse_overrides",
+    "preset_names",
     "resolve_config",
     "resolve_config_path",
 ]
@@ -258,18 +259,60 @@ def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 
 PRESETS = Path(__file__).parent / "configs"
+# Preset families derived for every registered model: `cpu/MODEL`, `cpu/MODEL_improved`, `seed/...`.
+# A family's _defaults.yaml is its recipe; a file FAMILY/MODEL.yaml, where present, replaces the derived preset.
+_FAMILY_SUFFIX = {"cpu": "", "seed": "-seed"}
 
 
 def resolve_config_path(name: str | Path) -> Path:
-    """A config file path, or a packaged preset name such as ``cpu/resnet18``."""
+    """A config file path, or a packaged preset file such as ``tune/cpu_resnet18``."""
     path = Path(name)
     if path.is_file():
         return path
     preset = PRESETS / (str(name) if str(name).endswith(".yaml") else f"{name}.yaml")
-    if preset.is_file():
+    if preset.is_file() and not preset.name.startswith("_"):
         return preset
-    names = sorted(p.relative_to(PRESETS).with_suffix("").as_posix() for p in PRESETS.rglob("*.yaml"))
-    raise InputError(f"config {name} not found: give a YAML file or a preset ({', '.join(names)})")
+    raise InputError(f"config {name} not found: give a YAML file or a preset ({', '.join(preset_names())})")
+
+
+def preset_names() -> list[str]:
+    """Every packaged preset: the files, and the derived ``cpu/MODEL[_improved]`` and ``seed/...``."""
+    from pneumolab.models import list_models
+
+    files = {p.relative_to(PRESETS).with_suffix("").as_posix() for p in PRESETS.rglob("*.yaml")}
+    derived = {f"{fam}/{m}{v}" for fam in _FAMILY_SUFFIX for m in list_models() for v in ("", "_improved")}
+    names = files | {n for n in derived if _derived_preset(n) is not None}
+    return sorted(n for n in names if not n.rpartition("/")[2].startswith("_"))
+
+
+def _derived_preset(name: str) -> dict[str, Any] | None:
+    """``cpu/MODEL`` = the family's defaults + the model; ``cpu/MODEL_improved`` (MODEL a torchvision
+    architecture) = ``cpu/MODEL`` + the family's _improved.yaml; None when ``name`` is not such a preset."""
+    from pneumolab.models import get_spec, list_models
+
+    family, _, model = str(name).removesuffix(".yaml").partition("/")
+    if family not in _FAMILY_SUFFIX or "/" in model or model.startswith("_"):
+        return None
+    if (PRESETS / family / f"{model}.yaml").is_file():
+        return _read_yaml(PRESETS / family / f"{model}.yaml")
+    if model in list_models():
+        own = {"name": f"{model}{_FAMILY_SUFFIX[family]}", "model": {"name": model}}
+        return _merge(_read_yaml(PRESETS / family / "_defaults.yaml"), own)
+    base = model.removesuffix("_improved")
+    # The study's own networks have their improved versions as separate networks (cnn_improved, ...).
+    if base != model and base in list_models() and get_spec(base).pretrainable:
+        start = _derived_preset(f"{family}/{base}")
+        improved = _merge(start, _read_yaml(PRESETS / family / "_improved.yaml"))
+        return _merge(improved, {"name": f"{model}{_FAMILY_SUFFIX[family]}"})
+    return None
+
+
+def _read_source(name: str | Path) -> tuple[str, dict[str, Any]]:
+    """``(label for messages, values)`` of a config file or preset."""
+    if not Path(name).is_file() and (derived := _derived_preset(str(name))) is not None:
+        return f"preset {name}", derived
+    path = resolve_config_path(name)
+    return str(path), _read_yaml(path)
 
 
 def _read_yaml(path: Path, depth: int = 0) -> dict[str, Any]:
@@ -297,8 +340,8 @@ def load_config(
     """
     data: dict[str, Any] = dict(base)
     if path is not None:
-        path = resolve_config_path(path)
-        data = _merge(data, _read_yaml(path))
+        path, values = _read_source(path)
+        data = _merge(data, values)
     data = _merge(data, parse_overrides(overrides or []))
     try:
         return schema.model_validate(data)
@@ -317,7 +360,9 @@ def load_config(
 
 def load_run_config(run_dir: Path, schema: type[M]) -> M:
     """The resolved config a run saved in its ``config.yaml`` (what ``--resume`` continues), as ``schema``."""
-    path = Path(run_dir) / "config.yaml"
+    from pneumolab.rundir import RunDir
+
+    path = RunDir(Path(run_dir)).config
     if not path.is_file():
         raise InputError(f"{run_dir} is not a training run (no config.yaml); give the folder that pneumolab made")
     return load_config(schema, path)

@@ -25,6 +25,7 @@ from pydantic import Field
 from pneumolab.config import AutoencoderConfig, StrictModel, TrainConfig, load_config, load_run_config
 from pneumolab.errors import InputError
 from pneumolab.io import atomic_write_json, atomic_write_text, is_fresh
+from pneumolab.rundir import RunDir
 
 __all__ = ["Step", "StudyConfig", "gan_arms", "load_study_config", "plan_study", "run_study"]
 
@@ -117,7 +118,7 @@ def _train_step(name: str, kind: str, cfg: Any, trainer_fn: Callable[..., Any], 
 
     def run() -> Any:
         folder = Path(cfg.out_dir) / cfg.name
-        if (folder / "checkpoints" / "last.ckpt").is_file():
+        if RunDir(folder).last_checkpoint.is_file():
             return trainer_fn(load_run_config(folder, type(cfg)), resume=folder, progress_bar=progress)
         shutil.rmtree(folder, ignore_errors=True)  # started, but no epoch finished: nothing worth keeping
         return trainer_fn(cfg, progress_bar=progress)
@@ -427,14 +428,14 @@ def _prepare(cfg: StudyConfig, data_dir: Path) -> Path:
 def _robustness(data_dir: Path, classifiers: list[Step], out: Path) -> Path:
     """Every finished run of ``classifiers`` under the shifts on the validation split (shifted images made once);
     each result goes beside its run, where the report finds it, and a summary to ``out``."""
-    from pneumolab.evaluation.robustness import result_dir, robustness_many
+    from pneumolab.evaluation.robustness import robustness_many
 
-    runs = [s.folder for s in classifiers if (s.folder / "model.pt").is_file()]
+    runs = [s.folder for s in classifiers if RunDir(s.folder).model.is_file()]
     if not runs:
         raise InputError("no classifier finished: nothing to shift")
-    files = {run: result_dir(run, data_dir, "val") / "robustness.json" for run in runs}
+    files = {run: RunDir(run).robustness_dir(data_dir, "val") / "robustness.json" for run in runs}
     # Like the report, this step runs on every invocation, but only models without a fresh result are shifted.
-    todo = [run for run, f in files.items() if not is_fresh(f, run / "model.pt")]
+    todo = [run for run, f in files.items() if not is_fresh(f, RunDir(run).model)]
     if todo:
         robustness_many(todo, data_dir, split="val", outs=[files[run].parent for run in todo])
     keys = ("worst_specificity", "worst_shift", "mean_balanced_accuracy", "mean_ece")
@@ -450,14 +451,14 @@ def _report(
     from pneumolab.evaluation.protocol import protocol_section
     from pneumolab.evaluation.report import compare
 
-    runs = [s.folder for s in classifiers if (s.folder / "model.pt").is_file()]
+    runs = [s.folder for s in classifiers if RunDir(s.folder).model.is_file()]
     if not runs:
         raise InputError("no classifier finished: nothing to report")
     split = cfg.report_split
     if not Manifest.load(data_dir).indices(split, "real"):
         raise InputError(f"the study's data has no {split!r} split; set data.test_fraction or report_split")
     extra = []
-    if protocol and all((run / "model.pt").is_file() for run in protocol[:2]):
+    if protocol and all(RunDir(run).model.is_file() for run in protocol[:2]):
         reference, leaky, leaky_data = protocol
         extra.append(
             (

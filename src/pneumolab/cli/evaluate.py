@@ -23,7 +23,9 @@ def _echo_metrics(r: dict) -> None:
         v = m[key]
         typer.echo(f"  {key:<18} {v['value']:.4f}  [{v['ci_low']:.4f}, {v['ci_high']:.4f}]")
     c = r["calibration"]
-    typer.echo(f"  ECE {c['ece_uncalibrated']:.4f} -> {c['ece_calibrated']:.4f} (temperature {c['temperature']:.3f})")
+    typer.echo(
+        f"  (ece is after the stored temperature {c['temperature']:.3f}; without it {c['ece_uncalibrated']:.4f})"
+    )
     if "warning" in r:
         typer.echo(f"warning: {r['warning']}")
     if "alternative_threshold" in r:
@@ -105,11 +107,12 @@ def robustness_cmd(
     ] = None,
 ) -> None:
     """AUROC, sensitivity, specificity and ECE under graded acquisition shifts (contrast, blur, noise, ...)."""
-    from pneumolab.evaluation.robustness import result_dir, robustness_many
+    from pneumolab.evaluation.robustness import robustness_many
+    from pneumolab.rundir import RunDir
 
     if out is not None and len(models) > 1:
         raise InputError("--out takes one model; with several, each result is written beside its model")
-    outs = [out or result_dir(m, data, split) for m in models]
+    outs = [out or RunDir.of(m).robustness_dir(data, split) for m in models]
     results = robustness_many(models, data, split=split, outs=outs)
     if len(models) == 1:
         r = results[0]

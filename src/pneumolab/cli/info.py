@@ -11,6 +11,7 @@ import typer
 from pneumolab import __version__
 from pneumolab.cli.base import Size, app, command
 from pneumolab.errors import InputError
+from pneumolab.rundir import RunDir
 
 
 @command(app, "models", ["pneumolab models", "pneumolab models --size 224"])
@@ -35,10 +36,10 @@ def tensorboard_cmd(
     """Open TensorBoard on one or more runs (scalars, input grids, histograms, graph)."""
     import subprocess
 
-    missing = [str(r) for r in runs if not (r / "tensorboard").is_dir()]
+    missing = [str(r) for r in runs if not RunDir(r).tensorboard.is_dir()]
     if missing:
         raise InputError(f"no TensorBoard logs in {', '.join(missing)}: give folders made by `pneumolab train`")
-    spec = ",".join(f"{r.name}:{r / 'tensorboard'}" for r in runs)
+    spec = ",".join(f"{r.name}:{RunDir(r).tensorboard}" for r in runs)
     raise typer.Exit(
         subprocess.call(
             [

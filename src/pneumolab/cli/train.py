@@ -38,7 +38,7 @@ gan_app = group(
     "train",
     [
         "pneumolab train -c cpu/resnet18 --data runs/demo/data",
-        "pneumolab train -c configs/cpu/resnet34_improved.yaml --data runs/data/kermany optim.lr=3e-4",
+        "pneumolab train -c cpu/resnet34_improved --data runs/data/kermany optim.lr=3e-4",
         "pneumolab train -c seed/densenet121 --data runs/data/kermany --devices 4 --accelerator gpu",
         "pneumolab train --resume runs/train/resnet18",
         "pneumolab train --resume runs/train/resnet18 trainer.max_epochs=20",
@@ -81,11 +81,16 @@ def train_cmd(
     result = train(cfg, resume=resume)
     s = result.summary
     if s:
-        best = s["best_val"]
+        nan = float("nan")
+        best, op = s["best_val"], s.get("operating_point", {})
+        at = op.get("operating_point", {})
+        epoch = "-" if s["best_epoch"] is None else s["best_epoch"] + 1  # history counts from 0, people from 1
         typer.echo(
-            f"done: {s['model']} @ {s['image_size']}px, best epoch {s['best_epoch']} of {s['epochs_run']}: "
-            f"val AUROC {best.get('val/auroc', float('nan')):.4f}, val acc {best.get('val/acc', float('nan')):.4f}; "
-            f"{s['wall_s']:.0f} s, {s['train_images_per_s']:.0f} img/s -> {result.run_dir}"
+            f"done: {s['model']} @ {s['image_size']}px, best epoch {epoch} of {s['epochs_run']}: "
+            f"val AUROC {best.get('val/auroc', nan):.4f}; at the stored threshold {op.get('threshold', nan):.3f} "
+            f"({op.get('threshold_policy')}) val sensitivity {at.get('sensitivity', nan):.3f}, specificity "
+            f"{at.get('specificity', nan):.3f}; {s['wall_s']:.0f} s, {s['train_images_per_s']:.0f} img/s -> "
+            f"{result.run_dir}"
         )
 
 

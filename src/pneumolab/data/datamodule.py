@@ -22,6 +22,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomS
 from pneumolab.config import DataConfig
 from pneumolab.data.cache import load_cache
 from pneumolab.data.manifest import CLASSES, Manifest
+from pneumolab.data.transforms import BatchTrainPreset, EvalPreset, Preprocessing, TrainPreset
 from pneumolab.errors import InputError, LeakageError
 
 __all__ = ["CachedImages", "ChestXrayDataModule", "train_statistics"]
@@ -89,8 +90,6 @@ class ChestXrayDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        from pneumolab.data.transforms import BatchTrainPreset, EvalPreset, TrainPreset
-
         cfg = self.config
         manifest = Manifest.load(cfg.data_dir)
         if not manifest.indices("val"):
@@ -178,18 +177,9 @@ class ChestXrayDataModule(L.LightningDataModule):
         counts = np.bincount(self.train_targets, minlength=len(CLASSES)).astype(np.float64)
         return torch.tensor(counts.sum() / (len(CLASSES) * np.maximum(counts, 1)), dtype=torch.float32)
 
-    def preprocessing(self) -> dict[str, Any]:
-        """What inference needs to rebuild ``EvalPreset`` (stored in checkpoints)."""
-        size = self.config.image_size
-        return {
-            "image_size": size,
-            "mean": self.mean,
-            "std": self.std,
-            "normalization": self.config.normalization,
-            "channels": 1,
-            "input_shape": [1, size, size],  # what the trained network itself takes
-            "classes": list(CLASSES),
-        }
+    def preprocessing(self) -> Preprocessing:
+        """The input of a model trained here (its model file stores ``.to_dict()``)."""
+        return Preprocessing(self.config.image_size, self.mean, self.std, self.config.normalization)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         cfg = self.config

@@ -6,10 +6,10 @@ autoencoder or a changed dataset never reuses stale codes.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from pneumolab.config import DataConfig
 from pneumolab.data.cache import load_cache
 from pneumolab.data.datamodule import CachedImages, ChestXrayDataModule
 from pneumolab.data.manifest import Manifest
-from pneumolab.data.transforms import EvalPreset
+from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
 from pneumolab.generative.autoencoder import load_autoencoder
 from pneumolab.io import atomic_path
@@ -51,10 +51,10 @@ def encode_manifest(data_dir: str | Path, ae_run: str | Path, *, batch_size: int
     if path.exists():
         return path
     ae, meta = load_autoencoder(ae_file)
-    pre = meta["preprocessing"]
-    images = load_cache(manifest, pre["image_size"], data_dir / "cache")
-    tf = EvalPreset(mean=pre["mean"], std=pre["std"], normalization=pre["normalization"])
-    shape = ae.code_shape(pre["image_size"])
+    pre = Preprocessing.from_meta(meta)
+    images = load_cache(manifest, pre.image_size, data_dir / "cache")
+    tf = pre.transform
+    shape = ae.code_shape(pre.image_size)
     with atomic_path(path, suffix=".npy") as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(manifest), *shape))
         for start in range(0, len(manifest), batch_size):
@@ -104,9 +104,13 @@ class LatentDataModule(ChestXrayDataModule):
             self.datasets["test"] = subset("test")
         self.code_shape = list(codes.shape[1:])
 
-    def preprocessing(self) -> dict[str, Any]:
-        pre = dict(self.ae_meta["preprocessing"])  # inference starts from pixels, as the autoencoder did
+    def preprocessing(self) -> Preprocessing:
+        pre = Preprocessing.from_meta(self.ae_meta)  # inference starts from pixels, as the autoencoder did
         sha = hashlib.sha256(self.ae_file.read_bytes()).hexdigest()
-        pre["latent"] = {"autoencoder": str(self.ae_file.resolve()), "sha256": sha, "shape": self.code_shape}
-        pre["input_shape"] = self.code_shape
-        return pre
+        latent = {
+            "autoencoder": str(self.ae_file.resolve()),
+            "sha256": sha,
+            "shape": self.code_shape,
+            "channels": list(self.ae_meta["channels"]),  # rebuilds the encoder from a model file alone
+        }
+        return dataclasses.replace(pre, input_shape=tuple(self.code_shape), latent=latent)

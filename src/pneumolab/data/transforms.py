@@ -1,6 +1,8 @@
 """Preprocessing and augmentation presets on ``(1, H, W) uint8`` tensors from the cache.
 
-``EvalPreset`` is the deterministic preprocessing a checkpoint records and inference rebuilds;
+:class:`Preprocessing` is what a model file records about its input and the one owner of how an X-ray becomes
+a network input (resize, then ``EvalPreset``): training, evaluation, the guard, GAN quality, ONNX export
+and the service all go through it. ``EvalPreset`` is that deterministic normalisation;
 ``TrainPreset`` adds random augmentation in front of it and is used by the training loader only.
 ``BatchTrainPreset`` does the same augmentation to a whole ``(B, 1, H, W)`` batch at once, with random
 parameters per sample, where the batch already is (the CPU main process, or the GPU).
@@ -9,15 +11,27 @@ parameters per sample, where the batch already is (the CPU main process, or the 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from pneumolab.config import AugmentConfig
+from pneumolab.data.cache import resize_square
+from pneumolab.data.manifest import CLASSES
 
-__all__ = ["BatchTrainPreset", "EvalPreset", "PerImageStandardize", "RandomBorderErase", "TrainPreset"]
+__all__ = [
+    "BatchTrainPreset",
+    "EvalPreset",
+    "PerImageStandardize",
+    "Preprocessing",
+    "RandomBorderErase",
+    "TrainPreset",
+]
 
 
 class PerImageStandardize(torch.nn.Module):
@@ -71,6 +85,76 @@ class EvalPreset:
 
     def __repr__(self) -> str:
         return f"EvalPreset({self.params})"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """A model's input, as its model file records it (``meta["preprocessing"]``), plays the role of
+    torchvision's ``weights.transforms()``: ``(H, W) uint8`` X-ray -> squashed to ``image_size`` square
+    (antialiased bilinear, the cache's resize) -> ``EvalPreset`` -> ``(N, 1, S, S) float32``.
+
+    ``input_shape`` is what the trained network itself takes (the code shape for a model on autoencoder
+    codes, whose ``latent`` entry says which encoder); every consumer still feeds pixels.
+    """
+
+    image_size: int
+    mean: float
+    std: float
+    normalization: str = "dataset"
+    classes: tuple[str, ...] = tuple(CLASSES)
+    input_shape: tuple[int, ...] = ()
+    latent: dict[str, Any] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.input_shape:
+            object.__setattr__(self, "input_shape", (1, self.image_size, self.image_size))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        """From the plain dict a model file stores (``channels`` is implied: 1)."""
+        return cls(
+            image_size=int(d["image_size"]),
+            mean=float(d["mean"]),
+            std=float(d["std"]),
+            normalization=d.get("normalization", "dataset"),
+            classes=tuple(d.get("classes", CLASSES)),
+            input_shape=tuple(d.get("input_shape", ())),
+            latent=d.get("latent"),
+        )
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> Preprocessing:
+        """A model file's (or autoencoder file's) preprocessing."""
+        return cls.from_dict(meta["preprocessing"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain dict a model file stores (round-trips through :meth:`from_dict`)."""
+        d = {
+            "image_size": self.image_size,
+            "mean": self.mean,
+            "std": self.std,
+            "normalization": self.normalization,
+            "channels": 1,
+            "input_shape": list(self.input_shape),
+            "classes": list(self.classes),
+        }
+        return d if self.latent is None else {**d, "latent": self.latent}
+
+    @cached_property
+    def transform(self) -> EvalPreset:
+        """The normalisation, on ``(..., 1, S, S) uint8`` tensors already at ``image_size``."""
+        return EvalPreset(mean=self.mean, std=self.std, normalization=self.normalization)
+
+    def resize(self, pixels: np.ndarray) -> np.ndarray:
+        """``(H, W) uint8`` -> ``(S, S) uint8``: the resize the cache applied to every training image."""
+        return resize_square(pixels, self.image_size)
+
+    def __call__(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``(H, W)`` or ``(N, H, W)`` uint8 X-rays of any size -> network input ``(N, 1, S, S) float32``."""
+        arr = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+        arr = arr[None] if arr.ndim == 2 else arr
+        small = np.stack([self.resize(a) for a in arr]) if arr.shape[1:] != (self.image_size,) * 2 else arr
+        return self.transform(torch.from_numpy(np.array(small))[:, None])  # a writable copy (caches are read-only)
 
 
 class TrainPreset:

@@ -19,15 +19,17 @@ import torch
 
 from pneumolab.data.index import as_dataset
 from pneumolab.data.manifest import CLASSES, Manifest
+from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
 from pneumolab.evaluation import plots
 from pneumolab.evaluation.calibration import OperatingPoint
 from pneumolab.evaluation.metrics import compute_metrics, metrics_with_ci
 from pneumolab.evaluation.model_card import write_model_card
-from pneumolab.evaluation.predict import predict_logits
+from pneumolab.evaluation.predict import predict_logits, read_val_logits
 from pneumolab.evaluation.thresholds import choose_threshold
-from pneumolab.io import atomic_write_json, atomic_write_text
+from pneumolab.io import atomic_write_json, atomic_write_text, is_fresh
 from pneumolab.models.checkpoint import load_model_file, resolve_model_file
+from pneumolab.rundir import RunDir
 from pneumolab.site_adaptation.provenance import describe_site, rows_digest, threshold_origin
 from pneumolab.training.callbacks import read_history
 
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 def _probabilities(model, meta: dict[str, Any], manifest: Manifest, rows: list[int], data_dir: Path):
-    logits = torch.from_numpy(predict_logits(model, meta["preprocessing"], manifest, rows, data_dir / "cache"))
+    logits = torch.from_numpy(predict_logits(model, Preprocessing.from_meta(meta), manifest, rows, data_dir / "cache"))
     raw = logits.softmax(1)[:, 1].numpy()
     cal = OperatingPoint.from_meta(meta).probability(logits).numpy()
     return raw.astype(np.float64), cal.astype(np.float64)
@@ -59,14 +61,14 @@ def evaluate(
         model_target: run folder or ``model.pt``.
         data: dataset folder (``pneumolab data index``), or a Kaggle folder / CSV / npz indexed on the fly.
         split: ``test``, ``val``, ``train`` or ``all``.
-        out: output folder (default ``<run>/eval/<data name>-<split>``).
+        out: output folder (default :meth:`RunDir.eval_dir`: ``<run>/eval/<data name>-<hash>-<split>``).
         policy: also report the threshold this policy picks on the model's *validation* split.
         n_boot: patient-level bootstrap resamples for the CIs.
     """
     model_file = resolve_model_file(model_target)
     model, meta = load_model_file(model_file)
     data = Path(data)
-    out = Path(out) if out else model_file.parent / "eval" / f"{data.resolve().name}-{split}"
+    out = Path(out) if out else RunDir.of(model_file).eval_dir(data, split)
     manifest, data_dir = as_dataset(data, out / "data")
     rows = list(range(len(manifest))) if split == "all" else manifest.indices(split)
     if not rows:
@@ -103,23 +105,33 @@ def evaluate(
             "these numbers are optimistic; score it on other images of the site"
         )
     if policy:
-        result["alternative_threshold"] = _policy_on_validation(model, meta, policy, n_boot, seed, prob, y, groups)
+        result["alternative_threshold"] = _policy_on_validation(
+            model_file, model, meta, policy, n_boot, seed, prob, y, groups
+        )
 
     out.mkdir(parents=True, exist_ok=True)
     _write_predictions(out / "predictions.csv", manifest, rows, prob, threshold)
     result["plots"] = _plots(result, prob, raw, y, groups, threshold, model_file, out)
     atomic_write_json(out / "metrics.json", result)
-    if model_file.name == "model.pt" and (model_file.parent / "config.yaml").is_file():  # inside a run folder
+    run = RunDir.of(model_file)
+    if model_file == run.model and run.config.is_file():  # inside a run folder
         evaluations = [json.loads(p.read_text()) for p in sorted(model_file.parent.glob("eval/*/metrics.json"))]
         write_model_card(model_file.parent, meta, evaluations)
     return result
 
 
-def _policy_on_validation(model, meta, policy, n_boot, seed, prob, y, groups) -> dict[str, Any]:
+def _policy_on_validation(model_file, model, meta, policy, n_boot, seed, prob, y, groups) -> dict[str, Any]:
     val_dir = Path(meta["config"]["data"]["data_dir"])
     val_manifest = Manifest.load(val_dir)
     val_rows = val_manifest.indices("val")
-    _, val_prob = _probabilities(model, meta, val_manifest, val_rows, val_dir)
+    run = RunDir.of(model_file)
+    # The run's own validation logits when they belong to this very model file (a calibrated or adapted copy
+    # lives in another folder and has none); otherwise predict validation now.
+    kept = read_val_logits(run.val_logits, val_manifest) if is_fresh(run.val_logits, model_file) else None
+    if kept is not None:
+        val_prob = OperatingPoint.from_meta(meta).probability(torch.from_numpy(kept)).double().numpy()
+    else:
+        _, val_prob = _probabilities(model, meta, val_manifest, val_rows, val_dir)
     op = choose_threshold(val_prob, np.array([val_manifest.records[i].target for i in val_rows]), policy)
     return {
         "policy": policy,
@@ -157,7 +169,7 @@ def _plots(result, prob, raw, y, groups, threshold, model_file: Path, out: Path)
             out / "reliability.png",
         ),
     }
-    history = read_history(model_file.parent / "history.csv")
+    history = read_history(RunDir.of(model_file).history)
     if history:
         paths["curves"] = plots.plot_curves(history, "Training curves (train / validation)", out / "curves.png")
     return {k: str(v) for k, v in paths.items()}

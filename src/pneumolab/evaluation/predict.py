@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,15 +14,16 @@ from torch.utils.data import DataLoader
 from pneumolab.data.cache import load_cache
 from pneumolab.data.datamodule import CachedImages
 from pneumolab.data.manifest import Manifest
-from pneumolab.data.transforms import EvalPreset
+from pneumolab.data.transforms import Preprocessing
+from pneumolab.io import atomic_path
 
-__all__ = ["batched_logits", "pixel_logits", "predict_logits"]
+__all__ = ["batched_logits", "pixel_logits", "predict_logits", "read_val_logits", "write_val_logits"]
 
 
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
-    preprocessing: dict[str, Any],
+    preprocessing: Preprocessing,
     manifest: Manifest,
     indices: list[int],
     cache_dir: Any,
@@ -29,26 +31,24 @@ def predict_logits(
     batch_size: int = 128,
 ) -> np.ndarray:
     """Logits ``(len(indices), C)`` for the given manifest rows, preprocessed as the model was trained."""
-    images = load_cache(manifest, preprocessing["image_size"], cache_dir)
+    images = load_cache(manifest, preprocessing.image_size, cache_dir)
     return pixel_logits(model, preprocessing, images, indices, batch_size=batch_size)
 
 
 @torch.no_grad()
 def pixel_logits(
     model: nn.Module,
-    preprocessing: dict[str, Any],
+    preprocessing: Preprocessing,
     images: np.ndarray,
     indices: list[int] | None = None,
     *,
     batch_size: int = 128,
 ) -> np.ndarray:
     """Logits ``(N, C)`` of rows ``indices`` (default: all) of ``(M, S, S) uint8`` images at the model's size."""
-    pre = preprocessing
     indices = list(range(len(images))) if indices is None else indices
     if not indices:
-        return np.zeros((0, len(pre.get("classes", [0, 1]))), np.float32)
-    tf = EvalPreset(mean=pre["mean"], std=pre["std"], normalization=pre["normalization"])
-    ds = CachedImages(images, indices, [0] * len(indices), tf)  # targets unused
+        return np.zeros((0, len(preprocessing.classes)), np.float32)
+    ds = CachedImages(images, indices, [0] * len(indices), preprocessing.transform)  # targets unused
     return batched_logits(model, (x for x, _ in DataLoader(ds, batch_size=batch_size))).numpy()
 
 
@@ -61,3 +61,18 @@ def batched_logits(model: nn.Module, batches: Iterable[torch.Tensor]) -> torch.T
     """
     model = model.eval().to(memory_format=torch.channels_last)
     return torch.cat([model(x.contiguous(memory_format=torch.channels_last)).float() for x in batches])
+
+
+def write_val_logits(path: Path, manifest: Manifest, logits: np.ndarray) -> None:
+    """Keep a model's validation logits ``(N, 2)`` beside it with the manifest rows they belong to, so later
+    stages (``evaluate --policy``) read them instead of predicting validation again."""
+    with atomic_path(path, suffix=".npz") as tmp, tmp.open("wb") as f:
+        np.savez(f, logits=logits.astype(np.float32), manifest=manifest.content_hash())
+
+
+def read_val_logits(path: Path, manifest: Manifest) -> np.ndarray | None:
+    """The logits :func:`write_val_logits` kept, or None when absent or written for another manifest."""
+    if not path.is_file():
+        return None
+    with np.load(path) as f:
+        return f["logits"] if str(f["manifest"]) == manifest.content_hash() else None

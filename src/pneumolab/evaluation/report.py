@@ -29,6 +29,7 @@ from pneumolab.evaluation.plots import fig_to_png, roc_band
 from pneumolab.io import atomic_path, atomic_write_text, is_fresh
 from pneumolab.models import count_flops
 from pneumolab.models.checkpoint import load_model_file, resolve_model_file
+from pneumolab.rundir import RunDir
 
 __all__ = ["RunResult", "compare", "paired_auroc_test"]
 
@@ -59,7 +60,8 @@ class RunResult:
 
 def _load_run(run: Path, data: Path, split: str, n_boot: int) -> RunResult:
     model_file = resolve_model_file(run)
-    out = model_file.parent / "eval" / f"{data.resolve().name}-{split}"
+    run_dir = RunDir.of(model_file)
+    out = run_dir.eval_dir(data, split)
     metrics_file = out / "metrics.json"
     fresh = is_fresh(metrics_file, model_file)
     metrics = (
@@ -75,7 +77,7 @@ def _load_run(run: Path, data: Path, split: str, n_boot: int) -> RunResult:
             r["path"]: (float(r["probability"]), int(r["label"] == "PNEUMONIA"), r["patient_id"] or r["path"])
             for r in csv.DictReader(f)
         }
-    summary_file = model_file.parent / "summary.json"
+    summary_file = run_dir.summary
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     size = meta["preprocessing"]["image_size"]
     return RunResult(
@@ -239,7 +241,7 @@ def _latent_section(runs: list[RunResult]) -> dict[str, Any] | None:
         lat = r.meta["preprocessing"].get("latent")
         ae_s = 0.0
         if lat:
-            ae_summary = Path(lat["autoencoder"]).parent / "summary.json"
+            ae_summary = RunDir.of(lat["autoencoder"]).summary
             ae_s = float(json.loads(ae_summary.read_text()).get("wall_s", 0)) if ae_summary.is_file() else float("nan")
         clf_s = float(r.summary.get("wall_s", float("nan")))
         size = r.meta["preprocessing"]["image_size"]
@@ -266,7 +268,7 @@ def _robustness_results(runs: list[RunResult], data: Path) -> list[tuple[RunResu
         results = [
             json.loads(f.read_text())
             for f in sorted(r.run_dir.glob("robustness/**/robustness.json"))
-            if is_fresh(f, r.run_dir / "model.pt")
+            if is_fresh(f, RunDir(r.run_dir).model)
         ]
         results = [x for x in results if x.get("data") == str(data.resolve())]
         if results:

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from pneumolab.data.cache import load_cache, resize_square
+from pneumolab.data.cache import load_cache
 from pneumolab.data.manifest import Manifest
-from pneumolab.data.transforms import EvalPreset
+from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import OperatingPoint
 from pneumolab.evaluation.metrics import compute_metrics
@@ -33,7 +33,7 @@ from pneumolab.evaluation.predict import batched_logits
 from pneumolab.io import atomic_write_json
 from pneumolab.models.checkpoint import load_model_file, resolve_model_file
 
-__all__ = ["REFERENCE_SIZE", "SHIFTS", "result_dir", "robustness", "robustness_many"]
+__all__ = ["REFERENCE_SIZE", "SHIFTS", "robustness", "robustness_many"]
 
 REFERENCE_SIZE = 256  # px: where the shifts are applied, before the model's own resize
 
@@ -108,30 +108,18 @@ SHIFTS: dict[str, tuple[Shift, tuple[float, ...]]] = {
 }
 
 
-def result_dir(model_target: str | Path, data: str | Path, split: str) -> Path:
-    """Where a model's result on ``split`` of ``data`` is kept by default: ``<run>/robustness/<data>-<split>/``."""
-    model_target = Path(model_target)
-    return (
-        (model_target if model_target.is_dir() else model_target.parent)
-        / "robustness"
-        / f"{Path(data).resolve().name}-{split}"
-    )
-
-
 def _scorer(model_target: str | Path, manifest: Manifest, rows: list[int], data: Path, y: np.ndarray):
     """``(result, score)``: the model's result so far (file, threshold, clean metrics) and its scoring function,
     ``score((N, 256, 256) uint8 images) -> metrics`` at the stored threshold and temperature."""
     model_file = resolve_model_file(model_target)
     model, meta = load_model_file(model_file)
-    pre = meta["preprocessing"]
-    size = pre["image_size"]
-    tf = EvalPreset(mean=pre["mean"], std=pre["std"], normalization=pre["normalization"])
+    pre = Preprocessing.from_meta(meta)
+    size = pre.image_size
     op = OperatingPoint.from_meta(meta)
     threshold = op.threshold
 
     def score(batch: np.ndarray) -> dict[str, float]:
-        small = np.stack([resize_square(a, size) for a in batch]) if batch.shape[1] != size else batch
-        x = tf(torch.from_numpy(small)[:, None])  # (N, 1, S, S), resized like every image
+        x = pre(batch)  # (N, 1, S, S), resized like every image
         logits = batched_logits(model, x.split(128))
         prob = op.probability(logits).double().numpy()
         m = compute_metrics(prob, y, threshold)

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from pneumolab.data.transforms import Preprocessing
 from pneumolab.models import get_spec
 from pneumolab.models.checkpoint import load_model_file
 
@@ -35,21 +35,16 @@ class ClassifierFeatures(nn.Module):
         path = get_spec(meta["model_name"]).classifier
         parent, _, leaf = path.rpartition(".")
         setattr(net.get_submodule(parent) if parent else net, leaf, nn.Identity())  # drop the head: features
-        self.model, self.pre = model.eval(), meta["preprocessing"]
+        self.model, self.pre = model.eval(), Preprocessing.from_meta(meta)
         self.name = f"{meta['model_name']} trained on real X-rays ({Path(model_file).resolve()})"
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        if x.dtype != torch.uint8:  # [0, 1] floats -> the uint8 pixels training saw
+            x = (x.float().clamp(0, 1) * 255).round().to(torch.uint8)
         if x.shape[1] == 3:
-            x = x.mean(dim=1, keepdim=True)
-        s = self.pre["image_size"]
-        x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
-        if self.pre["normalization"] == "per_image":
-            x = (x - x.mean(dim=(2, 3), keepdim=True)) / (x.std(dim=(2, 3), keepdim=True) + 1e-6)
-        else:
-            x = (x - self.pre["mean"]) / self.pre["std"]
-        return self.model(x).flatten(1).double()
+            x = x.float().mean(dim=1, keepdim=True).round().to(torch.uint8)
+        return self.model(self.pre(x[:, 0])).flatten(1).double()  # resized and normalised as in training
 
 
 def _dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -11,12 +11,15 @@ import numpy as np
 import torch
 
 from pneumolab.data.readers import decode_bytes
+from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
 from pneumolab.extras import require_extra
 from pneumolab.io import atomic_path, atomic_write_text
 from pneumolab.models.checkpoint import load_model_file
 
-__all__ = ["export_onnx"]
+__all__ = ["META_KEY", "export_onnx"]
+
+META_KEY = "pneumolab"  # the ONNX metadata property holding the model file's metadata as JSON
 
 
 class _WithFeatures(torch.nn.Module):
@@ -44,21 +47,26 @@ log = logging.getLogger(__name__)
 def export_onnx(
     model_target: str | Path, out: str | Path, *, samples: list[bytes] | None = None, tolerance: float = 1e-4
 ) -> dict[str, Any]:
-    """Export to ONNX (opset 17, dynamic batch) plus a ``.onnx.json`` metadata sidecar, then compare
-    ONNX Runtime with PyTorch on ``samples`` (encoded images; default: the bundled sample's test images).
+    """Export to ONNX (opset 17, dynamic batch), then compare ONNX Runtime with PyTorch on ``samples`` (encoded
+    images; default: the bundled sample's test images).
+
+    The model file's metadata (preprocessing, operating point, provenance) travels inside the ``.onnx`` file
+    (its ``pneumolab`` metadata property), which is what the ONNX backend reads; the ``.onnx.json`` beside it
+    is the same JSON for people and tools that do not open ONNX files.
 
     Raises:
         InputError: the outputs differ by more than ``tolerance`` (the file is then not kept).
     """
     require_extra("onnx")
+    import onnx
     import onnxruntime as ort
 
     from pneumolab.inference.predictor import Predictor
 
     model, meta = load_model_file(model_target)
     out = Path(out)
-    pre = meta["preprocessing"]
-    dummy = torch.zeros(2, 1, pre["image_size"], pre["image_size"])
+    size = Preprocessing.from_meta(meta).image_size
+    dummy = torch.zeros(2, 1, size, size)
     if samples is None:
         from pneumolab.data import sample_root
 
@@ -71,6 +79,8 @@ def export_onnx(
     names = ["logits", "features"] if "ood_guard" in meta else ["logits"]
     with torch.no_grad():
         expected = [t.numpy() for t in _as_tuple(graph(x))]
+    # The guard's tensors stay in model.pt (the Predictor reads them from there); the rest is plain JSON.
+    info = {k: v for k, v in meta.items() if k not in ("format", "ood_guard")}
     with atomic_path(out, suffix=".onnx") as tmp:
         axes = {"image": {0: "batch"}, **{n: {0: "batch"} for n in names}}
         torch.onnx.export(
@@ -83,13 +93,14 @@ def export_onnx(
             output_names=names,
             dynamic_axes=axes,
         )
+        exported = onnx.load(str(tmp))
+        onnx.helper.set_model_props(exported, {META_KEY: json.dumps(info, default=str)})
+        onnx.save(exported, str(tmp))
         got = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})
         diff = max(float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True))
         if not diff <= tolerance:
             raise InputError(f"ONNX export differs from PyTorch by {diff:.2e} (> {tolerance:.0e}); not written")
-    # The guard's tensors stay in model.pt (the Predictor reads them from there); the sidecar is plain JSON.
-    sidecar = {k: v for k, v in meta.items() if k not in ("format", "ood_guard")}
-    sidecar["onnx"] = {"opset": 17, "max_abs_diff": diff, "verified_on": len(samples)}
-    atomic_write_text(out.with_suffix(".onnx.json"), json.dumps(sidecar, indent=2, default=str))
+    info["onnx"] = {"opset": 17, "max_abs_diff": diff, "verified_on": len(samples)}
+    atomic_write_text(out.with_suffix(".onnx.json"), json.dumps(info, indent=2, default=str))
     log.info("exported %s (max |ONNX - PyTorch| = %.2e on %d images)", out, diff, len(samples))
     return {"path": str(out), "max_abs_diff": diff, "images": len(samples)}

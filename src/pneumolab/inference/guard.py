@@ -17,13 +17,16 @@ no label, no probability, no heat map.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from pneumolab.data.readers import DecodedImage
+
+if TYPE_CHECKING:  # the service imports this module; keep its imports light
+    from pneumolab.data.transforms import Preprocessing
 
 __all__ = ["FeatureTap", "feature_scores", "fit_feature_guard", "fit_model_guard", "image_problems"]
 
@@ -100,7 +103,7 @@ def feature_scores(guard: dict[str, Any], feats: torch.Tensor) -> np.ndarray:
     return _distances(feats.double().numpy(), guard["means"].double().numpy(), guard["precision"].double().numpy())
 
 
-def fit_model_guard(net: nn.Module, model_name: str, preprocessing: dict[str, Any], data_dir: Path) -> dict[str, Any]:
+def fit_model_guard(net: nn.Module, model_name: str, preprocessing: Preprocessing, data_dir: Path) -> dict[str, Any]:
     """The feature guard of a trained ``net`` (taking pixels): fitted on the training split of ``data_dir`` as
     the model sees it at inference (no augmentation), thresholded on its validation split."""
     # Imported here: the service imports this module, and these pull in the training stack (Lightning).
@@ -111,7 +114,7 @@ def fit_model_guard(net: nn.Module, model_name: str, preprocessing: dict[str, An
 
     manifest = Manifest.load(data_dir)
     train_rows, val_rows = manifest.indices("train"), manifest.indices("val")
-    images = load_cache(manifest, preprocessing["image_size"], data_dir / "cache")  # (N, S, S) uint8
+    images = load_cache(manifest, preprocessing.image_size, data_dir / "cache")  # (N, S, S) uint8
     tap = FeatureTap(gradcam_layer(net, model_name))
     try:
         pixel_logits(net, preprocessing, images, train_rows)

@@ -20,16 +20,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from pneumolab.data.cache import resize_square
 from pneumolab.data.manifest import CLASSES
 from pneumolab.data.readers import DecodedImage, decode_bytes
-from pneumolab.data.transforms import EvalPreset
+from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import OperatingPoint
 from pneumolab.extras import require_extra
 from pneumolab.inference.guard import FeatureTap, feature_scores, image_problems
 from pneumolab.models import get_spec
 from pneumolab.models.checkpoint import load_model_file
+from pneumolab.rundir import RunDir
 from pneumolab.site_adaptation.provenance import describe_site, threshold_origin
 
 __all__ = ["NOT_ASSESSED", "Prediction", "Predictor", "gradcam_layer"]
@@ -110,9 +110,7 @@ class Predictor:
                 "Retrain it or put model.pt beside the .onnx file, pass --ood AUTOENCODER_RUN, or --no-guard "
                 "to accept that risk"
             )
-        pre = meta["preprocessing"]
-        self.size = int(pre["image_size"])
-        self.transform = EvalPreset(mean=pre["mean"], std=pre["std"], normalization=pre["normalization"])
+        self.preprocessing = Preprocessing.from_meta(meta)
         self.operating_point = OperatingPoint.from_meta(meta)
         self.threshold = self.operating_point.threshold
         self.site = describe_site(meta)  # None, or where the model was calibrated / adapted
@@ -123,7 +121,7 @@ class Predictor:
     def load(
         cls, target: str | Path, *, backend: str = "torch", ood: str | Path | None = None, guard: bool = True
     ) -> Predictor:
-        """From a run folder, ``model.pt`` or ``.onnx`` (with its ``.json`` sidecar); ``ood``: an autoencoder run;
+        """From a run folder, ``model.pt`` or ``.onnx`` (its metadata inside); ``ood``: an autoencoder run;
         ``guard=False`` runs without any out-of-distribution guard (refused otherwise when the model has none)."""
         target = Path(target)
         onnx_file = target / "model.onnx" if target.is_dir() else target
@@ -133,9 +131,14 @@ class Predictor:
             require_extra("onnx")
             import onnxruntime as ort
 
-            meta = json.loads(onnx_file.with_suffix(".onnx.json").read_text())
+            from pneumolab.inference.export import META_KEY
+
             session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-            torch_file = onnx_file.parent / "model.pt"  # Grad-CAM needs gradients: the PyTorch model, if present
+            props = session.get_modelmeta().custom_metadata_map
+            if META_KEY not in props:
+                raise InputError(f"{onnx_file}: not exported by `pneumolab export` (no pneumolab metadata inside)")
+            meta = json.loads(props[META_KEY])
+            torch_file = RunDir.of(onnx_file).model  # Grad-CAM needs gradients: the PyTorch model, if present
             model = None
             if torch_file.is_file():
                 model, torch_meta = load_model_file(torch_file)
@@ -147,8 +150,8 @@ class Predictor:
 
     def preprocess(self, img: DecodedImage) -> tuple[np.ndarray, torch.Tensor]:
         """``(S, S) uint8`` as the model sees it, and the ``(1, 1, S, S)`` normalised tensor."""
-        small = resize_square(img.pixels, self.size)
-        return small, self.transform(torch.from_numpy(np.array(small))[None, None])  # (1, 1, S, S); a writable copy
+        small = self.preprocessing.resize(img.pixels)
+        return small, self.preprocessing(small)  # (1, 1, S, S)
 
     def _logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits ``(1, 2)`` and the pooled features ``(1, C)`` when the feature guard is on."""
@@ -229,7 +232,7 @@ class Predictor:
             return out
 
         cam = LayerGradCam(forward, layer).attribute(x.clone().requires_grad_(True), target=target)  # (1, 1, h, w)
-        cam = LayerAttribution.interpolate(cam, (self.size, self.size), interpolate_mode="bilinear")
+        cam = LayerAttribution.interpolate(cam, (self.preprocessing.image_size,) * 2, interpolate_mode="bilinear")
         cam = torch.relu(cam)[0, 0].detach().numpy()
         return (cam / cam.max() if cam.max() > 0 else cam), seen["logits"].detach()
 
@@ -247,9 +250,7 @@ class Predictor:
             from pneumolab.generative.autoencoder import ood_flags
 
             ae, meta = self.ood
-            pre = meta["preprocessing"]
-            tf = EvalPreset(mean=pre["mean"], std=pre["std"], normalization=pre["normalization"])
-            x = tf(torch.from_numpy(np.array(resize_square(img.pixels, pre["image_size"])))[None, None])
+            x = Preprocessing.from_meta(meta)(img.pixels)  # (1, 1, S, S) as the autoencoder was trained
             if bool(ood_flags(ae, meta, x)[1][0]):
                 reasons.append("the autoencoder guard cannot reconstruct it like a chest X-ray")
         return reasons, score

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,11 @@ import torch
 from torch import nn
 
 from pneumolab import __version__
+from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
 from pneumolab.io import atomic_path
 from pneumolab.models.registry import create_model
+from pneumolab.rundir import RunDir
 
 __all__ = ["load_model_file", "resolve_model_file", "save_model_file", "with_encoder"]
 
@@ -41,9 +44,9 @@ def resolve_model_file(target: str | Path) -> Path:
     """A run folder (its ``model.pt``) or a model file."""
     target = Path(target)
     if target.is_dir():
-        if not (target / "model.pt").is_file():
+        if not RunDir(target).model.is_file():
             raise InputError(f"{target} has no model.pt: give a finished run folder or a model file")
-        return target / "model.pt"
+        return RunDir(target).model
     if not target.is_file():
         raise InputError(f"{target}: no such run folder or model file")
     return target
@@ -64,17 +67,35 @@ def load_model_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     kwargs = dict(meta["model_kwargs"])
     kwargs.pop("weights", None)  # the trained weights replace any ImageNet initialisation
     model = create_model(meta["model_name"], num_classes=len(meta["classes"]), **kwargs)
-    model.load_state_dict(blob["state_dict"])
-    return with_encoder(model, meta["preprocessing"]).eval(), meta
+    pre = Preprocessing.from_meta(meta)
+    state = blob["state_dict"]
+    if any(k.startswith("encoder.") for k in state):  # a latent model with its encoder inside: self-contained
+        from pneumolab.generative.autoencoder import ConvAutoencoder
+
+        net = with_encoder(model, pre, ConvAutoencoder(tuple(pre.latent["channels"])).encoder)
+        net.load_state_dict(state)
+        return net.eval(), meta
+    model.load_state_dict(state)
+    return with_encoder(model, pre).eval(), meta
 
 
-def with_encoder(model: nn.Module, preprocessing: dict[str, Any]) -> nn.Module:
+def with_encoder(model: nn.Module, preprocessing: Preprocessing, encoder: nn.Module | None = None) -> nn.Module:
     """A model trained on autoencoder codes, put behind that autoencoder's encoder so that it takes pixels
-    like every other model: ``(B, 1, S, S) -> encoder -> (B, C, h, w) -> model -> (B, 2)``."""
-    latent = preprocessing.get("latent")
+    like every other model: ``(B, 1, S, S) -> encoder -> (B, C, h, w) -> model -> (B, 2)``.
+
+    Without ``encoder``, the one of the autoencoder file the codes came from, refused if that file changed.
+    """
+    latent = preprocessing.latent
     if not latent:
         return model
-    from pneumolab.generative.autoencoder import load_autoencoder
+    if encoder is None:
+        from pneumolab.generative.autoencoder import load_autoencoder
 
-    ae, _ = load_autoencoder(latent["autoencoder"])
-    return nn.Sequential(OrderedDict(encoder=ae.encoder, head=model))
+        path = Path(latent["autoencoder"])
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != latent["sha256"]:
+            raise InputError(
+                f"{path}: the autoencoder this model was trained on is missing or changed (SHA-256 differs); "
+                "use a model.pt written by a current `pneumolab train`, which holds its encoder"
+            )
+        encoder = load_autoencoder(path)[0].encoder
+    return nn.Sequential(OrderedDict(encoder=encoder, head=model))

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from pneumolab.data.manifest import Manifest
-from pneumolab.data.transforms import EvalPreset
+from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import OperatingPoint, estimate_prior_em
 from pneumolab.evaluation.predict import pixel_logits, predict_logits
@@ -70,7 +70,7 @@ def source_prior(model: nn.Module, meta: dict[str, Any]) -> float:
         )
     manifest = Manifest.load(data_dir)
     val = manifest.indices("val")
-    logits = torch.from_numpy(predict_logits(model, meta["preprocessing"], manifest, val, data_dir / "cache"))
+    logits = torch.from_numpy(predict_logits(model, Preprocessing.from_meta(meta), manifest, val, data_dir / "cache"))
     return float(OperatingPoint.from_meta({**meta, "prior_shift": 0.0}).probability(logits).mean())
 
 
@@ -88,8 +88,8 @@ def adapt_model(
         raise InputError("nothing to adapt: --no-bn and --no-prior together leave the model as it is")
     if len(sample) < MIN_IMAGES:
         raise InputError(f"{sample.data}: {len(sample.rows)} site image(s); adaptation needs at least {MIN_IMAGES}")
-    pre = meta["preprocessing"]
-    if batchnorm and pre.get("latent"):
+    pre = Preprocessing.from_meta(meta)
+    if batchnorm and pre.latent:
         raise InputError(
             "this model sits behind an autoencoder whose encoder lives in another file: its "
             "BatchNorm statistics cannot be adapted here; pass --no-bn to adapt the class prior"
@@ -101,10 +101,9 @@ def adapt_model(
         )
     details: dict[str, Any] = {"batchnorm": None, "prior": None}
     src_prior = source_prior(model, meta) if prior else None  # before BatchNorm changes the model
-    pixels = sample.pixels(pre["image_size"])  # (N, S, S) uint8; labels unused
+    pixels = sample.pixels(pre.image_size)  # (N, S, S) uint8; labels unused
     if batchnorm:
-        tf = EvalPreset(mean=pre["mean"], std=pre["std"], normalization=pre["normalization"])
-        n = reestimate_batchnorm(model, (tf(x) for x in torch.from_numpy(pixels)[:, None].split(batch_size)))
+        n = reestimate_batchnorm(model, (pre.transform(x) for x in torch.from_numpy(pixels)[:, None].split(batch_size)))
         details["batchnorm"] = {"layers": n, "images": len(sample.rows)}
     new = dict(meta)
     if prior:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import OperatingPoint
 from pneumolab.evaluation.metrics import compute_metrics
@@ -90,8 +91,8 @@ def calibrate_model(
     policy = policy or meta.get("threshold_policy") or "youden"
     _check_sample(sample, policy)
     y = sample.y
-    pre = meta["preprocessing"]
-    logits = torch.from_numpy(pixel_logits(model, pre, sample.pixels(pre["image_size"])))  # (N, 2)
+    pre = Preprocessing.from_meta(meta)
+    logits = torch.from_numpy(pixel_logits(model, pre, sample.pixels(pre.image_size)))  # (N, 2)
     before = OperatingPoint.from_meta(meta)
     prob_before = before.probability(logits).double().numpy()
     temperature, intercept = fit_platt(logits, torch.from_numpy(y))

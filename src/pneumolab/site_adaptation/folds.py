@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
 
+from pneumolab.data.transforms import Preprocessing
 from pneumolab.evaluation.calibration import OperatingPoint
 from pneumolab.evaluation.metrics import metrics_with_ci
 from pneumolab.evaluation.predict import pixel_logits
@@ -73,8 +74,8 @@ def site_fold_metrics(
             if how.endswith("calibrate"):
                 meta, _ = calibrate_model(model, meta, fit, policy)
             score_rows = [sample.rows[j] for j in score_idx]
-            pre = meta["preprocessing"]
-            logits = torch.from_numpy(pixel_logits(model, pre, sample.subset(score_rows).pixels(pre["image_size"])))
+            pre = Preprocessing.from_meta(meta)
+            logits = torch.from_numpy(pixel_logits(model, pre, sample.subset(score_rows).pixels(pre.image_size)))
             op = OperatingPoint.from_meta(meta)
             p = op.probability(logits).double().numpy()
             prob[score_idx], margin[score_idx] = p, _margin(p, op.threshold)

@@ -22,6 +22,7 @@ from pneumolab.data.sources import IMAGE_SUFFIXES
 from pneumolab.errors import ImageReadError, InputError
 from pneumolab.evaluation.model_card import write_model_card
 from pneumolab.models.checkpoint import save_model_file
+from pneumolab.rundir import RunDir
 
 __all__ = [
     "SiteSample",
@@ -195,7 +196,7 @@ def check_out(out: Path, model_file: Path) -> None:
         raise InputError(f"--out {out} is the original run: give a new folder (the original is never overwritten)")
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file: give a new folder")
-    if (out / "model.pt").exists():
+    if RunDir(out).model.exists():
         raise InputError(f"--out {out} already holds a model.pt: give a new folder or delete that one")
 
 
@@ -211,6 +212,6 @@ def write_site_run(out: Path, model_file: Path, model: nn.Module, meta: dict[str
     for name in _COPIED:
         if (model_file.parent / name).is_file():
             shutil.copy2(model_file.parent / name, out / name)
-    save_model_file(out / "model.pt", net, meta)
+    save_model_file(RunDir(out).model, net, meta)
     write_model_card(out, meta, [])
-    return out / "model.pt"
+    return RunDir(out).model

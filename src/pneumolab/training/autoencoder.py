@@ -21,6 +21,7 @@ from pneumolab.config import AutoencoderConfig
 from pneumolab.data.datamodule import ChestXrayDataModule
 from pneumolab.generative.autoencoder import ConvAutoencoder, fit_ood_guard, save_autoencoder
 from pneumolab.io import atomic_path, atomic_write_json
+from pneumolab.rundir import RunDir
 from pneumolab.training.callbacks import read_history
 from pneumolab.training.optim import configure_optimizers
 from pneumolab.training.trainer import TrainResult, fit, start_run
@@ -88,7 +89,7 @@ def train_autoencoder(cfg: AutoencoderConfig, *, resume: Path | None = None, pro
     dm.prepare_data()
     dm.setup("fit")
     module = AutoencoderModule(
-        list(cfg.channels), cfg.optim.model_dump(mode="json"), dm.preprocessing(), cfg.model_dump(mode="json")
+        list(cfg.channels), cfg.optim.model_dump(mode="json"), dm.preprocessing().to_dict(), cfg.model_dump(mode="json")
     )
     trainer, throughput = fit(cfg, module, dm, run_dir, last, progress_bar)
     if not trainer.is_global_zero:
@@ -99,9 +100,9 @@ def train_autoencoder(cfg: AutoencoderConfig, *, resume: Path | None = None, pro
     # The OOD guard: reconstruction errors of the (un-augmented) training images and their upper percentile.
     train_x = torch.cat([x for x, _ in _eval_loader(dm, "train")])
     guard = fit_ood_guard(best.net, train_x, cfg.ood_percentile)
-    history = read_history(run_dir / "history.csv")
+    history = read_history(RunDir(run_dir).history)
     best_row = min(history, key=lambda r: r.get("val/loss", np.inf)) if history else {}
-    pre = dm.preprocessing()
+    pre = dm.preprocessing().to_dict()
     meta = {
         "preprocessing": pre,
         "config": cfg.model_dump(mode="json"),
@@ -118,7 +119,7 @@ def train_autoencoder(cfg: AutoencoderConfig, *, resume: Path | None = None, pro
         "ood_threshold": guard["threshold"],
         **throughput.summary(),
     }
-    atomic_write_json(run_dir / "summary.json", summary)
+    atomic_write_json(RunDir(run_dir).summary, summary)
     return TrainResult(run_dir, summary)
 
 

@@ -19,6 +19,7 @@ from pneumolab.data.datamodule import CachedImages, ChestXrayDataModule
 from pneumolab.errors import InputError
 from pneumolab.generative.dcgan import Discriminator, Generator, save_generator
 from pneumolab.io import atomic_path, atomic_write_json
+from pneumolab.rundir import RunDir
 from pneumolab.training.trainer import TrainResult, fit, start_run
 
 __all__ = ["GanModule", "train_gan"]
@@ -120,9 +121,8 @@ def train_gan(cfg: GanConfig, *, resume: Path | None = None, progress_bar: bool 
     dm.datasets["train"] = CachedImages(
         train.images, [train.indices[i] for i in keep], [train.targets[i] for i in keep], train.transform
     )
-    module = GanModule(
-        cfg.data.image_size, cfg.nz, cfg.width, cfg.lr, cfg.beta1, dm.preprocessing(), cfg.model_dump(mode="json")
-    )
+    pre = dm.preprocessing().to_dict()
+    module = GanModule(cfg.data.image_size, cfg.nz, cfg.width, cfg.lr, cfg.beta1, pre, cfg.model_dump(mode="json"))
     trainer, throughput = fit(cfg, module, dm, run_dir, last, progress_bar)
     if not trainer.is_global_zero:
         return TrainResult(run_dir, {})
@@ -145,5 +145,5 @@ def train_gan(cfg: GanConfig, *, resume: Path | None = None, progress_bar: bool 
         "epochs": trainer.current_epoch,
         **throughput.summary(),
     }
-    atomic_write_json(run_dir / "summary.json", summary)
+    atomic_write_json(RunDir(run_dir).summary, summary)
     return TrainResult(run_dir, summary)

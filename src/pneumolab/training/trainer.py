@@ -27,20 +27,22 @@ from pneumolab import __version__
 from pneumolab.config import TrainConfig
 from pneumolab.data.datamodule import ChestXrayDataModule
 from pneumolab.data.manifest import Manifest
+from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import apply_temperature, fit_temperature
 from pneumolab.evaluation.metrics import compute_metrics
 from pneumolab.evaluation.model_card import write_model_card
-from pneumolab.evaluation.predict import predict_logits
+from pneumolab.evaluation.predict import predict_logits, write_val_logits
 from pneumolab.evaluation.thresholds import choose_threshold
 from pneumolab.inference.guard import fit_model_guard
 from pneumolab.io import atomic_path, atomic_write_json, atomic_write_text
 from pneumolab.models.checkpoint import save_model_file, with_encoder
+from pneumolab.rundir import RunDir
 from pneumolab.training.callbacks import AtomicCheckpointIO, EpochHistory, TensorBoardExtras, Throughput, read_history
 from pneumolab.training.classifier import ClassifierModule
 from pneumolab.training.console import quiet_frameworks, verbose
 
-__all__ = ["TrainResult", "build_trainer", "fit", "new_run_dir", "on_gpu", "start_run", "train"]
+__all__ = ["TrainResult", "build_trainer", "fit", "on_gpu", "start_run", "train"]
 
 log = logging.getLogger(__name__)
 _RUN_DIR_ENV = "PNEUMOLAB_RUN_DIR"  # lets DDP worker processes (re-launched commands) find rank 0's run folder
@@ -52,33 +54,28 @@ class TrainResult:
     summary: dict[str, Any]
 
 
-def new_run_dir(out_dir: Path, name: str) -> Path:
-    """``out_dir/name``, or ``name-2``, ``name-3``... if taken (runs are never overwritten)."""
-    for i in range(1, 10_000):
-        path = out_dir / (name if i == 1 else f"{name}-{i}")
-        if not path.exists():
-            return path
-    raise InputError(f"{out_dir}: too many runs named {name!r}")
-
-
 def build_trainer(
     cfg: TrainConfig, run_dir: Path, *, progress_bar: bool = True, extra_callbacks: list[L.Callback] | None = None
 ) -> tuple[L.Trainer, Throughput]:
     """A Lightning Trainer with pneumolab's callbacks and loggers (used by every training command)."""
-    t = cfg.trainer
+    t, run = cfg.trainer, RunDir(run_dir)
     mode = "min" if t.monitor and t.monitor.endswith("loss") else "max"
     throughput = Throughput()
     callbacks: list[L.Callback] = [
         # Every epoch, for --resume. Lightning's save_last only saves when the best improved.
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False),
+        ModelCheckpoint(dirpath=run.checkpoints, filename="last", enable_version_counter=False),
         LearningRateMonitor(logging_interval="epoch"),
         TensorBoardExtras(t.histogram_every_n_epochs, t.log_images),
-        EpochHistory(run_dir / "history.csv"),
+        EpochHistory(run.history),
         throughput,
     ]
     if t.monitor:  # the best epoch on validation (first: this is trainer.checkpoint_callback)
         best = ModelCheckpoint(
-            dirpath=run_dir / "checkpoints", filename="best", monitor=t.monitor, mode=mode, enable_version_counter=False
+            dirpath=run.checkpoints,
+            filename="best",
+            monitor=t.monitor,
+            mode=mode,
+            enable_version_counter=False,
         )
         callbacks.insert(0, best)
     if t.ema_decay:  # swaps the average in for validation and into every checkpoint's state_dict
@@ -123,8 +120,8 @@ def build_trainer(
 def start_run(cfg: Any, resume: Path | None) -> tuple[Path, Path | None]:
     """The run folder (new and auto-numbered, or the one to resume) and the checkpoint to resume from."""
     if resume is None:
-        return Path(os.environ.get(_RUN_DIR_ENV) or new_run_dir(cfg.out_dir, cfg.name)), None
-    last = Path(resume) / "checkpoints" / "last.ckpt"
+        return Path(os.environ.get(_RUN_DIR_ENV) or RunDir.new(cfg.out_dir, cfg.name).path), None
+    last = RunDir(resume).last_checkpoint
     if not last.is_file():
         raise InputError(
             f"{resume}: nothing to resume (no checkpoints/last.ckpt: it stopped before its first epoch ended); "
@@ -162,7 +159,7 @@ def fit(
         trainer, throughput = build_trainer(cfg, run_dir, progress_bar=progress_bar, extra_callbacks=extra_callbacks)
     if trainer.is_global_zero:  # also on resume: trainer limits may have changed
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        atomic_write_text(RunDir(run_dir).config, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     multi = trainer.world_size > 1 and _RUN_DIR_ENV not in os.environ
     if multi:
         os.environ[_RUN_DIR_ENV] = str(run_dir)  # inherited by the worker processes Lightning starts
@@ -206,11 +203,11 @@ def train(
     pre = dm.preprocessing()
     module = ClassifierModule(
         model_name=cfg.model.name,
-        model_kwargs={"dropout": cfg.model.dropout, "in_chans": pre["input_shape"][0], **cfg.model.kwargs},
+        model_kwargs={"dropout": cfg.model.dropout, "in_chans": pre.input_shape[0], **cfg.model.kwargs},
         optim=cfg.optim.model_dump(mode="json"),
         class_weights=dm.class_weights().tolist(),
-        preprocessing=pre,
-        classes=pre["classes"],
+        preprocessing=pre.to_dict(),
+        classes=list(pre.classes),
         config=cfg.model_dump(mode="json"),
         init_weights=None if (resume or cfg.model.weights is None) else str(cfg.model.weights),
         channels_last=cfg.trainer.channels_last,
@@ -227,7 +224,7 @@ def _finish(trainer: L.Trainer, throughput: Throughput, run_dir: Path, cfg: Trai
     ckpt_cb = trainer.checkpoint_callback
     best_path = Path(ckpt_cb.best_model_path) if ckpt_cb and ckpt_cb.best_model_path else None
     monitor = cfg.trainer.monitor
-    epochs = [r for r in read_history(run_dir / "history.csv") if monitor in r]
+    epochs = [r for r in read_history(RunDir(run_dir).history) if monitor in r]
     best_row: dict[str, float] = {}
     if epochs:
         pick = min if monitor.endswith("loss") else max
@@ -248,9 +245,10 @@ def _finish(trainer: L.Trainer, throughput: Throughput, run_dir: Path, cfg: Trai
         best = ClassifierModule.load_from_checkpoint(best_path, map_location="cpu", weights_only=True)
         _slim_checkpoint(best_path)
         hp = best.hparams
-        summary["operating_point"] = _operating_point(best.net, dict(hp.preprocessing), cfg)
-        net = with_encoder(best.net, hp.preprocessing)
-        guard = fit_model_guard(net, hp.model_name, dict(hp.preprocessing), cfg.data.data_dir)
+        pre = Preprocessing.from_dict(dict(hp.preprocessing))
+        net = with_encoder(best.net, pre)  # latent models see pixels through their autoencoder's encoder
+        summary["operating_point"], val_logits = _operating_point(net, pre, cfg)
+        guard = fit_model_guard(net, hp.model_name, pre, cfg.data.data_dir)
         meta = {
             "model_name": hp.model_name,
             "model_kwargs": dict(hp.model_kwargs),
@@ -262,10 +260,11 @@ def _finish(trainer: L.Trainer, throughput: Throughput, run_dir: Path, cfg: Trai
             **summary["operating_point"],
             "ood_guard": guard,
         }
-        save_model_file(run_dir / "model.pt", best.net, meta)
-        summary["model_file"] = str(run_dir / "model.pt")
+        save_model_file(RunDir(run_dir).model, net, meta)  # a latent model with its encoder: self-contained
+        summary["model_file"] = str(RunDir(run_dir).model)
+        write_val_logits(RunDir(run_dir).val_logits, Manifest.load(cfg.data.data_dir), val_logits)
         write_model_card(run_dir, {**meta, "version": __version__}, [])
-    atomic_write_json(run_dir / "summary.json", summary)
+    atomic_write_json(RunDir(run_dir).summary, summary)
     return summary
 
 
@@ -282,11 +281,13 @@ def _slim_checkpoint(path: Path) -> None:
             torch.save({k: v for k, v in ckpt.items() if k not in _RESUME_ONLY}, tmp)
 
 
-def _operating_point(net: torch.nn.Module, preprocessing: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
-    """Fit temperature scaling and choose the decision threshold, both on the validation split only."""
+def _operating_point(
+    net: torch.nn.Module, preprocessing: Preprocessing, cfg: TrainConfig
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Fit temperature scaling and choose the decision threshold, both on the validation split only;
+    ``net`` takes pixels. Also returns the validation logits ``(N, 2)`` they came from."""
     manifest = Manifest.load(cfg.data.data_dir)
     val = manifest.indices("val")
-    net = with_encoder(net, preprocessing)  # latent models see pixels through their autoencoder's encoder
     logits = predict_logits(net, preprocessing, manifest, val, cfg.data.data_dir / "cache")  # (N, 2)
     y = np.array([manifest.records[i].target for i in val])
     temperature = fit_temperature(torch.from_numpy(logits), torch.from_numpy(y))
@@ -305,4 +306,4 @@ def _operating_point(net: torch.nn.Module, preprocessing: dict[str, Any], cfg: T
             "ece_before": compute_metrics(raw, y)["ece"],
             "ece_after": compute_metrics(calibrated, y)["ece"],
         },
-    }
+    }, logits

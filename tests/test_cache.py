@@ -2,7 +2,7 @@ import numpy as np
 from conftest import write_image
 from PIL import Image
 
-from pneumolab.data.cache import build_cache, cache_path, load_cache
+from pneumolab.data.cache import build_cache, cache_path, load_cache, prepared_sizes
 from pneumolab.data.index import index_source
 from pneumolab.data.manifest import Manifest
 from pneumolab.data.splits import split_manifest
@@ -44,3 +44,21 @@ def test_parallel_and_serial_builds_agree(prepared_dir, tmp_path) -> None:
     a = np.load(build_cache(m, 24, tmp_path / "c1", workers=1))
     b = np.load(build_cache(m, 24, tmp_path / "c2", workers=2))
     assert np.array_equal(a, b)
+
+
+def test_prepared_sizes_are_recorded_and_a_missing_size_is_announced(prepared_dir, caplog, capsys) -> None:
+    import json
+    import logging
+
+    from pneumolab.cli import main
+
+    m = Manifest.load(prepared_dir)
+    assert main(["data", "cache", str(prepared_dir), "--size", "32"]) == 0
+    capsys.readouterr()
+    assert main(["data", "summary", str(prepared_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cached_sizes_px"] == [32]
+    with caplog.at_level(logging.INFO, logger="pneumolab"):
+        load_cache(m, 24, prepared_dir / "cache")  # a stage wants a size nobody prepared
+    message = next(r.getMessage() for r in caplog.records if "no 24 px cache" in r.getMessage())
+    assert "prepared: 32 px" in message and f"pneumolab data cache {prepared_dir} --size 24" in message
+    assert prepared_sizes(m, prepared_dir / "cache") == [24, 32]

@@ -188,7 +188,7 @@ def test_dry_run_prints_the_plan_with_estimates_and_runs_nothing(tmp_path, capsy
 def test_dry_run_times_steps_where_they_will_run(monkeypatch, tmp_path, gpu) -> None:
     import torch
 
-    from pneumolab import study
+    from pneumolab import pipeline
     from pneumolab.config import TrainConfig, load_config
     from pneumolab.training import speed
 
@@ -197,8 +197,8 @@ def test_dry_run_times_steps_where_they_will_run(monkeypatch, tmp_path, gpu) -> 
     monkeypatch.setattr(speed, "classifier_step_rate", lambda *a, **k: calls.append((a, k)) or 100.0)
     cfg = load_config(TrainConfig, "fast", [f"data.data_dir={tmp_path}", "data.batch_size=64", "trainer.max_epochs=3"])
     # 10 s start-up + 1.35 x (3 epochs x 1,000 images at 100 img/s): validation adds ~a third
-    assert study._estimate(cfg, 1000, {}, None) == pytest.approx(10 + 1.35 * 30)
-    assert study._estimate(cfg, 1000, {}, 0.5) == 30  # capped by a 0.5 min budget
+    assert pipeline._estimate(cfg, 1000, {}, None) == pytest.approx(10 + 1.35 * 30)
+    assert pipeline._estimate(cfg, 1000, {}, 0.5) == 30  # capped by a 0.5 min budget
     (name, size, batch), kwargs = calls[0]
     assert (name, size, kwargs["bf16"]) == ("cnn_improved", 64, True)
     assert (batch, kwargs["device"]) == ((64, "cuda") if gpu else (16, "cpu"))

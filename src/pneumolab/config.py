@@ -358,7 +358,7 @@ def load_config(
         raise InputError(f"invalid {schema.__name__}{where}: " + "; ".join(msgs)) from None
 
 
-def load_run_config(run_dir: Path, schema: type[M]) -> M:
+def load_run_config(run_dir: Path, schema: type[M] = TrainConfig) -> M:
     """The resolved config a run saved in its ``config.yaml`` (what ``--resume`` continues), as ``schema``."""
     from pneumolab.rundir import RunDir
 

@@ -45,6 +45,8 @@ def _echo_summary(summary: dict) -> None:
         f"  shorter side: min {sides['min']} / median {sides['median']:g} / max {sides['max']} px; "
         f"{summary['square_224']} are 224x224"
     )
+    cached = summary["cached_sizes_px"]
+    typer.echo(f"  cached sizes: {', '.join(f'{s} px' for s in cached) or 'none (pneumolab data cache DIR --size N)'}")
     if summary["split_settings"]:
         typer.echo(f"  validation split: {summary['split_settings']}")
     for note in summary["notes"]:
@@ -182,7 +184,7 @@ def data_summary(
     from pneumolab.data.manifest import Manifest
     from pneumolab.data.summary import summarize
 
-    summary = summarize(Manifest.load(data_dir))
+    summary = summarize(Manifest.load(data_dir), data_dir / "cache")
     typer.echo(json.dumps(summary, indent=2)) if as_json else _echo_summary(summary)
 
 

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +26,14 @@ from pneumolab.data.readers import read_entry
 from pneumolab.errors import InputError
 from pneumolab.io import atomic_path, remove_orphans
 
-__all__ = ["CACHE_VERSION", "build_cache", "cache_path", "load_cache", "resize_square"]
+__all__ = [
+    "CACHE_VERSION",
+    "build_cache",
+    "cache_path",
+    "load_cache",
+    "prepared_sizes",
+    "resize_square",
+]
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1  # bump when the decode/resize recipe changes, so old caches are not reused
@@ -99,8 +107,34 @@ def load_cache(manifest: Manifest, size: int, cache_dir: str | Path, *, build: b
     if not path.exists():
         if not build:
             raise FileNotFoundError(path)
-        build_cache(manifest, size, cache_dir)
+        _build_announced(manifest, size, Path(cache_dir))
     arr = np.load(path, mmap_mode="r")
     if arr.shape != (len(manifest), size, size):  # pragma: no cover - only if someone edits the file by hand
         raise ValueError(f"{path} holds {arr.shape}, expected {(len(manifest), size, size)}; delete it to rebuild")
     return arr
+
+
+def prepared_sizes(manifest: Manifest, cache_dir: str | Path) -> list[int]:
+    """The image sizes with an up-to-date cache for ``manifest`` (what ``data prepare/cache --size`` built)."""
+    sizes = (int(p.name.split("_")[1]) for p in Path(cache_dir).glob("images_*_*.npy"))
+    return sorted(s for s in set(sizes) if cache_path(manifest, s, cache_dir).exists())
+
+
+def _build_announced(manifest: Manifest, size: int, cache_dir: Path) -> None:
+    """Build a cache a stage needs but nobody prepared, saying so and showing progress (a 5,000-image
+    dataset takes minutes to decode)."""
+    from tqdm import tqdm
+
+    have = prepared_sizes(manifest, cache_dir)
+    log.info(
+        "%s has no %d px cache (prepared: %s): decoding its %d images once; ahead of time: "
+        "pneumolab data cache %s --size %d",
+        cache_dir.parent,
+        size,
+        ", ".join(f"{s} px" for s in have) or "none",
+        len(manifest),
+        cache_dir.parent,
+        size,
+    )
+    with tqdm(total=len(manifest), desc=f"cache {size}px", unit="img", disable=not sys.stderr.isatty()) as bar:
+        build_cache(manifest, size, cache_dir, progress=lambda done, total: bar.update(done - bar.n))

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from statistics import median
 from typing import Any
 
+from pneumolab.data.cache import prepared_sizes
 from pneumolab.data.manifest import CLASSES, SPLITS, Manifest
 
 __all__ = ["summarize"]
 
 
-def summarize(manifest: Manifest) -> dict[str, Any]:
-    """Counts per split and class, patients, images per patient, image sizes and notes, as plain data."""
+def summarize(manifest: Manifest, cache_dir: Path | None = None) -> dict[str, Any]:
+    """Counts per split and class, patients, images per patient, image sizes, the sizes with a cache in
+    ``cache_dir`` and notes, as plain data."""
     splits: dict[str, Any] = {}
     for split in SPLITS:
         rows = [r for r in manifest.records if r.split == split]
@@ -38,5 +41,6 @@ def summarize(manifest: Manifest) -> dict[str, Any]:
         "split_settings": manifest.meta.get("split"),
         "shorter_side_px": {"min": min(short), "median": median(short), "max": max(short)},
         "square_224": sum(r.width == r.height == 224 for r in manifest.records),
+        "cached_sizes_px": prepared_sizes(manifest, cache_dir) if cache_dir is not None else [],
         "notes": manifest.meta.get("notes", []),
     }

@@ -54,8 +54,10 @@ def evaluate(
     policy: str | None = None,
     n_boot: int = 2000,
     seed: int = 0,
+    model_card: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate a model on ``split`` of ``data`` and write predictions, metrics and plots to ``out``.
+    """Evaluate a model on ``split`` of ``data`` and write predictions, metrics and plots to ``out``; with
+    ``model_card``, a model inside a run folder also gets its MODEL_CARD.md updated with the result.
 
     Args:
         model_target: run folder or ``model.pt``.
@@ -114,7 +116,7 @@ def evaluate(
     result["plots"] = _plots(result, prob, raw, y, groups, threshold, model_file, out)
     atomic_write_json(out / "metrics.json", result)
     run = RunDir.of(model_file)
-    if model_file == run.model and run.config.is_file():  # inside a run folder
+    if model_card and model_file == run.model and run.config.is_file():  # inside a run folder
         evaluations = [json.loads(p.read_text()) for p in sorted(model_file.parent.glob("eval/*/metrics.json"))]
         write_model_card(model_file.parent, meta, evaluations)
     return result

@@ -22,6 +22,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+from pneumolab.data.index import as_dataset
 from pneumolab.errors import InputError
 from pneumolab.evaluation.evaluate import evaluate
 from pneumolab.evaluation.metrics import bootstrap_weights, rank_metrics
@@ -29,7 +30,7 @@ from pneumolab.evaluation.plots import fig_to_png, roc_band
 from pneumolab.io import atomic_path, atomic_write_text, is_fresh
 from pneumolab.models import count_flops
 from pneumolab.models.checkpoint import load_model_file, resolve_model_file
-from pneumolab.rundir import RunDir
+from pneumolab.rundir import RunDir, data_key
 
 __all__ = ["RunResult", "compare", "paired_auroc_test"]
 
@@ -58,19 +59,27 @@ class RunResult:
         return int(self.meta["config"].get("seed", 0))
 
 
-def _load_run(run: Path, data: Path, split: str, n_boot: int) -> RunResult:
+def _fresh_metrics(folder: Path, model_file: Path, data: Path) -> dict[str, Any] | None:
+    """The evaluation in ``folder`` if it scored this model file (not an older one) on ``data``."""
+    metrics_file = folder / "metrics.json"
+    if not is_fresh(metrics_file, model_file):
+        return None
+    metrics = json.loads(metrics_file.read_text())
+    return metrics if Path(metrics["data"]) == data.resolve() else None
+
+
+def _load_run(run: Path, data: Path, split: str, n_boot: int, evaluations: Path) -> RunResult:
+    """A run's result on ``split`` of ``data``: its own ``pneumolab evaluate`` output when fresh (read, never
+    written), else an evaluation made now inside the report's ``evaluations`` folder."""
     model_file = resolve_model_file(run)
     run_dir = RunDir.of(model_file)
     out = run_dir.eval_dir(data, split)
-    metrics_file = out / "metrics.json"
-    fresh = is_fresh(metrics_file, model_file)
-    metrics = (
-        json.loads(metrics_file.read_text())
-        if fresh
-        else evaluate(model_file, data, split=split, out=out, n_boot=n_boot)
-    )
-    if Path(metrics["data"]) != data.resolve():
-        metrics = evaluate(model_file, data, split=split, out=out, n_boot=n_boot)
+    metrics = _fresh_metrics(out, model_file, data)
+    if metrics is None:
+        out = evaluations / data_key(run_dir.path)
+        metrics = _fresh_metrics(out, model_file, data) or evaluate(
+            model_file, data, split=split, out=out, n_boot=n_boot, model_card=False
+        )
     model, meta = load_model_file(model_file)
     with (out / "predictions.csv").open() as f:
         preds = {
@@ -394,7 +403,8 @@ def compare(
     if not runs:
         raise InputError("give at least one run folder to compare")
     data, out = Path(data), Path(out)
-    results = [_load_run(Path(r), data, split, n_boot) for r in runs]
+    _, data_dir = as_dataset(data, out / "data")  # a raw folder is indexed and cached once, for every run
+    results = [_load_run(Path(r), data_dir, split, n_boot, out / "evaluations") for r in runs]
     where = f"{split} split of {data.resolve()}"
     sections: list[tuple[str, Any]] = list(_main_tables(results))
     if len(results) > 1:
@@ -406,7 +416,7 @@ def compare(
     if (latent := _latent_section(results)) is not None:
         sections.append(("Autoencoder codes vs pixels (every training second counted; encoding takes seconds)", latent))
     figures = [("ROC curves", "roc.png", _roc_figure(results, f"ROC, {where}"))]
-    if robust := _robustness_results(results, data):
+    if robust := _robustness_results(results, data_dir):
         sections.append(
             (
                 "Robustness to acquisition shifts (`pneumolab robustness`; metrics at the stored threshold)",

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-quick lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check src tests benchmarks tools
 	$(VENV)/bin/ruff format --check src tests benchmarks tools
 	$(PY) -m pytest -q
+
+# The suite without the two end-to-end study runs (CI and `make test` run everything).
+test-quick: $(VENV)/.installed-dev
+	$(PY) -m pytest -q -m "not slow"
 
 bench: $(VENV)/.installed-dev
 	$(PY) benchmarks/data_pipeline.py

@@ -44,6 +44,7 @@ def test_python_dash_m_works() -> None:
     assert res.stdout.strip() == __import__("pneumolab").__version__
 
 
+@pytest.mark.slow
 def test_demo_runs_on_the_bundled_sample_without_touching_it(tmp_path, capsys) -> None:
     before = tree_digest(sample_root())
     quick = [

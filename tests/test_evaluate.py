@@ -1,5 +1,6 @@
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,12 +141,27 @@ def test_compare_renders_every_section(two_runs, sample_data, tmp_path) -> None:
     assert page.startswith("<!doctype html>") and "data:image/png;base64," in page and "<table>" in page
 
 
-def test_paired_test_of_a_model_against_itself_is_not_significant(two_runs, sample_data) -> None:
-    from pneumolab.evaluation.report import _load_run, paired_auroc_test
+def test_paired_auroc_test_matches_hand_computed_values() -> None:
+    from pneumolab.evaluation.report import RunResult, paired_auroc_test
 
-    r = _load_run(two_runs[0], sample_data, "test", 200)
-    t = paired_auroc_test(r, r, n_boot=200)
-    assert t["diff"] == 0 and t["p_value"] == 1.0 and np.isclose(t["ci_low"], 0)
+    # 4 patients x 2 images. a ranks every pneumonia image above every normal one (AUROC 1); b puts one
+    # pneumonia image (0.3) below two normals (0.4, 0.6): 2 of the 16 pairs wrong, AUROC 14/16.
+    y = [1, 1, 1, 1, 0, 0, 0, 0]
+    pa = [0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1]
+    pb = [0.9, 0.8, 0.7, 0.3, 0.4, 0.6, 0.2, 0.1]
+    groups = ["p1", "p1", "p2", "p2", "p3", "p3", "p4", "p4"]
+
+    def run(name: str, prob: list[float]) -> RunResult:
+        preds = {f"img{i}": (p, t, g) for i, (p, t, g) in enumerate(zip(prob, y, groups, strict=True))}
+        return RunResult(name, Path(name), {}, {}, {}, preds, 0, 0.0)
+
+    t = paired_auroc_test(run("a", pa), run("b", pb), n_boot=500)
+    assert t["diff"] == pytest.approx(2 / 16) and t["n"] == 8
+    assert t["ci_low"] >= 0  # b is never better on any resample: a's ranking is perfect
+    back = paired_auroc_test(run("b", pb), run("a", pa), n_boot=500)
+    assert back["diff"] == pytest.approx(-2 / 16) and back["p_value"] == t["p_value"]
+    same = paired_auroc_test(run("a", pa), run("a2", pa), n_boot=100)
+    assert same["diff"] == 0 and same["p_value"] == 1.0
 
 
 def test_robustness_reports_every_shift_and_matches_clean_evaluation(two_runs, sample_data, tmp_path, capsys) -> None:

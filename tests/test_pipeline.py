@@ -46,12 +46,14 @@ def _study_yaml(tmp_path: Path, **changes) -> Path:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
+    """One end-to-end study run shared by the `slow` tests below."""
     tmp = tmp_path_factory.mktemp("study")
     cfg_file = _study_yaml(tmp)
     assert main(["study", str(cfg_file)]) == 0
     return tmp, cfg_file, tmp / "study" / "t"
 
 
+@pytest.mark.slow
 def test_study_runs_every_step_and_writes_one_report(finished) -> None:
     _, _, root = finished
     state = json.loads((root / "study.json").read_text())
@@ -87,6 +89,7 @@ def test_study_runs_every_step_and_writes_one_report(finished) -> None:
     assert load_run_config(root / "runs" / "recipe-fast").data.image_size == 64  # the recipe keeps its own
 
 
+@pytest.mark.slow
 def test_study_seed_protocol_is_leaky_by_construction_and_reported_beside_ours(finished, caplog) -> None:
     from pneumolab.data.manifest import check_no_leakage
     from pneumolab.errors import LeakageError
@@ -112,6 +115,7 @@ def test_study_seed_protocol_is_leaky_by_construction_and_reported_beside_ours(f
     assert len(rows) >= 3  # ...and its test split broken into real / synthetic images
 
 
+@pytest.mark.slow
 def test_study_gan_arms_take_equal_steps_and_synthetic_stays_in_train(finished) -> None:
     _, _, root = finished
     arms = {a: load_run_config(root / "gan-experiment" / "runs" / f"cnn_base-{a}-s0") for a in ("plain", "gan", "dup")}
@@ -127,6 +131,7 @@ def test_study_gan_arms_take_equal_steps_and_synthetic_stays_in_train(finished) 
         )
 
 
+@pytest.mark.slow
 def test_study_rerun_skips_finished_runs_and_resumes_an_interrupted_one(finished) -> None:
     _, cfg_file, root = finished
     run = root / "runs" / "cnn_base"

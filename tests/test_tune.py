@@ -3,7 +3,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import optuna
@@ -152,7 +151,6 @@ def postgres():
 def test_two_workers_share_one_study_through_postgresql(postgres, sample_data, tmp_path, monkeypatch) -> None:
     cfg_file = _tune_yaml(tmp_path)
     monkeypatch.chdir(tmp_path)  # workers inherit this folder: they must not write configs/tuned/ there
-    start = time.time()
     code = main(
         [
             "tune",
@@ -176,4 +174,3 @@ def test_two_workers_share_one_study_through_postgresql(postgres, sample_data, t
     assert len(finished) >= 4
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both processes ran trials
     assert (tmp_path / "best.yaml").is_file() and not (tmp_path / "configs").exists()  # only the parent writes
-    assert time.time() - start < 600

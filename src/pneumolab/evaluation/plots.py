@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
+from sklearn.calibration import calibration_curve
 
 from pneumolab.evaluation.metrics import N_ECE_BINS, bootstrap_weights
 from pneumolab.io import atomic_path
@@ -42,7 +43,8 @@ def _save(fig, path: Path) -> Path:
 
 
 def _roc_points(prob: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted ROC for each row of ``w``: (B, G+1) FPR and TPR at every distinct threshold."""
+    """Weighted ROC for each row of ``w``: (B, G+1) FPR and TPR at every distinct threshold. All bootstrap
+    resamples in one pass of array ops (sklearn's roc_curve takes one weight vector per call)."""
     order = np.argsort(-prob, kind="stable")
     p, yy, ww = prob[order], y[order], w[:, order]
     starts = np.r_[0, np.flatnonzero(np.diff(p)) + 1]
@@ -113,10 +115,8 @@ def plot_reliability(prob_raw, prob_cal, y, ece: tuple[float, float], title: str
     edges = np.linspace(0, 1, N_ECE_BINS + 1)
     fig, ax = plt.subplots(figsize=(4.6, 4.4))
     for p, name, e in ((prob_raw, "uncalibrated", ece[0]), (prob_cal, "temperature-scaled", ece[1])):
-        idx = np.minimum((p * N_ECE_BINS).astype(int), N_ECE_BINS - 1)
-        has = np.bincount(idx, minlength=N_ECE_BINS) > 0
-        conf = np.bincount(idx, p, N_ECE_BINS)[has] / np.bincount(idx, minlength=N_ECE_BINS)[has]
-        acc = np.bincount(idx, y, N_ECE_BINS)[has] / np.bincount(idx, minlength=N_ECE_BINS)[has]
+        # the same equal-width bins as the ECE; empty bins are left out
+        acc, conf = calibration_curve(y, p, n_bins=N_ECE_BINS, strategy="uniform")
         ax.plot(conf, acc, "o-", label=f"{name} (ECE {e:.3f})")
     ax.plot(edges, edges, ":", color="grey")
     ax.set(xlabel="predicted P(pneumonia)", ylabel="observed pneumonia rate", title=title, xlim=(0, 1), ylim=(0, 1))

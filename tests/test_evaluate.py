@@ -132,13 +132,19 @@ def test_compare_renders_every_section(two_runs, sample_data, tmp_path) -> None:
     dup = _variant(two_runs[0], tmp_path / "dup_run", "cnn_base_dup", duplicate_real={"PNEUMONIA": 10})
     html = compare([*two_runs, gan, dup], sample_data, tmp_path / "report", n_boot=200)
     text = (tmp_path / "report" / "report.md").read_text()
-    for section in ("The study's table", "Discrimination", "Size and cost", "Pairwise AUROC", "GAN augmentation"):
+    for section in ("The study's table", "Operating points", "Size and cost", "Pairwise AUROC", "GAN augmentation"):
         assert section in text, section
-    assert "cnn_base_gan" in text and "p (paired bootstrap)" in text
+    # what a reader wants first: the best run, then the ROC figure; paths come last
+    assert text.index("**Best AUROC on the test split") < text.index("![ROC") < text.index("About this report")
+    assert text.index("About this report") < text.index("MODEL_CARD.md")
+    pairs = (tmp_path / "report" / "pairwise.csv").read_text().splitlines()
+    assert len(pairs) == 1 + 4 * 3 // 2 and pairs[0].startswith("a,b,auroc_a_minus_b")
     assert "| GAN images | cnn_base_gan | cnn_base |" in text
     assert "duplicated real (control)" in text and "1 seed(s)" in text
     page = html.read_text()
     assert page.startswith("<!doctype html>") and "data:image/png;base64," in page and "<table>" in page
+    assert page.count("<table>") == text.count("\n| --- |")  # every Markdown table, from the same source
+    assert "<h2>Operating points" in page and "<strong>Best AUROC" in page
 
 
 def test_paired_auroc_test_matches_hand_computed_values() -> None:

@@ -1,17 +1,19 @@
 """``pneumolab compare``: the study's comparison table and more, from runs evaluated on the same data.
 
-Writes ``report.md`` and a self-contained ``report.html`` (plots embedded): one row per run with
-accuracy, precision, recall, F1 (the study's table) plus AUROC, sensitivity, specificity with 95%
-patient-bootstrap CIs, size and cost; pairwise AUROC differences from a *paired* patient bootstrap
-with p-values; sections for GAN-augmented vs plain runs and for autoencoder codes when present; and
-each run's robustness to acquisition shifts where ``pneumolab robustness`` has scored it on this data.
+Writes ``report.md`` and ``report.html`` from one source (the HTML is the same Markdown rendered by
+Python-Markdown, figures embedded). It opens with what a reader wants first -- which run is best here and
+whether the lead is real, the ROC figure, every run's operating point with 95% patient-bootstrap CIs --
+then pairwise AUROC differences from a *paired* patient bootstrap (a matrix figure; all pairs in
+``pairwise.csv``), the study's table, size and cost, sections for GAN-augmented vs plain runs and for
+autoencoder codes when present, robustness to acquisition shifts where ``pneumolab robustness`` scored a
+run on this data, and last, the method and the paths.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
-import html
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -123,6 +125,10 @@ def paired_auroc_test(a: RunResult, b: RunResult, n_boot: int = 2000, seed: int 
     return {"diff": float(diff[0]), "ci_low": float(lo), "ci_high": float(hi), "p_value": float(p), "n": len(common)}
 
 
+def _epoch(best_epoch: int | None) -> str:
+    return "?" if best_epoch is None else str(best_epoch + 1)  # history counts from 0, people from 1
+
+
 def _ci(m: dict[str, float]) -> str:
     return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
 
@@ -170,7 +176,7 @@ def _main_tables(runs: list[RunResult]) -> list[tuple[str, dict[str, Any]]]:
                 f"{r.params:,}",
                 f"{r.gflops:.2f}",
                 str(r.meta["preprocessing"]["image_size"]),
-                f"{r.summary.get('epochs_run', '?')} ({r.summary.get('best_epoch', '?')})",
+                f"{r.summary.get('epochs_run', '?')} ({_epoch(r.summary.get('best_epoch'))})",
                 str(r.summary.get("wall_s", "?")),
                 str(r.summary.get("train_images_per_s", "?")),
                 {"gan": "real + GAN", "duplicate": "real + duplicates", "plain": "real"}[r.arm],
@@ -180,27 +186,64 @@ def _main_tables(runs: list[RunResult]) -> list[tuple[str, dict[str, Any]]]:
     )
     return [
         ("The study's table (at each model's validation-chosen threshold; recall = sensitivity)", study),
-        ("Discrimination, operating point and calibration (95% patient-bootstrap CIs)", full),
+        ("Operating points: discrimination, and each run at its stored threshold (95% patient-bootstrap CIs)", full),
         ("Size and cost", cost),
     ]
 
 
-def _pairwise(runs: list[RunResult], n_boot: int) -> dict[str, Any]:
-    rows = []
-    for a, b in combinations(runs, 2):
-        t = paired_auroc_test(a, b, n_boot)
-        verdict = "yes" if t["p_value"] < 0.05 else "no"
-        rows.append(
-            [
-                a.name,
-                b.name,
-                f"{t['diff']:+.4f}",
-                f"[{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]",
-                f"{t['p_value']:.3f}",
-                verdict,
-            ]
-        )
-    return _table(["A", "B", "AUROC A - B", "95% CI", "p (paired bootstrap)", "significant at 5%?"], rows)
+def _pairwise(runs: list[RunResult], n_boot: int) -> dict[tuple[int, int], dict[str, float]]:
+    """The paired AUROC test of every pair of runs, keyed by their indices ``(i, j)``, ``i < j``."""
+    return {(i, j): paired_auroc_test(runs[i], runs[j], n_boot) for i, j in combinations(range(len(runs)), 2)}
+
+
+def _pairwise_csv(runs: list[RunResult], tests: dict[tuple[int, int], dict[str, float]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["a", "b", "auroc_a_minus_b", "ci_low", "ci_high", "p_value", "n_images"])
+    for (i, j), t in tests.items():
+        values = (f"{t[k]:.5f}" for k in ("diff", "ci_low", "ci_high"))
+        w.writerow([runs[i].name, runs[j].name, *values, f"{t['p_value']:.4f}", t["n"]])
+    return buf.getvalue()
+
+
+def _pairwise_figure(runs: list[RunResult], tests: dict[tuple[int, int], dict[str, float]]) -> bytes:
+    """Matrix of AUROC(row) - AUROC(column); a star marks a paired-bootstrap p < 0.05."""
+    n = len(runs)
+    diff = np.zeros((n, n))
+    for (i, j), t in tests.items():
+        diff[i, j], diff[j, i] = t["diff"], -t["diff"]
+    lim = max(float(np.abs(diff).max()), 1e-3)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.75 * n, 0.9 + 0.6 * n))
+    im = ax.imshow(diff, cmap="RdBu", vmin=-lim, vmax=lim)
+    for (i, j), t in tests.items():
+        star = "*" if t["p_value"] < 0.05 else ""
+        for r, c, v in ((i, j, t["diff"]), (j, i, -t["diff"])):
+            colour = "white" if abs(v) > 0.6 * lim else "black"  # legible on the dark ends of the scale
+            ax.text(c, r, f"{v:+.3f}{star}", ha="center", va="center", fontsize=7, color=colour)
+    names = [r.name for r in runs]
+    ax.set_xticks(range(n), names, rotation=40, ha="right", fontsize=7)
+    ax.set_yticks(range(n), names, fontsize=7)
+    ax.set_title("AUROC of row minus column (* p < 0.05, paired patient bootstrap)", fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return fig_to_png(fig)
+
+
+def _headline(runs: list[RunResult], tests: dict[tuple[int, int], dict[str, float]], where: str) -> str:
+    """The sentence a reader wants first: which run discriminates best here, and whether that is a real lead."""
+    aurocs = [r.metrics["at_threshold"]["auroc"]["value"] for r in runs]
+    best = int(np.argmax(aurocs))
+    text = f"**Best AUROC on the {where}: {runs[best].name}, {_ci(runs[best].metrics['at_threshold']['auroc'])}.**"
+    if len(runs) > 1:
+        second = int(np.argsort(aurocs)[-2])
+        t = tests[(min(best, second), max(best, second))]
+        verdict = "significantly" if t["p_value"] < 0.05 else "not significantly"
+        p = "< 0.001" if t["p_value"] < 0.001 else f"= {t['p_value']:.3f}"  # the bootstrap's resolution
+        text += f" It is {verdict} ahead of the next, {runs[second].name} (paired p {p})."
+    m = runs[best].metrics["at_threshold"]
+    return text + (
+        f" At its stored threshold it finds {m['sensitivity']['value']:.1%} of pneumonia cases and clears "
+        f"{m['specificity']['value']:.1%} of normal X-rays ({m['n_images']} images, {m['n_patients']} patients)."
+    )
 
 
 def _gan_section(runs: list[RunResult], n_boot: int) -> dict[str, Any] | None:
@@ -378,10 +421,40 @@ def _md_table(t: dict[str, Any]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in t["rows"]])
 
 
-def _html_table(t: dict[str, Any]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in t["header"])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in t["rows"])
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def _render(blocks: list[tuple], embed: bool) -> str:
+    """The report as Markdown, from ``("h1"|"h2"|"h3"|"p", text)``, ``("table", title, table)`` and
+    ``("figure", title, file name, png)`` blocks; ``embed`` puts figures inline (for the HTML page)."""
+    parts = []
+    for kind, *rest in blocks:
+        if kind in ("h1", "h2", "h3"):
+            parts.append(f"{'#' * int(kind[1])} {rest[0]}")
+        elif kind == "p":
+            parts.append(rest[0])
+        elif kind == "table":
+            parts += [f"## {rest[0]}", _md_table(rest[1])]
+        else:  # figure
+            title, name, png = rest
+            src = f"data:image/png;base64,{base64.b64encode(png).decode()}" if embed else name
+            parts += [f"## {title}", f"![{title}]({src})"]
+    return "\n\n".join(parts) + "\n"
+
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
+    "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px}"
+    "th{background:#f2f2f2}img{max-width:100%}"
+)
+
+
+def _html_page(markdown_text: str) -> str:
+    """The same Markdown as report.md, rendered by Python-Markdown into one self-contained page."""
+    import markdown
+
+    body = markdown.markdown(markdown_text, extensions=["tables"], output_format="html")
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>pneumolab comparison</title>"
+        f"<style>{_STYLE}</style></head><body>{body}</body></html>"
+    )
 
 
 def compare(
@@ -405,62 +478,48 @@ def compare(
     data, out = Path(data), Path(out)
     _, data_dir = as_dataset(data, out / "data")  # a raw folder is indexed and cached once, for every run
     results = [_load_run(Path(r), data_dir, split, n_boot, out / "evaluations") for r in runs]
-    where = f"{split} split of {data.resolve()}"
-    sections: list[tuple[str, Any]] = list(_main_tables(results))
-    if len(results) > 1:
-        sections.append(("Pairwise AUROC comparisons (paired patient-level bootstrap)", _pairwise(results, n_boot)))
+    where = f"{split} split of {data.resolve().name}"
+    tests = _pairwise(results, n_boot) if len(results) > 1 else {}
+    study, full, cost = _main_tables(results)
+    blocks: list[tuple] = [
+        ("h1", "pneumolab comparison report"),
+        ("p", _headline(results, tests, where)),
+        ("figure", "ROC curves (95% patient-bootstrap bands)", "roc.png", _roc_figure(results, f"ROC, {where}")),
+        ("table", *full),
+    ]
+    if tests:
+        blocks.append(("figure", "Pairwise AUROC differences", "pairwise.png", _pairwise_figure(results, tests)))
+    blocks += [("table", *study), ("table", *cost)]
     if (gan := _gan_section(results, n_boot)) is not None:
-        sections.append(
-            ("GAN augmentation (vs the same model and seed without; duplicated real images as control)", gan)
-        )
+        title = "GAN augmentation (vs the same model and seed without; duplicated real images as control)"
+        blocks.append(("table", title, gan))
     if (latent := _latent_section(results)) is not None:
-        sections.append(("Autoencoder codes vs pixels (every training second counted; encoding takes seconds)", latent))
-    figures = [("ROC curves", "roc.png", _roc_figure(results, f"ROC, {where}"))]
+        title = "Autoencoder codes vs pixels (every training second counted; encoding takes seconds)"
+        blocks.append(("table", title, latent))
     if robust := _robustness_results(results, data_dir):
-        sections.append(
-            (
-                "Robustness to acquisition shifts (`pneumolab robustness`; metrics at the stored threshold)",
-                _robustness_section(robust),
-            )
-        )
-        figures.append(("Robustness to acquisition shifts", "robustness.png", _robustness_figure(robust)))
-    sections += extra_sections or []
-    grids = _sample_grids(results)
+        title = "Robustness to acquisition shifts (`pneumolab robustness`; metrics at the stored threshold)"
+        blocks.append(("table", title, _robustness_section(robust)))
+        blocks.append(("figure", "Robustness to acquisition shifts", "robustness.png", _robustness_figure(robust)))
+    blocks += [("table", title, table) for title, table in extra_sections or []]
+    blocks += [("figure", caption, f"samples-{i}.png", png) for i, (caption, png) in enumerate(_sample_grids(results))]
+    cards = ", ".join(f"`{RunDir(r.run_dir).path / 'MODEL_CARD.md'}`" for r in results)
+    blocks += [
+        ("h2", "About this report"),
+        (
+            "p",
+            f"Data: the {split} split of `{data.resolve()}`. Thresholds were chosen on each run's validation split "
+            f"when training ended and are not changed here. Intervals are 95% percentile CIs from a bootstrap that "
+            f"resamples patients ({n_boot} resamples); a difference is only called significant when its paired-"
+            f"bootstrap p-value is below 0.05 (all pairs: `pairwise.csv`). Model cards: {cards}.",
+        ),
+    ]
     out.mkdir(parents=True, exist_ok=True)
-    for _, name, png in figures:
-        with atomic_path(out / name, suffix=".png") as tmp:
-            tmp.write_bytes(png)  # also embedded in report.html
-    intro = (
-        f"Evaluated on the **{where}**. Thresholds were chosen on each run's validation split when training "
-        "ended and are not changed here. Intervals are 95% percentile CIs from a bootstrap that resamples "
-        f"patients ({n_boot} resamples). A difference is only called significant when its paired-bootstrap "
-        "p-value is below 0.05. Model cards: " + ", ".join(f"`{r.run_dir / 'MODEL_CARD.md'}`" for r in results)
-    )
-    md = [f"# pneumolab comparison report\n\n{intro}\n"]
-    for title, table in sections:
-        md.append(f"## {title}\n\n{_md_table(table)}\n")
-    md += [f"## {title}\n\n![{title}]({name})\n" for title, name, _ in figures]
-    for caption, png in grids:
-        md.append(f"### {caption}\n\n![{caption}](data:image/png;base64,{base64.b64encode(png).decode()})\n")
-    atomic_write_text(out / "report.md", "\n".join(md))
-    body = "".join(f"<h2>{html.escape(t)}</h2>{_html_table(tab)}" for t, tab in sections)
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>pneumolab comparison</title><style>"
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px}"
-        "th{background:#f2f2f2}</style></head><body><h1>pneumolab comparison report</h1>"
-        f"<p>{html.escape(intro).replace('**', '')}</p>{body}"
-        + "".join(
-            f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='data:image/png;base64,"
-            f"{base64.b64encode(png).decode()}'>"
-            for t, _, png in figures
-        )
-        + "".join(
-            f"<h3>{html.escape(c)}</h3><img alt='{html.escape(c)}' src='data:image/png;base64,"
-            f"{base64.b64encode(png).decode()}'>"
-            for c, png in grids
-        )
-        + "</body></html>"
-    )
-    atomic_write_text(out / "report.html", page)
+    for kind, *rest in blocks:
+        if kind == "figure":
+            with atomic_path(out / rest[1], suffix=".png") as tmp:
+                tmp.write_bytes(rest[2])
+    if tests:
+        atomic_write_text(out / "pairwise.csv", _pairwise_csv(results, tests))
+    atomic_write_text(out / "report.md", _render(blocks, embed=False))
+    atomic_write_text(out / "report.html", _html_page(_render(blocks, embed=True)))
     return out / "report.html"

@@ -49,6 +49,7 @@ def test_demo_runs_on_the_bundled_sample_without_touching_it(tmp_path, capsys) -
     before = tree_digest(sample_root())
     quick = [
         "overrides=[trainer.max_epochs=1,data.num_workers=0,trainer.precision=32]",
+        "recipe_overrides=[trainer.max_epochs=1]",
         "gan.gan_overrides=[trainer.max_epochs=1,width=8,data.num_workers=0]",
     ]
     assert main(["demo", "--out", str(tmp_path), *quick]) == 0

@@ -28,6 +28,7 @@ def _study_yaml(tmp_path: Path, **changes) -> Path:
         "classifiers": ["cpu/cnn_base"],
         "recipe": "fast",
         "overrides": ["trainer.max_epochs=1", "trainer.early_stopping_patience=null", *FAST],
+        "recipe_overrides": ["data.batch_size=16"],
         "autoencoder": {"overrides": ["trainer.max_epochs=1", "channels=[8,16]", *FAST]},
         "gan": {
             "models": ["cnn_base"],
@@ -86,17 +87,22 @@ def test_study_runs_every_step_and_writes_one_report(finished) -> None:
         assert f"| {name} " in report  # every classifier is in the comparison
     assert "| cnn_base-seed-protocol " not in report  # the leaky run is not ranked with the others...
     assert load_run_config(root / "runs" / "cnn_base").data.image_size == 32  # the study's size for its models,
-    assert load_run_config(root / "runs" / "recipe-fast").data.image_size == 64  # the recipe keeps its own
+    recipe = load_run_config(root / "runs" / "recipe-fast")
+    assert recipe.data.image_size == 64 and recipe.data.batch_size == 16  # its own size; recipe_overrides
 
 
 @pytest.mark.slow
-def test_study_seed_protocol_is_leaky_by_construction_and_reported_beside_ours(finished, caplog) -> None:
+def test_study_seed_protocol_is_leaky_by_construction_and_reported_beside_ours(finished, caplog, monkeypatch) -> None:
+    from pneumolab.data import manifest
     from pneumolab.data.manifest import check_no_leakage
     from pneumolab.errors import LeakageError
 
     _, _, root = finished
+    monkeypatch.setattr(manifest, "_WARNED_LEAKY", set())  # the study run already announced it in this process
     leaky = Manifest.load(root / "seed-protocol" / "data")
-    assert "LEAKY" in caplog.text and leaky.meta["protocol"] == "seed-leaky"
+    assert caplog.text.count("LEAKY") == 1 and leaky.meta["protocol"] == "seed-leaky"
+    Manifest.load(root / "seed-protocol" / "data")
+    assert caplog.text.count("LEAKY") == 1  # once per dataset, not on every load
     real = Manifest.load(root / "data")
     assert len(leaky) == len(real) + 16  # every real image plus both synthetic sets
     assert {r.split for r in leaky.records if r.source == "synthetic"} >= {"train", "test"}  # the study's leak
@@ -195,10 +201,11 @@ def test_dry_run_times_steps_where_they_will_run(monkeypatch, tmp_path, gpu) -> 
 
     from pneumolab import pipeline
     from pneumolab.config import TrainConfig, load_config
-    from pneumolab.training import speed
+    from pneumolab.training import speed, trainer
 
     calls = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(trainer, "_cpu_has_native_bf16", lambda: True)  # timed as it will train
     monkeypatch.setattr(speed, "classifier_step_rate", lambda *a, **k: calls.append((a, k)) or 100.0)
     cfg = load_config(TrainConfig, "fast", [f"data.data_dir={tmp_path}", "data.batch_size=64", "trainer.max_epochs=3"])
     # 10 s start-up + 1.35 x (3 epochs x 1,000 images at 100 img/s): validation adds ~a third

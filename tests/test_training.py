@@ -255,3 +255,17 @@ def test_a_training_console_shows_only_what_a_user_can_act_on(sample_data, tmp_p
     for noise in ("GPU available", "TPU available", "Tip:", "Total params", "Warning", "deprecated", "Loading `"):
         assert noise not in quiet, noise
     assert "GPU available" in console("--verbose")
+
+
+def test_bf16_falls_back_to_fp32_only_on_a_cpu_without_native_bfloat16(monkeypatch) -> None:
+    from pneumolab.training import trainer
+
+    monkeypatch.setattr(trainer.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(trainer, "_cpu_has_native_bf16", lambda: False)  # e.g. an AVX2-only CPU: ~10x slower
+    assert trainer.effective_precision("bf16-mixed", "cpu") == "32"
+    assert trainer.effective_precision("16-mixed", "cpu") == "16-mixed"
+    monkeypatch.setattr(trainer, "_cpu_has_native_bf16", lambda: True)
+    assert trainer.effective_precision("bf16-mixed", "auto") == "bf16-mixed"
+    monkeypatch.setattr(trainer.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(trainer, "_cpu_has_native_bf16", lambda: False)
+    assert trainer.effective_precision("bf16-mixed", "gpu") == "bf16-mixed"  # GPUs have it

@@ -73,6 +73,7 @@ class StudyConfig(StrictModel):
     recipe: str | None = None  # our recommended recipe (a train preset, at its own image size), also reported
     budget_min: float | None = Field(None, gt=0)  # wall clock per classifier: equal budgets, fair on a CPU
     overrides: tuple[str, ...] = ()  # for every classifier run, e.g. trainer.max_epochs=3
+    recipe_overrides: tuple[str, ...] = ()  # for the recipe only, after ``overrides``
     autoencoder: StudyAutoencoder | None = None
     gan: StudyGan | None = None
     report_split: str = "test"  # the split the report evaluates; it never selects anything
@@ -147,11 +148,13 @@ def _estimate(
     if n_train is None or cfg.latent is not None:
         return budget_min * 60 if budget_min else None
     from pneumolab.training.speed import classifier_step_rate
-    from pneumolab.training.trainer import on_gpu
+    from pneumolab.training.trainer import effective_precision, on_gpu
 
     # Measured where the run will train: on a GPU at its own batch size (small batches are launch-bound
     # there), on a CPU at <= 16 (the rate per image barely depends on the batch, and it is quicker to time).
-    device, bf16 = ("cuda" if on_gpu(cfg.trainer.accelerator) else "cpu"), cfg.trainer.precision.startswith("bf16")
+    t = cfg.trainer
+    device = "cuda" if on_gpu(t.accelerator) else "cpu"
+    bf16 = effective_precision(t.precision, t.accelerator).startswith("bf16")
     batch = cfg.data.batch_size if device == "cuda" else min(cfg.data.batch_size, 16)
     key = (cfg.model.name, cfg.data.image_size, bf16, batch, device)
     if key not in rates:
@@ -284,7 +287,8 @@ def plan_study(cfg: StudyConfig, *, progress: bool = False, estimate: bool = Fal
         steps.append(classifier(preset, []))
     if cfg.recipe:
         # At its own input size: a recipe's resolution is part of the recipe (fast: 64 px).
-        steps.append(classifier(cfg.recipe, [], name=f"recipe-{Path(cfg.recipe).stem}", own_size=True))
+        name = f"recipe-{Path(cfg.recipe).stem}"
+        steps.append(classifier(cfg.recipe, list(cfg.recipe_overrides), name=name, own_size=True))
     if (ae := cfg.autoencoder) is not None:
         ae_over = [f"data.data_dir={data_dir}", f"data.image_size={d.image_size}", f"out_dir={root / 'autoencoder'}"]
         ae_cfg = load_config(AutoencoderConfig, ae.config, [*ae_over, *budget, *ae.overrides])

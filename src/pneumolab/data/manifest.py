@@ -148,8 +148,14 @@ def _parse_row(row: dict[str, str]) -> Record:
     return Record(**{**row, "width": int(row["width"]), "height": int(row["height"])})
 
 
+_WARNED_LEAKY: set[str] = set()  # each leaky dataset is announced once per process, not on every load
+
+
 def _check(records: list[Record], meta: dict[str, Any], where: str = "this dataset") -> None:
     if meta.get("protocol") == LEAKY_PROTOCOL:
+        if where in _WARNED_LEAKY:
+            return
+        _WARNED_LEAKY.add(where)
         log.warning(
             "%s uses the original study's LEAKY image-level split (%s): its numbers are inflated by "
             "design and must not be reported as results",

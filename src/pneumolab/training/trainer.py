@@ -9,6 +9,7 @@ self-describing best model) and ``summary.json``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from pneumolab.training.callbacks import AtomicCheckpointIO, EpochHistory, Tenso
 from pneumolab.training.classifier import ClassifierModule
 from pneumolab.training.console import quiet_frameworks, verbose
 
-__all__ = ["TrainResult", "build_trainer", "fit", "on_gpu", "start_run", "train"]
+__all__ = ["TrainResult", "build_trainer", "effective_precision", "fit", "on_gpu", "start_run", "train"]
 
 log = logging.getLogger(__name__)
 _RUN_DIR_ENV = "PNEUMOLAB_RUN_DIR"  # lets DDP worker processes (re-launched commands) find rank 0's run folder
@@ -96,7 +97,7 @@ def build_trainer(
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,
         max_time=None if t.max_time_min is None else {"minutes": t.max_time_min},
-        precision=t.precision,
+        precision=effective_precision(t.precision, t.accelerator),
         gradient_clip_val=t.gradient_clip,
         deterministic=deterministic_mode(t.deterministic, t.accelerator),
         accelerator=t.accelerator,
@@ -128,6 +129,22 @@ def start_run(cfg: Any, resume: Path | None) -> tuple[Path, Path | None]:
             "start the run again"
         )
     return Path(resume), last
+
+
+def effective_precision(precision: str, accelerator: str) -> str:
+    """``precision``, except bf16 on a CPU without native bfloat16 kernels (oneDNN's check: AVX-512 or AMX),
+    where it is emulated and ~10x slower than fp32 (measured on an AVX2-only CPU, docs/BENCHMARKS.md)."""
+    if precision.startswith("bf16") and not on_gpu(accelerator) and not _cpu_has_native_bf16():
+        return "32"
+    return precision
+
+
+@functools.cache  # asked once per process, and said once (a study trains dozens of runs)
+def _cpu_has_native_bf16() -> bool:
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if not native:
+        log.info("this CPU has no native bfloat16 kernels: bf16-mixed runs train in fp32 here (faster)")
+    return native
 
 
 def on_gpu(accelerator: str) -> bool:

@@ -191,6 +191,13 @@ def test_robustness_reports_every_shift_and_matches_clean_evaluation(two_runs, s
     assert r["worst_shift"] == {"shift": name, "severity": worst["severity"]}
     assert r["mean_balanced_accuracy"] == pytest.approx(np.mean([row["balanced_accuracy"] for _, row in flat]))
     assert (tmp_path / "robustness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # only the shifted split was decoded at the 256 px reference size, into its own cache folder
+    from pneumolab.data.cache import prepared_sizes
+
+    manifest = Manifest.load(sample_data)
+    assert 256 not in prepared_sizes(manifest, sample_data / "cache")
+    (small,) = (sample_data / "cache" / "robustness").glob("images_256_*.npy")
+    assert np.load(small, mmap_mode="r").shape == (len(manifest.indices("test")), 256, 256)
 
 
 def test_robustness_of_several_models_shares_the_shifts_and_reaches_the_report(

@@ -475,11 +475,17 @@ def _report(
 
 
 def run_study(
-    cfg: StudyConfig, *, progress: bool = False, on_step: Callable[[Step, str, float], None] | None = None
+    cfg: StudyConfig,
+    *,
+    progress: bool = False,
+    on_plan: Callable[[list[Step]], None] | None = None,
+    on_step: Callable[[Step, str, float], None] | None = None,
 ) -> dict[str, Any]:
     """Run every step not yet done, record each outcome in ``study.json``, and return that record.
 
-    ``on_step(step, status, seconds)`` is called after each step (status: done, skipped, failed, blocked).
+    ``progress``: each run's own progress bar. ``on_plan(steps)`` is called once the plan is final (after the
+    data step, which fixes the training-set size), ``on_step(step, status, seconds)`` after each step
+    (status: done, skipped, failed, blocked).
     """
     root = cfg.out_dir / cfg.name
     root.mkdir(parents=True, exist_ok=True)
@@ -489,6 +495,8 @@ def run_study(
         data_step.run()
     data_s = time.perf_counter() - start
     steps = plan_study(cfg, progress=progress)
+    if on_plan is not None:
+        on_plan(steps)
     state: dict[str, Any] = {"name": cfg.name, "config": cfg.model_dump(mode="json"), "steps": {}}
     ok: set[str] = set()
     for step in steps:

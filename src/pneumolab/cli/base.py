@@ -20,7 +20,8 @@ __all__ = ["DataDir", "NoGuard", "Size", "Workers", "app", "command", "group", "
 
 
 def _examples(*lines: str) -> str:
-    return "Examples:\n\n" + "\n\n".join(f"  {line}" for line in lines)
+    """An --help epilog; click's ``\\b`` marker keeps each command on one line (never wrapped mid-command)."""
+    return "Examples:\n\n\b\n" + "\n".join(f"  {line}" for line in lines)
 
 
 app = typer.Typer(

@@ -69,14 +69,19 @@ def study_cmd(
         known = [s.estimate_s for s in steps if s.estimate_s is not None and not s.done()]
         typer.echo(f"estimated: {sum(known) / 60:.0f} min for the {len(known)} runs with an estimate")
         return
-    bar = tqdm(total=len(plan_study(cfg)), desc=f"study {cfg.name}", unit="run", file=sys.stderr)
+    # One bar, the study's (on a terminal; elsewhere just a line per run): runs train without their own.
+    bar = tqdm(desc=f"study {cfg.name}", unit="run", file=sys.stderr, disable=not sys.stderr.isatty())
+
+    def on_plan(steps) -> None:
+        bar.total = len(steps)
+        bar.refresh()
 
     def on_step(step, status: str, seconds: float) -> None:
         bar.update(1)
         tqdm.write(f"{status:>8} {step.kind:<12} {step.name} ({seconds:.0f} s)", file=sys.stderr)
 
     try:
-        state = run_study(cfg, progress=sys.stderr.isatty(), on_step=on_step)
+        state = run_study(cfg, on_plan=on_plan, on_step=on_step)
     finally:
         bar.close()
     steps = state["steps"]

@@ -170,7 +170,10 @@ def robustness_many(
         raise ValueError("give one output folder (or None) per model")
     y = np.array([manifest.records[i].target for i in rows])
     scorers = [_scorer(t, manifest, rows, data, y) for t in model_targets]
-    images = np.array(load_cache(manifest, REFERENCE_SIZE, data / "cache")[rows])  # (N, 256, 256) uint8
+    # Only the shifted split at the reference size (its own cache folder, so that it never replaces a full
+    # 256 px cache): caching every split at 256 px decoded the whole dataset to shift its validation part.
+    part = Manifest(manifest.root, [manifest.records[i] for i in rows], manifest.meta)
+    images = np.array(load_cache(part, REFERENCE_SIZE, data / "cache" / "robustness"))  # (N, 256, 256) uint8
     rng = np.random.default_rng(seed)
     for name, (fn, severities) in SHIFTS.items():
         for sev in severities:

@@ -20,7 +20,13 @@ import lightning as L
 import numpy as np
 import torch
 import yaml
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, WeightAveraging
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    TQDMProgressBar,
+    WeightAveraging,
+)
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
@@ -70,6 +76,8 @@ def build_trainer(
         EpochHistory(run.history),
         throughput,
     ]
+    if progress_bar:  # tqdm, as every other bar of pneumolab (Lightning picks Rich when it is installed)
+        callbacks.append(TQDMProgressBar())
     if t.monitor:  # the best epoch on validation (first: this is trainer.checkpoint_callback)
         best = ModelCheckpoint(
             dirpath=run.checkpoints,
@@ -80,8 +88,8 @@ def build_trainer(
         )
         callbacks.insert(0, best)
     if t.ema_decay:  # swaps the average in for validation and into every checkpoint's state_dict
-        # Updated after every step with the foreach EMA (one fused lerp per dtype): 0.6 ms a step for the fast
-        # CNN, where EMAWeightAveraging's tensor-by-tensor update takes 1.7 ms.
+        # Updated after every step with the foreach EMA (one fused lerp per dtype), cheaper than
+        # EMAWeightAveraging's tensor-by-tensor update (docs/BENCHMARKS.md, "Time to accuracy").
         callbacks.append(WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay)))
     if t.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=mode, patience=t.early_stopping_patience))

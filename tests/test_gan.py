@@ -65,6 +65,7 @@ def test_a_few_gan_steps_change_both_networks(sample_data) -> None:
     assert real.min() >= -1 and real.max() <= 1 and real.max() > 0.5  # the uint8 range maps onto [-1, 1]
 
 
+@pytest.fixture(scope="module")
 def gan_run(sample_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("gan")
     args = [

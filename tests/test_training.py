@@ -37,7 +37,7 @@ def test_train_cli_writes_a_complete_self_describing_run(sample_data, tmp_path, 
     assert summary["best_epoch"] == best["epoch"]  # selected on validation AUROC
     assert summary["best_val"]["val/auroc"] == pytest.approx(best["val/auroc"], abs=1e-5)
     # The result line counts epochs from 1 and reports the operating point the model file stores.
-    assert f"best epoch {best['epoch'] + 1} of 2:" in out
+    assert f"best epoch {int(best['epoch']) + 1} of 2:" in out
     assert f"at the stored threshold {summary['operating_point']['threshold']:.3f}" in out
 
     model, meta = load_model_file(run / "model.pt")  # weights_only load

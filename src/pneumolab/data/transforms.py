@@ -24,14 +24,7 @@ from pneumolab.config import AugmentConfig
 from pneumolab.data.cache import resize_square
 from pneumolab.data.manifest import CLASSES
 
-__all__ = [
-    "BatchTrainPreset",
-    "EvalPreset",
-    "PerImageStandardize",
-    "Preprocessing",
-    "RandomBorderErase",
-    "TrainPreset",
-]
+__all__ = ["BatchTrainPreset", "EvalPreset", "PerImageStandardize", "Preprocessing", "TrainPreset"]
 
 
 class PerImageStandardize(torch.nn.Module):
@@ -41,28 +34,6 @@ class PerImageStandardize(torch.nn.Module):
         mean = x.mean(dim=(-2, -1), keepdim=True)
         std = x.std(dim=(-2, -1), keepdim=True)
         return (x - mean) / (std + 1e-6)
-
-
-class RandomBorderErase(torch.nn.Module):
-    """With probability ``p``, zero a border of ``U(0, max_fraction) x side`` pixels on all four edges.
-
-    torchvision's ``RandomErasing`` erases a rectangle inside the image; collimation and cropping take away
-    the edges (and the laterality marker and text there), which this imitates.
-    """
-
-    def __init__(self, max_fraction: float, p: float = 0.5) -> None:
-        super().__init__()
-        self.max_fraction, self.p = max_fraction, p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., 1, H, W) uint8
-        if torch.rand(()) >= self.p:
-            return x
-        m = int(torch.rand(()) * self.max_fraction * x.shape[-1])
-        if m == 0:
-            return x
-        x = x.clone()
-        x[..., :m, :] = x[..., -m:, :] = x[..., :, :m] = x[..., :, -m:] = 0
-        return x
 
 
 class EvalPreset:
@@ -157,37 +128,16 @@ class Preprocessing:
         return self.transform(torch.from_numpy(np.array(small))[:, None])  # a writable copy (caches are read-only)
 
 
-class TrainPreset:
-    """Random affine (small rotation/translation/scale), brightness/contrast, optional flip; then ``EvalPreset``."""
-
-    def __init__(self, *, mean: float, std: float, normalization: str = "dataset", augment: AugmentConfig) -> None:
-        steps: list[Any] = []
-        if augment.enabled:
-            # Geometry on uint8 before the float conversion: half the memory traffic.
-            steps.append(
-                v2.RandomAffine(
-                    degrees=augment.rotation_deg, translate=(augment.translate, augment.translate), scale=augment.scale
-                )
-            )
-            if augment.border_erase:
-                steps.append(RandomBorderErase(augment.border_erase))
-            if augment.brightness or augment.contrast:
-                steps.append(v2.ColorJitter(brightness=augment.brightness, contrast=augment.contrast))
-            if augment.hflip:
-                steps.append(v2.RandomHorizontalFlip())
-        self.eval = EvalPreset(mean=mean, std=std, normalization=normalization)
-        self.transform = v2.Compose([*steps, self.eval.transform])
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.transform(x)
-
-
 class BatchTrainPreset(torch.nn.Module):
-    """``TrainPreset`` for a whole batch: ``(B, 1, H, W) uint8 -> float``, normalised, random per sample.
+    """The training augmentation, the one implementation of the policy: ``(B, 1, H, W) uint8 -> float``,
+    normalised, random per sample -- random affine (rotation, translation, zoom), border erase (zero a
+    border of ``U(0, border_erase) x side`` pixels on every edge of half the images: collimation and cropping
+    take away the edges, marker and text), brightness, contrast, optional flip.
 
-    The same augmentations and ranges as ``TrainPreset`` (affine, border erase, brightness, contrast, flip),
-    vectorised: one ``affine_grid``/``grid_sample`` call for the geometry (bilinear, zero fill) and
-    broadcast arithmetic for the rest, so a 64-image batch costs about one image's worth of Python.
+    Vectorised: one ``affine_grid``/``grid_sample`` call for the geometry (bilinear, zero fill) and broadcast
+    arithmetic for the rest, so a 64-image batch costs about one image's worth of Python. Where the batch is
+    (``augment.batched``: the main process or the GPU) it runs on the whole batch; otherwise
+    :class:`TrainPreset` runs it in the loader on a batch of one.
     """
 
     def __init__(self, *, mean: float, std: float, normalization: str = "dataset", augment: AugmentConfig) -> None:
@@ -232,3 +182,13 @@ class BatchTrainPreset(torch.nn.Module):
         if a.hflip:
             x = torch.where((torch.rand(b, device=x.device) < 0.5)[:, None, None, None], x.flip(-1), x)
         return x
+
+
+class TrainPreset:
+    """:class:`BatchTrainPreset` per image, for loader workers: ``(1, H, W) uint8 -> (1, H, W) float``."""
+
+    def __init__(self, *, mean: float, std: float, normalization: str = "dataset", augment: AugmentConfig) -> None:
+        self.batch = BatchTrainPreset(mean=mean, std=std, normalization=normalization, augment=augment)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.batch(x[None])[0]

@@ -177,6 +177,17 @@ class ChestXrayDataModule(L.LightningDataModule):
         counts = np.bincount(self.train_targets, minlength=len(CLASSES)).astype(np.float64)
         return torch.tensor(counts.sum() / (len(CLASSES) * np.maximum(counts, 1)), dtype=torch.float32)
 
+    def keep_one_class(self, label: str) -> int:
+        """Train on the real training images of one class only (a DCGAN per class); returns how many."""
+        train = self.datasets["train"]
+        if not isinstance(train, CachedImages):  # synthetic sets joined: a GAN learns from real images only
+            raise InputError("a per-class generator trains on real images only: drop data.synthetic")
+        keep = [i for i, t in enumerate(train.targets) if t == CLASSES.index(label)]
+        self.datasets["train"] = CachedImages(
+            train.images, [train.indices[i] for i in keep], [train.targets[i] for i in keep], train.transform
+        )
+        return len(keep)
+
     def preprocessing(self) -> Preprocessing:
         """The input of a model trained here (its model file stores ``.to_dict()``)."""
         return Preprocessing(self.config.image_size, self.mean, self.std, self.config.normalization)
@@ -205,6 +216,12 @@ class ChestXrayDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", train=False)
+
+    def eval_loader(self, split: str, batch_size: int = 128) -> DataLoader:
+        """A split through the deterministic eval transform, in order (for train: without augmentation)."""
+        ds = self.datasets[split]
+        plain = CachedImages(ds.images, ds.indices, ds.targets, self.datasets["val"].transform)
+        return DataLoader(plain, batch_size=batch_size)
 
     def test_dataloader(self) -> DataLoader:
         if "test" not in self.datasets:

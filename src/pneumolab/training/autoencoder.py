@@ -20,11 +20,11 @@ from torchvision.utils import make_grid
 from pneumolab.config import AutoencoderConfig
 from pneumolab.data.datamodule import ChestXrayDataModule
 from pneumolab.generative.autoencoder import ConvAutoencoder, fit_ood_guard, save_autoencoder
-from pneumolab.io import atomic_path, atomic_write_json
+from pneumolab.io import atomic_path
 from pneumolab.rundir import RunDir
 from pneumolab.training.callbacks import read_history
 from pneumolab.training.optim import configure_optimizers
-from pneumolab.training.trainer import TrainResult, fit, start_run
+from pneumolab.training.trainer import TrainResult, begin_run, end_run, fit
 
 __all__ = ["AutoencoderModule", "train_autoencoder"]
 
@@ -83,11 +83,7 @@ class AutoencoderModule(L.LightningModule):
 
 def train_autoencoder(cfg: AutoencoderConfig, *, resume: Path | None = None, progress_bar: bool = True) -> TrainResult:
     """Train the autoencoder on the training split only (validation selects the checkpoint)."""
-    run_dir, last = start_run(cfg, resume)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = ChestXrayDataModule(cfg.data)
-    dm.prepare_data()
-    dm.setup("fit")
+    run_dir, last, dm = begin_run(cfg, resume)
     module = AutoencoderModule(
         list(cfg.channels), cfg.optim.model_dump(mode="json"), dm.preprocessing().to_dict(), cfg.model_dump(mode="json")
     )
@@ -98,7 +94,7 @@ def train_autoencoder(cfg: AutoencoderConfig, *, resume: Path | None = None, pro
         trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=True
     ).eval()
     # The OOD guard: reconstruction errors of the (un-augmented) training images and their upper percentile.
-    train_x = torch.cat([x for x, _ in _eval_loader(dm, "train")])
+    train_x = torch.cat([x for x, _ in dm.eval_loader("train")])
     guard = fit_ood_guard(best.net, train_x, cfg.ood_percentile)
     history = read_history(RunDir(run_dir).history)
     best_row = min(history, key=lambda r: r.get("val/loss", np.inf)) if history else {}
@@ -119,24 +115,12 @@ def train_autoencoder(cfg: AutoencoderConfig, *, resume: Path | None = None, pro
         "ood_threshold": guard["threshold"],
         **throughput.summary(),
     }
-    atomic_write_json(RunDir(run_dir).summary, summary)
-    return TrainResult(run_dir, summary)
-
-
-def _eval_loader(dm: ChestXrayDataModule, split: str):
-    """A split through the deterministic eval transform (for train: without augmentation)."""
-    from torch.utils.data import DataLoader
-
-    from pneumolab.data.datamodule import CachedImages
-
-    ds = dm.datasets[split]
-    tf = dm.datasets["val"].transform
-    return DataLoader(CachedImages(ds.images, ds.indices, ds.targets, tf), batch_size=128)
+    return end_run(run_dir, summary)
 
 
 @torch.no_grad()
 def _save_preview(module: AutoencoderModule, dm: ChestXrayDataModule, path: Path) -> None:
-    x, _ = next(iter(_eval_loader(dm, "val")))
+    x, _ = next(iter(dm.eval_loader("val")))
     x = x[:8]
     grid = make_grid(torch.cat([module._pixels(x), module._pixels(module(x))]), nrow=len(x))  # (3, H, W)
     from PIL import Image

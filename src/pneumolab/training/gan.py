@@ -15,12 +15,10 @@ import torch.nn.functional as F
 from torchvision.utils import make_grid
 
 from pneumolab.config import GanConfig, load_config
-from pneumolab.data.datamodule import CachedImages, ChestXrayDataModule
 from pneumolab.errors import InputError
 from pneumolab.generative.dcgan import Discriminator, Generator, save_generator
-from pneumolab.io import atomic_path, atomic_write_json
-from pneumolab.rundir import RunDir
-from pneumolab.training.trainer import TrainResult, fit, start_run
+from pneumolab.io import atomic_path
+from pneumolab.training.trainer import TrainResult, begin_run, end_run, fit
 
 __all__ = ["GanModule", "train_gan"]
 
@@ -108,19 +106,10 @@ def train_gan(cfg: GanConfig, *, resume: Path | None = None, progress_bar: bool 
     """Train one class's DCGAN on the training split; writes ``generator.pt`` and ``samples.png``."""
     if cfg.data.normalization != "dataset":
         raise InputError("the DCGAN needs data.normalization=dataset (it maps pixels to [-1, 1] itself)")
-    run_dir, last = start_run(cfg, resume)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = ChestXrayDataModule(cfg.data)
-    dm.prepare_data()
-    dm.setup("fit")
-    train = dm.datasets["train"]
-    assert isinstance(train, CachedImages)  # no synthetic sets here: a GAN learns from real images only
-    keep = [i for i, t in enumerate(train.targets) if t == ["NORMAL", "PNEUMONIA"].index(cfg.label)]
-    if len(keep) < cfg.data.batch_size:
-        raise InputError(f"only {len(keep)} {cfg.label} training images: fewer than one batch")
-    dm.datasets["train"] = CachedImages(
-        train.images, [train.indices[i] for i in keep], [train.targets[i] for i in keep], train.transform
-    )
+    run_dir, last, dm = begin_run(cfg, resume)
+    n_images = dm.keep_one_class(cfg.label)  # a generator per class
+    if n_images < cfg.data.batch_size:
+        raise InputError(f"only {n_images} {cfg.label} training images: fewer than one batch")
     pre = dm.preprocessing().to_dict()
     module = GanModule(cfg.data.image_size, cfg.nz, cfg.width, cfg.lr, cfg.beta1, pre, cfg.model_dump(mode="json"))
     trainer, throughput = fit(cfg, module, dm, run_dir, last, progress_bar)
@@ -130,7 +119,7 @@ def train_gan(cfg: GanConfig, *, resume: Path | None = None, progress_bar: bool 
         "label": cfg.label,
         "config": cfg.model_dump(mode="json"),
         "epochs": trainer.current_epoch,
-        "trained_on": {"data": str(cfg.data.data_dir), "split": "train", "images": len(keep)},
+        "trained_on": {"data": str(cfg.data.data_dir), "split": "train", "images": n_images},
     }
     save_generator(run_dir / "generator.pt", module.generator.cpu(), meta)
     from PIL import Image
@@ -141,9 +130,8 @@ def train_gan(cfg: GanConfig, *, resume: Path | None = None, progress_bar: bool 
     summary = {
         "run_dir": str(run_dir),
         "label": cfg.label,
-        "images": len(keep),
+        "images": n_images,
         "epochs": trainer.current_epoch,
         **throughput.summary(),
     }
-    atomic_write_json(RunDir(run_dir).summary, summary)
-    return TrainResult(run_dir, summary)
+    return end_run(run_dir, summary)

@@ -49,7 +49,17 @@ from pneumolab.training.callbacks import AtomicCheckpointIO, EpochHistory, Tenso
 from pneumolab.training.classifier import ClassifierModule
 from pneumolab.training.console import quiet_frameworks, verbose
 
-__all__ = ["TrainResult", "build_trainer", "effective_precision", "fit", "on_gpu", "start_run", "train"]
+__all__ = [
+    "TrainResult",
+    "begin_run",
+    "build_trainer",
+    "effective_precision",
+    "end_run",
+    "fit",
+    "on_gpu",
+    "start_run",
+    "train",
+]
 
 log = logging.getLogger(__name__)
 _RUN_DIR_ENV = "PNEUMOLAB_RUN_DIR"  # lets DDP worker processes (re-launched commands) find rank 0's run folder
@@ -124,6 +134,26 @@ def build_trainer(
         limit_val_batches=t.limit_val_batches,
     )
     return trainer, throughput
+
+
+def begin_run(
+    cfg: Any, resume: Path | None, datamodule: ChestXrayDataModule | None = None
+) -> tuple[Path, Path | None, ChestXrayDataModule]:
+    """What every training task (classifier, autoencoder, DCGAN) does first: the run folder and checkpoint
+    to resume from (:func:`start_run`), the seed, and the data set up for fitting (``datamodule`` or the
+    pixels of ``cfg.data``)."""
+    run_dir, last = start_run(cfg, resume)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = datamodule or ChestXrayDataModule(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    return run_dir, last, dm
+
+
+def end_run(run_dir: Path, summary: dict[str, Any]) -> TrainResult:
+    """What every training task does last (on the main process): write ``summary.json``, the finished mark."""
+    atomic_write_json(RunDir(run_dir).summary, summary)
+    return TrainResult(run_dir, summary)
 
 
 def start_run(cfg: Any, resume: Path | None) -> tuple[Path, Path | None]:
@@ -215,16 +245,12 @@ def train(
     Raises:
         InputError: unknown model, bad weights file, unprepared data, nothing to resume.
     """
-    run_dir, last = start_run(cfg, resume)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = None
     if cfg.latent is not None:
         from pneumolab.data.latent import LatentDataModule
 
-        dm: ChestXrayDataModule = LatentDataModule(cfg.data, cfg.latent)
-    else:
-        dm = ChestXrayDataModule(cfg.data)
-    dm.prepare_data()
-    dm.setup("fit")
+        dm = LatentDataModule(cfg.data, cfg.latent)
+    run_dir, last, dm = begin_run(cfg, resume, dm)
     pre = dm.preprocessing()
     module = ClassifierModule(
         model_name=cfg.model.name,
@@ -241,7 +267,7 @@ def train(
     trainer, throughput = fit(cfg, module, dm, run_dir, last, progress_bar, extra_callbacks)
     if not trainer.is_global_zero:
         return TrainResult(run_dir, {})
-    return TrainResult(run_dir, _finish(trainer, throughput, run_dir, cfg))
+    return end_run(run_dir, _finish(trainer, throughput, run_dir, cfg))
 
 
 def _finish(trainer: L.Trainer, throughput: Throughput, run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
@@ -289,7 +315,6 @@ def _finish(trainer: L.Trainer, throughput: Throughput, run_dir: Path, cfg: Trai
         summary["model_file"] = str(RunDir(run_dir).model)
         write_val_logits(RunDir(run_dir).val_logits, Manifest.load(cfg.data.data_dir), val_logits)
         write_model_card(run_dir, {**meta, "version": __version__}, [])
-    atomic_write_json(RunDir(run_dir).summary, summary)
     return summary
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "TrainerConfig",
     "load_config",
     "load_run_config",
+    "nested",
     "parse_overrides",
     "preset_names",
     "resolve_config",
@@ -232,8 +233,17 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         value = _literal(raw, words)
         if isinstance(value, str) and value.startswith("[") and value.endswith("]"):  # [a, b] with bare words
             value = [_literal(v.strip(), words) for v in value[1:-1].split(",") if v.strip()]
+        out = _merge(out, nested({key.strip(): value}))
+    return out
+
+
+def nested(values: dict[str, Any]) -> dict[str, Any]:
+    """``{"data.image_size": 64, "name": "x"}`` -> ``{"data": {"image_size": 64}, "name": "x"}``: values set by
+    code as objects (paths, lists, dicts), never formatted into ``key=value`` strings and parsed back."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
         node = out
-        *parents, leaf = key.strip().split(".")
+        *parents, leaf = key.split(".")
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
@@ -331,9 +341,16 @@ def _read_yaml(path: Path, depth: int = 0) -> dict[str, Any]:
 
 
 def load_config(
-    schema: type[M], path: str | Path | None = None, overrides: list[str] | None = None, /, **base: Any
+    schema: type[M],
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    /,
+    *,
+    set_values: dict[str, Any] | None = None,
+    **base: Any,
 ) -> M:
-    """Build ``schema`` from keyword defaults, then a YAML file (or preset name), then ``key=value`` overrides.
+    """Build ``schema`` from keyword defaults, then a YAML file (or preset name), then ``key=value`` overrides,
+    then ``set_values`` (dotted keys, e.g. ``{"data.data_dir": path}``: what a caller fixes, as objects).
 
     Raises:
         InputError: unreadable YAML, an unknown key (with the nearest valid one) or a bad value.
@@ -343,6 +360,7 @@ def load_config(
         path, values = _read_source(path)
         data = _merge(data, values)
     data = _merge(data, parse_overrides(overrides or []))
+    data = _merge(data, nested(set_values or {}))
     try:
         return schema.model_validate(data)
     except ValidationError as e:

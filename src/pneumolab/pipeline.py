@@ -218,32 +218,30 @@ def gan_arms(
         folder = out / "synthetic" / label
         run = lambda g=g, folder=folder: sample_set(g, per_class, folder, seed=0)  # noqa: E731
         sample_steps.append(Step(f"synthetic-{label}", "synthetic", folder, run, needs=[f"gan-{label}"]))
-    arms = {
-        "plain": [],
-        "gan": [f"data.synthetic=[{','.join(str(s.folder) for s in sample_steps)}]"],
-        "dup": [f"data.duplicate_real={ {label: per_class for label in labels} }".replace(" ", "")],
+    arms: dict[str, dict[str, Any]] = {
+        "plain": {},
+        "gan": {"data.synthetic": [s.folder for s in sample_steps]},
+        "dup": {"data.duplicate_real": {label: per_class for label in labels}},
     }
     runs = []
     for model in models:
         preset = model if "/" in model else f"cpu/{model}"
         for seed in seeds:
-            for arm, arm_extra in arms.items():
-                overrides = [
-                    f"data.data_dir={data}",
-                    f"data.image_size={size}",
-                    f"out_dir={out / 'runs'}",
-                    f"name={Path(preset).stem}-{arm}-s{seed}",
-                    f"seed={seed}",
-                    f"data.seed={seed}",
-                    "trainer.early_stopping_patience=null",
-                    *arm_extra,
-                    *(extra or []),
-                ]
-                batch = load_config(TrainConfig, preset, overrides).data.batch_size
+            for arm, arm_values in arms.items():
+                values = {
+                    "data.data_dir": data,
+                    "data.image_size": size,
+                    "out_dir": out / "runs",
+                    "name": f"{Path(preset).stem}-{arm}-s{seed}",
+                    "seed": seed,
+                    "data.seed": seed,
+                    "trainer.early_stopping_patience": None,  # every arm trains the same number of steps
+                    **arm_values,
+                }
+                batch = load_config(TrainConfig, preset, extra, set_values=values).data.batch_size
                 steps = epochs * math.ceil(n_train / batch)  # what the plain arm takes; every arm gets exactly this
-                cfg = load_config(
-                    TrainConfig, preset, [*overrides, f"trainer.max_steps={steps}", f"trainer.max_epochs={10 * epochs}"]
-                )
+                values |= {"trainer.max_steps": steps, "trainer.max_epochs": 10 * epochs}
+                cfg = load_config(TrainConfig, preset, extra, set_values=values)
                 needs = [s.name for s in sample_steps] if arm == "gan" else []
                 runs.append(_train_step(cfg.name, "classifier", cfg, train, progress, needs=needs, report=True))
     return sample_steps, runs
@@ -260,47 +258,53 @@ def plan_study(cfg: StudyConfig, *, progress: bool = False, estimate: bool = Fal
     d = cfg.data
     n_train = _count_train(data_dir, d.source, d.val_fraction, d.test_fraction)
     rates: dict[tuple, float] = {}
-    budget = [f"trainer.max_time_min={cfg.budget_min}"] if cfg.budget_min else []
+    budget = {"trainer.max_time_min": cfg.budget_min} if cfg.budget_min else {}
     steps = [Step("data", "data", data_dir, lambda: _prepare(cfg, data_dir))]
     protocol: tuple[Path, Path, Path] | None = None  # seed protocol: (reference run, leaky run, leaky data)
 
     def classifier(
-        preset: str, extra: list[str], name: str | None = None, needs: list[str] | None = None, own_size: bool = False
+        preset: str,
+        extra: list[str] | tuple[str, ...] = (),
+        name: str | None = None,
+        needs: list[str] | None = None,
+        own_size: bool = False,
+        **values: Any,
     ) -> Step:
-        size = [] if own_size else [f"data.image_size={d.image_size}"]
-        overrides = [
-            f"data.data_dir={data_dir}",
-            *size,
-            f"out_dir={root / 'runs'}",
-            *budget,
-            *cfg.overrides,
-            *extra,
-            *([f"name={name}"] if name else []),
-        ]
-        c = load_config(TrainConfig, preset, overrides)
+        """A classifier run of the study: ``preset`` + the study's and ``extra`` overrides, then the values the
+        study fixes (its data, size, folder, budget, name)."""
+        fixed = {
+            "data.data_dir": data_dir,
+            **({} if own_size else {"data.image_size": d.image_size}),
+            "out_dir": root / "runs",
+            **budget,
+            **({"name": name} if name else {}),
+            **values,
+        }
+        c = load_config(TrainConfig, preset, [*cfg.overrides, *extra], set_values=fixed)
         est = _estimate(c, n_train, rates, cfg.budget_min) if estimate else None
         return _train_step(
             c.name, "classifier", c, train, progress, estimate_s=est, needs=["data", *(needs or [])], report=True
         )
 
     for preset in cfg.classifiers:
-        steps.append(classifier(preset, []))
+        steps.append(classifier(preset))
     if cfg.recipe:
         # At its own input size: a recipe's resolution is part of the recipe (fast: 64 px).
         name = f"recipe-{Path(cfg.recipe).stem}"
-        steps.append(classifier(cfg.recipe, list(cfg.recipe_overrides), name=name, own_size=True))
+        steps.append(classifier(cfg.recipe, cfg.recipe_overrides, name=name, own_size=True))
     if (ae := cfg.autoencoder) is not None:
-        ae_over = [f"data.data_dir={data_dir}", f"data.image_size={d.image_size}", f"out_dir={root / 'autoencoder'}"]
-        ae_cfg = load_config(AutoencoderConfig, ae.config, [*ae_over, *budget, *ae.overrides])
+        ae_values = {"data.data_dir": data_dir, "data.image_size": d.image_size, "out_dir": root / "autoencoder"}
+        ae_cfg = load_config(AutoencoderConfig, ae.config, list(ae.overrides), set_values={**ae_values, **budget})
         est = _estimate_generative("autoencoder", ae_cfg, n_train, cfg.budget_min) if estimate else None
         ae_step = _train_step(
             "autoencoder", "autoencoder", ae_cfg, train_autoencoder, progress, needs=["data"], estimate_s=est
         )
-        steps += [ae_step, classifier(ae.classifier, [f"latent={ae_step.folder}"], needs=["autoencoder"])]
+        steps += [ae_step, classifier(ae.classifier, needs=["autoencoder"], latent=ae_step.folder)]
     if (g := cfg.gan) is not None:
         generators = {}
+        gan_values = {"data.data_dir": data_dir, "out_dir": root / "gan"}
         for label in ("NORMAL", "PNEUMONIA"):
-            gc = gan_config(label, [f"data.data_dir={data_dir}", f"out_dir={root / 'gan'}", *g.gan_overrides])
+            gc = gan_config(label, list(g.gan_overrides), set_values=gan_values)
             est = _estimate_generative("gan", gc, n_train, None) if estimate else None
             steps.append(_train_step(f"gan-{label}", "gan", gc, train_gan, progress, needs=["data"], estimate_s=est))
             generators[label] = steps[-1].folder
@@ -376,21 +380,17 @@ def _seed_protocol_steps(cfg: StudyConfig, data_dir: Path, samples: list[Step], 
             lambda _: seed_protocol_manifest(Manifest.load(data_dir), [s.folder for s in samples], seed=g.seeds[0]),
         )
 
-    c = load_config(
-        TrainConfig,
-        preset,
-        [
-            f"data.data_dir={leaky_dir}",
-            f"data.image_size={size}",
-            f"out_dir={leaky_dir.parent / 'runs'}",
-            f"name={Path(preset).stem}-seed-protocol",
-            f"seed={g.seeds[0]}",
-            f"data.seed={g.seeds[0]}",
-            "trainer.early_stopping_patience=null",
-            *cfg.overrides,
-            f"trainer.max_epochs={g.epochs}",
-        ],
-    )
+    values = {
+        "data.data_dir": leaky_dir,
+        "data.image_size": size,
+        "out_dir": leaky_dir.parent / "runs",
+        "name": f"{Path(preset).stem}-seed-protocol",
+        "seed": g.seeds[0],
+        "data.seed": g.seeds[0],
+        "trainer.early_stopping_patience": None,
+        "trainer.max_epochs": g.epochs,
+    }
+    c = load_config(TrainConfig, preset, list(cfg.overrides), set_values=values)
     return (
         Step("seed-protocol-data", "leaky-data", leaky_dir, prepare, needs=[s.name for s in samples]),
         _train_step(c.name, "classifier", c, train, progress, needs=["seed-protocol-data"]),

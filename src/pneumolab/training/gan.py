@@ -90,8 +90,15 @@ class GanModule(L.LightningModule):
         )
 
 
-def gan_config(label: str, overrides: list[str] | None = None, config: str | Path | None = None) -> GanConfig:
-    """The study's DCGAN setting for one class (64 px, no augmentation, no class balancing), plus ``overrides``."""
+def gan_config(
+    label: str,
+    overrides: list[str] | None = None,
+    config: str | Path | None = None,
+    *,
+    set_values: dict[str, Any] | None = None,
+) -> GanConfig:
+    """``config``, then the study's DCGAN setting for one class (64 px, no augmentation, no class balancing),
+    then ``overrides`` and ``set_values`` (as in :func:`pneumolab.config.load_config`)."""
     base = [
         f"label={label.upper()}",
         f"name=dcgan_{label.upper()}",
@@ -99,7 +106,7 @@ def gan_config(label: str, overrides: list[str] | None = None, config: str | Pat
         "data.augment.enabled=false",
         "data.balance=none",
     ]
-    return load_config(GanConfig, config, [*base, *(overrides or [])])
+    return load_config(GanConfig, config, [*base, *(overrides or [])], set_values=set_values)
 
 
 def train_gan(cfg: GanConfig, *, resume: Path | None = None, progress_bar: bool = True) -> TrainResult:

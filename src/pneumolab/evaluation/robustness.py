@@ -13,14 +13,14 @@ model, so recipes at different resolutions are compared on the same shifted imag
 
 from __future__ import annotations
 
-import io
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
+import torchvision.transforms.v2.functional as TF
 
 from pneumolab.data.cache import load_cache
 from pneumolab.data.manifest import Manifest
@@ -37,59 +37,61 @@ __all__ = ["REFERENCE_SIZE", "SHIFTS", "robustness", "robustness_many"]
 
 REFERENCE_SIZE = 256  # px: where the shifts are applied, before the model's own resize
 
-Shift = Callable[[np.ndarray, float, np.random.Generator], np.ndarray]  # (S, S) uint8 -> (S, S) uint8
+# (N, 1, S, S) uint8 tensor, severity, generator -> (N, 1, S, S) uint8: one call shifts the whole split.
+Shift = Callable[[torch.Tensor, float, torch.Generator], torch.Tensor]
 
 
-def _pil(fn: Callable[[Image.Image], Image.Image]) -> Callable[[np.ndarray], np.ndarray]:
-    return lambda a: np.asarray(fn(Image.fromarray(a)))
+def _u8(x: torch.Tensor) -> torch.Tensor:
+    """float pixels in 0..255 -> uint8, rounded and clipped (in place: these batches are large)."""
+    return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def _contrast(a, s, rng):
-    return np.clip((a.astype(np.float32) - a.mean()) * s + a.mean(), 0, 255).astype(np.uint8)
+def _contrast(x, s, g):  # towards (s < 1) each image's mean grey level
+    f = x.float()
+    mean = f.mean(dim=(-2, -1), keepdim=True)
+    return _u8(f.sub_(mean).mul_(s).add_(mean))
 
 
-def _gamma(a, s, rng):
-    return np.clip(255 * (a / 255.0) ** s, 0, 255).astype(np.uint8)
+def _gamma(x, s, g):
+    return TF.adjust_gamma(x, s)
 
 
-def _brightness(a, s, rng):
-    return np.clip(a.astype(np.float32) + 255 * s, 0, 255).astype(np.uint8)
+def _brightness(x, s, g):  # an offset of s x full scale (a different exposure), not a factor
+    return _u8(x.float().add_(255 * s))
 
 
-def _blur(a, s, rng):
-    return _pil(lambda im: im.filter(ImageFilter.GaussianBlur(s)))(a)
+def _blur(x, s, g):  # Gaussian, sigma s px at the reference size
+    return TF.gaussian_blur(x, kernel_size=2 * math.ceil(3 * s) + 1, sigma=s)
 
 
-def _noise(a, s, rng):
-    return np.clip(a + rng.normal(0, 255 * s, a.shape), 0, 255).astype(np.uint8)
+def _noise(x, s, g):
+    return _u8(torch.randn(x.shape, generator=g).mul_(255 * s).add_(x))
 
 
-def _resample(a, s, rng):
-    n = a.shape[0]
-    small = Image.fromarray(a).resize((max(8, int(n * s)),) * 2, Image.BILINEAR)
-    return np.asarray(small.resize((n, n), Image.BILINEAR))
+def _resample(x, s, g):  # down to s x the side and back up: detail lost to a low-resolution acquisition
+    side = x.shape[-1]
+    small = TF.resize(x, [max(8, int(side * s))] * 2, antialias=True)
+    return TF.resize(small, [side, side], antialias=True)
 
 
-def _jpeg(a, s, rng):
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format="JPEG", quality=int(s))
-    return np.asarray(Image.open(buf).convert("L"))
+def _jpeg(x, s, g):
+    return TF.jpeg(x, quality=int(s))
 
 
-def _rotate(a, s, rng):
-    return _pil(lambda im: im.rotate(s, resample=Image.BILINEAR))(a)
+def _rotate(x, s, g):
+    return TF.rotate(x, s, interpolation=TF.InterpolationMode.BILINEAR)
 
 
-def _crop(a, s, rng):
-    n = a.shape[0]
-    m = int(n * s / 2)
-    return np.asarray(Image.fromarray(a[m : n - m, m : n - m]).resize((n, n), Image.BILINEAR))
+def _crop(x, s, g):  # zoom in: the central (1 - s) of the side, resized back
+    side = x.shape[-1]
+    m = int(side * s / 2)
+    return TF.resized_crop(x, m, m, side - 2 * m, side - 2 * m, [side, side], antialias=True)
 
 
-def _erase_border(a, s, rng):
-    out = a.copy()
-    m = max(1, int(a.shape[0] * s))
-    out[:m], out[-m:], out[:, :m], out[:, -m:] = 0, 0, 0, 0
+def _erase_border(x, s, g):
+    out = x.clone()
+    m = max(1, int(x.shape[-1] * s))
+    out[..., :m, :] = out[..., -m:, :] = out[..., :, :m] = out[..., :, -m:] = 0
     return out
 
 
@@ -174,10 +176,11 @@ def robustness_many(
     # 256 px cache): caching every split at 256 px decoded the whole dataset to shift its validation part.
     part = Manifest(manifest.root, [manifest.records[i] for i in rows], manifest.meta)
     images = np.array(load_cache(part, REFERENCE_SIZE, data / "cache" / "robustness"))  # (N, 256, 256) uint8
-    rng = np.random.default_rng(seed)
+    batch = torch.from_numpy(images)[:, None]  # (N, 1, 256, 256) uint8
+    g = torch.Generator().manual_seed(seed)
     for name, (fn, severities) in SHIFTS.items():
         for sev in severities:
-            shifted = np.stack([fn(a, sev, rng) for a in images])
+            shifted = fn(batch, sev, g)[:, 0].numpy()  # (N, 256, 256) uint8
             for result, score in scorers:
                 result["shifts"].setdefault(name, []).append({"severity": sev, **score(shifted)})
     results = [{"split": split, **result} for result, _ in scorers]

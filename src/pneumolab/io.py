@@ -1,5 +1,10 @@
 """Atomic file writes (a reader never sees a half-written output, an interrupted write leaves none) and
-the freshness test for outputs derived from a model file."""
+the freshness test for outputs derived from a model file.
+
+Hand-written because the standard library has no atomic replace-with-temp-file helper, and the rules here
+(temp file beside the target, same permissions as a normal write, orphans of a killed process cleaned up)
+are few lines that every writer of pneumolab shares.
+"""
 
 from __future__ import annotations
 

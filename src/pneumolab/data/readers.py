@@ -75,7 +75,7 @@ def _decode_pil(data: bytes, name: str, max_pixels: int, draft: int | None) -> D
                 )
             mode = img.mode
             if draft and img.format == "JPEG":
-                # Let libjpeg decode at 1/2..1/8 scale when the target is small: ~4x faster on big originals.
+                # Let libjpeg decode at 1/2..1/8 scale when the target is small: much faster on big originals.
                 img.draft("L", (draft, draft))
             img.load()
     except ImageReadError:

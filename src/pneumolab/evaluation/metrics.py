@@ -4,6 +4,10 @@ Every metric is computed from *weighted* confusion counts and weighted rank stat
 code path serves both the point estimate (all weights 1) and ``B`` bootstrap resamples at once
 (weights = how often each image's patient was drawn, shape ``(B, N)``): no Python loop over
 resamples. The positive class is PNEUMONIA (target 1).
+
+Hand-written on purpose: the bootstrap resamples *patients* (an X-ray's images share a patient, and
+resampling images would understate the uncertainty), and torchmetrics/sklearn take one weight vector per
+call where this takes all ``B`` resamples in one pass of array operations.
 """
 
 from __future__ import annotations

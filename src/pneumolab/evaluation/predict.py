@@ -56,8 +56,8 @@ def pixel_logits(
 def batched_logits(model: nn.Module, batches: Iterable[torch.Tensor]) -> torch.Tensor:
     """fp32 logits ``(N, C)`` of ``model`` (put in eval mode) over preprocessed batches ``(B, 1, S, S)``.
 
-    Runs in the NHWC memory format: oneDNN's faster layout on CPUs (1.1-1.6x for the study's CNN and
-    ResNet34 at 128 px on 2 cores), with the same fp32 arithmetic.
+    Runs in the NHWC memory format, oneDNN's faster layout on CPUs (docs/BENCHMARKS.md), with the same fp32
+    arithmetic.
     """
     model = model.eval().to(memory_format=torch.channels_last)
     return torch.cat([model(x.contiguous(memory_format=torch.channels_last)).float() for x in batches])

@@ -26,7 +26,7 @@ class ClassifierModule(L.LightningModule):
         preprocessing: what inference needs to rebuild the eval transform.
         classes: class names in target order.
         config: the resolved run config (stored in every checkpoint).
-        channels_last: NHWC memory format (1.05-1.7x faster convolutions on CPU).
+        channels_last: NHWC memory format (faster convolutions on CPU: docs/BENCHMARKS.md).
     """
 
     def __init__(

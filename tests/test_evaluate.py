@@ -169,6 +169,21 @@ def test_paired_auroc_test_matches_hand_computed_values() -> None:
     same = paired_auroc_test(run("a", pa), run("a2", pa), n_boot=100)
     assert same["diff"] == 0 and same["p_value"] == 1.0
 
+    # the report's opening sentence, with two runs tied for the best AUROC (the first listed leads)
+    from pneumolab.evaluation.report import _headline, _pairwise
+
+    runs = [run("a", pa), run("a2", pa), run("b", pb)]
+    for r, auroc in zip(runs, (1.0, 1.0, 14 / 16), strict=True):
+        ci = {"value": auroc, "ci_low": auroc, "ci_high": auroc}
+        r.metrics = {
+            "at_threshold": {"auroc": ci, "sensitivity": ci, "specificity": ci, "n_images": 8, "n_patients": 4}
+        }
+    text = _headline(runs, _pairwise(runs, n_boot=100), "test split of x")
+    assert (
+        text.startswith("**Best AUROC on the test split of x: a, 1.000")
+        and "not significantly ahead of the next, a2" in text
+    )
+
 
 def test_robustness_reports_every_shift_and_matches_clean_evaluation(two_runs, sample_data, tmp_path, capsys) -> None:
     from pneumolab.evaluation.robustness import SHIFTS

@@ -39,9 +39,12 @@ def test_a_three_trial_study_writes_runs_best_config_and_report(sample_data, tmp
     out = capsys.readouterr().out
     assert "study t: 3 finished trials" in out
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'tune' / 't' / 'study.db'}")
-    assert len(study.trials) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
+    states = [t.state.name for t in study.trials]
+    # the median pruner never prunes its 2 start-up trials; the third may be pruned, depending on its curve
+    assert len(states) == 3 and states[:2] == ["COMPLETE", "COMPLETE"] and states[2] in ("COMPLETE", "PRUNED")
     for t in study.trials:  # every trial is an ordinary run with its own folder
-        assert (Path(t.user_attrs["run_dir"]) / "model.pt").is_file()
+        done = (Path(t.user_attrs["run_dir"]) / "model.pt").is_file()
+        assert done == (t.state.name == "COMPLETE")
     tuned = load_config(TrainConfig, best)  # ready to use with `pneumolab train -c`
     assert tuned.optim.lr == pytest.approx(study.best_params["optim.lr"]) and tuned.data.image_size == 32
     report = (tmp_path / "tune" / "t" / "report.md").read_text()

@@ -230,11 +230,12 @@ def _pairwise_figure(runs: list[RunResult], tests: dict[tuple[int, int], dict[st
 
 def _headline(runs: list[RunResult], tests: dict[tuple[int, int], dict[str, float]], where: str) -> str:
     """The sentence a reader wants first: which run discriminates best here, and whether that is a real lead."""
-    aurocs = [r.metrics["at_threshold"]["auroc"]["value"] for r in runs]
-    best = int(np.argmax(aurocs))
+    aurocs = np.array([r.metrics["at_threshold"]["auroc"]["value"] for r in runs])
+    order = np.argsort(-aurocs, kind="stable")  # ties: the first listed run leads
+    best = int(order[0])
     text = f"**Best AUROC on the {where}: {runs[best].name}, {_ci(runs[best].metrics['at_threshold']['auroc'])}.**"
     if len(runs) > 1:
-        second = int(np.argsort(aurocs)[-2])
+        second = int(order[1])
         t = tests[(min(best, second), max(best, second))]
         verdict = "significantly" if t["p_value"] < 0.05 else "not significantly"
         p = "< 0.001" if t["p_value"] < 0.001 else f"= {t['p_value']:.3f}"  # the bootstrap's resolution

@@ -13,6 +13,7 @@ model, so recipes at different resolutions are compared on the same shifted imag
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
+from PIL import Image
 
 from pneumolab.data.cache import load_cache
 from pneumolab.data.manifest import Manifest
@@ -74,8 +76,13 @@ def _resample(x, s, g):  # down to s x the side and back up: detail lost to a lo
     return TF.resize(small, [side, side], antialias=True)
 
 
-def _jpeg(x, s, g):
-    return TF.jpeg(x, quality=int(s))
+def _jpeg(x, s, g):  # per image through PIL: torchvision's JPEG codec is deprecated (torchvision 0.29)
+    def one(a: np.ndarray) -> np.ndarray:
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="JPEG", quality=int(s))
+        return np.asarray(Image.open(buf).convert("L"))
+
+    return torch.from_numpy(np.stack([one(a) for a in x[:, 0].numpy()]))[:, None]
 
 
 def _rotate(x, s, g):

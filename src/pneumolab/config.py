@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pneumolab.errors import InputError
+from pneumolab.rundir import RunDir
 
 __all__ = [
     "AugmentConfig",
@@ -378,8 +379,6 @@ def load_config(
 
 def load_run_config(run_dir: Path, schema: type[M] = TrainConfig) -> M:
     """The resolved config a run saved in its ``config.yaml`` (what ``--resume`` continues), as ``schema``."""
-    from pneumolab.rundir import RunDir
-
     path = RunDir(Path(run_dir)).config
     if not path.is_file():
         raise InputError(f"{run_dir} is not a training run (no config.yaml); give the folder that pneumolab made")

@@ -108,8 +108,8 @@ class Manifest:
 
     def save(self, out_dir: str | Path) -> None:
         """Write ``manifest.csv`` and ``manifest.json`` into ``out_dir`` atomically, after checking for leakage."""
-        _check(self.records, self.meta)
         out_dir = Path(out_dir)
+        _check(self.records, self.meta, where=str(out_dir))
         atomic_write_text(out_dir / "manifest.csv", self.to_csv())
         atomic_write_json(out_dir / "manifest.json", {"root": str(self.root), **self.meta})
 

@@ -52,6 +52,12 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-equalize": ("fast", ["data.normalization=equalize"]),
     "fast-resnet18": ("fast", ["model.name=resnet18"]),
     "resnet18-64-per-image": ("cpu/resnet18", ["data.image_size=64", "data.normalization=per_image"]),
+    # third round (issue 16): resolution down, regularisation, training length
+    "fast-48": ("fast", ["data.image_size=48"]),
+    "fast-wd": ("fast", ["optim.weight_decay=0.05"]),
+    "fast-16ep": ("fast", ["trainer.max_epochs=16"]),
+    "fast-mixup": ("fast", ["optim.mixup_alpha=0.4"]),
+    "fast-blur-noise": ("fast", ["data.augment.blur=1.0", "data.augment.noise=0.03"]),
 }
 KEYS = ("auroc", "sensitivity", "specificity", "accuracy", "balanced_accuracy", "ece")
 

@@ -121,7 +121,9 @@ def test_duplicate_real_control_adds_copies_of_training_images_only(prepared_dir
 def test_the_per_image_preset_is_the_batched_policy_on_one_image() -> None:
     from pneumolab.data.transforms import BatchTrainPreset, TrainPreset
 
-    aug = AugmentConfig(border_erase=0.25, brightness=0.3, contrast=0.4, scale=(0.9, 1.25), hflip=True)
+    aug = AugmentConfig(
+        border_erase=0.25, brightness=0.3, contrast=0.4, scale=(0.9, 1.25), hflip=True, blur=1.0, noise=0.05
+    )
     x = torch.randint(0, 256, (1, 32, 32), dtype=torch.uint8)
     before = x.clone()
     torch.manual_seed(3)
@@ -209,3 +211,32 @@ def test_batched_loader_yields_raw_batches_that_the_trainer_augments(prepared_di
     x = seen[0]
     assert x.dtype == torch.float32 and x.shape == (8, 1, 32, 32)
     assert x.mean(dim=(1, 2, 3)).abs().max() < 1e-4  # normalised per image, by the DataModule's hook
+
+
+def test_batched_blur_matches_torchvision_per_image_and_spares_the_other_half() -> None:
+    from torchvision.transforms.v2 import functional as TF
+
+    from pneumolab.data.transforms import _gaussian_blur
+
+    x = torch.rand(3, 1, 32, 32)
+    sigma = torch.tensor([0.0, 1.0, 2.0])
+    out = _gaussian_blur(x, sigma)
+    assert torch.equal(out[0], x[0])  # sigma 0: a delta kernel
+    for i in (1, 2):  # radius ceil(3 * max sigma) = 6 for every image: torchvision with kernel 13, reflect padding
+        torch.testing.assert_close(out[i], TF.gaussian_blur(x[i : i + 1], [13, 13], [float(sigma[i])] * 2)[0])
+    torch.manual_seed(0)
+    edges = torch.zeros(200, 1, 64, 64, dtype=torch.uint8)
+    edges[..., 32:] = 255  # a vertical step edge: blurred images get grey pixels beside it
+    blurred = _batch_preset(blur=1.0)(edges) * 0.25 + 0.5
+    grey = ((blurred > 1e-4) & (blurred < 1 - 1e-4)).flatten(1).any(1)
+    assert 50 <= int(grey.sum()) <= 120  # half the batch, less those with sigma < ~0.23 (neighbour weight < 1e-4)
+    assert blurred[:, :, 0, 31].max() < 0.5 < blurred[:, :, 0, 32].min()  # the edge stays where it was
+
+
+def test_batched_noise_has_a_random_std_per_image() -> None:
+    torch.manual_seed(0)
+    grey = torch.full((200, 1, 32, 32), 128, dtype=torch.uint8)
+    out = _batch_preset(noise=0.1)(grey) * 0.25 + 0.5
+    std = out.flatten(1).std(1)  # per image: U(0, 0.1) (mid-grey: clamping is negligible)
+    assert std.max() <= 0.1 + 0.01 and std.min() < 0.02 and 0.04 < float(std.mean()) < 0.06
+    torch.testing.assert_close(out.mean(), torch.tensor(128 / 255), atol=2e-3, rtol=0)  # zero-mean noise

@@ -269,3 +269,26 @@ def test_bf16_falls_back_to_fp32_only_on_a_cpu_without_native_bfloat16(monkeypat
     monkeypatch.setattr(trainer.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(trainer, "_cpu_has_native_bf16", lambda: False)
     assert trainer.effective_precision("bf16-mixed", "gpu") == "bf16-mixed"  # GPUs have it
+
+
+def test_mixup_blends_images_and_losses_with_one_lambda_per_batch() -> None:
+    import torch.nn.functional as F
+
+    from pneumolab.training.classifier import ClassifierModule
+
+    module = ClassifierModule(
+        "cnn_base", {}, {"mixup_alpha": 0.4}, [1.0, 3.0], {"input_shape": [1, 16, 16]}, ["NORMAL", "PNEUMONIA"], {}
+    )
+    x, y = torch.rand(6, 1, 16, 16), torch.tensor([0, 1, 1, 0, 1, 1])
+    torch.manual_seed(5)
+    loss, prob, y_scored = module._mixup_step((x, y), 0.4)
+    torch.manual_seed(5)  # the same draws by hand: lambda, then the permutation
+    lam = float(torch.distributions.Beta(0.4, 0.4).sample())
+    perm = torch.randperm(6)
+    logits = module(lam * x + (1 - lam) * x[perm])
+    w = torch.tensor([1.0, 3.0])
+    want = lam * F.cross_entropy(logits, y, weight=w) + (1 - lam) * F.cross_entropy(logits, y[perm], weight=w)
+    torch.testing.assert_close(loss, want)
+    torch.testing.assert_close(prob, logits.softmax(1)[:, 1])
+    assert torch.equal(y_scored, y if lam >= 0.5 else y[perm])
+    assert 0 < lam < 1 and not torch.equal(perm, torch.arange(6))  # seed 5 mixes for real

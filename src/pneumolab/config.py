@@ -63,6 +63,11 @@ class AugmentConfig(StrictModel):
     # > 0: half the images get a black border of up to this fraction of the side on every edge, as
     # collimation and cropped laterality markers give them; the model must not read "normal" off the border.
     border_erase: float = Field(0.0, ge=0, le=0.3)
+    # > 0: half the images are blurred by a Gaussian of sigma U(0, blur) x side / 64 pixels (detector resolution
+    # and resizing differ between sites; the model must not read the diagnosis off fine texture).
+    blur: float = Field(0.0, ge=0, le=3)
+    # > 0: additive Gaussian noise of std U(0, noise) in [0, 1] grey levels (quantum noise, dose differs).
+    noise: float = Field(0.0, ge=0, le=0.3)
     # true: the loader yields raw uint8 batches and the DataModule augments each whole batch on the device
     # (per-sample random parameters, vectorised: ~50x less CPU per image than per-image transforms, and on
     # the GPU when training there); false: torchvision's per-image transforms in the loader workers.
@@ -106,6 +111,9 @@ class OptimConfig(StrictModel):
     plateau_patience: int = Field(2, ge=0)
     plateau_factor: float = Field(0.5, gt=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # > 0: mixup (Zhang et al. 2018) with lambda ~ Beta(alpha, alpha): each training batch is blended with a
+    # shuffled copy of itself and the loss with both labels, so the model is trained between the classes too.
+    mixup_alpha: float = Field(0.0, ge=0)
 
 
 class TrainerConfig(StrictModel):

@@ -174,6 +174,10 @@ class BatchTrainPreset(torch.nn.Module):
             idx = torch.arange(side, device=x.device)
             keep = (idx >= m[:, None]) & (idx < side - m[:, None])  # (B, side)
             x = x * (keep[:, None, :, None] & keep[:, None, None, :])
+        if a.blur:
+            x = _gaussian_blur(x, uniform(0, a.blur * side / 64) * (torch.rand(b, device=x.device) < 0.5))
+        if a.noise:
+            x = (x + torch.randn_like(x) * uniform(0, a.noise)[:, None, None, None]).clamp_(0, 1)
         if a.brightness:  # torchvision's factor: multiply by U(1 - b, 1 + b)
             x = (x * uniform(max(0.0, 1 - a.brightness), 1 + a.brightness)[:, None, None, None]).clamp_(0, 1)
         if a.contrast:  # blend with the image's mean grey level by U(1 - c, 1 + c)
@@ -182,6 +186,23 @@ class BatchTrainPreset(torch.nn.Module):
         if a.hflip:
             x = torch.where((torch.rand(b, device=x.device) < 0.5)[:, None, None, None], x.flip(-1), x)
         return x
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each image of ``x`` (B, 1, H, W) by its own ``sigma`` (B,) in pixels (0: unchanged), reflect padding.
+
+    Separable and vectorised: the batch becomes the channels of one image, blurred by a grouped convolution
+    with one normalised kernel per image (B, 1, k) along each axis.
+    """
+    b, _, h, w = x.shape
+    radius = max(1, math.ceil(3 * float(sigma.max())))
+    t = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)  # (k,)
+    kernel = torch.exp(-0.5 * (t / sigma.clamp_min(1e-3)[:, None]) ** 2)  # (B, k); sigma 0 -> a delta
+    kernel = (kernel / kernel.sum(1, keepdim=True))[:, None]  # (B, 1, k)
+    y = F.pad(x.reshape(1, b, h, w), (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, kernel[:, :, None, :], groups=b)  # along W: (1, B, H + 2r, W)
+    y = F.conv2d(y, kernel[:, :, :, None], groups=b)  # along H: (1, B, H, W)
+    return y.reshape(b, 1, h, w)
 
 
 class TrainPreset:

@@ -58,16 +58,32 @@ class ClassifierModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # (B, K) logits, (B,) targets
+        smoothing = self.hparams.optim.get("label_smoothing", 0.0)
+        return F.cross_entropy(logits.float(), y, weight=self.class_weights, label_smoothing=smoothing)
+
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch
         logits = self(x)
-        smoothing = self.hparams.optim.get("label_smoothing", 0.0)
-        loss = F.cross_entropy(logits.float(), y, weight=self.class_weights, label_smoothing=smoothing)
         prob = logits.float().softmax(dim=1)[:, 1]  # (B,) P(pneumonia)
-        return loss, prob, y
+        return self._loss(logits, y), prob, y
+
+    def _mixup_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], alpha: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mixup: input ``lam * x + (1 - lam) * x[perm]``, loss ``lam * CE(y) + (1 - lam) * CE(y[perm])``,
+        one ``lam ~ Beta(alpha, alpha)`` per batch."""
+        x, y = batch
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        perm = torch.randperm(len(y), device=y.device)
+        logits = self(lam * x + (1 - lam) * x[perm])
+        loss = lam * self._loss(logits, y) + (1 - lam) * self._loss(logits, y[perm])
+        # training accuracy is scored against the dominant image's label
+        return loss, logits.float().softmax(dim=1)[:, 1], y if lam >= 0.5 else y[perm]
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss, prob, y = self._step(batch)
+        alpha = self.hparams.optim.get("mixup_alpha", 0.0)
+        loss, prob, y = self._mixup_step(batch, alpha) if alpha > 0 else self._step(batch)
         self.train_acc(prob, y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(y))

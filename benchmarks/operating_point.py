@@ -45,19 +45,19 @@ def score(run: Path, policies: list[str]) -> dict[str, dict[str, float]]:
     # the ceiling set by the ranking: the best specificity of any threshold that keeps external sensitivity >= 0.95
     # (chosen on the external labels: a bound, not an operating point)
     t_best = np.sort(prob[y])[int(np.floor(0.05 * y.sum()))]
-    out = {"ceiling": {"threshold": float(t_best)}}
-    for policy in policies:
-        out[policy] = {"threshold": choose_threshold(val_prob, val_y, policy)["threshold"]}
-    for key, point in out.items():
-        t = point["threshold"]
-        pred = prob >= t
-        out[key] = {
-            "threshold": t,
-            "sensitivity": float(pred[y].mean()),
-            "specificity": float((~pred[~y]).mean()),
-            "accuracy": float((pred == y).mean()),
-        }
-    return out
+    thresholds = {policy: choose_threshold(val_prob, val_y, policy)["threshold"] for policy in policies}
+    thresholds["ceiling"] = float(t_best)
+    return {key: _at(prob, y, t) for key, t in thresholds.items()}
+
+
+def _at(prob: np.ndarray, y: np.ndarray, t: float) -> dict[str, float]:
+    pred = prob >= t
+    return {
+        "threshold": t,
+        "sensitivity": float(pred[y].mean()),
+        "specificity": float((~pred[~y]).mean()),
+        "accuracy": float((pred == y).mean()),
+    }
 
 
 def main() -> None:

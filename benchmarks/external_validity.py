@@ -58,6 +58,10 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-16ep": ("fast", ["trainer.max_epochs=16"]),
     "fast-mixup": ("fast", ["optim.mixup_alpha=0.4"]),
     "fast-blur-noise": ("fast", ["data.augment.blur=1.0", "data.augment.noise=0.03"]),
+    # fourth round (issue 16): width, per-image normalisation inside the network, levers combined
+    "fast-w32": ("fast", ["model.kwargs.width=32"]),
+    "fast-gn": ("fast", ["model.kwargs.norm=group"]),
+    "fast-mixup-16ep": ("fast", ["optim.mixup_alpha=0.4", "trainer.max_epochs=16"]),
 }
 KEYS = ("auroc", "sensitivity", "specificity", "accuracy", "balanced_accuracy", "ece")
 

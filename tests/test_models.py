@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 import torchvision.models as tvm
@@ -94,6 +96,29 @@ def test_alexnet_improved_is_exactly_the_printed_structure() -> None:
 def test_flops_match_a_hand_count() -> None:
     conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
     assert count_flops(conv, 8) == 2 * 4 * 9 * 8 * 8  # 2 per multiply-add, 4 maps of 8x8, 3x3 kernel
+
+
+def test_cnn_improved_width_and_group_norm() -> None:
+    def params(m):
+        return sum(p.numel() for p in m.parameters())
+
+    # Conv3x3 without bias + a norm layer's 2 x C affine parameters, 2 convs per block, then Linear(8w, 2).
+    def hand(w):
+        chans = [1, w, 2 * w, 4 * w, 8 * w]
+        convs = sum(a * b * 9 + 2 * b + b * b * 9 + 2 * b for a, b in itertools.pairwise(chans))
+        return convs + _linear(8 * w, 2)
+
+    base, wide = create_model("cnn_improved"), create_model("cnn_improved", width=32, norm="group", dropout=0.0)
+    assert params(base) == hand(16) and params(wide) == hand(32)
+    assert isinstance(wide.features[0][1], nn.GroupNorm) and wide.features[0][1].num_groups == 8
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in wide.modules())
+    # Group norm makes each image's output independent of the rest of the batch, even in training mode.
+    x = torch.randn(4, 1, 32, 32)
+    assert torch.allclose(wide.train()(x)[:1], wide(x[:1]), atol=1e-5)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        create_model("cnn_improved", width=12)
+    with pytest.raises(ValueError, match="'batch' or 'group'"):
+        create_model("cnn_improved", norm="layer")
 
 
 def test_dropout_before_the_head() -> None:

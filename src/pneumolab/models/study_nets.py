@@ -8,6 +8,7 @@ its CNNs, so ``cnn_base``/``cnn_improved`` are designed here and documented in t
 from __future__ import annotations
 
 import itertools
+from typing import Literal
 
 from torch import nn
 
@@ -119,11 +120,16 @@ class SmallCNN(nn.Module):
         return self.head(self.pool(self.features(x)).flatten(1))  # features: (B, C', H/2^k, W/2^k)
 
 
-def _block(cin: int, cout: int, *, bn: bool, convs: int) -> nn.Sequential:
+def _norm(kind: str, channels: int) -> nn.Module:
+    # Group norm (8 groups) normalises each image by itself: no batch statistics to carry to another site.
+    return nn.BatchNorm2d(channels) if kind == "batch" else nn.GroupNorm(8, channels)
+
+
+def _block(cin: int, cout: int, *, norm: str | None, convs: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(convs):
-        layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1, bias=not bn)]
-        layers += [nn.BatchNorm2d(cout)] if bn else []
+        layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1, bias=norm is None)]
+        layers += [_norm(norm, cout)] if norm else []
         layers += [nn.ReLU(inplace=True)]
     return nn.Sequential(*layers, nn.MaxPool2d(2))
 
@@ -140,7 +146,7 @@ def cnn_base(*, num_classes: int = 2, in_chans: int = 1, dropout: float | None =
     """Base CNN: 4 x [Conv3x3 -> ReLU -> MaxPool2] (32, 64, 128, 128 channels), global average pool,
     Linear(128, 64) -> ReLU -> Linear(64, num_classes). No normalisation, no dropout (unless asked)."""
     chans = [in_chans, 32, 64, 128, 128]
-    features = nn.Sequential(*[_block(a, b, bn=False, convs=1) for a, b in itertools.pairwise(chans)])
+    features = nn.Sequential(*[_block(a, b, norm=None, convs=1) for a, b in itertools.pairwise(chans)])
     head = nn.Sequential(
         nn.Linear(128, 64), nn.ReLU(inplace=True), nn.Dropout(dropout or 0.0), nn.Linear(64, num_classes)
     )
@@ -155,12 +161,27 @@ def cnn_base(*, num_classes: int = 2, in_chans: int = 1, dropout: float | None =
     first_conv="features.0.0",
     description="The study's improved CNN: 4 blocks of 2x conv3x3-BN-ReLU 16-32-64-128, GAP, dropout, FC",
 )
-def cnn_improved(*, num_classes: int = 2, in_chans: int = 1, dropout: float | None = None, weights=None) -> SmallCNN:
+def cnn_improved(
+    *,
+    num_classes: int = 2,
+    in_chans: int = 1,
+    dropout: float | None = None,
+    weights=None,
+    width: int = 16,
+    norm: Literal["batch", "group"] = "batch",
+) -> SmallCNN:
     """Improved CNN (deeper, BatchNorm, dropout): 4 x [(Conv3x3 -> BN -> ReLU) x 2 -> MaxPool2]
-    (16, 32, 64, 128 channels), global average pool, Dropout(0.3) -> Linear(128, num_classes)."""
-    chans = [in_chans, 16, 32, 64, 128]
-    features = nn.Sequential(*[_block(a, b, bn=True, convs=2) for a, b in itertools.pairwise(chans)])
-    head = nn.Sequential(nn.Dropout(0.3 if dropout is None else dropout), nn.Linear(128, num_classes))
+    (16, 32, 64, 128 channels), global average pool, Dropout(0.3) -> Linear(128, num_classes).
+
+    ``width`` sets the first block's channels (each block doubles them; a multiple of 8), ``norm="group"``
+    puts GroupNorm(8) where BatchNorm is (``model.kwargs={width: 32, norm: group}`` in a config)."""
+    if width < 8 or width % 8:
+        raise ValueError(f"cnn_improved: width must be a multiple of 8 (>= 8), got {width}")
+    if norm not in ("batch", "group"):
+        raise ValueError(f"cnn_improved: norm must be 'batch' or 'group', got {norm!r}")
+    chans = [in_chans, width, 2 * width, 4 * width, 8 * width]
+    features = nn.Sequential(*[_block(a, b, norm=norm, convs=2) for a, b in itertools.pairwise(chans)])
+    head = nn.Sequential(nn.Dropout(0.3 if dropout is None else dropout), nn.Linear(8 * width, num_classes))
     return SmallCNN(features, head)
 
 
@@ -175,6 +196,6 @@ def cnn_improved(*, num_classes: int = 2, in_chans: int = 1, dropout: float | No
 def latent_cnn(*, num_classes: int = 2, in_chans: int = 256, dropout: float | None = None, weights=None) -> SmallCNN:
     """For autoencoder codes ``(B, C, h, w)``: [(Conv3x3 -> BN -> ReLU) x 2 -> MaxPool2] (128 ch),
     [Conv3x3 -> BN -> ReLU -> MaxPool2] (128 ch), global average pool, Dropout(0.3) -> Linear(128, num_classes)."""
-    features = nn.Sequential(_block(in_chans, 128, bn=True, convs=2), _block(128, 128, bn=True, convs=1))
+    features = nn.Sequential(_block(in_chans, 128, norm="batch", convs=2), _block(128, 128, norm="batch", convs=1))
     head = nn.Sequential(nn.Dropout(0.3 if dropout is None else dropout), nn.Linear(128, num_classes))
     return SmallCNN(features, head)

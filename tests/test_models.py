@@ -115,9 +115,9 @@ def test_cnn_improved_width_and_group_norm() -> None:
     # Group norm makes each image's output independent of the rest of the batch, even in training mode.
     x = torch.randn(4, 1, 32, 32)
     assert torch.allclose(wide.train()(x)[:1], wide(x[:1]), atol=1e-5)
-    with pytest.raises(ValueError, match="multiple of 8"):
+    with pytest.raises(InputError, match="width must be a multiple of 8"):
         create_model("cnn_improved", width=12)
-    with pytest.raises(ValueError, match="'batch' or 'group'"):
+    with pytest.raises(InputError, match="norm must be 'batch' or 'group'"):
         create_model("cnn_improved", norm="layer")
 
 

@@ -12,6 +12,7 @@ from typing import Literal
 
 from torch import nn
 
+from pneumolab.errors import InputError
 from pneumolab.models.registry import register_model
 
 __all__ = ["AlexNet", "SmallCNN"]
@@ -176,9 +177,9 @@ def cnn_improved(
     ``width`` sets the first block's channels (each block doubles them; a multiple of 8), ``norm="group"``
     puts GroupNorm(8) where BatchNorm is (``model.kwargs={width: 32, norm: group}`` in a config)."""
     if width < 8 or width % 8:
-        raise ValueError(f"cnn_improved: width must be a multiple of 8 (>= 8), got {width}")
+        raise InputError(f"cnn_improved: model.kwargs.width must be a multiple of 8 (>= 8), got {width}")
     if norm not in ("batch", "group"):
-        raise ValueError(f"cnn_improved: norm must be 'batch' or 'group', got {norm!r}")
+        raise InputError(f"cnn_improved: model.kwargs.norm must be 'batch' or 'group', got {norm!r}")
     chans = [in_chans, width, 2 * width, 4 * width, 8 * width]
     features = nn.Sequential(*[_block(a, b, norm=norm, convs=2) for a, b in itertools.pairwise(chans)])
     head = nn.Sequential(nn.Dropout(0.3 if dropout is None else dropout), nn.Linear(8 * width, num_classes))

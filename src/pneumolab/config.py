@@ -24,6 +24,7 @@ __all__ = [
     "GanConfig",
     "ModelConfig",
     "OptimConfig",
+    "PretrainConfig",
     "StrictModel",
     "TrainConfig",
     "TrainerConfig",
@@ -98,6 +99,9 @@ class ModelConfig(StrictModel):
     name: str = "resnet18"
     dropout: float | None = Field(None, ge=0, lt=1)  # before the head; None keeps the architecture's default
     weights: Path | None = None  # local torchvision ImageNet state dict; never downloaded
+    # An encoder file of `pneumolab pretrain` (self-supervised, on the training images) for this model: every
+    # weight but the head's starts from it (a fresh run only; resuming continues from the checkpoint).
+    init: Path | None = None
     kwargs: dict[str, Any] = {}
 
 
@@ -222,6 +226,31 @@ class GanConfig(StrictModel):
     beta1: float = Field(0.5, ge=0, lt=1)
     data: DataConfig
     trainer: GanTrainerConfig = GanTrainerConfig()
+
+
+class PretrainTrainerConfig(GanTrainerConfig):
+    """Contrastive pre-training has no validation metric either: the last epoch is the encoder."""
+
+    max_epochs: int = Field(30, ge=1)
+
+
+class PretrainConfig(StrictModel):
+    """``pneumolab pretrain``: SimCLR (Chen et al. 2020) on the training images, labels unused.
+
+    Two augmentations of each image (``data.augment``, batched) must map close to each other and far from the
+    batch's other images (NT-Xent loss on a projection of the pooled features). The encoder it writes initialises
+    a classifier of the same architecture (``pneumolab train ... model.init=RUN/encoder.pt``).
+    """
+
+    name: str = "simclr"
+    out_dir: Path = Path("runs/pretrain")
+    seed: int = 0
+    model: ModelConfig = ModelConfig(name="cnn_improved")
+    data: DataConfig
+    temperature: float = Field(0.2, gt=0, le=1)  # of the NT-Xent softmax
+    projection_dim: int = Field(64, ge=2)  # Linear(F, 2F) -> BN -> ReLU -> Linear(2F, projection_dim)
+    optim: OptimConfig = OptimConfig()
+    trainer: PretrainTrainerConfig = PretrainTrainerConfig()
 
 
 def _literal(raw: str, words: dict[str, Any]) -> Any:

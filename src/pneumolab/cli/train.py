@@ -1,4 +1,4 @@
-"""``pneumolab train``, ``autoencoder``, ``gan`` and ``tune``: every command that trains something."""
+"""``pneumolab train``, ``pretrain``, ``autoencoder``, ``gan`` and ``tune``: every command that trains something."""
 
 from __future__ import annotations
 
@@ -91,6 +91,36 @@ def train_cmd(
             f"({op.get('threshold_policy')}) val sensitivity {at.get('sensitivity', nan):.3f}, specificity "
             f"{at.get('specificity', nan):.3f}; {s['wall_s']:.0f} s, {s['train_images_per_s']:.0f} img/s -> "
             f"{result.run_dir}"
+        )
+
+
+@command(
+    app,
+    "pretrain",
+    [
+        "pneumolab pretrain -c pretrain/simclr --data runs/data/kermany",
+        "pneumolab train -c fast --data runs/data/kermany model.init=runs/pretrain/simclr/encoder.pt",
+        "pneumolab pretrain --resume runs/pretrain/simclr",
+    ],
+)
+def pretrain_cmd(
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key=value overrides, e.g. trainer.max_epochs=10.")
+    ] = None,
+    config: Annotated[str, typer.Option("--config", "-c", help="YAML file or preset.")] = "pretrain/simclr",
+    data: Annotated[Path | None, typer.Option(help="Dataset folder (same as data.data_dir=...).")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run.")] = None,
+) -> None:
+    """Self-supervised pre-training (SimCLR) on the training images, labels unused; writes RUN/encoder.pt."""
+    from pneumolab.config import PretrainConfig, resolve_config
+    from pneumolab.training.pretrain import pretrain
+
+    cfg = resolve_config(PretrainConfig, None if resume else config, _with_data(overrides, data), resume)
+    s = pretrain(cfg, resume=resume).summary
+    if s:
+        typer.echo(
+            f"done: {s['model']} encoder after {s['epochs']} epoch(s), contrastive loss {s['train_loss']:.3f}; "
+            f"{s['wall_s']:.0f} s -> {s['encoder_file']} (pneumolab train ... model.init={s['encoder_file']})"
         )
 
 

@@ -21,9 +21,19 @@ from pneumolab.io import atomic_path
 from pneumolab.models.registry import create_model
 from pneumolab.rundir import RunDir
 
-__all__ = ["load_model_file", "resolve_model_file", "save_model_file", "with_encoder"]
+__all__ = [
+    "load_encoder_file",
+    "load_model_file",
+    "resolve_model_file",
+    "save_encoder_file",
+    "save_model_file",
+    "with_encoder",
+]
 
 FORMAT = "pneumolab.model/1"
+ENCODER_FORMAT = "pneumolab.encoder/1"
+# Keyword arguments that change the architecture's weights (dropout and in_chans do not, or are checked apart).
+_WEIGHTLESS_KWARGS = ("dropout", "in_chans", "weights")
 
 
 def save_model_file(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
@@ -99,3 +109,60 @@ def with_encoder(model: nn.Module, preprocessing: Preprocessing, encoder: nn.Mod
             )
         encoder = load_autoencoder(path)[0].encoder
     return nn.Sequential(OrderedDict(encoder=encoder, head=model))
+
+
+def save_encoder_file(path: str | Path, encoder: nn.Module, meta: dict[str, Any]) -> None:
+    """Write a pre-trained encoder ``{"format", "version", "state_dict", **meta}`` atomically: the state dict of
+    a registered model whose head was replaced by ``nn.Identity`` (so it has no head keys). ``meta`` must hold
+    ``model_name``, ``model_kwargs`` and ``preprocessing``."""
+    missing = {"model_name", "model_kwargs", "preprocessing"} - set(meta)
+    if missing:
+        raise ValueError(f"encoder file metadata lacks {sorted(missing)}")
+    state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"format": ENCODER_FORMAT, "version": __version__, **meta, "state_dict": state}, tmp)
+
+
+def load_encoder_file(
+    net: nn.Module, path: str | Path, model_name: str, model_kwargs: dict[str, Any], preprocessing: Preprocessing
+) -> dict[str, Any]:
+    """Initialise ``net`` (a fresh ``model_name`` classifier) from a ``pneumolab pretrain`` encoder file: every
+    weight but the head's. Refused, naming what differs, unless the file was pre-trained for the same
+    architecture (name and shape-changing kwargs) and the same input (image size, normalisation). Returns its
+    metadata."""
+    from pneumolab.models.registry import get_spec
+
+    path = Path(path)
+    target = path / "encoder.pt" if path.is_dir() else path
+    if not target.is_file():
+        raise InputError(f"model.init {path}: no such encoder file (give RUN/encoder.pt of `pneumolab pretrain`)")
+    try:
+        blob = torch.load(target, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InputError(f"model.init {target}: not a loadable file ({type(e).__name__})") from None
+    if not isinstance(blob, dict) or blob.get("format") != ENCODER_FORMAT:
+        raise InputError(f"model.init {target}: not an encoder file of `pneumolab pretrain`")
+
+    def arch(kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in kwargs.items() if k not in _WEIGHTLESS_KWARGS}
+
+    wanted = (model_name, arch(model_kwargs), preprocessing.image_size, preprocessing.normalization)
+    found = (
+        blob["model_name"],
+        arch(blob["model_kwargs"]),
+        blob["preprocessing"]["image_size"],
+        blob["preprocessing"]["normalization"],
+    )
+    if wanted != found:
+        raise InputError(
+            f"model.init {target} was pre-trained for {found[0]} {found[1]} on {found[2]} px {found[3]}-normalised "
+            f"images, not {wanted[0]} {wanted[1]} on {wanted[2]} px {wanted[3]}-normalised: pre-train for this "
+            "recipe, or train the recipe it was made for"
+        )
+    head = get_spec(model_name).classifier + "."
+    missing, unexpected = net.load_state_dict(blob["state_dict"], strict=False)
+    if unexpected or any(not k.startswith(head) for k in missing):
+        raise InputError(
+            f"model.init {target}: its weights do not fit {model_name} (e.g. {[*unexpected, *missing][:2]})"
+        )
+    return {k: v for k, v in blob.items() if k != "state_dict"}

@@ -43,7 +43,7 @@ from pneumolab.evaluation.predict import predict_logits, write_val_logits
 from pneumolab.evaluation.thresholds import choose_threshold
 from pneumolab.inference.guard import fit_model_guard
 from pneumolab.io import atomic_path, atomic_write_json, atomic_write_text
-from pneumolab.models.checkpoint import save_model_file, with_encoder
+from pneumolab.models.checkpoint import load_encoder_file, save_model_file, with_encoder
 from pneumolab.rundir import RunDir
 from pneumolab.training.callbacks import AtomicCheckpointIO, EpochHistory, TensorBoardExtras, Throughput, read_history
 from pneumolab.training.classifier import ClassifierModule
@@ -252,9 +252,10 @@ def train(
         dm = LatentDataModule(cfg.data, cfg.latent)
     run_dir, last, dm = begin_run(cfg, resume, dm)
     pre = dm.preprocessing()
+    model_kwargs = {"dropout": cfg.model.dropout, "in_chans": pre.input_shape[0], **cfg.model.kwargs}
     module = ClassifierModule(
         model_name=cfg.model.name,
-        model_kwargs={"dropout": cfg.model.dropout, "in_chans": pre.input_shape[0], **cfg.model.kwargs},
+        model_kwargs=model_kwargs,
         optim=cfg.optim.model_dump(mode="json"),
         class_weights=dm.class_weights().tolist(),
         preprocessing=pre.to_dict(),
@@ -264,6 +265,8 @@ def train(
         channels_last=cfg.trainer.channels_last,
         monitor=cfg.trainer.monitor,
     )
+    if cfg.model.init is not None and last is None:  # a resumed run continues from its own checkpoint
+        load_encoder_file(module.net, cfg.model.init, cfg.model.name, model_kwargs, pre)
     trainer, throughput = fit(cfg, module, dm, run_dir, last, progress_bar, extra_callbacks)
     if not trainer.is_global_zero:
         return TrainResult(run_dir, {})

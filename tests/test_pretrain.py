@@ -1,0 +1,96 @@
+"""Self-supervised pre-training: the loss against a hand computation, the encoder file, and model.init."""
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_train_args
+
+from pneumolab.cli import main
+from pneumolab.data.transforms import Preprocessing
+from pneumolab.errors import InputError
+from pneumolab.models import create_model
+from pneumolab.models.checkpoint import load_encoder_file
+from pneumolab.training.pretrain import nt_xent
+
+TINY = [
+    "data.image_size=32",
+    "data.batch_size=16",
+    "model.kwargs.width=8",
+    "trainer.max_epochs=2",
+    "trainer.precision=32",
+    "trainer.channels_last=false",
+    "trainer.log_every_n_steps=1",
+]
+# The fine-tuning recipe the tiny encoder fits: the same network, input size and normalisation.
+FIT = ["-c", "cpu/cnn_improved", "model.kwargs.width=8", "data.normalization=per_image"]
+
+
+def test_nt_xent_matches_a_hand_computation() -> None:
+    # Two images, two views each: rows 0, 1 are view 1 of images a, b; rows 2, 3 view 2 of a, b.
+    z = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.0, -1.0]])
+    t = 0.5
+    cos = [[sum(x * y for x, y in zip(u, v, strict=True)) for v in z.tolist()] for u in z.tolist()]  # unit rows
+    positive = {0: 2, 1: 3, 2: 0, 3: 1}
+    per_row = []
+    for i in range(4):
+        others = [math.exp(cos[i][j] / t) for j in range(4) if j != i]
+        per_row.append(-math.log(math.exp(cos[i][positive[i]] / t) / sum(others)))
+    assert nt_xent(z, t).item() == pytest.approx(sum(per_row) / 4, rel=1e-6)
+    # Scale does not matter (cosine similarity); swapping the two views does not either.
+    assert nt_xent(3 * z, t).item() == pytest.approx(sum(per_row) / 4, rel=1e-6)
+    assert nt_xent(z[[2, 3, 0, 1]], t).item() == pytest.approx(sum(per_row) / 4, rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def encoder(sample_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain")
+    assert main(["pretrain", "--data", str(sample_data), f"out_dir={out}", *TINY]) == 0
+    return out / "simclr" / "encoder.pt"
+
+
+def test_pretrain_writes_an_encoder_without_head_that_model_init_loads(encoder, sample_data, tmp_path) -> None:
+    blob = torch.load(encoder, weights_only=True)
+    assert blob["model_name"] == "cnn_improved" and blob["epochs"] == 2
+    assert blob["trained_on"]["labels"] == "not used"
+    assert not any(k.startswith("head.") for k in blob["state_dict"])
+    assert math.isfinite(blob["train_loss"]) and blob["train_loss"] > 0
+    # A fresh classifier takes every weight but the head's.
+    net = create_model("cnn_improved", width=8)
+    head_before = net.head[1].weight.clone()
+    pre = Preprocessing.from_dict(blob["preprocessing"])
+    load_encoder_file(net, encoder, "cnn_improved", {"width": 8, "dropout": None}, pre)
+    for k, v in blob["state_dict"].items():
+        assert torch.equal(net.state_dict()[k], v), k
+    assert torch.equal(net.head[1].weight, head_before)
+    # Through `train`: a learning rate of ~0 leaves the network where model.init put it.
+    out = tmp_path / "ft"
+    args = tiny_train_args(sample_data, out, *FIT, f"model.init={encoder}", "optim.lr=1e-12", "trainer.max_epochs=1")
+    assert main(args) == 0
+    trained = torch.load(out / "cnn_improved" / "model.pt", weights_only=True)["state_dict"]
+    conv = "features.0.0.weight"
+    assert torch.allclose(trained[conv], blob["state_dict"][conv], atol=1e-6)
+
+
+def test_model_init_refuses_what_it_was_not_pretrained_for(encoder, sample_data, tmp_path, capsys) -> None:
+    pre = Preprocessing(image_size=32, mean=0.5, std=0.25, normalization="per_image")
+    with pytest.raises(InputError, match=r"pre-trained for cnn_improved \{'width': 8\}"):
+        load_encoder_file(create_model("cnn_improved"), encoder, "cnn_improved", {}, pre)
+    other_size = Preprocessing(image_size=64, mean=0.5, std=0.25, normalization="per_image")
+    with pytest.raises(InputError, match="on 32 px per_image-normalised images, not cnn_improved"):
+        load_encoder_file(create_model("cnn_improved", width=8), encoder, "cnn_improved", {"width": 8}, other_size)
+    with pytest.raises(InputError, match="no such encoder file"):
+        load_encoder_file(create_model("cnn_improved"), tmp_path / "none.pt", "cnn_improved", {}, pre)
+    torch.save({"state_dict": {}}, tmp_path / "model.pt")
+    with pytest.raises(InputError, match="not an encoder file of `pneumolab pretrain`"):
+        load_encoder_file(create_model("cnn_improved"), tmp_path / "model.pt", "cnn_improved", {}, pre)
+    # From the CLI: the dataset-normalised recipe gets one sentence and exit code 2.
+    args = tiny_train_args(sample_data, tmp_path / "ft", "-c", "cpu/cnn_improved", "model.kwargs.width=8")
+    assert main([*args, f"model.init={encoder}"]) == 2
+    assert "dataset-normalised" in capsys.readouterr().err
+
+
+def test_pretrain_needs_the_batched_augmentation(sample_data, tmp_path, capsys) -> None:
+    args = ["pretrain", "--data", str(sample_data), f"out_dir={tmp_path}", *TINY, "data.augment.batched=false"]
+    assert main(args) == 2
+    assert "data.augment.batched=true" in capsys.readouterr().err

@@ -97,3 +97,14 @@ def test_autoencoder_presets_are_valid(preset: str) -> None:
 
     cfg = load_config(AutoencoderConfig, preset, ["data.data_dir=d"])
     assert cfg.trainer.monitor == "val/loss" and cfg.data.augment.enabled is False
+
+
+def test_the_pretrain_preset_makes_encoders_the_fast_recipe_accepts() -> None:
+    from pneumolab.config import PretrainConfig, TrainConfig
+
+    pre = load_config(PretrainConfig, "pretrain/simclr", ["data.data_dir=d"])
+    fast = load_config(TrainConfig, "fast", ["data.data_dir=d"])
+    # What load_encoder_file compares: architecture, input size and normalisation.
+    assert (pre.model.name, pre.model.kwargs) == (fast.model.name, fast.model.kwargs)
+    assert (pre.data.image_size, pre.data.normalization) == (fast.data.image_size, fast.data.normalization)
+    assert pre.data.augment.batched and pre.trainer.monitor is None

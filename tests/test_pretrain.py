@@ -74,7 +74,7 @@ def test_pretrain_writes_an_encoder_without_head_that_model_init_loads(encoder, 
 
 def test_model_init_refuses_what_it_was_not_pretrained_for(encoder, sample_data, tmp_path, capsys) -> None:
     pre = Preprocessing(image_size=32, mean=0.5, std=0.25, normalization="per_image")
-    with pytest.raises(InputError, match=r"pre-trained for cnn_improved \{'width': 8\}"):
+    with pytest.raises(InputError, match=r"pre-trained for cnn_improved \{'in_chans': 1, 'width': 8\}"):
         load_encoder_file(create_model("cnn_improved"), encoder, "cnn_improved", {}, pre)
     other_size = Preprocessing(image_size=64, mean=0.5, std=0.25, normalization="per_image")
     with pytest.raises(InputError, match="on 32 px per_image-normalised images, not cnn_improved"):

@@ -18,7 +18,7 @@ from pneumolab import __version__
 from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
 from pneumolab.io import atomic_path
-from pneumolab.models.registry import create_model
+from pneumolab.models.registry import create_model, get_spec
 from pneumolab.rundir import RunDir
 
 __all__ = [
@@ -32,8 +32,8 @@ __all__ = [
 
 FORMAT = "pneumolab.model/1"
 ENCODER_FORMAT = "pneumolab.encoder/1"
-# Keyword arguments that change the architecture's weights (dropout and in_chans do not, or are checked apart).
-_WEIGHTLESS_KWARGS = ("dropout", "in_chans", "weights")
+# Model keyword arguments that leave every weight's shape alone: an encoder file fits whatever they are.
+_WEIGHTLESS_KWARGS = ("dropout", "weights")
 
 
 def save_model_file(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
@@ -130,8 +130,6 @@ def load_encoder_file(
     weight but the head's. Refused, naming what differs, unless the file was pre-trained for the same
     architecture (name and shape-changing kwargs) and the same input (image size, normalisation). Returns its
     metadata."""
-    from pneumolab.models.registry import get_spec
-
     path = Path(path)
     target = path / "encoder.pt" if path.is_dir() else path
     if not target.is_file():
@@ -143,8 +141,8 @@ def load_encoder_file(
     if not isinstance(blob, dict) or blob.get("format") != ENCODER_FORMAT:
         raise InputError(f"model.init {target}: not an encoder file of `pneumolab pretrain`")
 
-    def arch(kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in kwargs.items() if k not in _WEIGHTLESS_KWARGS}
+    def arch(kwargs: dict[str, Any]) -> dict[str, Any]:  # in_chans: 1 unless said (every builder's default)
+        return {k: v for k, v in {"in_chans": 1, **kwargs}.items() if k not in _WEIGHTLESS_KWARGS}
 
     wanted = (model_name, arch(model_kwargs), preprocessing.image_size, preprocessing.normalization)
     found = (
@@ -160,7 +158,10 @@ def load_encoder_file(
             "recipe, or train the recipe it was made for"
         )
     head = get_spec(model_name).classifier + "."
-    missing, unexpected = net.load_state_dict(blob["state_dict"], strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(blob["state_dict"], strict=False)
+    except RuntimeError:  # a tensor of another shape under the same name
+        missing, unexpected = [], ["(tensors of other shapes)"]
     if unexpected or any(not k.startswith(head) for k in missing):
         raise InputError(
             f"model.init {target}: its weights do not fit {model_name} (e.g. {[*unexpected, *missing][:2]})"

@@ -64,9 +64,17 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-mixup-16ep": ("fast", ["optim.mixup_alpha=0.4", "trainer.max_epochs=16"]),
     # self-supervised pre-training on the training images (SimCLR), then the fast recipe from that encoder
     "fast-simclr": ("fast", []),
+    "fast-simclr-lr1e-3": ("fast", ["optim.lr=1e-3"]),  # a gentler fine-tuning keeps more of the encoder
+    "fast-simclr-lr3e-4": ("fast", ["optim.lr=3e-4"]),
 }
-# Recipes that start from an encoder of `pneumolab pretrain` (preset, overrides), pre-trained per seed.
-PRETRAIN: dict[str, tuple[str, list[str]]] = {"fast-simclr": ("pretrain/simclr", [])}
+# Recipes that start from an encoder of `pneumolab pretrain`: (encoder run name, preset, overrides), one per seed
+# under OUT/pretrain/NAME-sSEED, shared by the recipes that name it.
+SIMCLR = ("fast-simclr", "pretrain/simclr", [])
+PRETRAIN: dict[str, tuple[str, str, list[str]]] = {
+    "fast-simclr": SIMCLR,
+    "fast-simclr-lr1e-3": SIMCLR,
+    "fast-simclr-lr3e-4": SIMCLR,
+}
 KEYS = ("auroc", "sensitivity", "specificity", "accuracy", "balanced_accuracy", "ece")
 
 
@@ -102,15 +110,15 @@ def pretrain_run(recipe: str, seed: int, data: Path, out: Path) -> tuple[Path, f
     from pneumolab.config import PretrainConfig
     from pneumolab.training.pretrain import pretrain
 
-    run_dir = out / "pretrain" / f"{recipe}-s{seed}"
+    name, preset, extra = PRETRAIN[recipe]
+    run_dir = out / "pretrain" / f"{name}-s{seed}"
     timing = run_dir / "wall_s.json"
     if (run_dir / "encoder.pt").is_file() and timing.is_file():
         return run_dir / "encoder.pt", json.loads(timing.read_text())["pretrain_wall_s"]
-    preset, extra = PRETRAIN[recipe]
     cfg = load_config(
         PretrainConfig,
         preset,
-        [f"data.data_dir={data}", f"out_dir={out / 'pretrain'}", f"name={recipe}-s{seed}", f"seed={seed}", *extra],
+        [f"data.data_dir={data}", f"out_dir={out / 'pretrain'}", f"name={name}-s{seed}", f"seed={seed}", *extra],
     )
     start = time.perf_counter()
     result = pretrain(cfg, progress_bar=False)

@@ -66,8 +66,7 @@ class SimCLRModule(L.LightningModule):
         self.encoder = create_model(model_name, **model_kwargs)
         head_path = get_spec(model_name).classifier
         features = self.encoder.get_submodule(head_path).in_features
-        parent, _, leaf = head_path.rpartition(".")
-        setattr(self.encoder.get_submodule(parent) if parent else self.encoder, leaf, nn.Identity())
+        self.encoder.set_submodule(head_path, nn.Identity())
         self.projection = nn.Sequential(
             nn.Linear(features, 2 * features),
             nn.BatchNorm1d(2 * features),

@@ -66,6 +66,9 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-simclr": ("fast", []),
     "fast-simclr-lr1e-3": ("fast", ["optim.lr=1e-3"]),  # a gentler fine-tuning keeps more of the encoder
     "fast-simclr-lr3e-4": ("fast", ["optim.lr=3e-4"]),
+    # fifth round (issue 16): the original width/height is a class signal in train and survives the squash
+    "fast-aspect-0.3": ("fast", ["data.augment.aspect=0.3"]),
+    "fast-aspect-0.5": ("fast", ["data.augment.aspect=0.5"]),
 }
 # Recipes that start from an encoder of `pneumolab pretrain`: (encoder run name, preset, overrides), one per seed
 # under OUT/pretrain/NAME-sSEED, shared by the recipes that name it.

@@ -240,3 +240,19 @@ def test_batched_noise_has_a_random_std_per_image() -> None:
     std = out.flatten(1).std(1)  # per image: U(0, 0.1) (mid-grey: clamping is negligible)
     assert std.max() <= 0.1 + 0.01 and std.min() < 0.02 and 0.04 < float(std.mean()) < 0.06
     torch.testing.assert_close(out.mean(), torch.tensor(128 / 255), atol=2e-3, rtol=0)  # zero-mean noise
+
+
+def test_batched_aspect_stretch_changes_width_against_height_and_keeps_the_area() -> None:
+    torch.manual_seed(0)
+    x = torch.zeros(200, 1, 64, 64, dtype=torch.uint8)
+    x[:, :, 16:48, 16:48] = 255  # a 32x32 white square in the centre
+    out = _batch_preset(aspect=0.4)(x) * 0.25 + 0.5
+    width = out[:, 0, 32].sum(1)  # (B,) the bright run along the middle row and column, in pixels
+    height = out[:, 0, :, 32].sum(1)
+    ratio = width / height  # exp(U(-0.4, 0.4)): 0.67 to 1.49, about log-uniform
+    assert ratio.min() > 0.67 - 0.03 and ratio.max() < 1.49 + 0.03 and ratio.min() < 0.75 and ratio.max() > 1.35
+    assert (width * height).div(32 * 32).sub(1).abs().max() < 0.03  # sqrt(r) wider, sqrt(r) shorter: area kept
+    assert abs(float(ratio.log().mean())) < 0.05
+    torch.manual_seed(0)
+    square = _batch_preset()(x) * 0.25 + 0.5
+    assert torch.equal(square[:, 0, 32].sum(1), square[:, 0, :, 32].sum(1))  # aspect 0: no stretch

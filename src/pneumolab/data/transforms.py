@@ -130,7 +130,7 @@ class Preprocessing:
 
 class BatchTrainPreset(torch.nn.Module):
     """The training augmentation, the one implementation of the policy: ``(B, 1, H, W) uint8 -> float``,
-    normalised, random per sample -- random affine (rotation, translation, zoom), border erase (zero a
+    normalised, random per sample -- random affine (rotation, translation, zoom, aspect stretch), border erase (zero a
     border of ``U(0, border_erase) x side`` pixels on every edge of half the images: collimation and cropping
     take away the edges, marker and text), brightness, contrast, optional flip.
 
@@ -164,8 +164,12 @@ class BatchTrainPreset(torch.nn.Module):
         angle = uniform(-a.rotation_deg, a.rotation_deg) * (math.pi / 180)
         scale = uniform(*a.scale)
         shift = torch.stack([uniform(-a.translate, a.translate), uniform(-a.translate, a.translate)], 1) * 2  # (B, 2)
-        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        inv = torch.stack([torch.stack([cos, sin], 1), torch.stack([-sin, cos], 1)], 1)  # (B, 2, 2) = (S R)^-1
+        # The stretch acts along the image axes (where the squash to a square did), before the rotation; drawn
+        # only when asked, so that recipes without it keep their random stream.
+        stretch = (uniform(-a.aspect, a.aspect) / 2).exp() if a.aspect else torch.ones_like(scale)  # (B,) x/y^(1/2)
+        sx, sy = scale * stretch, scale / stretch
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        inv = torch.stack([torch.stack([cos / sx, sin / sx], 1), torch.stack([-sin / sy, cos / sy], 1)], 1)  # (R S)^-1
         theta = torch.cat([inv, -(inv @ shift[:, :, None])], 2)  # (B, 2, 3)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -246,3 +246,18 @@ def test_two_datasets_with_the_same_name_get_their_own_evaluation_folders(tmp_pa
     assert a != b and a.parent == b.parent == tmp_path / "run" / "eval"
     assert a.name.startswith("data-") and a.name.endswith("-test")
     assert run.eval_dir(tmp_path / "a" / "data", "test") == a  # stable: a re-run finds its own results
+
+
+def test_the_aspect_shift_narrows_or_widens_the_content_about_the_centre() -> None:
+    from pneumolab.evaluation.robustness import SHIFTS
+
+    shift, severities = SHIFTS["aspect"]
+    assert severities == (0.9, 0.8, 1.2)
+    x = torch.full((2, 1, 64, 64), 200, dtype=torch.uint8)
+    x[:, :, :, :8] = 0  # a black band on the left eighth
+    narrow = shift(x, 0.5, torch.Generator())  # 64 -> 32 columns, centred: 16 black columns each side
+    assert narrow.shape == x.shape and (narrow[..., :16] == 0).all() and (narrow[..., -16:] == 0).all()
+    assert (narrow[..., 16:19] == 0).all() and (narrow[..., 21:48] == 200).all()  # the band, half as wide (19, 20: its edge)
+    wide = shift(x, 2.0, torch.Generator())  # 64 -> 128 columns, the centre 64 kept: the band is cut away
+    assert (wide == 200).all()
+    assert torch.equal(shift(x, 1.0, torch.Generator()), x)

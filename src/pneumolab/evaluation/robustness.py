@@ -3,7 +3,8 @@
 Validation is nearly saturated on this dataset while the official test split shows a shift (DESIGN.md),
 so a recipe is ranked by how it holds up when the images change the way scanners and post-processing
 change them: contrast, gamma, brightness, blur, noise, down/up-sampling, JPEG quality, small rotations
-and crops, and erased borders (where laterality markers and text sit). Each shift has three severities;
+and crops, the width/height of the original (images squashed to a square keep it in the anatomy's proportions),
+and erased borders (where laterality markers and text sit). Each shift has three severities;
 metrics are at the model's stored (validation-chosen) threshold, with calibration (ECE).
 
 Shifts act on the image at a fixed reference resolution (256 px, as a detector would see it), which is
@@ -95,6 +96,11 @@ def _crop(x, s, g):  # zoom in: the central (1 - s) of the side, resized back
     return TF.resized_crop(x, m, m, side - 2 * m, side - 2 * m, [side, side], antialias=True)
 
 
+def _aspect(x, s, g):  # the content s x as wide (as if squashed from a 1/s x wider original), centred, zero fill
+    side = x.shape[-1]
+    return TF.center_crop(TF.resize(x, [side, max(1, round(side * s))], antialias=True), [side, side])
+
+
 def _erase_border(x, s, g):
     out = x.clone()
     m = max(1, int(x.shape[-1] * s))
@@ -113,6 +119,7 @@ SHIFTS: dict[str, tuple[Shift, tuple[float, ...]]] = {
     "jpeg": (_jpeg, (50, 25, 10)),
     "rotation": (_rotate, (5, 10, 15)),
     "crop": (_crop, (0.05, 0.1, 0.2)),
+    "aspect": (_aspect, (0.9, 0.8, 1.2)),
     "erase_border": (_erase_border, (0.04, 0.08, 0.12)),
 }
 

@@ -257,7 +257,7 @@ def test_the_aspect_shift_narrows_or_widens_the_content_about_the_centre() -> No
     x[:, :, :, :8] = 0  # a black band on the left eighth
     narrow = shift(x, 0.5, torch.Generator())  # 64 -> 32 columns, centred: 16 black columns each side
     assert narrow.shape == x.shape and (narrow[..., :16] == 0).all() and (narrow[..., -16:] == 0).all()
-    assert (narrow[..., 16:19] == 0).all() and (narrow[..., 21:48] == 200).all()  # the band, half as wide (19, 20: its edge)
+    assert (narrow[..., 16:19] == 0).all() and (narrow[..., 21:48] == 200).all()  # half the band; 19-20 its edge
     wide = shift(x, 2.0, torch.Generator())  # 64 -> 128 columns, the centre 64 kept: the band is cut away
     assert (wide == 200).all()
     assert torch.equal(shift(x, 1.0, torch.Generator()), x)

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 import typer
-from conftest import make_npz, tree_digest, write_image
+from conftest import make_kaggle, make_npz, tree_digest, write_image
 
 from pneumolab.cli import app, main
 from pneumolab.data import sample_root
@@ -146,3 +146,21 @@ def test_an_optional_part_without_its_extra_names_the_install(argv, missing, ext
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"{missing}, which is not installed: pip install 'pneumolab[{extra}]'" in err
+
+
+def test_summary_warns_when_the_proportions_alone_tell_the_classes_apart(tmp_path, capsys) -> None:
+    root = make_kaggle(tmp_path / "src", n_pneu=12, n_norm=12, test=False)
+    for i, f in enumerate(sorted(root.glob("*/PNEUMONIA/*.jpeg"))):
+        write_image(f, seed=1000 + i, size=(60 + i % 5, 40))  # pneumonia: wide (1.5-1.6); normal: 48x40 (1.2)
+    out = tmp_path / "ds"
+    assert main(["data", "prepare", str(root), "--out", str(out), "--size", "32"]) == 0
+    text = capsys.readouterr().out
+    assert "width/height vs label: AUROC 1.000 over 62 non-square images" in text
+    assert "warning: the images' proportions alone tell the classes apart" in text and "data.augment.aspect" in text
+    assert main(["data", "summary", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["width_height_vs_label"] == {"images": 62, "auroc": 1.0}
+    (flat := tmp_path / "flat").mkdir()
+    make_kaggle(flat, n_pneu=12, n_norm=12, test=False)  # every image 48x40: no signal, no warning
+    assert main(["data", "prepare", str(flat), "--out", str(tmp_path / "ds2"), "--size", "32"]) == 0
+    text = capsys.readouterr().out
+    assert "AUROC 0.500 over 62 non-square images" in text and "warning: the images' proportions" not in text

@@ -31,6 +31,8 @@ SplitSeed = Annotated[int, typer.Option(help="Random seed of the split.")]
 
 
 def _echo_summary(summary: dict) -> None:
+    from pneumolab.data.summary import SHAPE_SHORTCUT_MARGIN
+
     typer.echo(f"dataset: {summary['images']} images from {summary['root']} ({summary['source_kind']})")
     typer.echo(f"  {'split':<6} {'images':>7} {'NORMAL':>7} {'PNEUM.':>7} {'%pneu':>6} {'patients':>9} {'max/pt':>7}")
     for split, s in summary["splits"].items():
@@ -45,6 +47,14 @@ def _echo_summary(summary: dict) -> None:
         f"  shorter side: min {sides['min']} / median {sides['median']:g} / max {sides['max']} px; "
         f"{summary['square_224']} are 224x224"
     )
+    shape = summary["width_height_vs_label"]
+    if shape is not None:
+        typer.echo(f"  width/height vs label: AUROC {shape['auroc']:.3f} over {shape['images']} non-square images")
+        if abs(shape["auroc"] - 0.5) >= SHAPE_SHORTCUT_MARGIN:
+            typer.echo(
+                "  warning: the images' proportions alone tell the classes apart, and a network reads them from "
+                "a resized image too; train with a random stretch (data.augment.aspect, 0.3 in the fast recipe)"
+            )
     cached = summary["cached_sizes_px"]
     typer.echo(f"  cached sizes: {', '.join(f'{s} px' for s in cached) or 'none (pneumolab data cache DIR --size N)'}")
     if summary["split_settings"]:

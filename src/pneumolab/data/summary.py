@@ -10,7 +10,23 @@ from typing import Any
 from pneumolab.data.cache import prepared_sizes
 from pneumolab.data.manifest import CLASSES, SPLITS, Manifest
 
-__all__ = ["summarize"]
+__all__ = ["SHAPE_SHORTCUT_MARGIN", "summarize"]
+
+# |AUROC - 0.5| of width/height against the label from which the summary warns: a network reads the original
+# proportions off a squashed image (docs/BENCHMARKS.md, issue 16: R^2 0.83 at 64 px), so this is a shortcut.
+SHAPE_SHORTCUT_MARGIN = 0.15
+
+
+def _shape_shortcut(manifest: Manifest) -> dict[str, Any] | None:
+    """AUROC of width/height alone for PNEUMONIA vs NORMAL over the real non-test images that are not square
+    (a square file may be a copy squashed from any shape), or None with fewer than 20 of either class."""
+    from sklearn.metrics import roc_auc_score
+
+    rows = [r for r in manifest.records if r.split != "test" and r.source == "real" and r.width != r.height]
+    y = [r.label == "PNEUMONIA" for r in rows]
+    if min(sum(y), len(y) - sum(y)) < 20:
+        return None
+    return {"images": len(rows), "auroc": round(float(roc_auc_score(y, [r.width / r.height for r in rows])), 3)}
 
 
 def summarize(manifest: Manifest, cache_dir: Path | None = None) -> dict[str, Any]:
@@ -41,6 +57,7 @@ def summarize(manifest: Manifest, cache_dir: Path | None = None) -> dict[str, An
         "split_settings": manifest.meta.get("split"),
         "shorter_side_px": {"min": min(short), "median": median(short), "max": max(short)},
         "square_224": sum(r.width == r.height == 224 for r in manifest.records),
+        "width_height_vs_label": _shape_shortcut(manifest),
         "cached_sizes_px": prepared_sizes(manifest, cache_dir) if cache_dir is not None else [],
         "notes": manifest.meta.get("notes", []),
     }

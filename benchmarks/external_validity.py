@@ -69,6 +69,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # fifth round (issue 16): the original width/height is a class signal in train and survives the squash
     "fast-aspect-0.3": ("fast", ["data.augment.aspect=0.3"]),
     "fast-aspect-0.5": ("fast", ["data.augment.aspect=0.5"]),
+    "fast-aspect-0.3-balance": ("fast", ["data.augment.aspect=0.3", "data.augment.aspect_balance=true"]),
 }
 # Recipes that start from an encoder of `pneumolab pretrain`: (encoder run name, preset, overrides), one per seed
 # under OUT/pretrain/NAME-sSEED, shared by the recipes that name it.

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -256,3 +258,38 @@ def test_batched_aspect_stretch_changes_width_against_height_and_keeps_the_area(
     torch.manual_seed(0)
     square = _batch_preset()(x) * 0.25 + 0.5
     assert torch.equal(square[:, 0, 32].sum(1), square[:, 0, :, 32].sum(1))  # aspect 0: no stretch
+
+
+def _wide_pneumonia(tmp_path, n_norm: int = 15):
+    """A prepared dataset whose pneumonia files are 60x40 (width/height 1.5) and normal ones 48x40 (1.2)."""
+    from conftest import make_kaggle
+
+    from pneumolab.cli import main
+
+    root = make_kaggle(tmp_path / "src", n_pneu=12, n_norm=n_norm, test=False)
+    for i, f in enumerate(sorted(root.glob("*/PNEUMONIA/*.jpeg"))):
+        write_image(f, seed=1000 + i, size=(60, 40))
+    assert main(["data", "prepare", str(root), "--out", str(tmp_path / "ds"), "--size", "32"]) == 0
+    return tmp_path / "ds"
+
+
+def test_aspect_balance_widens_one_class_and_narrows_the_other_by_half_the_gap(tmp_path) -> None:
+    aug = {"rotation_deg": 0, "translate": 0, "scale": (1.0, 1.0), "brightness": 0, "contrast": 0}
+    dm = _dm(_wide_pneumonia(tmp_path), augment=AugmentConfig(**aug, batched=True, aspect_balance=True))
+    half = math.log(1.5 / 1.2) / 2  # the medians' gap, halved: 0.1116
+    torch.testing.assert_close(dm.batch_augment.aspect_offsets, torch.tensor([-half, half]))  # NORMAL, PNEUMONIA
+    x = torch.zeros(2, 1, 64, 64, dtype=torch.uint8)
+    x[:, :, 16:48, 16:48] = 255
+    out = dm.augment_batch(x, torch.tensor([0, 1]))
+    bright = out > out.mean()  # per-image normalisation: the square is what lies above the image's mean
+    ratio = bright[:, 0, 32].sum(1) / bright[:, 0, :, 32].sum(1)  # width / height of the square
+    assert ratio.tolist() == pytest.approx([math.exp(-half), math.exp(half)], abs=0.07)  # 0.89 and 1.12
+    assert torch.equal(dm.augment_batch(x)[0], dm.augment_batch(x)[1])  # no targets (SimCLR): no offset
+
+
+def test_aspect_balance_refuses_what_it_cannot_measure_or_apply(tmp_path) -> None:
+    data = _wide_pneumonia(tmp_path, n_norm=8)  # 16 normal files: too few to measure their proportions
+    with pytest.raises(InputError, match=r"needs >= 20 non-square training images per class.*'NORMAL': 1[0-9]"):
+        _dm(data, augment=AugmentConfig(batched=True, aspect_balance=True))
+    with pytest.raises(InputError, match="aspect_balance needs data.augment.batched=true"):
+        _dm(data, augment=AugmentConfig(aspect_balance=True))

@@ -10,6 +10,7 @@ join the training loader and nothing else.
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from pneumolab.data.manifest import CLASSES, Manifest
 from pneumolab.data.transforms import BatchTrainPreset, EvalPreset, Preprocessing, TrainPreset
 from pneumolab.errors import InputError, LeakageError
 
-__all__ = ["CachedImages", "ChestXrayDataModule", "train_statistics"]
+__all__ = ["CachedImages", "ChestXrayDataModule", "aspect_offsets", "train_statistics"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,30 @@ class CachedImages(Dataset):
     def __repr__(self) -> str:
         counts = Counter(self.targets)
         return f"CachedImages({len(self)}: " + ", ".join(f"{c}={counts[i]}" for i, c in enumerate(CLASSES)) + ")"
+
+
+def aspect_offsets(manifest: Manifest, indices: list[int], min_images: int = 20) -> tuple[float, ...]:
+    """Per target index, the log(width/height) stretch that moves the class's median proportions of the non-square
+    images among ``indices`` to the middle of the classes' medians (``augment.aspect_balance``).
+
+    An image squashed from a wider original shows narrower anatomy; widening that class by half the gap and
+    narrowing the other by the other half leaves the proportions without a label on average. Square files are
+    left out: a 224x224 copy may have been squashed from any shape.
+    """
+    by_class: dict[int, list[float]] = {}
+    for i in indices:
+        r = manifest.records[i]
+        if r.width != r.height:
+            by_class.setdefault(r.target, []).append(math.log(r.width / r.height))
+    counts = {CLASSES[t]: len(by_class.get(t, [])) for t in range(len(CLASSES))}
+    if min(counts.values()) < min_images:
+        raise InputError(
+            f"data.augment.aspect_balance needs >= {min_images} non-square training images per class to measure "
+            f"their proportions; found {counts}. Set it to false (data.augment.aspect still stretches at random)"
+        )
+    medians = [float(np.median(by_class[t])) for t in range(len(CLASSES))]
+    middle = sum(medians) / len(medians)
+    return tuple(m - middle for m in medians)
 
 
 def train_statistics(images: np.ndarray, indices: list[int], chunk: int = 512) -> tuple[float, float]:
@@ -120,8 +145,11 @@ class ChestXrayDataModule(L.LightningDataModule):
             ]
             train_parts.append(CachedImages(images, extra, [manifest.records[i].target for i in extra], None))
         norm = {"mean": self.mean, "std": self.std, "normalization": cfg.normalization}
+        if cfg.augment.aspect_balance and not cfg.augment.batched:
+            raise InputError("data.augment.aspect_balance needs data.augment.batched=true (it reads each batch's labels)")
         if cfg.augment.batched:  # raw uint8 out of the loader; augment_batch() does the rest
-            self.batch_augment = BatchTrainPreset(**norm, augment=cfg.augment)
+            offsets = aspect_offsets(manifest, train_idx) if cfg.augment.aspect_balance else None
+            self.batch_augment = BatchTrainPreset(**norm, augment=cfg.augment, aspect_offsets=offsets)
             train_tf: Any = torch.nn.Identity()
         else:
             train_tf = TrainPreset(**norm, augment=cfg.augment)
@@ -151,17 +179,18 @@ class ChestXrayDataModule(L.LightningDataModule):
         images = load_cache(syn, self.config.image_size, Path(syn_dir) / "cache")
         return CachedImages(images, list(range(len(syn))), [r.target for r in syn.records], None)
 
-    def augment_batch(self, x: torch.Tensor) -> torch.Tensor:
-        """Augment and normalise a raw training batch ``(B, 1, S, S) uint8`` (``augment.batched`` only)."""
+    def augment_batch(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Augment and normalise a raw training batch ``(B, 1, S, S) uint8`` (``augment.batched`` only);
+        ``y`` (B,): its targets, for ``augment.aspect_balance`` (None: no per-class offset)."""
         if self.batch_augment is None:
             raise RuntimeError("augment_batch() needs data.augment.batched=true and setup() first")
-        return self.batch_augment(x)
+        return self.batch_augment(x, y)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Only the batched training loader yields uint8 images (val/test come normalised, latents are float).
         x, *rest = batch
         if self.batch_augment is not None and x.dtype == torch.uint8:
-            return [self.augment_batch(x), *rest]
+            return [self.augment_batch(x, rest[0] if rest else None), *rest]
         return batch
 
     @property

@@ -140,20 +140,31 @@ class BatchTrainPreset(torch.nn.Module):
     :class:`TrainPreset` runs it in the loader on a batch of one.
     """
 
-    def __init__(self, *, mean: float, std: float, normalization: str = "dataset", augment: AugmentConfig) -> None:
+    def __init__(
+        self,
+        *,
+        mean: float,
+        std: float,
+        normalization: str = "dataset",
+        augment: AugmentConfig,
+        aspect_offsets: tuple[float, ...] | None = None,
+    ) -> None:
         super().__init__()
         self.augment = augment
         self.eval = EvalPreset(mean=mean, std=std, normalization=normalization)
+        # log(width/height) added to the stretch of each class (by target index): ``augment.aspect_balance``
+        self.aspect_offsets = None if aspect_offsets is None else torch.tensor(aspect_offsets)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) uint8 -> (B, 1, H, W) float
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` (B, 1, H, W) uint8 -> (B, 1, H, W) float; ``y`` (B,) targets, read only for the aspect offsets."""
         if self.eval.equalize:
             x = v2.functional.equalize(x)
         x = x.float().div_(255)
         if self.augment.enabled:
-            x = self._augment(x)
+            x = self._augment(x, y)
         return self.eval.normalize(x)
 
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+    def _augment(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         a, (b, _, _, side) = self.augment, x.shape
 
         def uniform(lo: float, hi: float) -> torch.Tensor:  # (B,) on x's device
@@ -166,7 +177,10 @@ class BatchTrainPreset(torch.nn.Module):
         shift = torch.stack([uniform(-a.translate, a.translate), uniform(-a.translate, a.translate)], 1) * 2  # (B, 2)
         # The stretch acts along the image axes (where the squash to a square did), before the rotation; drawn
         # only when asked, so that recipes without it keep their random stream.
-        stretch = (uniform(-a.aspect, a.aspect) / 2).exp() if a.aspect else torch.ones_like(scale)  # (B,) x/y^(1/2)
+        log_stretch = uniform(-a.aspect, a.aspect) if a.aspect else torch.zeros_like(scale)  # (B,) log(x/y)
+        if self.aspect_offsets is not None and y is not None:
+            log_stretch = log_stretch + self.aspect_offsets.to(x.device)[y]
+        stretch = (log_stretch / 2).exp()  # x scaled by it, y by its inverse: the area is kept
         sx, sy = scale * stretch, scale / stretch
         cos, sin = torch.cos(angle), torch.sin(angle)
         inv = torch.stack([torch.stack([cos / sx, sin / sx], 1), torch.stack([-sin / sy, cos / sy], 1)], 1)  # (R S)^-1

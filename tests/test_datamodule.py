@@ -291,5 +291,5 @@ def test_aspect_balance_refuses_what_it_cannot_measure_or_apply(tmp_path) -> Non
     data = _wide_pneumonia(tmp_path, n_norm=8)  # 16 normal files: too few to measure their proportions
     with pytest.raises(InputError, match=r"needs >= 20 non-square training images per class.*'NORMAL': 1[0-9]"):
         _dm(data, augment=AugmentConfig(batched=True, aspect_balance=True))
-    with pytest.raises(InputError, match="aspect_balance needs data.augment.batched=true"):
+    with pytest.raises(InputError, match=r"aspect_balance needs data\.augment\.batched=true"):
         _dm(data, augment=AugmentConfig(aspect_balance=True))

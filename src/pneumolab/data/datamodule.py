@@ -146,7 +146,7 @@ class ChestXrayDataModule(L.LightningDataModule):
             train_parts.append(CachedImages(images, extra, [manifest.records[i].target for i in extra], None))
         norm = {"mean": self.mean, "std": self.std, "normalization": cfg.normalization}
         if cfg.augment.aspect_balance and not cfg.augment.batched:
-            raise InputError("data.augment.aspect_balance needs data.augment.batched=true (it reads the batch's labels)")
+            raise InputError("data.augment.aspect_balance needs data.augment.batched=true: it reads the labels")
         if cfg.augment.batched:  # raw uint8 out of the loader; augment_batch() does the rest
             offsets = aspect_offsets(manifest, train_idx) if cfg.augment.aspect_balance else None
             self.batch_augment = BatchTrainPreset(**norm, augment=cfg.augment, aspect_offsets=offsets)

@@ -70,6 +70,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-aspect-0.3": ("fast", ["data.augment.aspect=0.3"]),
     "fast-aspect-0.5": ("fast", ["data.augment.aspect=0.5"]),
     "fast-aspect-0.3-balance": ("fast", ["data.augment.aspect=0.3", "data.augment.aspect_balance=true"]),
+    "fast-aspect-simclr": ("fast", ["data.augment.aspect=0.5", "optim.lr=1e-3"]),  # encoder views stretched too
 }
 # Recipes that start from an encoder of `pneumolab pretrain`: (encoder run name, preset, overrides), one per seed
 # under OUT/pretrain/NAME-sSEED, shared by the recipes that name it.
@@ -78,6 +79,7 @@ PRETRAIN: dict[str, tuple[str, str, list[str]]] = {
     "fast-simclr": SIMCLR,
     "fast-simclr-lr1e-3": SIMCLR,
     "fast-simclr-lr3e-4": SIMCLR,
+    "fast-aspect-simclr": ("fast-simclr-aspect", "pretrain/simclr", ["data.augment.aspect=0.5"]),
 }
 KEYS = ("auroc", "sensitivity", "specificity", "accuracy", "balanced_accuracy", "ece")
 

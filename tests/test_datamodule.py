@@ -1,4 +1,6 @@
+import logging
 import math
+import re
 
 import numpy as np
 import pytest
@@ -287,9 +289,14 @@ def test_aspect_balance_widens_one_class_and_narrows_the_other_by_half_the_gap(t
     assert torch.equal(dm.augment_batch(x)[0], dm.augment_batch(x)[1])  # no targets (SimCLR): no offset
 
 
-def test_aspect_balance_refuses_what_it_cannot_measure_or_apply(tmp_path) -> None:
+def test_aspect_balance_says_when_it_cannot_measure_and_refuses_what_it_cannot_apply(
+    tmp_path, caplog, monkeypatch
+) -> None:
     data = _wide_pneumonia(tmp_path, n_norm=8)  # 16 normal files: too few to measure their proportions
-    with pytest.raises(InputError, match=r"needs >= 20 non-square training images per class.*'NORMAL': 1[0-9]"):
-        _dm(data, augment=AugmentConfig(batched=True, aspect_balance=True))
+    monkeypatch.setattr(logging.getLogger("pneumolab"), "propagate", True)  # the CLI's own handler stops it
+    with caplog.at_level(logging.INFO, logger="pneumolab"):
+        dm = _dm(data, augment=AugmentConfig(batched=True, aspect=0.3, aspect_balance=True))
+    assert dm.batch_augment.aspect_offsets is None  # the random stretch alone
+    assert re.search(r"aspect balance off: it needs >= 20 non-square .*'NORMAL': 1[0-9]", caplog.text)
     with pytest.raises(InputError, match=r"aspect_balance needs data\.augment\.batched=true"):
         _dm(data, augment=AugmentConfig(aspect_balance=True))

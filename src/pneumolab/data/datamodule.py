@@ -51,28 +51,38 @@ class CachedImages(Dataset):
         return f"CachedImages({len(self)}: " + ", ".join(f"{c}={counts[i]}" for i, c in enumerate(CLASSES)) + ")"
 
 
-def aspect_offsets(manifest: Manifest, indices: list[int], min_images: int = 20) -> tuple[float, ...]:
+def aspect_offsets(manifest: Manifest, indices: list[int], min_images: int = 20) -> tuple[float, ...] | None:
     """Per target index, the log(width/height) stretch that moves the class's median proportions of the non-square
-    images among ``indices`` to the middle of the classes' medians (``augment.aspect_balance``).
+    images among ``indices`` to the middle of the classes' medians (``augment.aspect_balance``); None, with a
+    warning, when a class has fewer than ``min_images`` of them (the random stretch then works alone).
 
     An image squashed from a wider original shows narrower anatomy; widening that class by half the gap and
     narrowing the other by the other half leaves the proportions without a label on average. Square files are
     left out: a 224x224 copy may have been squashed from any shape.
     """
-    by_class: dict[int, list[float]] = {}
+    by_class: dict[int, list[float]] = {t: [] for t in range(len(CLASSES))}
     for i in indices:
         r = manifest.records[i]
         if r.width != r.height:
-            by_class.setdefault(r.target, []).append(math.log(r.width / r.height))
-    counts = {CLASSES[t]: len(by_class.get(t, [])) for t in range(len(CLASSES))}
+            by_class[r.target].append(math.log(r.width / r.height))
+    counts = {CLASSES[t]: len(v) for t, v in by_class.items()}
     if min(counts.values()) < min_images:
-        raise InputError(
-            f"data.augment.aspect_balance needs >= {min_images} non-square training images per class to measure "
-            f"their proportions; found {counts}. Set it to false (data.augment.aspect still stretches at random)"
+        log.warning(
+            "aspect balance off: it needs >= %d non-square training images per class to measure their proportions, "
+            "found %s; the images are stretched at random only (data.augment.aspect)",
+            min_images,
+            counts,
         )
-    medians = [float(np.median(by_class[t])) for t in range(len(CLASSES))]
+        return None
+    medians = [float(np.median(v)) for v in by_class.values()]
     middle = sum(medians) / len(medians)
-    return tuple(m - middle for m in medians)
+    offsets = tuple(m - middle for m in medians)
+    log.info(
+        "aspect balance: median width/height %s in train; stretched by %s",
+        ", ".join(f"{c} {math.exp(m):.2f}" for c, m in zip(CLASSES, medians, strict=True)),
+        ", ".join(f"{c} x{math.exp(o):.2f}" for c, o in zip(CLASSES, offsets, strict=True)),
+    )
+    return offsets
 
 
 def train_statistics(images: np.ndarray, indices: list[int], chunk: int = 512) -> tuple[float, float]:

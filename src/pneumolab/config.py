@@ -60,7 +60,7 @@ class AugmentConfig(StrictModel):
     scale: tuple[float, float] = (0.95, 1.05)
     # > 0: each image is stretched horizontally against vertically by exp(U(-aspect, aspect)), area kept. Images
     # squashed to a square carry their original width/height in the anatomy's proportions, and in Kermany's train
-    # that ratio alone separates the classes (AUROC 0.88 on the originals): the model must not read it.
+    # that ratio alone separates the classes (docs/BENCHMARKS.md, issue 16): the model must not read it.
     aspect: float = Field(0.0, ge=0, le=1)
     # true: the stretch of each class is centred on the ratio that gives both classes the same median width/height
     # in train (measured on the non-square training images; `pneumolab data summary` shows how well it separates

@@ -13,7 +13,7 @@ from pneumolab.data.manifest import CLASSES, SPLITS, Manifest
 __all__ = ["SHAPE_SHORTCUT_MARGIN", "summarize"]
 
 # |AUROC - 0.5| of width/height against the label from which the summary warns: a network reads the original
-# proportions off a squashed image (docs/BENCHMARKS.md, issue 16: R^2 0.83 at 64 px), so this is a shortcut.
+# proportions off a squashed image (docs/BENCHMARKS.md, issue 16), so this is a shortcut.
 SHAPE_SHORTCUT_MARGIN = 0.15
 
 

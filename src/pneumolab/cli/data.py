@@ -53,7 +53,7 @@ def _echo_summary(summary: dict) -> None:
         if abs(shape["auroc"] - 0.5) >= SHAPE_SHORTCUT_MARGIN:
             typer.echo(
                 "  warning: the images' proportions alone tell the classes apart, and a network reads them from "
-                "a resized image too; train with a random stretch (data.augment.aspect, 0.3 in the fast recipe)"
+                "a resized image too; train with a random stretch (data.augment.aspect; the fast recipe does)"
             )
     cached = summary["cached_sizes_px"]
     typer.echo(f"  cached sizes: {', '.join(f'{s} px' for s in cached) or 'none (pneumolab data cache DIR --size N)'}")

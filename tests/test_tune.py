@@ -11,6 +11,7 @@ import pytest
 from pneumolab.cli import main
 from pneumolab.config import TrainConfig, load_config
 from pneumolab.errors import InputError
+from pneumolab.evaluation.robustness import SHIFTS
 from pneumolab.tuning.search import load_tune_config, run_study, write_best
 
 
@@ -89,11 +90,12 @@ def test_robustness_objective_scores_each_trial_under_the_shifts(sample_data, tm
     best = load_config(TrainConfig, write_best(study, cfg, tmp_path / "best.yaml", sample_data))
     assert best.trainer.monitor == "val/auroc"  # robustness has no per-epoch value: checkpoints still by AUROC
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    n_sets = 3 * len(SHIFTS)  # every shift at three severities
     for t in study.trials:
         r = json.loads((Path(t.user_attrs["run_dir"]) / "robustness" / "robustness.json").read_text())
         rows = [row for rows in r["shifts"].values() for row in rows]
-        assert r["split"] == "val" and len(rows) == 30
-        assert t.value == pytest.approx(sum(row["balanced_accuracy"] for row in rows) / 30)
+        assert r["split"] == "val" and len(rows) == n_sets == 33
+        assert t.value == pytest.approx(sum(row["balanced_accuracy"] for row in rows) / n_sets)
 
 
 @pytest.mark.parametrize(

@@ -76,6 +76,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-aspect-0.3-balance": ("fast", ["data.augment.aspect=0.3", "data.augment.aspect_balance=true"]),
     "fast-aspect-0.5-balance": ("fast", ["data.augment.aspect=0.5", "data.augment.aspect_balance=true"]),
     "fast-aspect-0.5-16ep": ("fast", ["data.augment.aspect=0.5", "trainer.max_epochs=16"]),
+    "fast-aspect-0.7": ("fast", ["data.augment.aspect=0.7"]),
     "fast-aspect-simclr": ("fast", ["data.augment.aspect=0.5", "optim.lr=1e-3"]),  # encoder views stretched too
 }
 # Recipes that start from an encoder of `pneumolab pretrain`: (encoder run name, preset, overrides), one per seed

@@ -23,6 +23,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomS
 from pneumolab.config import DataConfig
 from pneumolab.data.cache import load_cache
 from pneumolab.data.manifest import CLASSES, Manifest
+from pneumolab.data.summary import MIN_SHAPED_PER_CLASS, log_proportions
 from pneumolab.data.transforms import BatchTrainPreset, EvalPreset, Preprocessing, TrainPreset
 from pneumolab.errors import InputError, LeakageError
 
@@ -51,26 +52,21 @@ class CachedImages(Dataset):
         return f"CachedImages({len(self)}: " + ", ".join(f"{c}={counts[i]}" for i, c in enumerate(CLASSES)) + ")"
 
 
-def aspect_offsets(manifest: Manifest, indices: list[int], min_images: int = 20) -> tuple[float, ...] | None:
+def aspect_offsets(manifest: Manifest, indices: list[int]) -> tuple[float, ...] | None:
     """Per target index, the log(width/height) stretch that moves the class's median proportions of the non-square
     images among ``indices`` to the middle of the classes' medians (``augment.aspect_balance``); None, with a
-    warning, when a class has fewer than ``min_images`` of them (the random stretch then works alone).
+    warning, when a class has too few of them to measure (the random stretch then works alone).
 
     An image squashed from a wider original shows narrower anatomy; widening that class by half the gap and
-    narrowing the other by the other half leaves the proportions without a label on average. Square files are
-    left out: a 224x224 copy may have been squashed from any shape.
+    narrowing the other by the other half leaves the proportions without a label on average.
     """
-    by_class: dict[int, list[float]] = {t: [] for t in range(len(CLASSES))}
-    for i in indices:
-        r = manifest.records[i]
-        if r.width != r.height:
-            by_class[r.target].append(math.log(r.width / r.height))
+    by_class = log_proportions(manifest.records[i] for i in indices)
     counts = {CLASSES[t]: len(v) for t, v in by_class.items()}
-    if min(counts.values()) < min_images:
+    if min(counts.values()) < MIN_SHAPED_PER_CLASS:
         log.warning(
             "aspect balance off: it needs >= %d non-square training images per class to measure their proportions, "
             "found %s; the images are stretched at random only (data.augment.aspect)",
-            min_images,
+            MIN_SHAPED_PER_CLASS,
             counts,
         )
         return None

@@ -2,31 +2,45 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from statistics import median
 from typing import Any
 
 from pneumolab.data.cache import prepared_sizes
-from pneumolab.data.manifest import CLASSES, SPLITS, Manifest
+from pneumolab.data.manifest import CLASSES, SPLITS, Manifest, Record
 
-__all__ = ["SHAPE_SHORTCUT_MARGIN", "summarize"]
+__all__ = ["MIN_SHAPED_PER_CLASS", "SHAPE_SHORTCUT_MARGIN", "log_proportions", "summarize"]
 
 # |AUROC - 0.5| of width/height against the label from which the summary warns: a network reads the original
 # proportions off a squashed image (docs/BENCHMARKS.md, issue 16), so this is a shortcut.
 SHAPE_SHORTCUT_MARGIN = 0.15
+MIN_SHAPED_PER_CLASS = 20  # fewer non-square images in a class: its proportions are not measured
+
+
+def log_proportions(records: Iterable[Record]) -> dict[int, list[float]]:
+    """log(width/height) of the non-square images, per target index (a square file may be a copy squashed from
+    any shape, so it says nothing of the original's)."""
+    by_class: dict[int, list[float]] = {t: [] for t in range(len(CLASSES))}
+    for r in records:
+        if r.width != r.height:
+            by_class[r.target].append(math.log(r.width / r.height))
+    return by_class
 
 
 def _shape_shortcut(manifest: Manifest) -> dict[str, Any] | None:
-    """AUROC of width/height alone for PNEUMONIA vs NORMAL over the real non-test images that are not square
-    (a square file may be a copy squashed from any shape), or None with fewer than 20 of either class."""
+    """AUROC of width/height alone for PNEUMONIA vs NORMAL over the real non-test images that are not square,
+    or None with fewer than :data:`MIN_SHAPED_PER_CLASS` of either class."""
     from sklearn.metrics import roc_auc_score
 
-    rows = [r for r in manifest.records if r.split != "test" and r.source == "real" and r.width != r.height]
-    y = [r.label == "PNEUMONIA" for r in rows]
-    if min(sum(y), len(y) - sum(y)) < 20:
+    by_class = log_proportions(r for r in manifest.records if r.split != "test" and r.source == "real")
+    if min(map(len, by_class.values())) < MIN_SHAPED_PER_CLASS:
         return None
-    return {"images": len(rows), "auroc": round(float(roc_auc_score(y, [r.width / r.height for r in rows])), 3)}
+    y = [t for t, v in by_class.items() for _ in v]
+    score = [x for v in by_class.values() for x in v]
+    return {"images": len(y), "auroc": round(float(roc_auc_score(y, score)), 3)}
 
 
 def summarize(manifest: Manifest, cache_dir: Path | None = None) -> dict[str, Any]:

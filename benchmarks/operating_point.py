@@ -37,7 +37,7 @@ def score(run: Path, policies: list[str]) -> dict[str, dict[str, float]]:
     rows = val.indices("val")
     logits = read_val_logits(run / "val_logits.npz", val)
     val_prob = OperatingPoint.from_meta(meta).probability(torch.from_numpy(logits)).double().numpy()
-    val_y = np.array([val.records[i].target for i in rows])
+    val_y = np.tile([val.records[i].target for i in rows], len(logits) // len(rows))  # (views *) N
     with open(run / "eval" / "external" / "predictions.csv", newline="") as f:
         ext = list(csv.DictReader(f))
     prob = np.array([float(r["probability"]) for r in ext])

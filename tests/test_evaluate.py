@@ -39,6 +39,56 @@ def test_training_stores_a_validation_operating_point(two_runs, sample_data) -> 
     assert "not a diagnostic device" in card and "pediatric" in card
 
 
+def test_view_logits_are_seeded_leave_the_random_stream_alone_and_reduce_to_plain_logits(two_runs, sample_data) -> None:
+    from pneumolab.config import AugmentConfig
+    from pneumolab.data.cache import load_cache
+    from pneumolab.evaluation.predict import view_logits
+
+    model, meta = load_model_file(two_runs[0] / "model.pt")
+    manifest, pre = Manifest.load(sample_data), Preprocessing.from_meta(meta)
+    val = manifest.indices("val")
+    images = load_cache(manifest, pre.image_size, sample_data / "cache")
+    plain = predict_logits(model, pre, manifest, val, sample_data / "cache")
+    # no augmentation: every view is the image as it is
+    same = view_logits(model, pre, images, val, AugmentConfig(enabled=False), 2)
+    np.testing.assert_allclose(same, np.concatenate([plain, plain]), atol=1e-5)
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    strong = AugmentConfig(rotation_deg=10, scale=(0.8, 1.2), aspect=0.5, border_erase=0.2, brightness=0.4)
+    views = view_logits(model, pre, images, val, strong, 3)
+    assert torch.equal(torch.rand(3), expected_next)  # the caller's random stream did not move
+    assert views.shape == (3 * len(val), 2)
+    np.testing.assert_array_equal(views, view_logits(model, pre, images, val, strong, 3))  # seeded
+    assert not np.allclose(views[: len(val)], plain, atol=1e-3)  # the views are augmented
+    assert not np.allclose(views[: len(val)], views[len(val) : 2 * len(val)], atol=1e-3)  # each drawn anew
+
+
+def test_an_operating_point_fitted_on_augmented_validation_views(sample_data, tmp_path) -> None:
+    from pneumolab.evaluation.calibration import apply_temperature, fit_temperature
+    from pneumolab.evaluation.thresholds import choose_threshold
+
+    extra = ("calibration_views=3", "threshold_policy=sensitivity>=0.9", "data.augment.aspect=0.4")
+    assert main(tiny_train_args(sample_data, tmp_path, *extra)) == 0
+    run = tmp_path / "cnn_base"
+    _, meta = load_model_file(run / "model.pt")
+    manifest = Manifest.load(sample_data)
+    val = manifest.indices("val")
+    kept = read_val_logits(RunDir(run).val_logits, manifest)
+    assert kept.shape == (3 * len(val), 2) and meta["operating_point"]["views"] == 3
+    y = torch.tensor([manifest.records[i].target for i in val] * 3)
+    temperature = fit_temperature(torch.from_numpy(kept), y)
+    assert meta["temperature"] == pytest.approx(temperature)
+    prob = apply_temperature(torch.from_numpy(kept), temperature).numpy()
+    assert meta["threshold"] == pytest.approx(choose_threshold(prob, y.numpy(), "sensitivity>=0.9")["threshold"])
+    assert "3 copies of each validation image under the training augmentation" in (run / "MODEL_CARD.md").read_text()
+    # `evaluate --policy` re-chooses on the same views: from the kept logits, or predicting them again
+    first = evaluate(run, sample_data, out=tmp_path / "a", policy="youden", n_boot=50)["alternative_threshold"]
+    RunDir(run).val_logits.unlink()
+    again = evaluate(run, sample_data, out=tmp_path / "b", policy="youden", n_boot=50)["alternative_threshold"]
+    assert again["value"] == pytest.approx(first["value"], abs=1e-6)
+
+
 def test_evaluate_writes_predictions_metrics_plots_and_keeps_the_threshold(
     two_runs, sample_data, tmp_path, capsys, monkeypatch
 ) -> None:

@@ -167,6 +167,10 @@ class TrainConfig(StrictModel):
     model: ModelConfig = ModelConfig()
     data: DataConfig
     threshold_policy: str = "youden"  # operating point chosen on validation: youden, sensitivity>=0.95, ...
+    # > 0: the temperature and the threshold are fitted on this many copies of each validation image under the
+    # training augmentation (`data.augment`, drawn with a fixed seed), not on the images as they are: a saturated
+    # validation split puts both where a shifted site's images are not (docs/BENCHMARKS.md, sixth round)
+    calibration_views: int = Field(0, ge=0, le=64)
     latent: Path | None = None  # an autoencoder run: train on its codes instead of pixels
     optim: OptimConfig = OptimConfig()
     trainer: TrainerConfig = TrainerConfig()

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pneumolab.config import AugmentConfig
 from pneumolab.data.index import as_dataset
 from pneumolab.data.manifest import CLASSES, Manifest
 from pneumolab.data.transforms import Preprocessing
@@ -25,7 +26,7 @@ from pneumolab.evaluation import plots
 from pneumolab.evaluation.calibration import OperatingPoint
 from pneumolab.evaluation.metrics import compute_metrics, metrics_with_ci
 from pneumolab.evaluation.model_card import write_model_card
-from pneumolab.evaluation.predict import predict_logits, read_val_logits
+from pneumolab.evaluation.predict import predict_logits, read_val_logits, validation_logits
 from pneumolab.evaluation.thresholds import choose_threshold
 from pneumolab.io import atomic_write_json, atomic_write_text, is_fresh
 from pneumolab.models.checkpoint import load_model_file, resolve_model_file
@@ -128,13 +129,16 @@ def _policy_on_validation(model_file, model, meta, policy, n_boot, seed, prob, y
     val_rows = val_manifest.indices("val")
     run = RunDir.of(model_file)
     # The run's own validation logits when they belong to this very model file (a calibrated or adapted copy
-    # lives in another folder and has none); otherwise predict validation now.
+    # lives in another folder and has none); otherwise predict validation now, with the views the run used.
     kept = read_val_logits(run.val_logits, val_manifest) if is_fresh(run.val_logits, model_file) else None
-    if kept is not None:
-        val_prob = OperatingPoint.from_meta(meta).probability(torch.from_numpy(kept)).double().numpy()
-    else:
-        _, val_prob = _probabilities(model, meta, val_manifest, val_rows, val_dir)
-    op = choose_threshold(val_prob, np.array([val_manifest.records[i].target for i in val_rows]), policy)
+    if kept is None:
+        views = int(meta["config"].get("calibration_views", 0))
+        augment = AugmentConfig.model_validate(meta["config"]["data"]["augment"]) if views else None
+        pre = Preprocessing.from_meta(meta)
+        kept = validation_logits(model, pre, val_manifest, val_rows, val_dir / "cache", augment=augment, views=views)
+    val_prob = OperatingPoint.from_meta(meta).probability(torch.from_numpy(kept)).double().numpy()
+    y_val = np.tile([val_manifest.records[i].target for i in val_rows], len(kept) // max(len(val_rows), 1))
+    op = choose_threshold(val_prob, y_val, policy)
     return {
         "policy": policy,
         "value": op["threshold"],

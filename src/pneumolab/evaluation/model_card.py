@@ -22,6 +22,8 @@ def render_model_card(meta: dict[str, Any], evaluations: list[dict[str, Any]]) -
     cfg, pre = meta["config"], meta["preprocessing"]
     op = meta.get("operating_point", {})
     where = "a labeled site sample (see below)" if op.get("split") == "site" else "the validation split"
+    if op.get("split") == "val" and op.get("views"):
+        where = f"{op['views']} copies of each validation image under the training augmentation"
     cal = meta.get("calibration", {})
     lines = [
         f"# Model card: {cfg['name']} ({meta['model_name']})",

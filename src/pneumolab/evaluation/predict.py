@@ -11,13 +11,22 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from pneumolab.config import AugmentConfig
 from pneumolab.data.cache import load_cache
 from pneumolab.data.datamodule import CachedImages
 from pneumolab.data.manifest import Manifest
-from pneumolab.data.transforms import Preprocessing
+from pneumolab.data.transforms import BatchTrainPreset, Preprocessing
 from pneumolab.io import atomic_path
 
-__all__ = ["batched_logits", "pixel_logits", "predict_logits", "read_val_logits", "write_val_logits"]
+__all__ = [
+    "batched_logits",
+    "pixel_logits",
+    "predict_logits",
+    "read_val_logits",
+    "validation_logits",
+    "view_logits",
+    "write_val_logits",
+]
 
 
 @torch.no_grad()
@@ -53,6 +62,49 @@ def pixel_logits(
 
 
 @torch.no_grad()
+def view_logits(
+    model: nn.Module,
+    preprocessing: Preprocessing,
+    images: np.ndarray,
+    indices: list[int],
+    augment: AugmentConfig,
+    views: int,
+    *,
+    seed: int = 0,
+    batch_size: int = 128,
+) -> np.ndarray:
+    """Logits ``(views * N, C)`` of ``views`` copies of rows ``indices`` of ``(M, S, S) uint8`` images, each copy
+    drawn anew from ``augment`` (the training policy, without per-class offsets); row ``v * N + i`` is view ``v``
+    of image ``i``. Seeded, without touching the global random stream: the same numbers on every call."""
+    pre = preprocessing
+    aug = BatchTrainPreset(mean=pre.mean, std=pre.std, normalization=pre.normalization, augment=augment)
+    x = torch.from_numpy(np.array(images[indices]))[:, None]  # (N, 1, S, S) uint8, a writable copy
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return batched_logits(model, (aug(b) for _ in range(views) for b in x.split(batch_size))).numpy()
+
+
+def validation_logits(
+    model: nn.Module,
+    preprocessing: Preprocessing,
+    manifest: Manifest,
+    indices: list[int],
+    cache_dir: Any,
+    *,
+    augment: AugmentConfig | None = None,
+    views: int = 0,
+) -> np.ndarray:
+    """The logits an operating point is fitted on: ``(N, C)`` of the images as they are (``views == 0``), or
+    ``(views * N, C)`` of :func:`view_logits` under ``augment`` (``calibration_views`` of the training config)."""
+    if not views:
+        return predict_logits(model, preprocessing, manifest, indices, cache_dir)
+    if augment is None:
+        raise ValueError("views > 0 needs the augmentation policy they are drawn from")
+    images = load_cache(manifest, preprocessing.image_size, cache_dir)
+    return view_logits(model, preprocessing, images, indices, augment, views)
+
+
+@torch.no_grad()
 def batched_logits(model: nn.Module, batches: Iterable[torch.Tensor]) -> torch.Tensor:
     """fp32 logits ``(N, C)`` of ``model`` (put in eval mode) over preprocessed batches ``(B, 1, S, S)``.
 
@@ -64,8 +116,9 @@ def batched_logits(model: nn.Module, batches: Iterable[torch.Tensor]) -> torch.T
 
 
 def write_val_logits(path: Path, manifest: Manifest, logits: np.ndarray) -> None:
-    """Keep a model's validation logits ``(N, 2)`` beside it with the manifest rows they belong to, so later
-    stages (``evaluate --policy``) read them instead of predicting validation again."""
+    """Keep a model's validation logits (``(N, 2)``, or ``(views * N, 2)``: :func:`validation_logits`) beside it
+    with the manifest they belong to, so later stages (``evaluate --policy``) read them instead of predicting
+    validation again."""
     with atomic_path(path, suffix=".npz") as tmp, tmp.open("wb") as f:
         np.savez(f, logits=logits.astype(np.float32), manifest=manifest.content_hash())
 

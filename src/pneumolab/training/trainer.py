@@ -39,7 +39,7 @@ from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import apply_temperature, fit_temperature
 from pneumolab.evaluation.metrics import compute_metrics
 from pneumolab.evaluation.model_card import write_model_card
-from pneumolab.evaluation.predict import predict_logits, write_val_logits
+from pneumolab.evaluation.predict import validation_logits, write_val_logits
 from pneumolab.evaluation.thresholds import choose_threshold
 from pneumolab.inference.guard import fit_model_guard
 from pneumolab.io import atomic_path, atomic_write_json, atomic_write_text
@@ -337,12 +337,15 @@ def _slim_checkpoint(path: Path) -> None:
 def _operating_point(
     net: torch.nn.Module, preprocessing: Preprocessing, cfg: TrainConfig
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """Fit temperature scaling and choose the decision threshold, both on the validation split only;
-    ``net`` takes pixels. Also returns the validation logits ``(N, 2)`` they came from."""
+    """Fit temperature scaling and choose the decision threshold, both on the validation split only (its images,
+    or ``calibration_views`` augmented copies of each); ``net`` takes pixels. Also returns the validation logits
+    ``(N, 2)`` or ``(views * N, 2)`` they came from."""
     manifest = Manifest.load(cfg.data.data_dir)
-    val = manifest.indices("val")
-    logits = predict_logits(net, preprocessing, manifest, val, cfg.data.data_dir / "cache")  # (N, 2)
-    y = np.array([manifest.records[i].target for i in val])
+    val, views = manifest.indices("val"), cfg.calibration_views
+    logits = validation_logits(
+        net, preprocessing, manifest, val, cfg.data.data_dir / "cache", augment=cfg.data.augment, views=views
+    )
+    y = np.tile([manifest.records[i].target for i in val], max(views, 1))
     temperature = fit_temperature(torch.from_numpy(logits), torch.from_numpy(y))
     raw = torch.from_numpy(logits).softmax(1)[:, 1].numpy()
     calibrated = apply_temperature(torch.from_numpy(logits), temperature).numpy()
@@ -351,11 +354,17 @@ def _operating_point(
         "temperature": temperature,
         "threshold": op["threshold"],
         "threshold_policy": cfg.threshold_policy,
-        "operating_point": {"split": "val", "sensitivity": op["sensitivity"], "specificity": op["specificity"]},
+        "operating_point": {
+            "split": "val",
+            "views": views,
+            "sensitivity": op["sensitivity"],
+            "specificity": op["specificity"],
+        },
         # The prior `pneumolab adapt` shifts from: what the calibrated probabilities average to on validation.
         "class_prior": {"split": "val", "prevalence": float(y.mean()), "mean_probability": float(calibrated.mean())},
         "calibration": {
             "split": "val",
+            "views": views,
             "ece_before": compute_metrics(raw, y)["ece"],
             "ece_after": compute_metrics(calibrated, y)["ece"],
         },

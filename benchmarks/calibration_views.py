@@ -1,0 +1,84 @@
+"""The operating point fitted on augmented validation views vs on the validation images, scored on an external set.
+
+Usage::
+
+    python benchmarks/calibration_views.py --external runs/external/external_data runs/external/runs/fast-s* \
+        [--views 0 1 8] [--policies "sensitivity>=0.95" "sensitivity>=0.9"] [--out runs/calibration_views]
+
+For finished runs (no training): for each number of views K (0: the validation images as they are; K > 0: K
+copies of each under the run's own training augmentation, ``calibration_views=K``), the temperature is fitted
+and the threshold chosen on those validation logits only, then sensitivity, specificity, accuracy and ECE are
+measured on the external set at them. Nothing is chosen on the external set: the values of K are compared there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pneumolab.config import load_run_config
+from pneumolab.data.manifest import Manifest
+from pneumolab.data.transforms import Preprocessing
+from pneumolab.evaluation.calibration import apply_temperature, fit_temperature
+from pneumolab.evaluation.metrics import compute_metrics
+from pneumolab.evaluation.predict import predict_logits, validation_logits
+from pneumolab.evaluation.thresholds import choose_threshold
+from pneumolab.models.checkpoint import load_model_file
+
+KEYS = ("sensitivity", "specificity", "accuracy", "ece")
+
+
+def score(run: Path, external: Path, views: list[int], policies: list[str]) -> dict[str, dict[str, float]]:
+    """``{"K=.. policy": {temperature, threshold, sensitivity, specificity, accuracy, ece}}`` on the external set."""
+    model, meta = load_model_file(run / "model.pt")
+    cfg, pre = load_run_config(run), Preprocessing.from_meta(meta)
+    data = cfg.data.data_dir
+    manifest, ext = Manifest.load(data), Manifest.load(external)
+    val, ext_rows = manifest.indices("val"), ext.indices("test")
+    ext_logits = torch.from_numpy(predict_logits(model, pre, ext, ext_rows, external / "cache"))
+    ext_y = np.array([ext.records[i].target for i in ext_rows])
+    out = {}
+    for k in views:
+        logits = validation_logits(model, pre, manifest, val, data / "cache", augment=cfg.data.augment, views=k)
+        y = np.tile([manifest.records[i].target for i in val], max(k, 1))
+        t = fit_temperature(torch.from_numpy(logits), torch.from_numpy(y))
+        val_prob = apply_temperature(torch.from_numpy(logits), t).numpy()
+        ext_prob = apply_temperature(ext_logits, t).numpy()
+        for policy in policies:
+            thr = choose_threshold(val_prob, y, policy)["threshold"]
+            m = compute_metrics(ext_prob, ext_y, thr)
+            out[f"K={k} {policy}"] = {"temperature": t, "threshold": thr, **{key: m[key] for key in KEYS}}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--external", type=Path, required=True, help="an indexed external set (its test split)")
+    ap.add_argument("--views", nargs="+", type=int, default=[0, 1, 8])
+    ap.add_argument("--policies", nargs="+", default=["sensitivity>=0.95", "sensitivity>=0.9"])
+    ap.add_argument("--out", type=Path, default=None, help="folder for results.json")
+    args = ap.parse_args()
+    results = {run.name: score(run, args.external, args.views, args.policies) for run in args.runs}
+    print(f"{len(results)} runs; median (min-max); temperature and threshold fitted on validation (K views)")
+    print("| validation views K | policy | temperature | ext. sens. | ext. spec. | ext. acc. | ext. ECE |")
+    print("|---|---|---|---|---|---|---|")
+    for key in next(iter(results.values())):
+        cells = []
+        for metric in ("temperature", *KEYS):
+            v = [r[key][metric] for r in results.values()]
+            cells.append(f"{statistics.median(v):.3f} ({min(v):.3f}-{max(v):.3f})")
+        k, policy = key.split(" ", 1)
+        print(f"| {k[2:]} | `{policy}` | " + " | ".join(cells) + " |")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

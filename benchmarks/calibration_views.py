@@ -3,12 +3,14 @@
 Usage::
 
     python benchmarks/calibration_views.py --external runs/external/external_data runs/external/runs/fast-s* \
-        [--views 0 1 8] [--policies "sensitivity>=0.95" "sensitivity>=0.9"] [--out runs/calibration_views]
+        [--views 0 1 8] [--policies "sensitivity>=0.95" "sensitivity>=0.9"] [--augment border_erase=0] \
+        [--out runs/calibration_views]
 
 For finished runs (no training): for each number of views K (0: the validation images as they are; K > 0: K
 copies of each under the run's own training augmentation, ``calibration_views=K``), the temperature is fitted
 and the threshold chosen on those validation logits only, then sensitivity, specificity, accuracy and ECE are
 measured on the external set at them. Nothing is chosen on the external set: the values of K are compared there.
+``--augment KEY=VALUE`` changes the views' augmentation (not the model's training), to see which part of it matters.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from pneumolab.config import load_run_config
 from pneumolab.data.manifest import Manifest
@@ -33,10 +37,13 @@ from pneumolab.models.checkpoint import load_model_file
 KEYS = ("sensitivity", "specificity", "accuracy", "ece")
 
 
-def score(run: Path, external: Path, views: list[int], policies: list[str]) -> dict[str, dict[str, float]]:
+def score(
+    run: Path, external: Path, views: list[int], policies: list[str], augment: dict[str, Any]
+) -> dict[str, dict[str, float]]:
     """``{"K=.. policy": {temperature, threshold, sensitivity, specificity, accuracy, ece}}`` on the external set."""
     model, meta = load_model_file(run / "model.pt")
     cfg, pre = load_run_config(run), Preprocessing.from_meta(meta)
+    policy_of_views = cfg.data.augment.model_copy(update=augment)
     data = cfg.data.data_dir
     manifest, ext = Manifest.load(data), Manifest.load(external)
     val, ext_rows = manifest.indices("val"), ext.indices("test")
@@ -44,7 +51,7 @@ def score(run: Path, external: Path, views: list[int], policies: list[str]) -> d
     ext_y = np.array([ext.records[i].target for i in ext_rows])
     out = {}
     for k in views:
-        logits = validation_logits(model, pre, manifest, val, data / "cache", augment=cfg.data.augment, views=k)
+        logits = validation_logits(model, pre, manifest, val, data / "cache", augment=policy_of_views, views=k)
         y = np.tile([manifest.records[i].target for i in val], max(k, 1))
         t = fit_temperature(torch.from_numpy(logits), torch.from_numpy(y))
         val_prob = apply_temperature(torch.from_numpy(logits), t).numpy()
@@ -62,9 +69,11 @@ def main() -> None:
     ap.add_argument("--external", type=Path, required=True, help="an indexed external set (its test split)")
     ap.add_argument("--views", nargs="+", type=int, default=[0, 1, 8])
     ap.add_argument("--policies", nargs="+", default=["sensitivity>=0.95", "sensitivity>=0.9"])
+    ap.add_argument("--augment", nargs="*", default=[], help="KEY=VALUE changes to the views' augmentation")
     ap.add_argument("--out", type=Path, default=None, help="folder for results.json")
     args = ap.parse_args()
-    results = {run.name: score(run, args.external, args.views, args.policies) for run in args.runs}
+    augment = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.augment)}
+    results = {run.name: score(run, args.external, args.views, args.policies, augment) for run in args.runs}
     print(f"{len(results)} runs; median (min-max); temperature and threshold fitted on validation (K views)")
     print("| validation views K | policy | temperature | ext. sens. | ext. spec. | ext. acc. | ext. ECE |")
     print("|---|---|---|---|---|---|---|")

@@ -78,15 +78,23 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-aspect-0.5-16ep": ("fast", ["data.augment.aspect=0.5", "trainer.max_epochs=16"]),
     "fast-aspect-0.7": ("fast", ["data.augment.aspect=0.7"]),
     "fast-aspect-simclr": ("fast", ["data.augment.aspect=0.5", "optim.lr=1e-3"]),  # encoder views stretched too
+    # sixth round (issue 16): shorter pre-training with stretched views
+    "fast-aspect-simclr-10ep": ("fast", ["data.augment.aspect=0.5", "optim.lr=1e-3"]),
 }
 # Recipes that start from an encoder of `pneumolab pretrain`: (encoder run name, preset, overrides), one per seed
 # under OUT/pretrain/NAME-sSEED, shared by the recipes that name it.
-SIMCLR = ("fast-simclr", "pretrain/simclr", [])
+# The pretrain/simclr preset stretches its views since the sixth round; SIMCLR is the encoder of rounds 4-5.
+SIMCLR = ("fast-simclr", "pretrain/simclr", ["data.augment.aspect=0"])
 PRETRAIN: dict[str, tuple[str, str, list[str]]] = {
     "fast-simclr": SIMCLR,
     "fast-simclr-lr1e-3": SIMCLR,
     "fast-simclr-lr3e-4": SIMCLR,
     "fast-aspect-simclr": ("fast-simclr-aspect", "pretrain/simclr", ["data.augment.aspect=0.5"]),
+    "fast-aspect-simclr-10ep": (
+        "fast-simclr-aspect-10ep",
+        "pretrain/simclr",
+        ["data.augment.aspect=0.5", "trainer.max_epochs=10"],
+    ),
 }
 KEYS = ("auroc", "sensitivity", "specificity", "accuracy", "balanced_accuracy", "ece")
 

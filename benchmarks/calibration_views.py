@@ -29,7 +29,7 @@ from pneumolab.config import load_run_config
 from pneumolab.data.manifest import Manifest
 from pneumolab.data.transforms import Preprocessing
 from pneumolab.evaluation.calibration import apply_temperature, fit_temperature
-from pneumolab.evaluation.metrics import compute_metrics
+from pneumolab.evaluation.metrics import metrics_with_ci
 from pneumolab.evaluation.predict import predict_logits, validation_logits
 from pneumolab.evaluation.thresholds import choose_threshold
 from pneumolab.models.checkpoint import load_model_file
@@ -49,6 +49,7 @@ def score(
     val, ext_rows = manifest.indices("val"), ext.indices("test")
     ext_logits = torch.from_numpy(predict_logits(model, pre, ext, ext_rows, external / "cache"))
     ext_y = np.array([ext.records[i].target for i in ext_rows])
+    groups = np.array([ext.records[i].patient_id for i in ext_rows])
     out = {}
     for k in views:
         logits = validation_logits(model, pre, manifest, val, data / "cache", augment=policy_of_views, views=k)
@@ -58,8 +59,10 @@ def score(
         ext_prob = apply_temperature(ext_logits, t).numpy()
         for policy in policies:
             thr = choose_threshold(val_prob, y, policy)["threshold"]
-            m = compute_metrics(ext_prob, ext_y, thr)
-            out[f"K={k} {policy}"] = {"temperature": t, "threshold": thr, **{key: m[key] for key in KEYS}}
+            m = metrics_with_ci(ext_prob, ext_y, groups, thr, n_boot=1000)  # 95% CIs, patient bootstrap
+            point = {key: m[key]["value"] for key in KEYS}
+            ci = {f"{key}_ci": [m[key]["ci_low"], m[key]["ci_high"]] for key in KEYS}
+            out[f"K={k} {policy}"] = {"temperature": t, "threshold": thr, **point, **ci}
     return out
 
 
@@ -84,6 +87,14 @@ def main() -> None:
             cells.append(f"{statistics.median(v):.3f} ({min(v):.3f}-{max(v):.3f})")
         k, policy = key.split(" ", 1)
         print(f"| {k[2:]} | `{policy}` | " + " | ".join(cells) + " |")
+    print("\nPer model, with patient-bootstrap 95% CIs:")
+    print("| model | validation views K | policy | ext. sens. | ext. spec. | ext. acc. |")
+    print("|---|---|---|---|---|---|")
+    for name, r in results.items():
+        for key, m in r.items():
+            k, policy = key.split(" ", 1)
+            cells = [f"{m[x]:.3f} [{m[x + '_ci'][0]:.3f}, {m[x + '_ci'][1]:.3f}]" for x in KEYS[:3]]
+            print(f"| {name} | {k[2:]} | `{policy}` | " + " | ".join(cells) + " |")
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(results, indent=2))

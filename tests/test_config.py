@@ -108,3 +108,7 @@ def test_the_pretrain_preset_makes_encoders_the_fast_recipe_accepts() -> None:
     assert (pre.model.name, pre.model.kwargs) == (fast.model.name, fast.model.kwargs)
     assert (pre.data.image_size, pre.data.normalization) == (fast.data.image_size, fast.data.normalization)
     assert pre.data.augment.batched and pre.trainer.monitor is None
+    # fast_pretrained is fast fine-tuned, gentler, from where that preset writes its encoder
+    tuned = load_config(TrainConfig, "fast_pretrained", ["data.data_dir=d"])
+    assert tuned.model.init == pre.out_dir / pre.name / "encoder.pt"
+    assert tuned.optim.lr < fast.optim.lr and tuned.data == fast.data and tuned.trainer == fast.trainer

@@ -100,7 +100,7 @@ def train_cmd(
     "pretrain",
     [
         "pneumolab pretrain -c pretrain/simclr --data runs/data/kermany",
-        "pneumolab train -c fast --data runs/data/kermany model.init=runs/pretrain/simclr/encoder.pt",
+        "pneumolab train -c fast_pretrained --data runs/data/kermany  # from runs/pretrain/simclr/encoder.pt",
         "pneumolab pretrain --resume runs/pretrain/simclr",
     ],
 )

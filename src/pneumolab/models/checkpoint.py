@@ -133,7 +133,10 @@ def load_encoder_file(
     path = Path(path)
     target = path / "encoder.pt" if path.is_dir() else path
     if not target.is_file():
-        raise InputError(f"model.init {path}: no such encoder file (give RUN/encoder.pt of `pneumolab pretrain`)")
+        raise InputError(
+            f"model.init {path}: no such encoder file (give RUN/encoder.pt of `pneumolab pretrain`, e.g. "
+            "`pneumolab pretrain -c pretrain/simclr --data DIR` writes runs/pretrain/simclr/encoder.pt)"
+        )
     try:
         blob = torch.load(target, map_location="cpu", weights_only=True)
     except Exception as e:

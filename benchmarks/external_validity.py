@@ -80,6 +80,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-aspect-simclr": ("fast", ["data.augment.aspect=0.5", "optim.lr=1e-3"]),  # encoder views stretched too
     # sixth round (issue 16): shorter pre-training with stretched views
     "fast-aspect-simclr-10ep": ("fast", ["data.augment.aspect=0.5", "optim.lr=1e-3"]),
+    "fast-aspect-simclr-16ep": ("fast", ["data.augment.aspect=0.5", "optim.lr=1e-3", "trainer.max_epochs=16"]),
 }
 # Recipes that start from an encoder of `pneumolab pretrain`: (encoder run name, preset, overrides), one per seed
 # under OUT/pretrain/NAME-sSEED, shared by the recipes that name it.
@@ -90,6 +91,7 @@ PRETRAIN: dict[str, tuple[str, str, list[str]]] = {
     "fast-simclr-lr1e-3": SIMCLR,
     "fast-simclr-lr3e-4": SIMCLR,
     "fast-aspect-simclr": ("fast-simclr-aspect", "pretrain/simclr", ["data.augment.aspect=0.5"]),
+    "fast-aspect-simclr-16ep": ("fast-simclr-aspect", "pretrain/simclr", ["data.augment.aspect=0.5"]),  # fine-tuning
     "fast-aspect-simclr-10ep": (
         "fast-simclr-aspect-10ep",
         "pretrain/simclr",

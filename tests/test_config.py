@@ -111,4 +111,5 @@ def test_the_pretrain_preset_makes_encoders_the_fast_recipe_accepts() -> None:
     # fast_pretrained is fast fine-tuned, gentler, from where that preset writes its encoder
     tuned = load_config(TrainConfig, "fast_pretrained", ["data.data_dir=d"])
     assert tuned.model.init == pre.out_dir / pre.name / "encoder.pt"
-    assert tuned.optim.lr < fast.optim.lr and tuned.data == fast.data and tuned.trainer == fast.trainer
+    assert tuned.optim.lr < fast.optim.lr and tuned.data == fast.data
+    assert tuned.trainer.model_copy(update={"max_epochs": fast.trainer.max_epochs}) == fast.trainer

@@ -1,5 +1,7 @@
 """Self-supervised pre-training: the loss against a hand computation, the encoder file, and model.init."""
 
+import contextlib
+import io
 import math
 
 import pytest
@@ -45,7 +47,10 @@ def test_nt_xent_matches_a_hand_computation() -> None:
 @pytest.fixture(scope="module")
 def encoder(sample_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain")
-    assert main(["pretrain", "--data", str(sample_data), f"out_dir={out}", *TINY]) == 0
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main(["pretrain", "--data", str(sample_data), f"out_dir={out}", *TINY]) == 0
+    # the last line names the next step, with this run's encoder
+    assert f"next: pneumolab train -c fast_pretrained --data {sample_data} model.init={out}" in printed.getvalue()
     return out / "simclr" / "encoder.pt"
 
 

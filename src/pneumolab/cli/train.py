@@ -121,7 +121,8 @@ def pretrain_cmd(
     if s:
         typer.echo(
             f"done: {s['model']} encoder after {s['epochs']} epoch(s), contrastive loss {s['train_loss']:.3f}; "
-            f"{s['wall_s']:.0f} s -> {s['encoder_file']} (pneumolab train ... model.init={s['encoder_file']})"
+            f"{s['wall_s']:.0f} s -> {s['encoder_file']}; next: pneumolab train -c fast_pretrained --data "
+            f"{cfg.data.data_dir} model.init={s['encoder_file']}"
         )
 
 

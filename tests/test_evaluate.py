@@ -16,6 +16,7 @@ from pneumolab.evaluation.predict import predict_logits, read_val_logits
 from pneumolab.evaluation.report import compare
 from pneumolab.models.checkpoint import load_model_file
 from pneumolab.rundir import RunDir
+from pneumolab.site_adaptation.provenance import threshold_origin
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +83,7 @@ def test_an_operating_point_fitted_on_augmented_validation_views(sample_data, tm
     prob = apply_temperature(torch.from_numpy(kept), temperature).numpy()
     assert meta["threshold"] == pytest.approx(choose_threshold(prob, y.numpy(), "sensitivity>=0.9")["threshold"])
     assert "3 copies of each validation image under the training augmentation" in (run / "MODEL_CARD.md").read_text()
+    assert threshold_origin(meta).startswith("chosen on 3 augmented views of each validation image")
     # `evaluate --policy` re-chooses on the same views: from the kept logits, or predicting them again
     first = evaluate(run, sample_data, out=tmp_path / "a", policy="youden", n_boot=50)["alternative_threshold"]
     RunDir(run).val_logits.unlink()

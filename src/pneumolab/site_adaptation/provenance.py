@@ -188,7 +188,9 @@ def threshold_origin(meta: dict[str, Any]) -> str:
             f"chosen on a labeled site sample by `pneumolab calibrate`, policy {policy}: {s['images']} images "
             f"of {s['data']} ({s['date'][:10]})"
         )
-    return f"chosen on the validation split at training time, policy {policy}"
+    views = (meta.get("operating_point") or {}).get("views")
+    where = f"{views} augmented views of each validation image" if views else "the validation split"
+    return f"chosen on {where} at training time, policy {policy}"
 
 
 def check_out(out: Path, model_file: Path) -> None:

@@ -30,7 +30,7 @@ from pneumolab.data.manifest import Manifest
 from pneumolab.data.transforms import Preprocessing
 from pneumolab.evaluation.calibration import apply_temperature, fit_temperature
 from pneumolab.evaluation.metrics import metrics_with_ci
-from pneumolab.evaluation.predict import predict_logits, validation_logits
+from pneumolab.evaluation.predict import predict_logits, validation_logits, view_targets
 from pneumolab.evaluation.thresholds import choose_threshold
 from pneumolab.models.checkpoint import load_model_file
 
@@ -53,7 +53,7 @@ def score(
     out = {}
     for k in views:
         logits = validation_logits(model, pre, manifest, val, data / "cache", augment=policy_of_views, views=k)
-        y = np.tile([manifest.records[i].target for i in val], max(k, 1))
+        y = view_targets(manifest, val, len(logits))
         t = fit_temperature(torch.from_numpy(logits), torch.from_numpy(y))
         val_prob = apply_temperature(torch.from_numpy(logits), t).numpy()
         ext_prob = apply_temperature(ext_logits, t).numpy()

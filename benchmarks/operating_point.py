@@ -23,7 +23,7 @@ import torch
 
 from pneumolab.data.manifest import Manifest
 from pneumolab.evaluation.calibration import OperatingPoint
-from pneumolab.evaluation.predict import read_val_logits
+from pneumolab.evaluation.predict import read_val_logits, view_targets
 from pneumolab.evaluation.thresholds import choose_threshold
 from pneumolab.models.checkpoint import load_model_file
 
@@ -37,7 +37,7 @@ def score(run: Path, policies: list[str]) -> dict[str, dict[str, float]]:
     rows = val.indices("val")
     logits = read_val_logits(run / "val_logits.npz", val)
     val_prob = OperatingPoint.from_meta(meta).probability(torch.from_numpy(logits)).double().numpy()
-    val_y = np.tile([val.records[i].target for i in rows], len(logits) // len(rows))  # (views *) N
+    val_y = view_targets(val, rows, len(logits))  # (views *) N
     with open(run / "eval" / "external" / "predictions.csv", newline="") as f:
         ext = list(csv.DictReader(f))
     prob = np.array([float(r["probability"]) for r in ext])

@@ -26,7 +26,7 @@ from pneumolab.evaluation import plots
 from pneumolab.evaluation.calibration import OperatingPoint
 from pneumolab.evaluation.metrics import compute_metrics, metrics_with_ci
 from pneumolab.evaluation.model_card import write_model_card
-from pneumolab.evaluation.predict import predict_logits, read_val_logits, validation_logits
+from pneumolab.evaluation.predict import predict_logits, read_val_logits, validation_logits, view_targets
 from pneumolab.evaluation.thresholds import choose_threshold
 from pneumolab.io import atomic_write_json, atomic_write_text, is_fresh
 from pneumolab.models.checkpoint import load_model_file, resolve_model_file
@@ -137,8 +137,7 @@ def _policy_on_validation(model_file, model, meta, policy, n_boot, seed, prob, y
         pre = Preprocessing.from_meta(meta)
         kept = validation_logits(model, pre, val_manifest, val_rows, val_dir / "cache", augment=augment, views=views)
     val_prob = OperatingPoint.from_meta(meta).probability(torch.from_numpy(kept)).double().numpy()
-    y_val = np.tile([val_manifest.records[i].target for i in val_rows], len(kept) // max(len(val_rows), 1))
-    op = choose_threshold(val_prob, y_val, policy)
+    op = choose_threshold(val_prob, view_targets(val_manifest, val_rows, len(kept)), policy)
     return {
         "policy": policy,
         "value": op["threshold"],

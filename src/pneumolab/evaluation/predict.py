@@ -25,6 +25,7 @@ __all__ = [
     "read_val_logits",
     "validation_logits",
     "view_logits",
+    "view_targets",
     "write_val_logits",
 ]
 
@@ -102,6 +103,12 @@ def validation_logits(
         raise ValueError("views > 0 needs the augmentation policy they are drawn from")
     images = load_cache(manifest, preprocessing.image_size, cache_dir)
     return view_logits(model, preprocessing, images, indices, augment, views)
+
+
+def view_targets(manifest: Manifest, indices: list[int], n_logits: int) -> np.ndarray:
+    """Targets ``(n_logits,)`` aligned with :func:`validation_logits` of rows ``indices``: once per view."""
+    y = np.array([manifest.records[i].target for i in indices])
+    return np.tile(y, n_logits // max(len(y), 1))
 
 
 @torch.no_grad()

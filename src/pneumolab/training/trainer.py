@@ -39,7 +39,7 @@ from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import apply_temperature, fit_temperature
 from pneumolab.evaluation.metrics import compute_metrics
 from pneumolab.evaluation.model_card import write_model_card
-from pneumolab.evaluation.predict import validation_logits, write_val_logits
+from pneumolab.evaluation.predict import validation_logits, view_targets, write_val_logits
 from pneumolab.evaluation.thresholds import choose_threshold
 from pneumolab.inference.guard import fit_model_guard
 from pneumolab.io import atomic_path, atomic_write_json, atomic_write_text
@@ -345,7 +345,7 @@ def _operating_point(
     logits = validation_logits(
         net, preprocessing, manifest, val, cfg.data.data_dir / "cache", augment=cfg.data.augment, views=views
     )
-    y = np.tile([manifest.records[i].target for i in val], max(views, 1))
+    y = view_targets(manifest, val, len(logits))
     temperature = fit_temperature(torch.from_numpy(logits), torch.from_numpy(y))
     raw = torch.from_numpy(logits).softmax(1)[:, 1].numpy()
     calibrated = apply_temperature(torch.from_numpy(logits), temperature).numpy()

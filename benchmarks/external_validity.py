@@ -42,6 +42,16 @@ from pneumolab.training.trainer import train
 # Each recipe is a preset plus overrides. The `fast` preset gained the aspect stretch in the fifth round of issue 16:
 # the earlier "fast + X" recipes were measured without it (`fast-no-aspect` is that reference; add
 # "data.augment.aspect=0" to reproduce one of them).
+STRONG = [
+    "data.augment.rotation_deg=10",
+    "data.augment.translate=0.1",
+    "data.augment.scale=[0.7,1.4]",
+    "data.augment.border_erase=0.25",
+    "data.augment.brightness=0.4",
+    "data.augment.contrast=0.5",
+    "data.augment.blur=1.0",
+    "data.augment.noise=0.04",
+]
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast": ("fast", []),
     "fast-no-aspect": ("fast", ["data.augment.aspect=0"]),
@@ -81,6 +91,14 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # sixth round (issue 16): shorter pre-training with stretched views
     "fast-aspect-simclr-10ep": ("fast", ["data.augment.aspect=0.5", "optim.lr=1e-3"]),
     "fast-aspect-simclr-16ep": ("fast", ["data.augment.aspect=0.5", "optim.lr=1e-3", "trainer.max_epochs=16"]),
+    # round 7: the contrastive loss beside the cross-entropy in one run (no pre-training), and its control
+    "fast-2views": ("fast", ["data.augment.views=2"]),
+    "fast-contrastive": ("fast", ["data.augment.views=2", "optim.contrastive_weight=1.0"]),
+    "fast-48-2views": ("fast", ["data.image_size=48", "data.augment.views=2"]),
+    "fast-48-2views-16ep": ("fast", ["data.image_size=48", "data.augment.views=2", "trainer.max_epochs=16"]),
+    # the SimCLR views' strength (configs/pretrain/simclr.yaml) in supervised training
+    "fast-2views-strong": ("fast", ["data.augment.views=2", *STRONG]),
+    "fast-16ep-strong": ("fast", ["trainer.max_epochs=16", *STRONG]),
 }
 # Recipes that start from an encoder of `pneumolab pretrain`: (encoder run name, preset, overrides), one per seed
 # under OUT/pretrain/NAME-sSEED, shared by the recipes that name it.

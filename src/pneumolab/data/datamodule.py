@@ -196,7 +196,12 @@ class ChestXrayDataModule(L.LightningDataModule):
         # Only the batched training loader yields uint8 images (val/test come normalised, latents are float).
         x, *rest = batch
         if self.batch_augment is not None and x.dtype == torch.uint8:
-            return [self.augment_batch(x, rest[0] if rest else None), *rest]
+            y = rest[0] if rest else None
+            views = self.config.augment.views
+            if views == 1:
+                return [self.augment_batch(x, y), *rest]
+            # (V*B, 1, S, S): view v of image i at row v*B + i; targets (and any other field) repeated alike
+            return [torch.cat([self.augment_batch(x, y) for _ in range(views)]), *(r.repeat(views) for r in rest)]
         return batch
 
     @property

@@ -41,7 +41,9 @@ from pneumolab.training.trainer import train
 # name -> (preset, overrides). Cheap recipes only: 3 seeds of each fit a 2-core session.
 # Each recipe is a preset plus overrides. The `fast` preset gained the aspect stretch in the fifth round of issue 16:
 # the earlier "fast + X" recipes were measured without it (`fast-no-aspect` is that reference; add
-# "data.augment.aspect=0" to reproduce one of them).
+# "data.augment.aspect=0" to reproduce one of them). In the seventh round it gained a second view of each batch
+# (data.augment.views=2): recipes of rounds 1-6 were measured with one (`fast-1view` is the sixth round's `fast`).
+# The SimCLR augmentation strength (configs/pretrain/simclr.yaml), tried in supervised training:
 STRONG = [
     "data.augment.rotation_deg=10",
     "data.augment.translate=0.1",
@@ -54,6 +56,7 @@ STRONG = [
 ]
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast": ("fast", []),
+    "fast-1view": ("fast", ["data.augment.views=1"]),
     "fast-no-aspect": ("fast", ["data.augment.aspect=0"]),
     "fast-no-zoom-border": ("fast", ["data.augment.scale=[0.9,1.1]", "data.augment.border_erase=0.0"]),
     "fast-dataset-norm": ("fast", ["data.normalization=dataset"]),
@@ -91,14 +94,15 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # sixth round (issue 16): shorter pre-training with stretched views
     "fast-aspect-simclr-10ep": ("fast", ["data.augment.aspect=0.5", "optim.lr=1e-3"]),
     "fast-aspect-simclr-16ep": ("fast", ["data.augment.aspect=0.5", "optim.lr=1e-3", "trainer.max_epochs=16"]),
-    # round 7: the contrastive loss beside the cross-entropy in one run (no pre-training), and its control
+    # round 7: a second view of each batch (now `fast`); a contrastive loss beside the cross-entropy on the two views
+    # was measured at commit 2dc62ea (`optim.contrastive_weight=1.0`) and removed after it lost
     "fast-2views": ("fast", ["data.augment.views=2"]),
-    "fast-contrastive": ("fast", ["data.augment.views=2", "optim.contrastive_weight=1.0"]),
+    "fast-2views-16ep": ("fast", ["data.augment.views=2", "trainer.max_epochs=16"]),  # SimCLR's compute, no SimCLR
     "fast-48-2views": ("fast", ["data.image_size=48", "data.augment.views=2"]),
     "fast-48-2views-16ep": ("fast", ["data.image_size=48", "data.augment.views=2", "trainer.max_epochs=16"]),
-    # the SimCLR views' strength (configs/pretrain/simclr.yaml) in supervised training
     "fast-2views-strong": ("fast", ["data.augment.views=2", *STRONG]),
-    "fast-16ep-strong": ("fast", ["trainer.max_epochs=16", *STRONG]),
+    "fast-16ep-strong": ("fast", ["data.augment.views=1", "trainer.max_epochs=16", *STRONG]),
+    "fast-aspect-simclr-2views": ("fast", ["data.augment.aspect=0.5", "optim.lr=1e-3", "data.augment.views=2"]),
 }
 # Recipes that start from an encoder of `pneumolab pretrain`: (encoder run name, preset, overrides), one per seed
 # under OUT/pretrain/NAME-sSEED, shared by the recipes that name it.
@@ -110,6 +114,7 @@ PRETRAIN: dict[str, tuple[str, str, list[str]]] = {
     "fast-simclr-lr3e-4": SIMCLR,
     "fast-aspect-simclr": ("fast-simclr-aspect", "pretrain/simclr", ["data.augment.aspect=0.5"]),
     "fast-aspect-simclr-16ep": ("fast-simclr-aspect", "pretrain/simclr", ["data.augment.aspect=0.5"]),  # fine-tuning
+    "fast-aspect-simclr-2views": ("fast-simclr-aspect", "pretrain/simclr", ["data.augment.aspect=0.5"]),
     "fast-aspect-simclr-10ep": (
         "fast-simclr-aspect-10ep",
         "pretrain/simclr",

@@ -111,5 +111,6 @@ def test_the_pretrain_preset_makes_encoders_the_fast_recipe_accepts() -> None:
     # fast_pretrained is fast fine-tuned, gentler, from where that preset writes its encoder
     tuned = load_config(TrainConfig, "fast_pretrained", ["data.data_dir=d"])
     assert tuned.model.init == pre.out_dir / pre.name / "encoder.pt"
-    assert tuned.optim.lr < fast.optim.lr and tuned.data == fast.data
+    assert tuned.optim.lr < fast.optim.lr and fast.data.augment.views == 2
+    assert tuned.data == fast.data.model_copy(update={"augment": fast.data.augment.model_copy(update={"views": 1})})
     assert tuned.trainer.model_copy(update={"max_epochs": fast.trainer.max_epochs}) == fast.trainer

@@ -217,6 +217,21 @@ def test_batched_loader_yields_raw_batches_that_the_trainer_augments(prepared_di
     assert x.mean(dim=(1, 2, 3)).abs().max() < 1e-4  # normalised per image, by the DataModule's hook
 
 
+def test_views_concatenate_independent_augmentations_with_the_targets_repeated(prepared_dir) -> None:
+    aug = {"batched": True, "rotation_deg": 10, "translate": 0.1, "aspect": 0.5}
+    dm = _dm(prepared_dir, normalization="per_image", augment=AugmentConfig(**aug, views=3))
+    one = _dm(prepared_dir, normalization="per_image", augment=AugmentConfig(**aug))
+    raw, y = next(iter(dm.train_dataloader()))
+    torch.manual_seed(0)
+    x3, y3 = dm.on_after_batch_transfer([raw, y], 0)
+    assert x3.shape == (24, 1, 32, 32) and torch.equal(y3, y.repeat(3))  # row v * 8 + i: view v of image i
+    torch.manual_seed(0)  # the same draws as three single-view calls, one after the other
+    torch.testing.assert_close(x3, torch.cat([one.on_after_batch_transfer([raw, y], 0)[0] for _ in range(3)]))
+    assert not torch.equal(x3[:8], x3[8:16])  # the views of one image differ
+    with pytest.raises(ValueError, match=r"views=2 augments whole batches: set data\.augment\.batched=true"):
+        AugmentConfig(views=2)
+
+
 def test_batched_blur_matches_torchvision_per_image_and_spares_the_other_half() -> None:
     from torchvision.transforms.v2 import functional as TF
 

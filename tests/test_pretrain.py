@@ -95,7 +95,15 @@ def test_model_init_refuses_what_it_was_not_pretrained_for(encoder, sample_data,
     assert "dataset-normalised" in capsys.readouterr().err
 
 
-def test_pretrain_needs_the_batched_augmentation(sample_data, tmp_path, capsys) -> None:
-    args = ["pretrain", "--data", str(sample_data), f"out_dir={tmp_path}", *TINY, "data.augment.batched=false"]
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.augment.batched=false", "views=2 augments whole batches: set data.augment.batched=true"),
+        ("data.augment.views=1", "SimCLR pairs two views of each image: set data.augment.views=2 (got 1)"),
+        ("data.augment.aspect_balance=true", "pretrain never reads the labels"),
+    ],
+)
+def test_pretrain_refuses_what_its_two_views_cannot_be(sample_data, tmp_path, capsys, override, message) -> None:
+    args = ["pretrain", "--data", str(sample_data), f"out_dir={tmp_path}", *TINY, override]
     assert main(args) == 2
-    assert "data.augment.batched=true" in capsys.readouterr().err
+    assert message in capsys.readouterr().err

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pneumolab.errors import InputError
 from pneumolab.rundir import RunDir
@@ -81,9 +81,18 @@ class AugmentConfig(StrictModel):
     # (per-sample random parameters, vectorised: ~50x less CPU per image than per-image transforms, and on
     # the GPU when training there); false: torchvision's per-image transforms in the loader workers.
     batched: bool = False
-    # > 1: each raw training batch (B images) is augmented this many times and the copies concatenated,
-    # (V x B) images with their targets repeated; the contrastive loss (optim.contrastive_weight) needs 2.
-    views: int = Field(1, ge=1, le=4)
+    # > 1: each training batch of B images is augmented this many times, independently, and trained on as one
+    # batch of V x B (targets repeated): V times the compute per step, as many steps. The fast recipe spends its
+    # time this way (docs/BENCHMARKS.md, seventh round); pretrain's two SimCLR views are the same mechanism.
+    views: int = Field(1, ge=1, le=8)
+
+    @model_validator(mode="after")
+    def _views_need_batched(self) -> AugmentConfig:
+        if self.views > 1 and not (self.enabled and self.batched):
+            raise ValueError(
+                f"views={self.views} augments whole batches: set data.augment.batched=true (and enabled=true)"
+            )
+        return self
 
 
 class DataConfig(StrictModel):
@@ -129,10 +138,6 @@ class OptimConfig(StrictModel):
     # > 0: mixup (Zhang et al. 2018) with lambda ~ Beta(alpha, alpha): each training batch is blended with a
     # shuffled copy of itself and the loss with both labels, so the model is trained between the classes too.
     mixup_alpha: float = Field(0.0, ge=0)
-    # > 0: SimCLR's NT-Xent loss on the two views of each image (data.augment.views=2), weighted this much, is
-    # added to the cross-entropy: the features must also tell images apart by what the views share.
-    contrastive_weight: float = Field(0.0, ge=0)
-    contrastive_temperature: float = Field(0.2, gt=0)
 
 
 class TrainerConfig(StrictModel):

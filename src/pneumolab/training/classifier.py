@@ -7,10 +7,9 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
-from pneumolab.models import create_model, get_spec
+from pneumolab.models import create_model
 from pneumolab.training.optim import configure_optimizers
 
 __all__ = ["ClassifierModule"]
@@ -53,15 +52,6 @@ class ClassifierModule(L.LightningModule):
         self.val_acc = BinaryAccuracy()
         self.val_auroc = BinaryAUROC()
         self.example_input_array = torch.zeros(2, *preprocessing["input_shape"])  # (2, C, H, W): the model graph
-        if optim.get("contrastive_weight", 0.0) > 0:
-            # SimCLR's projection of the head's input (pooled features (B, F)); only the contrastive loss sees it
-            features = self.net.get_submodule(get_spec(model_name).classifier).in_features
-            self.projection = nn.Sequential(
-                nn.Linear(features, 2 * features),
-                nn.BatchNorm1d(2 * features),
-                nn.ReLU(inplace=True),
-                nn.Linear(2 * features, 64),
-            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) -> (B, num_classes) logits
         if self.hparams.channels_last:
@@ -91,32 +81,9 @@ class ClassifierModule(L.LightningModule):
         # training accuracy is scored against the dominant image's label
         return loss, logits.float().softmax(dim=1)[:, 1], y if lam >= 0.5 else y[perm]
 
-    def _contrastive_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], weight: float
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Cross-entropy on both views ``(2B, ...)`` plus ``weight`` x NT-Xent on the projected features, which a
-        hook on the head's input catches (any registered architecture)."""
-        from pneumolab.training.pretrain import nt_xent
-
-        x, y = batch
-        caught: list[torch.Tensor] = []
-        head = self.net.get_submodule(get_spec(self.hparams.model_name).classifier)
-        handle = head.register_forward_pre_hook(lambda _m, args: caught.append(args[0]))
-        try:
-            logits = self(x)
-        finally:
-            handle.remove()
-        z = self.projection(caught[0].flatten(1).float())  # (2B, 64)
-        loss = self._loss(logits, y) + weight * nt_xent(z, self.hparams.optim.get("contrastive_temperature", 0.2))
-        return loss, logits.float().softmax(dim=1)[:, 1], y
-
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         alpha = self.hparams.optim.get("mixup_alpha", 0.0)
-        weight = self.hparams.optim.get("contrastive_weight", 0.0)
-        if weight > 0:
-            loss, prob, y = self._contrastive_step(batch, weight)
-        else:
-            loss, prob, y = self._mixup_step(batch, alpha) if alpha > 0 else self._step(batch)
+        loss, prob, y = self._mixup_step(batch, alpha) if alpha > 0 else self._step(batch)
         self.train_acc(prob, y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(y))

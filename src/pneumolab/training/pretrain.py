@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from pneumolab.config import PretrainConfig
-from pneumolab.data.datamodule import ChestXrayDataModule
 from pneumolab.errors import InputError
 from pneumolab.models import create_model, get_spec
 from pneumolab.models.checkpoint import save_encoder_file
@@ -25,7 +24,7 @@ from pneumolab.training.callbacks import read_history
 from pneumolab.training.optim import configure_optimizers
 from pneumolab.training.trainer import TrainResult, begin_run, end_run, fit
 
-__all__ = ["SimCLRModule", "TwoViewDataModule", "nt_xent", "pretrain"]
+__all__ = ["SimCLRModule", "nt_xent", "pretrain"]
 
 
 def nt_xent(z: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -36,14 +35,6 @@ def nt_xent(z: torch.Tensor, temperature: float) -> torch.Tensor:
     sim = z @ z.T / temperature  # (2B, 2B)
     sim = sim.masked_fill(torch.eye(len(z), dtype=torch.bool, device=z.device), float("-inf"))  # not itself
     return F.cross_entropy(sim, torch.arange(len(z), device=z.device).roll(len(z) // 2))  # i <-> i + B
-
-
-class TwoViewDataModule(ChestXrayDataModule):
-    """Each raw training batch ``(B, 1, S, S) uint8`` becomes two independent augmentations ``(2B, 1, S, S)``."""
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        x, *rest = batch
-        return [torch.cat([self.augment_batch(x), self.augment_batch(x)]), *rest]
 
 
 class SimCLRModule(L.LightningModule):
@@ -94,9 +85,12 @@ class SimCLRModule(L.LightningModule):
 def pretrain(cfg: PretrainConfig, *, resume: Path | None = None, progress_bar: bool = True) -> TrainResult:
     """SimCLR on the training split's images; writes ``encoder.pt`` from the last epoch."""
     aug = cfg.data.augment
-    if not (aug.enabled and aug.batched):
-        raise InputError("pretrain makes its two views with the batched augmentation: set data.augment.batched=true")
-    run_dir, last, dm = begin_run(cfg, resume, TwoViewDataModule(cfg.data))
+    if aug.views != 2:
+        raise InputError(f"SimCLR pairs two views of each image: set data.augment.views=2 (got {aug.views})")
+    if aug.aspect_balance:
+        raise InputError("pretrain never reads the labels: data.augment.aspect_balance needs them, set it to false")
+    # The datamodule returns (2B, 1, S, S): rows i and i + B are the two views of image i, as nt_xent pairs them.
+    run_dir, last, dm = begin_run(cfg, resume)
     pre = dm.preprocessing()
     # No dropout before the (removed) head: the features go to the projection whole.
     kwargs = {**cfg.model.kwargs, "dropout": 0.0, "in_chans": pre.input_shape[0]}

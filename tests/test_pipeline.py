@@ -200,7 +200,7 @@ def test_dry_run_times_steps_where_they_will_run(monkeypatch, tmp_path, gpu) -> 
     import torch
 
     from pneumolab import pipeline
-    from pneumolab.config import TrainConfig, load_config
+    from pneumolab.config import AugmentConfig, TrainConfig, load_config
     from pneumolab.training import speed, trainer
 
     calls = []
@@ -208,8 +208,10 @@ def test_dry_run_times_steps_where_they_will_run(monkeypatch, tmp_path, gpu) -> 
     monkeypatch.setattr(trainer, "_cpu_has_native_bf16", lambda: True)  # timed as it will train
     monkeypatch.setattr(speed, "classifier_step_rate", lambda *a, **k: calls.append((a, k)) or 100.0)
     cfg = load_config(TrainConfig, "fast", [f"data.data_dir={tmp_path}", "data.batch_size=64", "trainer.max_epochs=3"])
-    # 10 s start-up + 1.35 x (3 epochs x 1,000 images at 100 img/s): validation adds ~a third
-    assert pipeline._estimate(cfg, 1000, {}, None) == pytest.approx(10 + 1.35 * 30)
+    # 10 s start-up + 1.35 x (3 epochs x 1,000 images x fast's 2 views at 100 img/s): validation adds ~a third
+    assert pipeline._estimate(cfg, 1000, {}, None) == pytest.approx(10 + 1.35 * 60)
+    one_view = cfg.model_copy(update={"data": cfg.data.model_copy(update={"augment": AugmentConfig()})})
+    assert pipeline._estimate(one_view, 1000, {}, None) == pytest.approx(10 + 1.35 * 30)
     assert pipeline._estimate(cfg, 1000, {}, 0.5) == 30  # capped by a 0.5 min budget
     (name, size, batch), kwargs = calls[0]
     assert (name, size, kwargs["bf16"]) == ("cnn_improved", 64, True)

@@ -162,7 +162,8 @@ def _estimate(
     epochs = cfg.trainer.max_epochs
     if cfg.trainer.max_steps > 0:
         epochs = min(epochs, cfg.trainer.max_steps * cfg.data.batch_size / max(n_train, 1))
-    seconds = 10 + 1.35 * epochs * n_train / rates[key]  # + start-up, operating point, model card
+    images = epochs * n_train * cfg.data.augment.views  # each view is a forward and backward pass
+    seconds = 10 + 1.35 * images / rates[key]  # + start-up, operating point, model card
     return min(seconds, budget_min * 60) if budget_min else seconds
 
 

@@ -179,6 +179,32 @@ def test_a_failed_run_is_recorded_and_the_rest_go_on(tmp_path, capsys) -> None:
     assert "no_such_synthetic_set" in (tmp_path / "study" / "t" / "errors" / "recipe-bad.txt").read_text()
 
 
+def test_pretrain_step_makes_the_encoder_the_recipe_starts_from(tmp_path, capsys) -> None:
+    tiny = ["data.image_size=32", "data.batch_size=16", "model.kwargs.width=8", "trainer.max_epochs=1", *FAST]
+    cfg_file = _study_yaml(
+        tmp_path,
+        classifiers=[],
+        autoencoder=None,
+        gan=None,
+        robustness=[],
+        recipe="fast_pretrained",
+        recipe_overrides=tiny,
+        pretrain={"overrides": tiny},
+    )
+    assert main(["study", str(cfg_file)]) == 0
+    root = tmp_path / "study" / "t"
+    state = json.loads((root / "study.json").read_text())["steps"]
+    assert list(state) == ["data", "pretrain", "recipe-fast_pretrained", "report"]
+    assert all(step["status"] == "done" for step in state.values())
+    encoder = root / "pretrain" / "simclr" / "encoder.pt"
+    assert encoder.is_file()
+    recipe = load_run_config(root / "runs" / "recipe-fast_pretrained")
+    assert recipe.model.init == encoder and recipe.data.image_size == 32
+    # pre-training without a recipe to use it is refused before anything runs
+    assert main(["study", str(cfg_file), "recipe=null"]) == 2
+    assert "pretrain makes an encoder for the recipe" in capsys.readouterr().err
+
+
 def _bad_recipe(tmp_path: Path, synthetic: Path) -> Path:
     path = tmp_path / "bad.yaml"  # valid as a config; fails when the run reads its data
     path.write_text(

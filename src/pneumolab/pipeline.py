@@ -20,9 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from pneumolab.config import AutoencoderConfig, StrictModel, TrainConfig, load_config, load_run_config
+from pneumolab.config import (
+    AutoencoderConfig,
+    PretrainConfig,
+    StrictModel,
+    TrainConfig,
+    load_config,
+    load_run_config,
+)
 from pneumolab.errors import InputError
 from pneumolab.io import atomic_write_json, atomic_write_text, is_fresh
 from pneumolab.rundir import RunDir
@@ -47,6 +54,14 @@ class StudyAutoencoder(StrictModel):
     config: str = "autoencoder/cpu"
     classifier: str = "cpu/latent_cnn"
     overrides: tuple[str, ...] = ()  # for the autoencoder run
+
+
+class StudyPretrain(StrictModel):
+    """Self-supervised pre-training (``pneumolab pretrain``) on the study's training images, labels unused; the
+    recipe (e.g. ``fast_pretrained``) starts from its encoder."""
+
+    config: str = "pretrain/simclr"
+    overrides: tuple[str, ...] = ()  # for the pretrain run
 
 
 class StudyGan(StrictModel):
@@ -74,12 +89,19 @@ class StudyConfig(StrictModel):
     budget_min: float | None = Field(None, gt=0)  # wall clock per classifier: equal budgets, fair on a CPU
     overrides: tuple[str, ...] = ()  # for every classifier run, e.g. trainer.max_epochs=3
     recipe_overrides: tuple[str, ...] = ()  # for the recipe only, after ``overrides``
+    pretrain: StudyPretrain | None = None  # an encoder for the recipe (model.init), pre-trained first
     autoencoder: StudyAutoencoder | None = None
     gan: StudyGan | None = None
     report_split: str = "test"  # the split the report evaluates; it never selects anything
     # Reported runs (by name, e.g. cnn_improved, recipe-fast; "all": every one) that `pneumolab robustness`
     # scores on the validation split under acquisition shifts before the report, which then shows them.
     robustness: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _pretrain_needs_a_recipe(self) -> StudyConfig:
+        if self.pretrain is not None and not self.recipe:
+            raise ValueError("pretrain makes an encoder for the recipe: set recipe (e.g. fast_pretrained) too")
+        return self
 
 
 def load_study_config(name: str | Path, overrides: list[str] | None = None) -> StudyConfig:
@@ -102,7 +124,7 @@ class Step:
     """One run of the plan: ``run()`` makes ``folder``; ``needs`` are steps that must have succeeded first."""
 
     name: str
-    kind: str  # data | classifier | autoencoder | gan | synthetic | leaky-data | robustness | report
+    kind: str  # data | classifier | pretrain | autoencoder | gan | synthetic | leaky-data | robustness | report
     folder: Path
     run: Callable[[], Any]
     estimate_s: float | None = None
@@ -252,6 +274,7 @@ def plan_study(cfg: StudyConfig, *, progress: bool = False, estimate: bool = Fal
     """Every step of the study, in order. ``estimate``: measure step rates to estimate each run's seconds."""
     from pneumolab.training.autoencoder import train_autoencoder
     from pneumolab.training.gan import gan_config, train_gan
+    from pneumolab.training.pretrain import pretrain
     from pneumolab.training.trainer import train
 
     root = cfg.out_dir / cfg.name
@@ -292,7 +315,18 @@ def plan_study(cfg: StudyConfig, *, progress: bool = False, estimate: bool = Fal
     if cfg.recipe:
         # At its own input size: a recipe's resolution is part of the recipe (fast: 64 px).
         name = f"recipe-{Path(cfg.recipe).stem}"
-        steps.append(classifier(cfg.recipe, cfg.recipe_overrides, name=name, own_size=True))
+        init: dict[str, Any] = {}
+        if (p := cfg.pretrain) is not None:  # no wall-clock budget: the encoder is made once, like a GAN
+            pc = load_config(
+                PretrainConfig,
+                p.config,
+                list(p.overrides),
+                set_values={"data.data_dir": data_dir, "out_dir": root / "pretrain"},
+            )
+            steps.append(_train_step("pretrain", "pretrain", pc, pretrain, progress, needs=["data"]))
+            init = {"model.init": steps[-1].folder / "encoder.pt"}
+        needs = ["pretrain"] if init else []
+        steps.append(classifier(cfg.recipe, cfg.recipe_overrides, name=name, needs=needs, own_size=True, **init))
     if (ae := cfg.autoencoder) is not None:
         ae_values = {"data.data_dir": data_dir, "data.image_size": d.image_size, "out_dir": root / "autoencoder"}
         ae_cfg = load_config(AutoencoderConfig, ae.config, list(ae.overrides), set_values={**ae_values, **budget})

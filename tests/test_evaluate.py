@@ -70,6 +70,7 @@ def test_an_operating_point_fitted_on_augmented_validation_views(sample_data, tm
     from pneumolab.evaluation.thresholds import choose_threshold
 
     extra = ("calibration_views=3", "threshold_policy=sensitivity>=0.9", "data.augment.aspect=0.4")
+    extra += ("data.augment.batched=true", "data.augment.views=2")  # trained on 2 views, calibrated on 3
     assert main(tiny_train_args(sample_data, tmp_path, *extra)) == 0
     run = tmp_path / "cnn_base"
     _, meta = load_model_file(run / "model.pt")
@@ -82,7 +83,9 @@ def test_an_operating_point_fitted_on_augmented_validation_views(sample_data, tm
     assert meta["temperature"] == pytest.approx(temperature)
     prob = apply_temperature(torch.from_numpy(kept), temperature).numpy()
     assert meta["threshold"] == pytest.approx(choose_threshold(prob, y.numpy(), "sensitivity>=0.9")["threshold"])
-    assert "3 copies of each validation image under the training augmentation" in (run / "MODEL_CARD.md").read_text()
+    card = (run / "MODEL_CARD.md").read_text()
+    assert "3 copies of each validation image under the training augmentation" in card
+    assert "lr 0.001, 2 augmented views of each batch, best epoch" in card
     assert threshold_origin(meta).startswith("chosen on 3 augmented views of each validation image")
     # `evaluate --policy` re-chooses on the same views: from the kept logits, or predicting them again
     first = evaluate(run, sample_data, out=tmp_path / "a", policy="youden", n_boot=50)["alternative_threshold"]

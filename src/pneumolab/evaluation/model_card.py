@@ -17,6 +17,12 @@ def _fmt(m: dict[str, float]) -> str:
     return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
 
 
+def _views(cfg: dict[str, Any]) -> str:
+    """``"2 augmented views of each batch, "`` for ``data.augment.views`` > 1 (older configs have no such key)."""
+    views = cfg.get("data", {}).get("augment", {}).get("views", 1)
+    return f"{views} augmented views of each batch, " if views > 1 else ""
+
+
 def render_model_card(meta: dict[str, Any], evaluations: list[dict[str, Any]]) -> str:
     """Markdown text of the card from a model file's metadata and its evaluations (``metrics.json``)."""
     cfg, pre = meta["config"], meta["preprocessing"]
@@ -36,7 +42,7 @@ def render_model_card(meta: dict[str, Any], evaluations: list[dict[str, Any]]) -
         "## Model",
         f"- Architecture: `{meta['model_name']}` ({meta['model_kwargs']}), pneumolab {meta.get('version', '?')}",
         f"- Training: {cfg['trainer']['max_epochs']} epochs max, {cfg['optim']['optimizer']} lr {cfg['optim']['lr']}, "
-        f"best epoch {meta.get('best_epoch')} selected on {cfg['trainer']['monitor']} (validation split)",
+        f"{_views(cfg)}best epoch {meta.get('best_epoch')} selected on {cfg['trainer']['monitor']} (validation split)",
         "",
         "## Data and splits",
         f"- Training data: `{cfg['data']['data_dir']}`; validation split carved from train by patient "

@@ -103,6 +103,9 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-2views-strong": ("fast", ["data.augment.views=2", *STRONG]),
     "fast-16ep-strong": ("fast", ["data.augment.views=1", "trainer.max_epochs=16", *STRONG]),
     "fast-aspect-simclr-2views": ("fast", ["data.augment.aspect=0.5", "optim.lr=1e-3", "data.augment.views=2"]),
+    # what a CPU without native bf16 pays (fp32 arithmetic on this one)
+    "fast-fp32": ("fast", ["trainer.precision=32"]),
+    "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),
 }
 # Recipes that start from an encoder of `pneumolab pretrain`: (encoder run name, preset, overrides), one per seed
 # under OUT/pretrain/NAME-sSEED, shared by the recipes that name it.

@@ -97,7 +97,9 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # round 7: a second view of each batch (now `fast`); a contrastive loss beside the cross-entropy on the two views
     # was measured at commit 2dc62ea (`optim.contrastive_weight=1.0`) and removed after it lost
     "fast-2views": ("fast", ["data.augment.views=2"]),
-    "fast-2views-16ep": ("fast", ["data.augment.views=2", "trainer.max_epochs=16"]),  # SimCLR's compute, no SimCLR
+    "fast-2views-16ep": ("fast", ["data.augment.views=2", "trainer.max_epochs=16"]),  # 4x the one-view compute
+    # 76 augmented passes over train: fast_pretrained's (30 SimCLR epochs of 2 views + 16 of fine-tuning), no SimCLR
+    "fast-2views-38ep": ("fast", ["data.augment.views=2", "trainer.max_epochs=38"]),
     "fast-48-2views": ("fast", ["data.image_size=48", "data.augment.views=2"]),
     "fast-48-2views-16ep": ("fast", ["data.image_size=48", "data.augment.views=2", "trainer.max_epochs=16"]),
     "fast-2views-strong": ("fast", ["data.augment.views=2", *STRONG]),

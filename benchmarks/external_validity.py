@@ -105,6 +105,17 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-2views-strong": ("fast", ["data.augment.views=2", *STRONG]),
     "fast-16ep-strong": ("fast", ["data.augment.views=1", "trainer.max_epochs=16", *STRONG]),
     "fast-aspect-simclr-2views": ("fast", ["data.augment.aspect=0.5", "optim.lr=1e-3", "data.augment.views=2"]),
+    # round 8: a longer weight average (the EMA's horizon was set for time to accuracy: ~20 steps, a quarter epoch)
+    "fast-ema-0.99": ("fast", ["trainer.ema_decay=0.99"]),
+    "fast-ema-0.995": ("fast", ["trainer.ema_decay=0.995"]),
+    # round 8: keep the last epoch (trainer.select=last) instead of the best on a saturated validation split;
+    # progressive resizing (data.augment.progressive=[start px, ramp's end as a fraction of the epochs])
+    "fast-last": ("fast", ["trainer.select=last"]),
+    "fast-prog-last": ("fast", ["trainer.select=last", "data.augment.progressive=[32,0.75]"]),
+    "fast-prog-12ep-last": (
+        "fast",
+        ["trainer.select=last", "data.augment.progressive=[32,0.75]", "trainer.max_epochs=12"],
+    ),
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

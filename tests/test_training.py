@@ -61,6 +61,24 @@ def test_train_cli_writes_a_complete_self_describing_run(sample_data, tmp_path, 
     assert any(t.startswith("grad/") for t in tags["histograms"])
 
 
+def test_select_last_keeps_the_final_epoch_not_the_best_on_validation(sample_data, tmp_path, capsys) -> None:
+    args = tiny_train_args(sample_data, tmp_path, "name=last", "trainer.max_epochs=3", "trainer.select=last")
+    assert main(args) == 0
+    run = tmp_path / "last"
+    summary = json.loads((run / "summary.json").read_text())
+    history = read_history(run / "history.csv")
+    assert summary["best_epoch"] == 2 and summary["select"] == "last"  # whatever validation said of epochs 1-3
+    assert summary["best_val"]["val/auroc"] == pytest.approx(history[-1]["val/auroc"], abs=1e-5)
+    assert "last epoch 3 of 3:" in capsys.readouterr().out
+    model, meta = load_model_file(run / "model.pt")
+    assert meta["best_epoch"] == 2
+    last = ClassifierModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt", weights_only=True).eval()
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), last(x))  # model.pt holds the final weights
+    assert "last epoch (3) kept: the end of the schedule" in (run / "MODEL_CARD.md").read_text()
+
+
 def _cfg(data: Path, out: Path, name: str, *extra: str) -> TrainConfig:
     args = tiny_train_args(data, out, f"name={name}", *extra)
     return load_config(TrainConfig, "cpu/cnn_base", [a for a in args[5:]], data={"data_dir": str(data)})

@@ -85,13 +85,27 @@ class AugmentConfig(StrictModel):
     # batch of V x B (targets repeated): V times the compute per step, as many steps. The fast recipe spends its
     # time this way (docs/BENCHMARKS.md, seventh round); pretrain's two SimCLR views are the same mechanism.
     views: int = Field(1, ge=1, le=8)
+    # [start, until] (progressive resizing): the training inputs start at `start` px a side and grow linearly, in
+    # steps of 8 px, to data.image_size over the first `until` fraction of the epochs; the rest train at full size.
+    # Early epochs learn coarse features at a fraction of the cost (validation, calibration and inference keep the
+    # full size). None: every epoch at full size.
+    progressive: tuple[int, float] | None = None
 
     @model_validator(mode="after")
     def _views_need_batched(self) -> AugmentConfig:
-        if self.views > 1 and not (self.enabled and self.batched):
-            raise ValueError(
-                f"views={self.views} augments whole batches: set data.augment.batched=true (and enabled=true)"
-            )
+        for key, on in (("views", self.views > 1), ("progressive", self.progressive is not None)):
+            if on and not (self.enabled and self.batched):
+                raise ValueError(
+                    f"{key}={getattr(self, key)} augments whole batches: set data.augment.batched=true "
+                    "(and enabled=true)"
+                )
+        if self.progressive is not None:
+            start, until = self.progressive
+            if start < 16 or start % 8 or not 0 < until <= 1:
+                raise ValueError(
+                    f"progressive=[{start}, {until}]: the start size must be a multiple of 8 (>= 16) and the "
+                    "ramp's end a fraction of the epochs in (0, 1]"
+                )
         return self
 
 
@@ -111,6 +125,24 @@ class DataConfig(StrictModel):
     duplicate_real: dict[Literal["NORMAL", "PNEUMONIA"], int] = {}
     real_train: bool = True  # false: train on the synthetic sets alone (train-on-synthetic, test-on-real)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _progressive_below_size(self) -> DataConfig:
+        if self.augment.progressive and self.augment.progressive[0] >= self.image_size:
+            raise ValueError(
+                f"augment.progressive starts at {self.augment.progressive[0]} px: it must start below "
+                f"data.image_size ({self.image_size})"
+            )
+        return self
+
+    def train_size(self, epoch: int, epochs: int) -> int:
+        """The side of the training inputs in ``epoch`` (0-based) of ``epochs``: ``image_size`` unless
+        ``augment.progressive`` ramps it up (linearly from its start, rounded down to a multiple of 8)."""
+        if self.augment.progressive is None:
+            return self.image_size
+        start, until = self.augment.progressive
+        ramp = min(1.0, epoch / max(until * epochs, 1e-9))
+        return min(self.image_size, int(start + ramp * (self.image_size - start)) // 8 * 8)
 
 
 class ModelConfig(StrictModel):
@@ -152,6 +184,10 @@ class TrainerConfig(StrictModel):
     # Its horizon is ~1 / (1 - decay) optimiser steps. None: off.
     ema_decay: float | None = Field(None, gt=0, lt=1)
     monitor: Literal["val/auroc", "val/loss", "val/acc"] = "val/auroc"  # validation only, never test
+    # Which epoch's model becomes model.pt: "best" on `monitor` (validation), or "last", where the learning-rate
+    # schedule ends. A saturated validation split ranks epochs by the noise of a few images; the fast recipes
+    # keep the last (docs/BENCHMARKS.md, eighth round). Early stopping, when on, still watches `monitor`.
+    select: Literal["best", "last"] = "best"
     early_stopping_patience: int | None = Field(5, ge=1)  # None: no early stopping
     deterministic: bool = True
     accelerator: str = "auto"

@@ -87,7 +87,7 @@ def train_cmd(
         where = f"val x {at['views']} augmented views" if at.get("views") else "val"
         epoch = "-" if s["best_epoch"] is None else s["best_epoch"] + 1  # history counts from 0, people from 1
         typer.echo(
-            f"done: {s['model']} @ {s['image_size']}px, best epoch {epoch} of {s['epochs_run']}: "
+            f"done: {s['model']} @ {s['image_size']}px, {s.get('select', 'best')} epoch {epoch} of {s['epochs_run']}: "
             f"val AUROC {best.get('val/auroc', nan):.4f}; at the stored threshold {op.get('threshold', nan):.3f} "
             f"({op.get('threshold_policy')}) {where} sensitivity {at.get('sensitivity', nan):.3f}, specificity "
             f"{at.get('specificity', nan):.3f}; {s['wall_s']:.0f} s, {s['train_images_per_s']:.0f} img/s -> "

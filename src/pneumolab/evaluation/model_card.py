@@ -17,6 +17,14 @@ def _fmt(m: dict[str, float]) -> str:
     return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
 
 
+def _selected(trainer: dict[str, Any], epoch: int | None) -> str:
+    """Which epoch model.pt holds and why (``trainer.select``; older configs have no such key: best)."""
+    n = "?" if epoch is None else epoch + 1  # history counts from 0, people from 1
+    if trainer.get("select", "best") == "last":
+        return f"last epoch ({n}) kept: the end of the schedule, not selected on validation"
+    return f"best epoch {n} selected on {trainer['monitor']} (validation split)"
+
+
 def _views(cfg: dict[str, Any]) -> str:
     """``"2 augmented views of each batch, "`` for ``data.augment.views`` > 1 (older configs have no such key)."""
     views = cfg.get("data", {}).get("augment", {}).get("views", 1)
@@ -42,7 +50,7 @@ def render_model_card(meta: dict[str, Any], evaluations: list[dict[str, Any]]) -
         "## Model",
         f"- Architecture: `{meta['model_name']}` ({meta['model_kwargs']}), pneumolab {meta.get('version', '?')}",
         f"- Training: {cfg['trainer']['max_epochs']} epochs max, {cfg['optim']['optimizer']} lr {cfg['optim']['lr']}, "
-        f"{_views(cfg)}best epoch {meta.get('best_epoch')} selected on {cfg['trainer']['monitor']} (validation split)",
+        f"{_views(cfg)}{_selected(cfg['trainer'], meta.get('best_epoch'))}",
         "",
         "## Data and splits",
         f"- Training data: `{cfg['data']['data_dir']}`; validation split carved from train by patient "

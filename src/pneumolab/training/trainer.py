@@ -88,11 +88,11 @@ def build_trainer(
     ]
     if progress_bar:  # tqdm, as every other bar of pneumolab (Lightning picks Rich when it is installed)
         callbacks.append(TQDMProgressBar())
-    if t.monitor:  # the best epoch on validation (first: this is trainer.checkpoint_callback)
+    if t.monitor:  # the selected epoch (first: this is trainer.checkpoint_callback); no monitor keeps the latest
         best = ModelCheckpoint(
             dirpath=run.checkpoints,
             filename="best",
-            monitor=t.monitor,
+            monitor=t.monitor if t.select == "best" else None,
             mode=mode,
             enable_version_counter=False,
         )
@@ -280,7 +280,9 @@ def _finish(trainer: L.Trainer, throughput: Throughput, run_dir: Path, cfg: Trai
     monitor = cfg.trainer.monitor
     epochs = [r for r in read_history(RunDir(run_dir).history) if monitor in r]
     best_row: dict[str, float] = {}
-    if epochs:
+    if epochs and cfg.trainer.select == "last":
+        best_row = epochs[-1]
+    elif epochs:
         pick = min if monitor.endswith("loss") else max
         best_row = pick(epochs, key=lambda r: r.get(monitor, float("nan")))
     summary: dict[str, Any] = {
@@ -290,6 +292,7 @@ def _finish(trainer: L.Trainer, throughput: Throughput, run_dir: Path, cfg: Trai
         "epochs_run": trainer.current_epoch,
         "best_epoch": int(best_row["epoch"]) if best_row else None,
         "monitor": monitor,
+        "select": cfg.trainer.select,
         "best_val": {k: round(v, 5) for k, v in best_row.items() if k.startswith("val/")},
         "stopped_early": bool(trainer.should_stop and trainer.current_epoch < cfg.trainer.max_epochs),
         **throughput.summary(),

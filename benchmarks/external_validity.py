@@ -36,6 +36,7 @@ from pneumolab.data.index import index_source
 from pneumolab.data.manifest import Manifest
 from pneumolab.evaluation.evaluate import evaluate
 from pneumolab.evaluation.robustness import robustness_many
+from pneumolab.training.callbacks import read_history
 from pneumolab.training.trainer import train
 
 # name -> (preset, overrides). Cheap recipes only: 3 seeds of each fit a 2-core session.
@@ -191,6 +192,28 @@ def pretrain_run(recipe: str, seed: int, data: Path, out: Path) -> tuple[Path, f
     return run_dir / "encoder.pt", wall
 
 
+def last_epoch_model(run_dir: Path) -> Path:
+    """``run_dir/last-epoch/model.pt``: the run's final-epoch weights (``checkpoints/last.ckpt``) with an operating
+    point fitted as training fits one (validation only): the model ``trainer.select=last`` keeps, from the same run."""
+    from pneumolab.data.transforms import Preprocessing
+    from pneumolab.models.checkpoint import load_model_file, save_model_file
+    from pneumolab.training.classifier import ClassifierModule
+    from pneumolab.training.trainer import _operating_point
+
+    out = run_dir / "last-epoch" / "model.pt"
+    if not out.is_file():
+        last = ClassifierModule.load_from_checkpoint(
+            run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+        )
+        _, meta = load_model_file(run_dir / "model.pt")
+        cfg = TrainConfig.model_validate(meta["config"])
+        net = last.net.eval()
+        op, _ = _operating_point(net, Preprocessing.from_dict(dict(last.hparams.preprocessing)), cfg)
+        out.parent.mkdir(exist_ok=True)
+        save_model_file(out, net, {**meta, **op, "best_epoch": cfg.trainer.max_epochs - 1})
+    return out
+
+
 def _point(m: dict[str, Any]) -> dict[str, float]:
     return {k: m[k]["value"] for k in KEYS}
 
@@ -214,6 +237,11 @@ def main() -> None:
     ap.add_argument("--no-robustness", action="store_true", help="skip the synthetic-shift benchmark")
     ap.add_argument("--no-site", action="store_true", help="skip the 2-fold site calibration/adaptation")
     ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument(
+        "--also-last",
+        action="store_true",
+        help="also score each run's last-epoch model (reported as RECIPE@last): trainer.select=last, same runs",
+    )
     args = ap.parse_args()
     ext = args.out / "external_data"
     if not (ext / "manifest.csv").is_file():
@@ -222,17 +250,24 @@ def main() -> None:
     split = "test" if ext_manifest.indices("test") else "train"
 
     models: list[dict[str, Any]] = []
-    for recipe in args.recipes:
+    recipes = [r for recipe in args.recipes for r in ([recipe, f"{recipe}@last"] if args.also_last else [recipe])]
+    for recipe in recipes:
         for seed in args.seeds:
-            run_dir, wall = train_run(recipe, seed, args.data, args.out)
+            run_dir, wall = train_run(recipe.removesuffix("@last"), seed, args.data, args.out)
             summary = json.loads((run_dir / "summary.json").read_text())
+            val_auroc = summary["best_val"].get("val/auroc")
+            if recipe.endswith("@last"):  # the same run's final epoch, in a folder of its own
+                run_dir, val_auroc = (
+                    last_epoch_model(run_dir).parent,
+                    read_history(run_dir / "history.csv")[-1]["val/auroc"],
+                )
             ev = evaluate(run_dir, ext, split=split, out=run_dir / "eval" / "external", n_boot=args.n_boot)
             row = {
                 "recipe": recipe,
                 "seed": seed,
                 "run": str(run_dir),
                 "train_wall_s": wall,
-                "val_auroc": summary["best_val"].get("val/auroc"),
+                "val_auroc": val_auroc,
                 "threshold": ev["threshold"]["value"],
                 "external": _point(ev["at_threshold"]),
                 "external_ci": _ci(ev["at_threshold"]),
@@ -257,7 +292,7 @@ def main() -> None:
         "external": str(args.external.resolve()),
         "external_split": split,
         "models": models,
-        "recipes": summarise(models, args.recipes),
+        "recipes": summarise(models, recipes),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=2))

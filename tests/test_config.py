@@ -113,7 +113,9 @@ def test_the_pretrain_preset_makes_encoders_the_fast_recipe_accepts() -> None:
     assert tuned.model.init == pre.out_dir / pre.name / "encoder.pt"
     assert tuned.optim.lr < fast.optim.lr and fast.data.augment.views == 2
     assert tuned.data == fast.data.model_copy(update={"augment": fast.data.augment.model_copy(update={"views": 1})})
-    assert tuned.trainer.model_copy(update={"max_epochs": fast.trainer.max_epochs}) == fast.trainer
+    assert tuned.trainer.select == "best" and fast.trainer.select == "last"
+    assert tuned.trainer.model_copy(update={"max_epochs": fast.trainer.max_epochs, "select": "last"}) == fast.trainer
     # fast_long is fast, longer, and nothing else
     long = load_config(TrainConfig, "fast_long", ["data.data_dir=d"])
+    assert long.trainer.model_copy(update={"max_epochs": 8, "select": "last"}) == fast.trainer
     assert long.trainer.max_epochs == 38 and long.model_copy(update={"name": "fast", "trainer": fast.trainer}) == fast

@@ -156,15 +156,13 @@ class BatchTrainPreset(torch.nn.Module):
         self.aspect_offsets = None if aspect_offsets is None else torch.tensor(aspect_offsets)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
-        """``x`` (B, 1, H, W) uint8 -> (B, 1, size, size) float (``size`` None: H); ``y`` (B,) targets, read only
-        for the aspect offsets. A smaller ``size`` (progressive resizing) is sampled by the affine warp itself."""
+        """``x`` (B, 1, H, W) uint8 -> (B, 1, size, size) float (``size`` None: H; a smaller one, for progressive
+        resizing, needs the augmentation enabled); ``y`` (B,) targets, read only for the aspect offsets."""
         if self.eval.equalize:
             x = v2.functional.equalize(x)
         x = x.float().div_(255)
         if self.augment.enabled:
             x = self._augment(x, y, size or x.shape[-1])
-        elif size and size != x.shape[-1]:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         return self.eval.normalize(x)
 
     def _augment(self, x: torch.Tensor, y: torch.Tensor | None, side: int) -> torch.Tensor:

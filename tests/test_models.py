@@ -121,6 +121,20 @@ def test_cnn_improved_width_and_group_norm() -> None:
         create_model("cnn_improved", norm="layer")
 
 
+def test_cnn_improved_stem_stride_downsamples_in_the_first_convolution() -> None:
+    base, stem = create_model("cnn_improved"), create_model("cnn_improved", stem_stride=2)
+    assert [p.shape for p in stem.parameters()] == [p.shape for p in base.parameters()]  # the same weights
+    x = torch.randn(2, 1, 64, 64)
+    # (2, 16, 32, 32) out of the first block either way: halved by the first convolution instead of the pool
+    assert stem.features[0](x).shape == base.features[0](x).shape == (2, 16, 32, 32)
+    assert stem.features[0][0].stride == (2, 2) and stem.features[0][3].stride == (1, 1)
+    # the first block's two convolutions (1 -> 16, 16 -> 16) on a 32 x 32 map instead of 64 x 64: 3/4 of them saved
+    first_block = 2 * (64 * 64) * 16 * 9 * (1 + 16)
+    assert count_flops(base, 64) - count_flops(stem, 64) == 0.75 * first_block
+    with pytest.raises(InputError, match="stem_stride must be 1 or 2, got 3"):
+        create_model("cnn_improved", stem_stride=3)
+
+
 def test_dropout_before_the_head() -> None:
     m = create_model("resnet34", dropout=0.5)
     assert isinstance(m.fc, nn.Sequential) and m.fc[0].p == 0.5 and m.fc[1].out_features == 2

@@ -232,47 +232,6 @@ def test_views_concatenate_independent_augmentations_with_the_targets_repeated(p
         AugmentConfig(views=2)
 
 
-def test_progressive_resizing_grows_the_training_inputs_to_full_size(prepared_dir) -> None:
-    import lightning as L
-
-    ramp = DataConfig(data_dir=prepared_dir, image_size=64, augment=AugmentConfig(batched=True, progressive=(32, 0.75)))
-    # 32 + 32 * epoch / 6 px (the ramp ends at 0.75 x 8 epochs), rounded down to a multiple of 8
-    assert [ramp.train_size(e, 8) for e in range(8)] == [32, 32, 40, 48, 48, 56, 64, 64]
-    aug = AugmentConfig(batched=True, progressive=(16, 0.5), views=2)
-    dm = _dm(prepared_dir, normalization="per_image", augment=aug)
-    shapes: dict[str, list[tuple[int, ...]]] = {"train": [], "val": []}
-
-    class Probe(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(()))
-
-        def training_step(self, batch, batch_idx):
-            shapes["train"].append(tuple(batch[0].shape))
-            return self.w * batch[0].float().mean()
-
-        def validation_step(self, batch, batch_idx):
-            shapes["val"].append(tuple(batch[0].shape))
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    trainer = L.Trainer(
-        max_epochs=4, limit_train_batches=1, limit_val_batches=1, num_sanity_val_steps=0, accelerator="cpu",
-        logger=False, enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
-    )  # fmt: skip
-    trainer.fit(Probe(), datamodule=dm)
-    assert [s[-1] for s in shapes["train"]] == [16, 24, 32, 32]  # the ramp ends after half of the 4 epochs
-    assert {s[0] for s in shapes["train"]} == {16}  # 2 views of 8
-    assert set(shapes["val"]) == {(8, 1, 32, 32)}  # validation (and so the operating point) at full size
-    with pytest.raises(ValueError, match=r"progressive=\(16, 0\.5\) augments whole batches"):
-        AugmentConfig(progressive=(16, 0.5))
-    with pytest.raises(ValueError, match="the start size must be a multiple of 8"):
-        AugmentConfig(batched=True, progressive=(20, 0.5))
-    with pytest.raises(ValueError, match=r"starts at 32 px: it must start below data\.image_size \(32\)"):
-        DataConfig(data_dir=prepared_dir, image_size=32, augment=AugmentConfig(batched=True, progressive=(32, 0.5)))
-
-
 def test_batched_blur_matches_torchvision_per_image_and_spares_the_other_half() -> None:
     from torchvision.transforms.v2 import functional as TF
 

@@ -85,27 +85,13 @@ class AugmentConfig(StrictModel):
     # batch of V x B (targets repeated): V times the compute per step, as many steps. The fast recipe spends its
     # time this way (docs/BENCHMARKS.md, seventh round); pretrain's two SimCLR views are the same mechanism.
     views: int = Field(1, ge=1, le=8)
-    # [start, until] (progressive resizing): the training inputs start at `start` px a side and grow linearly, in
-    # steps of 8 px, to data.image_size over the first `until` fraction of the epochs; the rest train at full size.
-    # Early epochs learn coarse features at a fraction of the cost (validation, calibration and inference keep the
-    # full size). None: every epoch at full size.
-    progressive: tuple[int, float] | None = None
 
     @model_validator(mode="after")
     def _views_need_batched(self) -> AugmentConfig:
-        for key, on in (("views", self.views > 1), ("progressive", self.progressive is not None)):
-            if on and not (self.enabled and self.batched):
-                raise ValueError(
-                    f"{key}={getattr(self, key)} augments whole batches: set data.augment.batched=true "
-                    "(and enabled=true)"
-                )
-        if self.progressive is not None:
-            start, until = self.progressive
-            if start < 16 or start % 8 or not 0 < until <= 1:
-                raise ValueError(
-                    f"progressive=[{start}, {until}]: the start size must be a multiple of 8 (>= 16) and the "
-                    "ramp's end a fraction of the epochs in (0, 1]"
-                )
+        if self.views > 1 and not (self.enabled and self.batched):
+            raise ValueError(
+                f"views={self.views} augments whole batches: set data.augment.batched=true (and enabled=true)"
+            )
         return self
 
 
@@ -125,24 +111,6 @@ class DataConfig(StrictModel):
     duplicate_real: dict[Literal["NORMAL", "PNEUMONIA"], int] = {}
     real_train: bool = True  # false: train on the synthetic sets alone (train-on-synthetic, test-on-real)
     seed: int = 0
-
-    @model_validator(mode="after")
-    def _progressive_below_size(self) -> DataConfig:
-        if self.augment.progressive and self.augment.progressive[0] >= self.image_size:
-            raise ValueError(
-                f"augment.progressive starts at {self.augment.progressive[0]} px: it must start below "
-                f"data.image_size ({self.image_size})"
-            )
-        return self
-
-    def train_size(self, epoch: int, epochs: int) -> int:
-        """The side of the training inputs in ``epoch`` (0-based) of ``epochs``: ``image_size`` unless
-        ``augment.progressive`` ramps it up (linearly from its start, rounded down to a multiple of 8)."""
-        if self.augment.progressive is None:
-            return self.image_size
-        start, until = self.augment.progressive
-        ramp = min(1.0, epoch / max(until * epochs, 1e-9))
-        return min(self.image_size, int(start + ramp * (self.image_size - start)) // 8 * 8)
 
 
 class ModelConfig(StrictModel):

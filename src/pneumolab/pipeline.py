@@ -185,9 +185,6 @@ def _estimate(
     if cfg.trainer.max_steps > 0:
         epochs = min(epochs, cfg.trainer.max_steps * cfg.data.batch_size / max(n_train, 1))
     images = epochs * n_train * cfg.data.augment.views  # each view is a forward and backward pass
-    if cfg.data.augment.progressive:  # smaller inputs early: each epoch costs about its share of the pixels
-        full = max(1, round(epochs))
-        images *= sum((cfg.data.train_size(e, full) / cfg.data.image_size) ** 2 for e in range(full)) / full
     seconds = 10 + 1.35 * images / rates[key]  # + start-up, operating point, model card
     return min(seconds, budget_min * 60) if budget_min else seconds
 

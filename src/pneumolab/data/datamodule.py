@@ -185,26 +185,23 @@ class ChestXrayDataModule(L.LightningDataModule):
         images = load_cache(syn, self.config.image_size, Path(syn_dir) / "cache")
         return CachedImages(images, list(range(len(syn))), [r.target for r in syn.records], None)
 
-    def augment_batch(self, x: torch.Tensor, y: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
-        """Augment and normalise a raw training batch ``(B, 1, S, S) uint8`` into ``(B, 1, size, size)`` float
-        (``augment.batched`` only; ``size`` None: S); ``y`` (B,): its targets, for ``augment.aspect_balance``."""
+    def augment_batch(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Augment and normalise a raw training batch ``(B, 1, S, S) uint8`` (``augment.batched`` only);
+        ``y`` (B,): its targets, for ``augment.aspect_balance`` (None: no per-class offset)."""
         if self.batch_augment is None:
             raise RuntimeError("augment_batch() needs data.augment.batched=true and setup() first")
-        return self.batch_augment(x, y, size)
+        return self.batch_augment(x, y)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Only the batched training loader yields uint8 images (val/test come normalised, latents are float).
         x, *rest = batch
         if self.batch_augment is not None and x.dtype == torch.uint8:
             y = rest[0] if rest else None
-            trainer = self.trainer  # None outside a Trainer (a loop of one's own): full size
-            size = self.config.train_size(trainer.current_epoch, trainer.max_epochs) if trainer else None
             views = self.config.augment.views
             if views == 1:
-                return [self.augment_batch(x, y, size), *rest]
-            # (V*B, 1, s, s): view v of image i at row v*B + i; targets (and any other field) repeated alike
-            views_x = [self.augment_batch(x, y, size) for _ in range(views)]
-            return [torch.cat(views_x), *(r.repeat(views) for r in rest)]
+                return [self.augment_batch(x, y), *rest]
+            # (V*B, 1, S, S): view v of image i at row v*B + i; targets (and any other field) repeated alike
+            return [torch.cat([self.augment_batch(x, y) for _ in range(views)]), *(r.repeat(views) for r in rest)]
         return batch
 
     @property

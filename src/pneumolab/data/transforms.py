@@ -155,20 +155,17 @@ class BatchTrainPreset(torch.nn.Module):
         # log(width/height) added to the stretch of each class (by target index): ``augment.aspect_balance``
         self.aspect_offsets = None if aspect_offsets is None else torch.tensor(aspect_offsets)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
-        """``x`` (B, 1, H, W) uint8 -> (B, 1, size, size) float (``size`` None: H; a smaller one, for progressive
-        resizing, needs the augmentation enabled); ``y`` (B,) targets, read only for the aspect offsets."""
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` (B, 1, H, W) uint8 -> (B, 1, H, W) float; ``y`` (B,) targets, read only for the aspect offsets."""
         if self.eval.equalize:
             x = v2.functional.equalize(x)
         x = x.float().div_(255)
         if self.augment.enabled:
-            x = self._augment(x, y, size or x.shape[-1])
+            x = self._augment(x, y)
         return self.eval.normalize(x)
 
-    def _augment(self, x: torch.Tensor, y: torch.Tensor | None, side: int) -> torch.Tensor:
-        a, b = self.augment, x.shape[0]
-        if side < x.shape[-1]:  # bilinear warp to fewer pixels would alias: downsample first, with a filter
-            x = F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+    def _augment(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        a, (b, _, _, side) = self.augment, x.shape
 
         def uniform(lo: float, hi: float) -> torch.Tensor:  # (B,) on x's device
             return torch.empty(b, device=x.device).uniform_(lo, hi)

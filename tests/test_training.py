@@ -62,12 +62,17 @@ def test_train_cli_writes_a_complete_self_describing_run(sample_data, tmp_path, 
 
 
 def test_select_last_keeps_the_final_epoch_not_the_best_on_validation(sample_data, tmp_path, capsys) -> None:
-    args = tiny_train_args(sample_data, tmp_path, "name=last", "trainer.max_epochs=3", "trainer.select=last")
-    assert main(args) == 0
+    # A learning rate too small to move a weight: every epoch scores the same on validation, so "best" keeps the
+    # first of the tied epochs and "last" the third.
+    frozen = ("trainer.max_epochs=3", "optim.lr=1e-12")
+    for select in ("best", "last"):
+        assert main(tiny_train_args(sample_data, tmp_path, f"name={select}", *frozen, f"trainer.select={select}")) == 0
+    assert json.loads((tmp_path / "best" / "summary.json").read_text())["best_epoch"] == 0
     run = tmp_path / "last"
     summary = json.loads((run / "summary.json").read_text())
     history = read_history(run / "history.csv")
-    assert summary["best_epoch"] == 2 and summary["select"] == "last"  # whatever validation said of epochs 1-3
+    assert len({r["val/auroc"] for r in history}) == 1  # the tie
+    assert summary["best_epoch"] == 2 and summary["select"] == "last"
     assert summary["best_val"]["val/auroc"] == pytest.approx(history[-1]["val/auroc"], abs=1e-5)
     assert "last epoch 3 of 3:" in capsys.readouterr().out
     model, meta = load_model_file(run / "model.pt")

@@ -187,9 +187,9 @@ def cnn_improved(
         raise InputError(f"cnn_improved: model.kwargs.width must be a multiple of 8 (>= 8), got {width}")
     if norm not in ("batch", "group"):
         raise InputError(f"cnn_improved: model.kwargs.norm must be 'batch' or 'group', got {norm!r}")
-    chans = [in_chans, width, 2 * width, 4 * width, 8 * width]
     if stem_stride not in (1, 2):
         raise InputError(f"cnn_improved: model.kwargs.stem_stride must be 1 or 2, got {stem_stride!r}")
+    chans = [in_chans, width, 2 * width, 4 * width, 8 * width]
     features = nn.Sequential(
         *[
             _block(a, b, norm=norm, convs=2, stride=stem_stride if i == 0 else 1)

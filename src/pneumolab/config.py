@@ -153,8 +153,8 @@ class TrainerConfig(StrictModel):
     ema_decay: float | None = Field(None, gt=0, lt=1)
     monitor: Literal["val/auroc", "val/loss", "val/acc"] = "val/auroc"  # validation only, never test
     # Which epoch's model becomes model.pt: "best" on `monitor` (validation), or "last", where the learning-rate
-    # schedule ends. A saturated validation split ranks epochs by the noise of a few images; the fast recipes
-    # keep the last (docs/BENCHMARKS.md, eighth round). Early stopping, when on, still watches `monitor`.
+    # schedule ends. A saturated validation split ranks epochs by the noise of a few images; the fast recipe
+    # keeps the last (docs/BENCHMARKS.md, eighth round). Early stopping, when on, still watches `monitor`.
     select: Literal["best", "last"] = "best"
     early_stopping_patience: int | None = Field(5, ge=1)  # None: no early stopping
     deterministic: bool = True

@@ -120,6 +120,15 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # class-balanced sampling instead of loss weights: the normals (the class the test split errs on) are drawn ~3x
     # as often, so the model sees more augmented views of them
     "fast-sampler-last": ("fast", ["trainer.select=last", "data.balance=sampler"]),
+    # Round 9: how `fast` (last epoch) spends its steps: a higher peak learning rate, SGD with Nesterov momentum
+    # (the classic CNN optimiser), three views of each image over fewer epochs (about the same compute)
+    "fast-lr6e-3": ("fast", ["optim.lr=6e-3"]),
+    "fast-sgd": ("fast", ["optim.optimizer=sgd", "optim.lr=0.1", "optim.weight_decay=5e-4"]),
+    "fast-3views-6ep": ("fast", ["data.augment.views=3", "trainer.max_epochs=6"]),
+    "fast-lr1.5e-3": ("fast", ["optim.lr=1.5e-3"]),
+    "fast-no-dropout": ("fast", ["model.dropout=0"]),
+    # each block's second convolution learns a residual over the first's output (a shortcut, ResNet-style)
+    "fast-residual": ("fast", ["model.kwargs.residual=true"]),
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

@@ -126,11 +126,14 @@ class ChestXrayDataModule(L.LightningDataModule):
         if not manifest.indices("val"):
             raise InputError(f"{cfg.data_dir} has no validation split: run `pneumolab data split {cfg.data_dir}` first")
         images = load_cache(manifest, cfg.image_size, cfg.data_dir / "cache")
+        # (N, S, S) uint8 the training loader slices: augment.source_size's cache, resized after the augmentation
+        train_images = load_cache(manifest, cfg.augment.source_size, cfg.data_dir / "cache") if self._src else images
         train_idx = manifest.indices("train", source="real")
 
         def subset(split: str, source: str | None = None) -> CachedImages:
             idx = manifest.indices(split, source)
-            return CachedImages(images, idx, [manifest.records[i].target for i in idx], None)
+            pixels = train_images if split == "train" else images
+            return CachedImages(pixels, idx, [manifest.records[i].target for i in idx], None)
 
         syn_parts = [self._synthetic(manifest, syn_dir) for syn_dir in cfg.synthetic]
         if cfg.real_train:
@@ -149,13 +152,15 @@ class ChestXrayDataModule(L.LightningDataModule):
                 for label, n in sorted(cfg.duplicate_real.items())
                 for i in rng.choice([i for i in train_idx if manifest.records[i].label == label], n)
             ]
-            train_parts.append(CachedImages(images, extra, [manifest.records[i].target for i in extra], None))
+            train_parts.append(CachedImages(train_images, extra, [manifest.records[i].target for i in extra], None))
         norm = {"mean": self.mean, "std": self.std, "normalization": cfg.normalization}
         if cfg.augment.aspect_balance and not cfg.augment.batched:
             raise InputError("data.augment.aspect_balance needs data.augment.batched=true: it reads the labels")
         if cfg.augment.batched:  # raw uint8 out of the loader; augment_batch() does the rest
             offsets = aspect_offsets(manifest, train_idx) if cfg.augment.aspect_balance else None
-            self.batch_augment = BatchTrainPreset(**norm, augment=cfg.augment, aspect_offsets=offsets)
+            self.batch_augment = BatchTrainPreset(
+                **norm, augment=cfg.augment, aspect_offsets=offsets, out_size=cfg.image_size
+            )
             train_tf: Any = torch.nn.Identity()
         else:
             train_tf = TrainPreset(**norm, augment=cfg.augment)
@@ -182,8 +187,12 @@ class ChestXrayDataModule(L.LightningDataModule):
         held_out = {r.sha256 for r in manifest.records if r.split != "train"}
         if any(r.sha256 in held_out for r in syn.records):
             raise LeakageError(f"{syn_dir}: contains an image identical to a validation/test image")
-        images = load_cache(syn, self.config.image_size, Path(syn_dir) / "cache")
+        images = load_cache(syn, self.config.augment.source_size or self.config.image_size, Path(syn_dir) / "cache")
         return CachedImages(images, list(range(len(syn))), [r.target for r in syn.records], None)
+
+    @property
+    def _src(self) -> bool:  # the training images come at augment.source_size
+        return self.config.augment.source_size is not None
 
     def augment_batch(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Augment and normalise a raw training batch ``(B, 1, S, S) uint8`` (``augment.batched`` only);
@@ -259,6 +268,11 @@ class ChestXrayDataModule(L.LightningDataModule):
 
     def eval_loader(self, split: str, batch_size: int = 128) -> DataLoader:
         """A split through the deterministic eval transform, in order (for train: without augmentation)."""
+        if split == "train" and self._src:
+            raise InputError(
+                f"the training images are cached at data.augment.source_size={self.config.augment.source_size} px, "
+                f"not at the model's {self.config.image_size}: train this stage without source_size"
+            )
         ds = self.datasets[split]
         plain = CachedImages(ds.images, ds.indices, ds.targets, self.datasets["val"].transform)
         return DataLoader(plain, batch_size=batch_size)

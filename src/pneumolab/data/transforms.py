@@ -148,20 +148,26 @@ class BatchTrainPreset(torch.nn.Module):
         normalization: str = "dataset",
         augment: AugmentConfig,
         aspect_offsets: tuple[float, ...] | None = None,
+        out_size: int | None = None,
     ) -> None:
         super().__init__()
         self.augment = augment
+        self.out_size = out_size  # images of another size are resized to it after the augmentation (source_size)
         self.eval = EvalPreset(mean=mean, std=std, normalization=normalization)
         # log(width/height) added to the stretch of each class (by target index): ``augment.aspect_balance``
         self.aspect_offsets = None if aspect_offsets is None else torch.tensor(aspect_offsets)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` (B, 1, H, W) uint8 -> (B, 1, H, W) float; ``y`` (B,) targets, read only for the aspect offsets."""
+        """``x`` (B, 1, H, W) uint8 -> (B, 1, S, S) float (S: ``out_size``, else H = W); ``y`` (B,) targets, read
+        only for the aspect offsets."""
         if self.eval.equalize:
             x = v2.functional.equalize(x)
         x = x.float().div_(255)
         if self.augment.enabled:
             x = self._augment(x, y)
+        if self.out_size is not None and x.shape[-1] != self.out_size:
+            # antialiased, as the cache was made: an unaugmented image comes out as the eval cache has it
+            x = F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear", antialias=True).clamp_(0, 1)
         return self.eval.normalize(x)
 
     def _augment(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:

@@ -126,18 +126,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
     return nn.BatchNorm2d(channels) if kind == "batch" else nn.GroupNorm(8, channels)
 
 
-class _ResidualPair(nn.Sequential):
-    """[Conv -> norm -> ReLU -> Conv -> norm] + a shortcut from the first ReLU -> ReLU -> pool: the layout (and
-    the state-dict keys) of a two-convolution ``_block``, with the second convolution learning a residual."""
-
-    def forward(self, x):  # (B, Cin, H, W) -> (B, Cout, H', W')
-        x = self[2](self[1](self[0](x)))  # (B, Cout, H/s, W/s)
-        return self[6](self[5](self[4](self[3](x)) + x))
-
-
-def _block(
-    cin: int, cout: int, *, norm: str | None, convs: int, stride: int = 1, residual: bool = False
-) -> nn.Sequential:
+def _block(cin: int, cout: int, *, norm: str | None, convs: int, stride: int = 1) -> nn.Sequential:
     """``convs`` x [Conv3x3 -> norm -> ReLU], then MaxPool2; ``stride=2`` halves the map in the first convolution
     instead of in the pool (the same output size, at a quarter of the activations)."""
     layers: list[nn.Module] = []
@@ -147,7 +136,7 @@ def _block(
         ]
         layers += [_norm(norm, cout)] if norm else []
         layers += [nn.ReLU(inplace=True)]
-    return (_ResidualPair if residual else nn.Sequential)(*layers, nn.MaxPool2d(2) if stride == 1 else nn.Identity())
+    return nn.Sequential(*layers, nn.MaxPool2d(2) if stride == 1 else nn.Identity())
 
 
 @register_model(
@@ -186,7 +175,6 @@ def cnn_improved(
     width: int = 16,
     norm: Literal["batch", "group"] = "batch",
     stem_stride: Literal[1, 2] = 1,
-    residual: bool = False,
 ) -> SmallCNN:
     """Improved CNN (deeper, BatchNorm, dropout): 4 x [(Conv3x3 -> BN -> ReLU) x 2 -> MaxPool2]
     (16, 32, 64, 128 channels), global average pool, Dropout(0.3) -> Linear(128, num_classes).
@@ -204,7 +192,7 @@ def cnn_improved(
     chans = [in_chans, width, 2 * width, 4 * width, 8 * width]
     features = nn.Sequential(
         *[
-            _block(a, b, norm=norm, convs=2, stride=stem_stride if i == 0 else 1, residual=residual)
+            _block(a, b, norm=norm, convs=2, stride=stem_stride if i == 0 else 1)
             for i, (a, b) in enumerate(itertools.pairwise(chans))
         ]
     )

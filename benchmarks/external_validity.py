@@ -44,6 +44,8 @@ from pneumolab.training.trainer import train
 # the earlier "fast + X" recipes were measured without it (`fast-no-aspect` is that reference; add
 # "data.augment.aspect=0" to reproduce one of them). In the seventh round it gained a second view of each batch
 # (data.augment.views=2): recipes of rounds 1-6 were measured with one (`fast-1view` is the sixth round's `fast`).
+# In the ninth it gained supersample=2 and lr 1.5e-3 (R8 restores the eighth round's `fast`).
+R8 = ["optim.lr=3e-3", "data.augment.supersample=1"]
 # The SimCLR augmentation strength (configs/pretrain/simclr.yaml), tried in supervised training:
 STRONG = [
     "data.augment.rotation_deg=10",
@@ -107,37 +109,39 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-16ep-strong": ("fast", ["data.augment.views=1", "trainer.max_epochs=16", *STRONG]),
     "fast-aspect-simclr-2views": ("fast", ["data.augment.aspect=0.5", "optim.lr=1e-3", "data.augment.views=2"]),
     # Round 8: a longer weight average (the EMA's horizon was set for time to accuracy: ~20 steps, a quarter epoch)
-    "fast-ema-0.99": ("fast", ["trainer.ema_decay=0.99"]),
+    "fast-ema-0.99": ("fast", [*R8, "trainer.ema_decay=0.99"]),
     # Keep the last epoch (trainer.select=last) instead of the best on a saturated validation split; `fast`
     # keeps it since (its rounds 1-7 and fast-ema-0.99 were measured with select=best: add "trainer.select=best").
     # Progressive resizing (fast-prog-last, fast-prog-12ep-last) was measured at commit 25e5841
     # (`data.augment.progressive=[32,0.75]`) and removed: stem_stride=2 saves more time for less.
-    "fast-best": ("fast", ["trainer.select=best"]),  # `fast` until round 8 (--also-last scores its last epoch too)
+    "fast-best": ("fast", [*R8, "trainer.select=best"]),  # `fast` until round 8 (--also-last scores its last epoch too)
     # the first convolution downsamples (the first block's full-size maps are ~2/3 of a CPU step): 1.76x the step rate,
     # spent on 14 epochs (fast's time) or saved (8 epochs)
-    "fast-stem2-last": ("fast", ["trainer.select=last", "model.kwargs.stem_stride=2"]),
-    "fast-stem2-14ep-last": ("fast", ["trainer.select=last", "model.kwargs.stem_stride=2", "trainer.max_epochs=14"]),
+    "fast-stem2-last": ("fast", [*R8, "model.kwargs.stem_stride=2"]),
+    "fast-stem2-14ep-last": ("fast", [*R8, "model.kwargs.stem_stride=2", "trainer.max_epochs=14"]),
     # class-balanced sampling instead of loss weights: the normals (the class the test split errs on) are drawn ~3x
     # as often, so the model sees more augmented views of them
-    "fast-sampler-last": ("fast", ["trainer.select=last", "data.balance=sampler"]),
-    # Round 9: how `fast` (last epoch) spends its steps: a higher peak learning rate, SGD with Nesterov momentum
-    # (the classic CNN optimiser), three views of each image over fewer epochs (about the same compute)
-    "fast-lr6e-3": ("fast", ["optim.lr=6e-3"]),
-    "fast-sgd": ("fast", ["optim.optimizer=sgd", "optim.lr=0.1", "optim.weight_decay=5e-4"]),
-    "fast-3views-6ep": ("fast", ["data.augment.views=3", "trainer.max_epochs=6"]),
-    "fast-lr1.5e-3": ("fast", ["optim.lr=1.5e-3"]),
-    "fast-lr1e-3": ("fast", ["optim.lr=1e-3"]),
-    "fast-no-dropout": ("fast", ["model.dropout=0"]),
+    "fast-sampler-last": ("fast", [*R8, "data.balance=sampler"]),
+    # Round 9, against `fast` of the eighth round (R8: lr 3e-3, augmented at 64 px). How it spends its steps: the
+    # peak learning rate, SGD with Nesterov momentum (the classic CNN optimiser), three views of each image over
+    # fewer epochs (about the same compute), no dropout before the head.
+    "fast-lr6e-3": ("fast", [*R8, "optim.lr=6e-3"]),
+    "fast-lr1.5e-3": ("fast", [*R8, "optim.lr=1.5e-3"]),
+    "fast-lr1e-3": ("fast", [*R8, "optim.lr=1e-3"]),
+    "fast-sgd": ("fast", [*R8, "optim.optimizer=sgd", "optim.lr=0.1", "optim.weight_decay=5e-4"]),
+    "fast-3views-6ep": ("fast", [*R8, "data.augment.views=3", "trainer.max_epochs=6"]),
+    "fast-no-dropout": ("fast", [*R8, "model.dropout=0"]),
     # fast-residual (each block's second convolution learning a residual over the first's output, a ResNet-style
     # shortcut) was measured at commit 164a9fa (`model.kwargs.residual=true`) and removed: it lost.
-    # the normals the test split calls pneumonia are framed tightly (the lungs fill the frame, no neck, little
-    # margin): zoom in further than fast's 1.25x
-    "fast-zoom-1.5": ("fast", ["data.augment.scale=[0.9,1.5]"]),
-    # the augmentation resamples at 1.5x or 2x the model's size, then resizes with antialiasing
-    # (data.augment.source_size): training images as sharp as the images the model is scored on
-    "fast-src96": ("fast", ["data.augment.source_size=96"]),
-    "fast-src128": ("fast", ["data.augment.source_size=128"]),
-    "fast-lr1.5e-3-src128": ("fast", ["optim.lr=1.5e-3", "data.augment.source_size=128"]),
+    # The normals the test split calls pneumonia are framed tightly (the lungs fill the frame, no neck, little
+    # margin): zoom in further than fast's 1.25x.
+    "fast-zoom-1.5": ("fast", [*R8, "data.augment.scale=[0.9,1.5]"]),
+    # Training images as sharp as the images a model is scored on: augmented from the 96 or 128 px cache, then
+    # resized to 64 px with antialiasing (measured at commit 7cf3f46 as `data.augment.source_size=96|128`; the same
+    # operations as data.augment.supersample=1.5|2). The last one is `fast` since.
+    "fast-src96": ("fast", [*R8, "data.augment.supersample=1.5"]),
+    "fast-src128": ("fast", [*R8, "data.augment.supersample=2"]),
+    "fast-lr1.5e-3-src128": ("fast", []),
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

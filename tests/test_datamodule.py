@@ -317,7 +317,7 @@ def test_aspect_balance_says_when_it_cannot_measure_and_refuses_what_it_cannot_a
         _dm(data, augment=AugmentConfig(aspect_balance=True))
 
 
-def test_source_size_augments_at_the_larger_size_then_resizes_with_antialiasing() -> None:
+def test_supersampled_images_are_augmented_at_their_size_then_resized_with_antialiasing() -> None:
     from pneumolab.data.transforms import BatchTrainPreset
 
     still = {"rotation_deg": 0, "translate": 0, "scale": (1.0, 1.0), "brightness": 0, "contrast": 0}
@@ -333,10 +333,10 @@ def test_source_size_augments_at_the_larger_size_then_resizes_with_antialiasing(
     torch.testing.assert_close(out[0, 0], torch.tensor(want).float().expand(8, 8), atol=1e-5, rtol=0)
 
     # Why: a zoom resampled at the model's size interpolates between its pixels (a low-pass); resampled at twice
-    # the size and then reduced, it keeps the detail the model sees at inference.
+    # the size and then reduced, it keeps the detail of the image.
     g = torch.Generator().manual_seed(0)
     fine = torch.randint(0, 256, (8, 1, 64, 64), dtype=torch.uint8, generator=g)
-    small = (torch.nn.functional.interpolate(fine.float(), size=(32, 32), mode="bilinear", antialias=True)).round()
+    small = torch.nn.functional.interpolate(fine.float(), size=(32, 32), mode="bilinear", antialias=True).round()
     zoom = AugmentConfig(**{**still, "scale": (1.25, 1.25)})
 
     def detail(img: torch.Tensor) -> float:  # mean squared difference between horizontal neighbours, [0, 1] scale
@@ -349,27 +349,26 @@ def test_source_size_augments_at_the_larger_size_then_resizes_with_antialiasing(
     assert detail(from_source) > 2 * detail(at_size)  # 0.0120 against 0.0037 here
 
 
-def test_source_size_feeds_the_training_loader_and_the_calibration_views_only(prepared_dir) -> None:
+def test_supersample_feeds_the_training_loader_and_the_calibration_views_only(prepared_dir) -> None:
     from torch import nn
 
     from pneumolab.evaluation.predict import validation_logits
 
-    aug = AugmentConfig(batched=True, rotation_deg=10, source_size=48)
+    aug = AugmentConfig(batched=True, rotation_deg=10, supersample=1.5)
+    assert aug.source_size(32) == 48
     dm = _dm(prepared_dir, normalization="per_image", augment=aug)
     raw, y = next(iter(dm.train_dataloader()))
-    assert raw.dtype == torch.uint8 and raw.shape == (8, 1, 48, 48)  # the source-size cache
+    assert raw.dtype == torch.uint8 and raw.shape == (8, 1, 48, 48)  # the 48 px cache
     x, _ = dm.on_after_batch_transfer([raw, y], 0)
     assert x.shape == (8, 1, 32, 32)  # what the model takes
     assert next(iter(dm.val_dataloader()))[0].shape == (8, 1, 32, 32)  # val/test: the model's size, never augmented
-    with pytest.raises(InputError, match=r"cached at data\.augment\.source_size=48 px, not at the model's 32"):
+    with pytest.raises(InputError, match=r"supersample=1\.5 x 32 px, not at the model's size"):
         dm.eval_loader("train")
-    # Calibration views are drawn from the source-size cache and resized as the training batches are: a model that
+    # Calibration views are drawn from the same larger cache and resized as the training batches are: a model that
     # takes only 32 x 32 inputs scores them.
     manifest, val = Manifest.load(prepared_dir), Manifest.load(prepared_dir).indices("val")
     model = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 2))
     logits = validation_logits(model, dm.preprocessing(), manifest, val, prepared_dir / "cache", augment=aug, views=2)
     assert logits.shape == (2 * len(val), 2)
-    with pytest.raises(ValueError, match=r"source_size=32 must be larger than data\.image_size=32"):
-        DataConfig(data_dir=prepared_dir, image_size=32, augment=AugmentConfig(batched=True, source_size=32))
-    with pytest.raises(ValueError, match=r"source_size=48 augments whole batches: set data\.augment\.batched=true"):
-        AugmentConfig(source_size=48)
+    with pytest.raises(ValueError, match=r"supersample=2\.0 augments whole batches: set data\.augment\.batched=true"):
+        AugmentConfig(supersample=2)

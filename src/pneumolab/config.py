@@ -85,15 +85,19 @@ class AugmentConfig(StrictModel):
     # batch of V x B (targets repeated): V times the compute per step, as many steps. The fast recipe spends its
     # time this way (docs/BENCHMARKS.md, seventh round); pretrain's two SimCLR views are the same mechanism.
     views: int = Field(1, ge=1, le=8)
-    # A size (px) larger than data.image_size: the training images are augmented at this size, from its cache, and
-    # then resized to image_size with antialiasing. Resampling at the model's size blurs every rotated, shifted or
-    # zoomed image (bilinear interpolation between 64-px pixels), so training images come out softer than the
-    # images a model is scored on; resampling at a larger size keeps them as sharp. None: at image_size.
-    source_size: int | None = Field(None, ge=16, le=1024)
+    # > 1: the training images come from the cache at this many times data.image_size, are augmented at that size
+    # and then resized to image_size with antialiasing. Resampled at the model's own size, every rotated, shifted or
+    # zoomed image is interpolated between its pixels (a blur: a 1.25x zoom keeps half the pixel-to-pixel detail of
+    # an X-ray at 64 px) while the images a model is scored on are sharp. Needs `batched`; the fast recipe uses 2.
+    supersample: float = Field(1.0, ge=1, le=4)
+
+    def source_size(self, image_size: int) -> int:
+        """The cache size (px) the training images are augmented from, for a model of ``image_size`` px."""
+        return round(image_size * self.supersample)
 
     @model_validator(mode="after")
     def _views_need_batched(self) -> AugmentConfig:
-        for what, on in (("views", self.views > 1), ("source_size", self.source_size is not None)):
+        for what, on in (("views", self.views > 1), ("supersample", self.supersample > 1)):
             if on and not (self.enabled and self.batched):
                 raise ValueError(
                     f"{what}={getattr(self, what)} augments whole batches: set data.augment.batched=true "
@@ -118,16 +122,6 @@ class DataConfig(StrictModel):
     duplicate_real: dict[Literal["NORMAL", "PNEUMONIA"], int] = {}
     real_train: bool = True  # false: train on the synthetic sets alone (train-on-synthetic, test-on-real)
     seed: int = 0
-
-    @model_validator(mode="after")
-    def _source_above_image_size(self) -> DataConfig:
-        src = self.augment.source_size
-        if src is not None and src <= self.image_size:
-            raise ValueError(
-                f"data.augment.source_size={src} must be larger than data.image_size={self.image_size} "
-                "(it is the size the training images are augmented at before they are resized to image_size)"
-            )
-        return self
 
 
 class ModelConfig(StrictModel):

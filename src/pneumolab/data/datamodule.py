@@ -126,8 +126,9 @@ class ChestXrayDataModule(L.LightningDataModule):
         if not manifest.indices("val"):
             raise InputError(f"{cfg.data_dir} has no validation split: run `pneumolab data split {cfg.data_dir}` first")
         images = load_cache(manifest, cfg.image_size, cfg.data_dir / "cache")
-        # (N, S, S) uint8 the training loader slices: augment.source_size's cache, resized after the augmentation
-        train_images = load_cache(manifest, cfg.augment.source_size, cfg.data_dir / "cache") if self._src else images
+        # (N, S, S) uint8 the training loader slices: at augment.supersample x image_size, sampled down by the geometry
+        src = cfg.augment.source_size(cfg.image_size)
+        train_images = load_cache(manifest, src, cfg.data_dir / "cache") if src != cfg.image_size else images
         train_idx = manifest.indices("train", source="real")
 
         def subset(split: str, source: str | None = None) -> CachedImages:
@@ -187,12 +188,8 @@ class ChestXrayDataModule(L.LightningDataModule):
         held_out = {r.sha256 for r in manifest.records if r.split != "train"}
         if any(r.sha256 in held_out for r in syn.records):
             raise LeakageError(f"{syn_dir}: contains an image identical to a validation/test image")
-        images = load_cache(syn, self.config.augment.source_size or self.config.image_size, Path(syn_dir) / "cache")
+        images = load_cache(syn, self.config.augment.source_size(self.config.image_size), Path(syn_dir) / "cache")
         return CachedImages(images, list(range(len(syn))), [r.target for r in syn.records], None)
-
-    @property
-    def _src(self) -> bool:  # the training images come at augment.source_size
-        return self.config.augment.source_size is not None
 
     def augment_batch(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Augment and normalise a raw training batch ``(B, 1, S, S) uint8`` (``augment.batched`` only);
@@ -268,10 +265,10 @@ class ChestXrayDataModule(L.LightningDataModule):
 
     def eval_loader(self, split: str, batch_size: int = 128) -> DataLoader:
         """A split through the deterministic eval transform, in order (for train: without augmentation)."""
-        if split == "train" and self._src:
+        if split == "train" and self.config.augment.supersample > 1:
             raise InputError(
-                f"the training images are cached at data.augment.source_size={self.config.augment.source_size} px, "
-                f"not at the model's {self.config.image_size}: train this stage without source_size"
+                f"the training images come at data.augment.supersample={self.config.augment.supersample:g} x "
+                f"{self.config.image_size} px, not at the model's size: train this stage with supersample=1"
             )
         ds = self.datasets[split]
         plain = CachedImages(ds.images, ds.indices, ds.targets, self.datasets["val"].transform)

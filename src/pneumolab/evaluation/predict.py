@@ -75,7 +75,7 @@ def view_logits(
     batch_size: int = 128,
 ) -> np.ndarray:
     """Logits ``(views * N, C)`` of ``views`` copies of rows ``indices`` of ``(M, S, S) uint8`` images (S: the
-    model's size, or the policy's ``source_size``), each copy
+    model's size times the policy's ``supersample``), each copy
     drawn anew from ``augment`` (the training policy, without per-class offsets); row ``v * N + i`` is view ``v``
     of image ``i``. Seeded, without touching the global random stream: the same numbers on every call."""
     pre = preprocessing
@@ -104,7 +104,7 @@ def validation_logits(
         return predict_logits(model, preprocessing, manifest, indices, cache_dir)
     if augment is None:
         raise ValueError("views > 0 needs the augmentation policy they are drawn from")
-    images = load_cache(manifest, augment.source_size or preprocessing.image_size, cache_dir)
+    images = load_cache(manifest, augment.source_size(preprocessing.image_size), cache_dir)
     return view_logits(model, preprocessing, images, indices, augment, views)
 
 

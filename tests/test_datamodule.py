@@ -292,7 +292,9 @@ def _wide_pneumonia(tmp_path, n_norm: int = 15):
 
 def test_aspect_balance_widens_one_class_and_narrows_the_other_by_half_the_gap(tmp_path) -> None:
     aug = {"rotation_deg": 0, "translate": 0, "scale": (1.0, 1.0), "brightness": 0, "contrast": 0}
-    dm = _dm(_wide_pneumonia(tmp_path), augment=AugmentConfig(**aug, batched=True, aspect_balance=True))
+    augment = AugmentConfig(**aug, batched=True, aspect_balance=True)
+    dm = ChestXrayDataModule(DataConfig(data_dir=_wide_pneumonia(tmp_path), image_size=64, augment=augment))
+    dm.setup()
     half = math.log(1.5 / 1.2) / 2  # the medians' gap, halved: 0.1116
     torch.testing.assert_close(dm.batch_augment.aspect_offsets, torch.tensor([-half, half]))  # NORMAL, PNEUMONIA
     x = torch.zeros(2, 1, 64, 64, dtype=torch.uint8)

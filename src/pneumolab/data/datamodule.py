@@ -126,7 +126,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         if not manifest.indices("val"):
             raise InputError(f"{cfg.data_dir} has no validation split: run `pneumolab data split {cfg.data_dir}` first")
         images = load_cache(manifest, cfg.image_size, cfg.data_dir / "cache")
-        # (N, S, S) uint8 the training loader slices: at augment.supersample x image_size, sampled down by the geometry
+        # (N, S, S) uint8 the training loader slices: S = augment.supersample x image_size, resized after augmenting
         src = cfg.augment.source_size(cfg.image_size)
         train_images = load_cache(manifest, src, cfg.data_dir / "cache") if src != cfg.image_size else images
         train_idx = manifest.indices("train", source="real")

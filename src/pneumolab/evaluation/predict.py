@@ -75,9 +75,9 @@ def view_logits(
     batch_size: int = 128,
 ) -> np.ndarray:
     """Logits ``(views * N, C)`` of ``views`` copies of rows ``indices`` of ``(M, S, S) uint8`` images (S: the
-    model's size times the policy's ``supersample``), each copy
-    drawn anew from ``augment`` (the training policy, without per-class offsets); row ``v * N + i`` is view ``v``
-    of image ``i``. Seeded, without touching the global random stream: the same numbers on every call."""
+    model's size times the policy's ``supersample``), each copy drawn anew from ``augment`` (the training policy,
+    without per-class offsets); row ``v * N + i`` is view ``v`` of image ``i``. Seeded, without touching the global
+    random stream: the same numbers on every call."""
     pre = preprocessing
     aug = BatchTrainPreset(
         mean=pre.mean, std=pre.std, normalization=pre.normalization, augment=augment, out_size=pre.image_size

@@ -143,6 +143,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-src128": ("fast", [*R8, "data.augment.supersample=2"]),
     "fast-lr1.5e-3-src128": ("fast", []),
     "fast-stem2-now": ("fast", ["model.kwargs.stem_stride=2"]),  # the speed option on the ninth round's fast
+    "fast_long-now": ("fast_long", ["optim.lr=1.5e-3", "data.augment.supersample=2"]),  # fast_long with fast's changes
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

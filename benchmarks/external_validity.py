@@ -102,7 +102,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-2views": ("fast", ["data.augment.views=2"]),
     "fast-2views-16ep": ("fast", ["data.augment.views=2", "trainer.max_epochs=16"]),  # 4x the one-view compute
     # 76 augmented passes over train: fast_pretrained's (30 SimCLR epochs of 2 views + 16 of fine-tuning), no SimCLR
-    "fast-2views-38ep": ("fast_long", []),  # the preset since (it keeps the best epoch)
+    "fast-2views-38ep": ("fast_long", R8),  # the preset since (it keeps the best epoch); round 9 changed it
     "fast-48-2views": ("fast", ["data.image_size=48", "data.augment.views=2"]),
     "fast-48-2views-16ep": ("fast", ["data.image_size=48", "data.augment.views=2", "trainer.max_epochs=16"]),
     "fast-2views-strong": ("fast", ["data.augment.views=2", *STRONG]),
@@ -143,7 +143,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-src128": ("fast", [*R8, "data.augment.supersample=2"]),
     "fast-lr1.5e-3-src128": ("fast", []),
     "fast-stem2-now": ("fast", ["model.kwargs.stem_stride=2"]),  # the speed option on the ninth round's fast
-    "fast_long-now": ("fast_long", ["optim.lr=1.5e-3", "data.augment.supersample=2"]),  # fast_long with fast's changes
+    "fast_long-now": ("fast_long", []),  # fast_long inherits fast's ninth-round changes since
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

@@ -116,13 +116,7 @@ def test_the_pretrain_preset_makes_encoders_the_fast_recipe_accepts() -> None:
     assert tuned.data == fast.data.model_copy(update={"augment": fast.data.augment.model_copy(update=as_measured)})
     assert tuned.trainer.select == "best" and fast.trainer.select == "last"
     assert tuned.trainer.model_copy(update={"max_epochs": fast.trainer.max_epochs, "select": "last"}) == fast.trainer
-    # fast_long is fast, longer
+    # fast_long is fast, longer, and nothing else
     long = load_config(TrainConfig, "fast_long", ["data.data_dir=d"])
     assert long.trainer.model_copy(update={"max_epochs": 8, "select": "last"}) == fast.trainer
-    # ... at the seventh round's learning rate and 64 px augmentation, as measured (fast changed both in the ninth)
-    assert long.trainer.max_epochs == 38 and (long.optim.lr, fast.optim.lr) == (3e-3, 1.5e-3)
-    at_64 = fast.data.augment.model_copy(update={"supersample": 1})
-    assert long.data == fast.data.model_copy(update={"augment": at_64}) and fast.data.augment.supersample == 2
-    assert long.optim.model_copy(update={"lr": 1.5e-3}) == fast.optim
-    same = {"name": "fast", "trainer": fast.trainer, "optim": fast.optim, "data": fast.data}
-    assert long.model_copy(update=same) == fast
+    assert long.trainer.max_epochs == 38 and long.model_copy(update={"name": "fast", "trainer": fast.trainer}) == fast

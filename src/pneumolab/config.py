@@ -96,7 +96,7 @@ class AugmentConfig(StrictModel):
         return round(image_size * self.supersample)
 
     @model_validator(mode="after")
-    def _views_need_batched(self) -> AugmentConfig:
+    def _batched_only(self) -> AugmentConfig:
         for what, on in (("views", self.views > 1), ("supersample", self.supersample > 1)):
             if on and not (self.enabled and self.batched):
                 raise ValueError(

@@ -127,8 +127,7 @@ class ChestXrayDataModule(L.LightningDataModule):
             raise InputError(f"{cfg.data_dir} has no validation split: run `pneumolab data split {cfg.data_dir}` first")
         images = load_cache(manifest, cfg.image_size, cfg.data_dir / "cache")
         # (N, S, S) uint8 the training loader slices: S = augment.supersample x image_size, resized after augmenting
-        src = cfg.augment.source_size(cfg.image_size)
-        train_images = load_cache(manifest, src, cfg.data_dir / "cache") if src != cfg.image_size else images
+        train_images = load_cache(manifest, cfg.augment.source_size(cfg.image_size), cfg.data_dir / "cache")
         train_idx = manifest.indices("train", source="real")
 
         def subset(split: str, source: str | None = None) -> CachedImages:

@@ -169,7 +169,7 @@ class BatchTrainPreset(torch.nn.Module):
             # Antialiased (a triangle filter over the input pixels each output pixel covers), as a cache is made.
             # Sampling the output grid straight from the larger input costs 1/3 as much but aliases: its operating
             # point, fitted on such validation views, called 16-22% of the external normals pneumonia (ninth round).
-            x = F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear", antialias=True).clamp_(0, 1)
+            x = F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear", antialias=True)
         return self.eval.normalize(x)
 
     def _augment(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:

@@ -126,7 +126,7 @@ def test_the_per_image_preset_is_the_batched_policy_on_one_image() -> None:
     from pneumolab.data.transforms import BatchTrainPreset, TrainPreset
 
     aug = AugmentConfig(
-        border_erase=0.25, brightness=0.3, contrast=0.4, scale=(0.9, 1.25), hflip=True, blur=1.0, noise=0.05
+        border_erase=0.25, brightness=0.3, contrast=0.4, scale=(0.9, 1.25), hflip=True, blur=1.0, noise=0.05, gamma=0.3
     )
     x = torch.randint(0, 256, (1, 32, 32), dtype=torch.uint8)
     before = x.clone()
@@ -259,6 +259,17 @@ def test_batched_noise_has_a_random_std_per_image() -> None:
     std = out.flatten(1).std(1)  # per image: U(0, 0.1) (mid-grey: clamping is negligible)
     assert std.max() <= 0.1 + 0.01 and std.min() < 0.02 and 0.04 < float(std.mean()) < 0.06
     torch.testing.assert_close(out.mean(), torch.tensor(128 / 255), atol=2e-3, rtol=0)  # zero-mean noise
+
+
+def test_batched_gamma_bends_the_grey_scale_by_one_curve_per_image() -> None:
+    torch.manual_seed(0)
+    ramp = torch.tensor([0, 64, 128, 255], dtype=torch.uint8).repeat(200, 1, 4, 1)  # (200, 1, 4, 4)
+    out = _batch_preset(gamma=0.5)(ramp) * 0.25 + 0.5
+    g = out[:, 0, 0, 2].log() / math.log(128 / 255)  # each image's exponent, read off its mid-grey pixel
+    assert g.min() > math.exp(-0.5) - 1e-4 and g.max() < math.exp(0.5) + 1e-4  # exp(U(-0.5, 0.5)): 0.61 to 1.65
+    assert g.min() < 0.7 and g.max() > 1.5 and abs(float(g.log().mean())) < 0.06
+    torch.testing.assert_close(out[:, 0, 0, 1], (64 / 255) ** g)  # the same curve at every grey level
+    assert (out[:, 0, :, 0] == 0).all() and (out[:, 0, :, 3] == 1).all()  # black and white stay where they are
 
 
 def test_batched_aspect_stretch_changes_width_against_height_and_keeps_the_area() -> None:

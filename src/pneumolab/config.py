@@ -77,6 +77,9 @@ class AugmentConfig(StrictModel):
     blur: float = Field(0.0, ge=0, le=3)
     # > 0: additive Gaussian noise of std U(0, noise) in [0, 1] grey levels (quantum noise, dose differs).
     noise: float = Field(0.0, ge=0, le=0.3)
+    # > 0: a tone curve x ** g per image, log g ~ U(-gamma, gamma), on [0, 1] grey levels. Exposure, penetration and
+    # each vendor's look-up table bend the grey scale; per-image normalisation undoes only its linear part.
+    gamma: float = Field(0.0, ge=0, le=1)
     # true: the loader yields raw uint8 batches and the DataModule augments each whole batch on the device
     # (per-sample random parameters, vectorised: ~50x less CPU per image than per-image transforms, and on
     # the GPU when training there); false: torchvision's per-image transforms in the loader workers.

@@ -132,7 +132,7 @@ class BatchTrainPreset(torch.nn.Module):
     """The training augmentation, the one implementation of the policy: ``(B, 1, H, W) uint8 -> float``,
     normalised, random per sample -- random affine (rotation, translation, zoom, aspect stretch), border erase (zero a
     border of ``U(0, border_erase) x side`` pixels on every edge of half the images: collimation and cropping
-    take away the edges, marker and text), brightness, contrast, optional flip.
+    take away the edges, marker and text), blur, noise, tone curve (gamma), brightness, contrast, optional flip.
 
     Vectorised: one ``affine_grid``/``grid_sample`` call for the geometry (bilinear, zero fill) and broadcast
     arithmetic for the rest, so a 64-image batch costs about one image's worth of Python. Where the batch is
@@ -204,6 +204,8 @@ class BatchTrainPreset(torch.nn.Module):
             x = _gaussian_blur(x, uniform(0, a.blur * side / 64) * (torch.rand(b, device=x.device) < 0.5))
         if a.noise:
             x = (x + torch.randn_like(x) * uniform(0, a.noise)[:, None, None, None]).clamp_(0, 1)
+        if a.gamma:
+            x = x.pow(uniform(-a.gamma, a.gamma).exp()[:, None, None, None])
         if a.brightness:  # torchvision's factor: multiply by U(1 - b, 1 + b)
             x = (x * uniform(max(0.0, 1 - a.brightness), 1 + a.brightness)[:, None, None, None]).clamp_(0, 1)
         if a.contrast:  # blend with the image's mean grey level by U(1 - c, 1 + c)

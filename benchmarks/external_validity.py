@@ -151,6 +151,11 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # gamma of 0.8 on the external images costs `fast` 0.04 specificity) while per-image normalisation is linear.
     "fast-gamma-0.3": ("fast", ["data.augment.gamma=0.3"]),
     "fast-gamma-0.5": ("fast", ["data.augment.gamma=0.5"]),
+    # Invariance to every monotone tone curve: histogram equalisation (lost in round 2, before the stretch).
+    "fast-equalize-now": ("fast", ["data.normalization=equalize"]),
+    # Zoom to 1.5x lost in round 9 at 64 px (blurred); the false-positive normals are tightly framed. Now sharp:
+    "fast-zoom-1.5-now": ("fast", ["data.augment.scale=[0.9,1.5]"]),
+    "fast-9ep": ("fast", ["trainer.max_epochs=9"]),
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

@@ -138,11 +138,11 @@ def test_the_per_image_preset_is_the_batched_policy_on_one_image() -> None:
     assert torch.equal(x, before)  # the cached image is not modified in place
 
 
-def _batch_preset(**aug):
+def _batch_preset(out_size: int | None = None, **aug):
     from pneumolab.data.transforms import BatchTrainPreset
 
     still = {"rotation_deg": 0, "translate": 0, "scale": (1.0, 1.0), "brightness": 0, "contrast": 0}
-    return BatchTrainPreset(mean=0.5, std=0.25, augment=AugmentConfig(**{**still, **aug}))
+    return BatchTrainPreset(mean=0.5, std=0.25, augment=AugmentConfig(**{**still, **aug}), out_size=out_size)
 
 
 def test_batched_augmentation_without_randomness_is_the_eval_preset() -> None:
@@ -331,12 +331,9 @@ def test_aspect_balance_says_when_it_cannot_measure_and_refuses_what_it_cannot_a
 
 
 def test_supersampled_images_are_augmented_at_their_size_then_resized_with_antialiasing() -> None:
-    from pneumolab.data.transforms import BatchTrainPreset
-
-    still = {"rotation_deg": 0, "translate": 0, "scale": (1.0, 1.0), "brightness": 0, "contrast": 0}
     v = torch.tensor([0, 255, 0, 0, 255, 255, 128, 51], dtype=torch.uint8)
     x = v.repeat_interleave(2).expand(1, 1, 16, 16)  # 2-pixel-wide columns, constant down each column
-    out = BatchTrainPreset(mean=0.5, std=0.25, augment=AugmentConfig(**still), out_size=8)(x) * 0.25 + 0.5
+    out = _batch_preset(out_size=8)(x) * 0.25 + 0.5
     # A 2x antialiased bilinear downsample weighs 4 source columns 1/8, 3/8, 3/8, 1/8 (a triangle over 2 output
     # pixels): 3/4 of the column pair plus 1/8 of each neighbour; at the edge the 3 taps left are renormalised.
     p = v.double() / 255
@@ -350,14 +347,13 @@ def test_supersampled_images_are_augmented_at_their_size_then_resized_with_antia
     g = torch.Generator().manual_seed(0)
     fine = torch.randint(0, 256, (8, 1, 64, 64), dtype=torch.uint8, generator=g)
     small = torch.nn.functional.interpolate(fine.float(), size=(32, 32), mode="bilinear", antialias=True).round()
-    zoom = AugmentConfig(**{**still, "scale": (1.25, 1.25)})
 
     def detail(img: torch.Tensor) -> float:  # mean squared difference between horizontal neighbours, [0, 1] scale
         img = img * 0.25 + 0.5
         return float((img[..., 1:] - img[..., :-1]).pow(2).mean())
 
-    from_source = BatchTrainPreset(mean=0.5, std=0.25, augment=zoom, out_size=32)(fine)
-    at_size = BatchTrainPreset(mean=0.5, std=0.25, augment=zoom, out_size=32)(small.to(torch.uint8))
+    from_source = _batch_preset(out_size=32, scale=(1.25, 1.25))(fine)
+    at_size = _batch_preset(out_size=32, scale=(1.25, 1.25))(small.to(torch.uint8))
     assert from_source.shape == at_size.shape == (8, 1, 32, 32)
     assert detail(from_source) > 2 * detail(at_size)  # 0.0120 against 0.0037 here
 

@@ -164,17 +164,13 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # More pixels paid for by the cheaper first block: 80 px (from 160 px copies) with stem_stride=2 costs ~0.85x
     # of fast's step (the first block at 40 px instead of 64, the rest at 1.56x the pixels).
     "fast-80-stem2": ("fast", ["data.image_size=80", "model.kwargs.stem_stride=2"]),
-    # Round 11: smaller steps. The memory-bound first block runs faster per image on smaller batches (cache: 1,002
-    # against 884 images/s at 64 against 128 inputs a step, benchmarks/train_speed.py) and an epoch has twice the
-    # optimiser steps (what 16 epochs bought may be steps, not images).
+    # Round 11: smaller steps. The memory-bound first block runs faster per image on smaller batches (1,002 against
+    # 884 images/s at 64 against 128 inputs a step, benchmarks/train_speed.py; the per-step overhead ate it in
+    # training) and an epoch has twice the optimiser steps (what 16 epochs bought may be steps, not images).
     "fast-bs32": ("fast", ["data.batch_size=32"]),
-    "fast-bs32-ema0.975": ("fast", ["data.batch_size=32", "trainer.ema_decay=0.975"]),
-    # The first block without BatchNorm: 1.36x the training step's rate (1,210 against 890 images/s, batch 128),
-    # spent on 10 epochs instead of 8 in about the same time.
-    "fast-stemnorm0-10ep": ("fast", ["model.kwargs.stem_norm=false", "trainer.max_epochs=10"]),
-    # A linear decay to zero instead of the cosine: at a fixed budget it spends longer at the middle rates and
-    # less at the smallest (Defazio et al. 2023; Bergsma et al. 2025, "Straight to zero").
-    "fast-linear": ("fast", ["optim.schedule=linear"]),
+    # Measured at commit 7ea4a36, then removed with their options (lost; docs/BENCHMARKS.md, "Eleventh round"):
+    # "fast-stemnorm0-10ep" (model.kwargs.stem_norm=false: the first block without BatchNorm, 1.36x the step rate,
+    # 10 epochs) and "fast-linear" (optim.schedule=linear: a linear decay to zero instead of the cosine).
     # The model reads fine detail as "normal": a Gaussian blur of 0.5 px (64 px scale) on the external images takes
     # `fast` from 12-16 to 20-23 false-positive normals, and a sharp 1.08x / 1.15x magnification (from the 128 px
     # copies) to 21-24 / 32-35 (less detail per pixel, as in the tightly framed external normals). Blurring half

@@ -144,8 +144,8 @@ class OptimConfig(StrictModel):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
-    schedule: Literal["cosine", "linear", "plateau", "none"] = "cosine"
-    warmup_epochs: float = Field(1.0, ge=0)  # cosine|linear: linear warm-up, then that decay to 0 over max_epochs
+    schedule: Literal["cosine", "plateau", "none"] = "cosine"
+    warmup_epochs: float = Field(1.0, ge=0)  # cosine: linear warm-up, then cosine decay to 0 over max_epochs
     plateau_patience: int = Field(2, ge=0)
     plateau_factor: float = Field(0.5, gt=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)

@@ -175,7 +175,6 @@ def cnn_improved(
     width: int = 16,
     norm: Literal["batch", "group"] = "batch",
     stem_stride: Literal[1, 2] = 1,
-    stem_norm: bool = True,
 ) -> SmallCNN:
     """Improved CNN (deeper, BatchNorm, dropout): 4 x [(Conv3x3 -> BN -> ReLU) x 2 -> MaxPool2]
     (16, 32, 64, 128 channels), global average pool, Dropout(0.3) -> Linear(128, num_classes).
@@ -183,9 +182,7 @@ def cnn_improved(
     ``width`` sets the first block's channels (each block doubles them; a multiple of 8), ``norm="group"``
     puts GroupNorm(8) where BatchNorm is (``model.kwargs={width: 32, norm: group}`` in a config). ``stem_stride=2``
     downsamples in the first convolution instead of the first pool: the first block, whose full-size maps take
-    ~2/3 of a CPU training step (mostly BatchNorm and ReLU passes over them), runs at half the side.
-    ``stem_norm=False`` leaves the first block without normalisation (its convolutions get a bias): the input is
-    already normalised per image, and the BatchNorm passes over the full-size maps are a quarter of a CPU step."""
+    ~2/3 of a CPU training step (mostly BatchNorm and ReLU passes over them), runs at half the side."""
     if width < 8 or width % 8:
         raise InputError(f"cnn_improved: model.kwargs.width must be a multiple of 8 (>= 8), got {width}")
     if norm not in ("batch", "group"):
@@ -195,7 +192,7 @@ def cnn_improved(
     chans = [in_chans, width, 2 * width, 4 * width, 8 * width]
     features = nn.Sequential(
         *[
-            _block(a, b, norm=norm if i or stem_norm else None, convs=2, stride=stem_stride if i == 0 else 1)
+            _block(a, b, norm=norm, convs=2, stride=stem_stride if i == 0 else 1)
             for i, (a, b) in enumerate(itertools.pairwise(chans))
         ]
     )

@@ -31,7 +31,7 @@ def configure_optimizers(module: L.LightningModule, o: dict[str, Any], monitor: 
             opt, mode=mode, factor=o["plateau_factor"], patience=o["plateau_patience"]
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": monitor}}
-    if o["schedule"] in ("cosine", "linear"):
+    if o["schedule"] == "cosine":
         trainer = module.trainer
         total = max(1, int(trainer.estimated_stepping_batches))
         warm = min(total - 1, int(o["warmup_epochs"] * total / max(1, trainer.max_epochs)))
@@ -39,8 +39,7 @@ def configure_optimizers(module: L.LightningModule, o: dict[str, Any], monitor: 
         def lr_lambda(step: int) -> float:
             if step < warm:
                 return (step + 1) / warm
-            done = (step - warm) / max(1, total - warm)  # share of the decay behind, 0 -> 1
-            return 0.5 * (1.0 + math.cos(math.pi * done)) if o["schedule"] == "cosine" else 1.0 - done
+            return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -156,6 +156,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # Zoom to 1.5x lost in round 9 at 64 px (blurred); the false-positive normals are tightly framed. Now sharp:
     "fast-zoom-1.5-now": ("fast", ["data.augment.scale=[0.9,1.5]"]),
     "fast-9ep": ("fast", ["trainer.max_epochs=9"]),
+    "fast-12ep": ("fast", ["trainer.max_epochs=12"]),  # round 11: the minute between 9 and 16 epochs
     "fast-16ep-now": ("fast", ["trainer.max_epochs=16"]),  # what each minute buys, between fast and fast_long
     # A 5 deg rotation of the external images costs `fast` 0.07 specificity (pneumolab robustness): a wider range
     # swamps any difference in tilt between the classes of the training set, as the stretch did for width/height.

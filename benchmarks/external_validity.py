@@ -157,9 +157,9 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-zoom-1.5-now": ("fast", ["data.augment.scale=[0.9,1.5]"]),
     "fast-9ep": ("fast", ["trainer.max_epochs=9"]),
     "fast-12ep": ("fast", ["trainer.max_epochs=12"]),  # round 11: the minute between 9 and 16 epochs
-    # The false-positive normals are tightly framed (less dark background): per-image statistics over the whole
-    # image put their lungs at other grey levels than a wider framing would; the central quarter's do not.
-    "fast-center-norm": ("fast", ["data.normalization=per_image_center"]),
+    # Measured at commit 3bf78aa, then removed with its option (lost): "fast-center-norm"
+    # (data.normalization=per_image_center: per-image statistics from the central quarter, which the framing of a
+    # tightly framed X-ray does not change).
     "fast-16ep-now": ("fast", ["trainer.max_epochs=16"]),  # what each minute buys, between fast and fast_long
     # A 5 deg rotation of the external images costs `fast` 0.07 specificity (pneumolab robustness): a wider range
     # swamps any difference in tilt between the classes of the training set, as the stretch did for width/height.

@@ -73,23 +73,6 @@ def test_per_image_normalisation(prepared_dir) -> None:
     assert dm.preprocessing().normalization == "per_image"
 
 
-def test_centre_normalisation_ignores_the_framing() -> None:
-    from pneumolab.data.transforms import EvalPreset
-
-    pre = EvalPreset(mean=0.5, std=0.25, normalization="per_image_center")
-    chest = torch.tensor([[50, 150], [100, 200]], dtype=torch.uint8).repeat(4, 4)  # (8, 8): mean 125, sd 57.7
-    tight, wide = chest.clone(), chest.clone()
-    wide[:2], wide[-2:], wide[:, :2], wide[:, -2:] = 0, 0, 0, 0  # black margins outside the central 4 x 4
-    a, b = pre(tight[None]), pre(wide[None])  # (1, 8, 8)
-    centre = (slice(None), slice(2, 6), slice(2, 6))
-    assert torch.equal(a[centre], b[centre])  # the margins do not move the chest's grey levels
-    # The centre's 16 pixels, 4 of each level: squared deviations 75^2, 25^2, 25^2, 75^2, unbiased over 16.
-    assert a[0, 2, 2].item() == pytest.approx(-75 / math.sqrt(3125 * 16 / 15), rel=1e-4)  # (50 - 125) / 57.7
-    assert a[centre].mean().item() == pytest.approx(0.0, abs=1e-6)
-    full = EvalPreset(mean=0.5, std=0.25, normalization="per_image")
-    assert not torch.allclose(full(tight[None])[centre], full(wide[None])[centre])  # whole-image statistics do move
-
-
 def test_requires_a_split(kaggle_dir, tmp_path) -> None:
     out = tmp_path / "unsplit"
     index_source(kaggle_dir, out, workers=1)

@@ -117,7 +117,7 @@ class DataConfig(StrictModel):
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(2, ge=0)
     balance: Literal["weights", "sampler", "none"] = "weights"
-    normalization: Literal["dataset", "per_image", "per_image_center", "equalize"] = "dataset"
+    normalization: Literal["dataset", "per_image", "equalize"] = "dataset"
     augment: AugmentConfig = AugmentConfig()
     synthetic: list[Path] = []  # folders with a synthetic manifest; added to the training loader only
     # A control for synthetic augmentation: this many extra copies of real training images per class

@@ -28,22 +28,11 @@ __all__ = ["BatchTrainPreset", "EvalPreset", "PerImageStandardize", "Preprocessi
 
 
 class PerImageStandardize(torch.nn.Module):
-    """Zero mean, unit variance per image: removes exposure differences between machines.
-
-    ``center``: the mean and variance of the central half of each side only (a quarter of the area: the chest in
-    any framing), so that how much background, neck, arm or abdomen the framing takes in does not change the grey
-    levels the lungs end up at.
-    """
-
-    def __init__(self, center: bool = False) -> None:
-        super().__init__()
-        self.center = center
+    """Zero mean, unit variance per image: removes exposure differences between machines."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., 1, H, W) float
-        h, w = x.shape[-2:]
-        ref = x[..., h // 4 : h - h // 4, w // 4 : w - w // 4] if self.center else x
-        mean = ref.mean(dim=(-2, -1), keepdim=True)
-        std = ref.std(dim=(-2, -1), keepdim=True)
+        mean = x.mean(dim=(-2, -1), keepdim=True)
+        std = x.std(dim=(-2, -1), keepdim=True)
         return (x - mean) / (std + 1e-6)
 
 
@@ -57,9 +46,8 @@ class EvalPreset:
     def __init__(self, *, mean: float, std: float, normalization: str = "dataset") -> None:
         self.params = {"mean": float(mean), "std": float(std), "normalization": normalization}
         self.equalize = normalization == "equalize"
-        per_image = normalization in ("per_image", "per_image_center", "equalize")
-        center = normalization == "per_image_center"
-        self.normalize = PerImageStandardize(center) if per_image else v2.Normalize([mean], [std])
+        per_image = normalization in ("per_image", "equalize")
+        self.normalize = PerImageStandardize() if per_image else v2.Normalize([mean], [std])
         steps = [v2.RandomEqualize(p=1.0)] if self.equalize else []
         self.transform = v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), self.normalize])
 

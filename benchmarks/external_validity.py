@@ -157,9 +157,8 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-zoom-1.5-now": ("fast", ["data.augment.scale=[0.9,1.5]"]),
     "fast-9ep": ("fast", ["trainer.max_epochs=9"]),
     "fast-12ep": ("fast", ["trainer.max_epochs=12"]),  # round 11: the minute between 9 and 16 epochs
-    # Specificity at 95% sensitivity is decided by the dozen hardest normals against the hardest pneumonia images:
-    # the focal loss (gamma 2, the paper's value) moves the gradient from the easy images to those.
-    "fast-focal-2": ("fast", ["optim.focal_gamma=2"]),
+    # Measured at commit 0e6f4dd, then removed with its option (lost): "fast-focal-2" (optim.focal_gamma=2: the focal
+    # loss moves the gradient to the hardest images, where specificity at 95% sensitivity is decided).
     # Measured at commit 3bf78aa, then removed with its option (lost): "fast-center-norm"
     # (data.normalization=per_image_center: per-image statistics from the central quarter, which the framing of a
     # tightly framed X-ray does not change).

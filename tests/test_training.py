@@ -1,5 +1,4 @@
 import json
-import math
 import os
 import signal
 import subprocess
@@ -316,18 +315,3 @@ def test_mixup_blends_images_and_losses_with_one_lambda_per_batch() -> None:
     torch.testing.assert_close(prob, logits.softmax(1)[:, 1])
     assert torch.equal(y_scored, y if lam >= 0.5 else y[perm])
     assert 0 < lam < 1 and not torch.equal(perm, torch.arange(6))  # seed 5 mixes for real
-
-
-def test_focal_loss_weights_each_image_by_how_wrong_it_is() -> None:
-    def module(gamma: float) -> ClassifierModule:
-        optim = {"focal_gamma": gamma}
-        return ClassifierModule("cnn_base", {}, optim, [3.0, 1.0], {"input_shape": [1, 16, 16]}, ["N", "P"], {})
-
-    logits, y = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0]]), torch.tensor([0, 0, 1])
-    p = logits.softmax(1)[torch.arange(3), y]  # P(true class): 0.881 (easy), 0.269 (hard), 0.953 (easy)
-    # By hand: weights 3, 3, 1; each weighted -log p times (1 - p)^2; over the weights' sum, 7.
-    want = sum(w * (1 - pi) ** 2 * -math.log(pi) for w, pi in zip([3, 3, 1], p.tolist(), strict=True)) / 7
-    assert module(2.0)._loss(logits, y).item() == pytest.approx(want, rel=1e-5)
-    assert module(0.0)._loss(logits, y).item() == pytest.approx(
-        torch.nn.functional.cross_entropy(logits, y, weight=torch.tensor([3.0, 1.0])).item(), rel=1e-6
-    )  # gamma 0: the weighted cross-entropy

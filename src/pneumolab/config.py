@@ -149,7 +149,6 @@ class OptimConfig(StrictModel):
     plateau_patience: int = Field(2, ge=0)
     plateau_factor: float = Field(0.5, gt=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    focal_gamma: float = Field(0.0, ge=0, le=5)  # > 0: focal loss, cross-entropy times (1 - p_true)^gamma
     # > 0: mixup (Zhang et al. 2018) with lambda ~ Beta(alpha, alpha): each training batch is blended with a
     # shuffled copy of itself and the loss with both labels, so the model is trained between the classes too.
     mixup_alpha: float = Field(0.0, ge=0)

@@ -59,15 +59,8 @@ class ClassifierModule(L.LightningModule):
         return self.net(x)
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # (B, K) logits, (B,) targets
-        smoothing, gamma = self.hparams.optim.get("label_smoothing", 0.0), self.hparams.optim.get("focal_gamma", 0.0)
-        logits = logits.float()
-        if not gamma:
-            return F.cross_entropy(logits, y, weight=self.class_weights, label_smoothing=smoothing)
-        # Focal loss (Lin et al. 2017): each image's weighted cross-entropy times (1 - p_true)^gamma, so the images
-        # the model already gets right count less; averaged over the class weights as cross_entropy's mean is.
-        ce = F.cross_entropy(logits, y, weight=self.class_weights, label_smoothing=smoothing, reduction="none")
-        p_true = logits.softmax(1).gather(1, y[:, None])[:, 0]  # (B,)
-        return ((1 - p_true) ** gamma * ce).sum() / self.class_weights[y].sum()
+        smoothing = self.hparams.optim.get("label_smoothing", 0.0)
+        return F.cross_entropy(logits.float(), y, weight=self.class_weights, label_smoothing=smoothing)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch

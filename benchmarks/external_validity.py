@@ -156,12 +156,6 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # Zoom to 1.5x lost in round 9 at 64 px (blurred); the false-positive normals are tightly framed. Now sharp:
     "fast-zoom-1.5-now": ("fast", ["data.augment.scale=[0.9,1.5]"]),
     "fast-9ep": ("fast", ["trainer.max_epochs=9"]),
-    "fast-12ep": ("fast", ["trainer.max_epochs=12"]),  # round 11: the minute between 9 and 16 epochs
-    # Measured at commit 0e6f4dd, then removed with its option (lost): "fast-focal-2" (optim.focal_gamma=2: the focal
-    # loss moves the gradient to the hardest images, where specificity at 95% sensitivity is decided).
-    # Measured at commit 3bf78aa, then removed with its option (lost): "fast-center-norm"
-    # (data.normalization=per_image_center: per-image statistics from the central quarter, which the framing of a
-    # tightly framed X-ray does not change).
     "fast-16ep-now": ("fast", ["trainer.max_epochs=16"]),  # what each minute buys, between fast and fast_long
     # A 5 deg rotation of the external images costs `fast` 0.07 specificity (pneumolab robustness): a wider range
     # swamps any difference in tilt between the classes of the training set, as the stretch did for width/height.
@@ -174,9 +168,13 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # 884 images/s at 64 against 128 inputs a step, benchmarks/train_speed.py; the per-step overhead ate it in
     # training) and an epoch has twice the optimiser steps (what 16 epochs bought may be steps, not images).
     "fast-bs32": ("fast", ["data.batch_size=32"]),
-    # Measured at commit 7ea4a36, then removed with their options (lost; docs/BENCHMARKS.md, "Eleventh round"):
+    "fast-12ep": ("fast", ["trainer.max_epochs=12"]),  # the minute between 9 and 16 epochs
+    # Measured, then removed with their options (lost; docs/BENCHMARKS.md, "Eleventh round"): at commit 7ea4a36
     # "fast-stemnorm0-10ep" (model.kwargs.stem_norm=false: the first block without BatchNorm, 1.36x the step rate,
-    # 10 epochs) and "fast-linear" (optim.schedule=linear: a linear decay to zero instead of the cosine).
+    # 10 epochs) and "fast-linear" (optim.schedule=linear: a linear decay to zero instead of the cosine); at 3bf78aa
+    # "fast-center-norm" (data.normalization=per_image_center: per-image statistics from the central quarter, which
+    # a tight framing does not change); at 0e6f4dd "fast-focal-2" (optim.focal_gamma=2: the focal loss moves the
+    # gradient to the hardest images, where specificity at 95% sensitivity is decided).
     # The model reads fine detail as "normal": a Gaussian blur of 0.5 px (64 px scale) on the external images takes
     # `fast` from 12-16 to 20-23 false-positive normals, and a sharp 1.08x / 1.15x magnification (from the 128 px
     # copies) to 21-24 / 32-35 (less detail per pixel, as in the tightly framed external normals). Blurring half

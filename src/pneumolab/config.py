@@ -75,6 +75,10 @@ class AugmentConfig(StrictModel):
     # > 0: half the images are blurred by a Gaussian of sigma U(0, blur) x side / 64 pixels (detector resolution
     # and resizing differ between sites; the model must not read the diagnosis off fine texture).
     blur: float = Field(0.0, ge=0, le=3)
+    # > 0: half the NORMAL training images are blurred by a Gaussian of sigma normal_blur x side / 64 pixels
+    # (in Kermany's train the normals carry more fine detail per pixel than the pneumonia images; the model must
+    # not read "normal" off sharpness). Needs `batched` (the labels reach the batch).
+    normal_blur: float = Field(0.0, ge=0, le=3)
     # > 0: additive Gaussian noise of std U(0, noise) in [0, 1] grey levels (quantum noise, dose differs).
     noise: float = Field(0.0, ge=0, le=0.3)
     # > 0: a tone curve x ** g per image, log g ~ U(-gamma, gamma), on [0, 1] grey levels. Exposure, penetration and

@@ -202,6 +202,9 @@ class BatchTrainPreset(torch.nn.Module):
             x = x * (keep[:, None, :, None] & keep[:, None, None, :])
         if a.blur:
             x = _gaussian_blur(x, uniform(0, a.blur * side / 64) * (torch.rand(b, device=x.device) < 0.5))
+        if a.normal_blur and y is not None:
+            pick = (y.to(x.device) == 0) & (torch.rand(b, device=x.device) < 0.5)
+            x = _gaussian_blur(x, pick * (a.normal_blur * side / 64))
         if a.noise:
             x = (x + torch.randn_like(x) * uniform(0, a.noise)[:, None, None, None]).clamp_(0, 1)
         if a.gamma:

@@ -79,6 +79,9 @@ class AugmentConfig(StrictModel):
     # (in Kermany's train the normals carry more fine detail per pixel than the pneumonia images; the model must
     # not read "normal" off sharpness). Needs `batched` (the labels reach the batch).
     normal_blur: float = Field(0.0, ge=0, le=3)
+    # > 1: the zoom of NORMAL training images is multiplied by sqrt(zoom_balance), that of PNEUMONIA divided by it
+    # (in Kermany's train the normals show their anatomy smaller, in pixels: more detail per pixel). Needs `batched`.
+    zoom_balance: float = Field(1.0, ge=1, le=2)
     # > 0: additive Gaussian noise of std U(0, noise) in [0, 1] grey levels (quantum noise, dose differs).
     noise: float = Field(0.0, ge=0, le=0.3)
     # > 0: a tone curve x ** g per image, log g ~ U(-gamma, gamma), on [0, 1] grey levels. Exposure, penetration and

@@ -183,6 +183,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-blur-1": ("fast", ["data.augment.blur=1.0"]),
     "fast-normal-blur": ("fast", ["data.augment.normal_blur=0.48"]),
     "fast-zoom-balance-1.2": ("fast", ["data.augment.zoom_balance=1.2"]),
+    "fast-subtypes": ("fast", ["data.subtypes=true", "optim.subtype_weight=1.0"]),
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

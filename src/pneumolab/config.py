@@ -124,6 +124,9 @@ class DataConfig(StrictModel):
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(2, ge=0)
     balance: Literal["weights", "sampler", "none"] = "weights"
+    # true: training targets carry the pneumonia subtype of Kermany's file names (2 = "virus" in the name), for
+    # optim.subtype_weight; evaluation stays binary.
+    subtypes: bool = False
     normalization: Literal["dataset", "per_image", "equalize"] = "dataset"
     augment: AugmentConfig = AugmentConfig()
     synthetic: list[Path] = []  # folders with a synthetic manifest; added to the training loader only
@@ -156,6 +159,9 @@ class OptimConfig(StrictModel):
     plateau_patience: int = Field(2, ge=0)
     plateau_factor: float = Field(0.5, gt=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    # > 0: an auxiliary head on the classifier's input features predicts viral vs bacterial on pneumonia images
+    # (data.subtypes): with the binary head, the 3-class cross-entropy normal / bacterial / viral factorised.
+    subtype_weight: float = Field(0.0, ge=0)
     # > 0: mixup (Zhang et al. 2018) with lambda ~ Beta(alpha, alpha): each training batch is blended with a
     # shuffled copy of itself and the loss with both labels, so the model is trained between the classes too.
     mixup_alpha: float = Field(0.0, ge=0)

@@ -184,6 +184,8 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-normal-blur": ("fast", ["data.augment.normal_blur=0.48"]),
     "fast-zoom-balance-1.2": ("fast", ["data.augment.zoom_balance=1.2"]),
     "fast-subtypes": ("fast", ["data.subtypes=true", "optim.subtype_weight=1.0"]),
+    "fast-gem": ("fast", ["model.kwargs.pool=gem"]),
+    "fast-maxpool": ("fast", ["model.kwargs.pool=max"]),
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

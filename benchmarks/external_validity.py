@@ -181,11 +181,12 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # the training images by up to sigma px teaches it that a softer image is not an opacity.
     "fast-blur-0.5": ("fast", ["data.augment.blur=0.5"]),
     "fast-blur-1": ("fast", ["data.augment.blur=1.0"]),
-    "fast-normal-blur": ("fast", ["data.augment.normal_blur=0.48"]),
-    "fast-zoom-balance-1.2": ("fast", ["data.augment.zoom_balance=1.2"]),
-    "fast-subtypes": ("fast", ["data.subtypes=true", "optim.subtype_weight=1.0"]),
-    "fast-gem": ("fast", ["model.kwargs.pool=gem"]),
-    "fast-maxpool": ("fast", ["model.kwargs.pool=max"]),
+    # Round 12, measured, then removed with their options (lost; docs/BENCHMARKS.md, "Twelfth round"): at 18000dd
+    # "fast-normal-blur" (data.augment.normal_blur=0.48: half the NORMAL training images blurred, to the pneumonia
+    # images' detail per pixel); at b38d99c "fast-zoom-balance-1.2" (data.augment.zoom_balance=1.2: normals zoomed
+    # in by 1.095, pneumonia out by 1/1.095, the same match by magnification); at 826eda4 "fast-subtypes"
+    # (data.subtypes=true optim.subtype_weight=1.0: a viral-vs-bacterial head beside the binary one); at bb8e4d1
+    # "fast-gem" and "fast-maxpool" (model.kwargs.pool=gem|max in place of the global average).
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

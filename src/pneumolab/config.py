@@ -75,13 +75,6 @@ class AugmentConfig(StrictModel):
     # > 0: half the images are blurred by a Gaussian of sigma U(0, blur) x side / 64 pixels (detector resolution
     # and resizing differ between sites; the model must not read the diagnosis off fine texture).
     blur: float = Field(0.0, ge=0, le=3)
-    # > 0: half the NORMAL training images are blurred by a Gaussian of sigma normal_blur x side / 64 pixels
-    # (in Kermany's train the normals carry more fine detail per pixel than the pneumonia images; the model must
-    # not read "normal" off sharpness). Needs `batched` (the labels reach the batch).
-    normal_blur: float = Field(0.0, ge=0, le=3)
-    # > 1: the zoom of NORMAL training images is multiplied by sqrt(zoom_balance), that of PNEUMONIA divided by it
-    # (in Kermany's train the normals show their anatomy smaller, in pixels: more detail per pixel). Needs `batched`.
-    zoom_balance: float = Field(1.0, ge=1, le=2)
     # > 0: additive Gaussian noise of std U(0, noise) in [0, 1] grey levels (quantum noise, dose differs).
     noise: float = Field(0.0, ge=0, le=0.3)
     # > 0: a tone curve x ** g per image, log g ~ U(-gamma, gamma), on [0, 1] grey levels. Exposure, penetration and
@@ -124,9 +117,6 @@ class DataConfig(StrictModel):
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(2, ge=0)
     balance: Literal["weights", "sampler", "none"] = "weights"
-    # true: training targets carry the pneumonia subtype of Kermany's file names (2 = "virus" in the name), for
-    # optim.subtype_weight; evaluation stays binary.
-    subtypes: bool = False
     normalization: Literal["dataset", "per_image", "equalize"] = "dataset"
     augment: AugmentConfig = AugmentConfig()
     synthetic: list[Path] = []  # folders with a synthetic manifest; added to the training loader only
@@ -159,9 +149,6 @@ class OptimConfig(StrictModel):
     plateau_patience: int = Field(2, ge=0)
     plateau_factor: float = Field(0.5, gt=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    # > 0: an auxiliary head on the classifier's input features predicts viral vs bacterial on pneumonia images
-    # (data.subtypes): with the binary head, the 3-class cross-entropy normal / bacterial / viral factorised.
-    subtype_weight: float = Field(0.0, ge=0)
     # > 0: mixup (Zhang et al. 2018) with lambda ~ Beta(alpha, alpha): each training batch is blended with a
     # shuffled copy of itself and the loss with both labels, so the model is trained between the classes too.
     mixup_alpha: float = Field(0.0, ge=0)

@@ -133,11 +133,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         def subset(split: str, source: str | None = None) -> CachedImages:
             idx = manifest.indices(split, source)
             pixels = train_images if split == "train" else images
-            targets = [manifest.records[i].target for i in idx]
-            if split == "train" and cfg.subtypes:
-                targets = [2 if t == 1 and "virus" in Path(manifest.records[i].path).name else t
-                           for t, i in zip(targets, idx)]
-            return CachedImages(pixels, idx, targets, None)
+            return CachedImages(pixels, idx, [manifest.records[i].target for i in idx], None)
 
         syn_parts = [self._synthetic(manifest, syn_dir) for syn_dir in cfg.synthetic]
         if cfg.real_train:
@@ -223,7 +219,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         """``N / (K * N_c)`` per class from the training loader's labels (1.0 each if ``balance != "weights"``)."""
         if self.config.balance != "weights":
             return torch.ones(len(CLASSES))
-        counts = np.bincount(np.minimum(self.train_targets, 1), minlength=len(CLASSES)).astype(np.float64)
+        counts = np.bincount(self.train_targets, minlength=len(CLASSES)).astype(np.float64)
         return torch.tensor(counts.sum() / (len(CLASSES) * np.maximum(counts, 1)), dtype=torch.float32)
 
     def keep_one_class(self, label: str) -> int:

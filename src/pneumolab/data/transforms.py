@@ -182,8 +182,6 @@ class BatchTrainPreset(torch.nn.Module):
         # (the side spans 2 units): the inverse of "scale s, rotate by angle, then shift by t".
         angle = uniform(-a.rotation_deg, a.rotation_deg) * (math.pi / 180)
         scale = uniform(*a.scale)
-        if a.zoom_balance != 1 and y is not None:
-            scale = scale * torch.where(y.to(x.device) == 0, a.zoom_balance**0.5, a.zoom_balance**-0.5)
         shift = torch.stack([uniform(-a.translate, a.translate), uniform(-a.translate, a.translate)], 1) * 2  # (B, 2)
         # The stretch acts along the image axes (where the squash to a square did), before the rotation; drawn
         # only when asked, so that recipes without it keep their random stream.
@@ -204,9 +202,6 @@ class BatchTrainPreset(torch.nn.Module):
             x = x * (keep[:, None, :, None] & keep[:, None, None, :])
         if a.blur:
             x = _gaussian_blur(x, uniform(0, a.blur * side / 64) * (torch.rand(b, device=x.device) < 0.5))
-        if a.normal_blur and y is not None:
-            pick = (y.to(x.device) == 0) & (torch.rand(b, device=x.device) < 0.5)
-            x = _gaussian_blur(x, pick * (a.normal_blur * side / 64))
         if a.noise:
             x = (x + torch.randn_like(x) * uniform(0, a.noise)[:, None, None, None]).clamp_(0, 1)
         if a.gamma:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 from typing import Literal
 
-import torch
 from torch import nn
 
 from pneumolab.errors import InputError
@@ -112,27 +111,14 @@ def alexnet_improved(*, num_classes: int = 2, in_chans: int = 1, dropout: float 
 class SmallCNN(nn.Module):
     """Conv blocks -> global average pool -> head. Size-agnostic (any input >= 2**len(blocks) px)."""
 
-    def __init__(self, features: nn.Sequential, head: nn.Module, pool: str = "avg") -> None:
+    def __init__(self, features: nn.Sequential, head: nn.Module) -> None:
         super().__init__()
         self.features = features
-        self.pool = {"avg": nn.AdaptiveAvgPool2d(1), "max": nn.AdaptiveMaxPool2d(1), "gem": GeM()}[pool]
+        self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = head
 
     def forward(self, x):  # (B, C, H, W) -> (B, num_classes)
         return self.head(self.pool(self.features(x)).flatten(1))  # features: (B, C', H/2^k, W/2^k)
-
-
-class GeM(nn.Module):
-    """Generalised-mean pooling (Radenovic et al.): ``mean(x ** p) ** (1 / p)`` over space, ``p`` learnt (init 3):
-    between the average (p = 1) and the maximum (p -> inf). (B, C, H, W) -> (B, C, 1, 1)."""
-
-    def __init__(self, p: float = 3.0) -> None:
-        super().__init__()
-        self.p = nn.Parameter(torch.tensor(p))
-
-    def forward(self, x):
-        p = self.p.float()
-        return x.float().clamp_min(1e-6).pow(p).mean((-2, -1), keepdim=True).pow(1 / p)
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -189,7 +175,6 @@ def cnn_improved(
     width: int = 16,
     norm: Literal["batch", "group"] = "batch",
     stem_stride: Literal[1, 2] = 1,
-    pool: Literal["avg", "max", "gem"] = "avg",
 ) -> SmallCNN:
     """Improved CNN (deeper, BatchNorm, dropout): 4 x [(Conv3x3 -> BN -> ReLU) x 2 -> MaxPool2]
     (16, 32, 64, 128 channels), global average pool, Dropout(0.3) -> Linear(128, num_classes).
@@ -212,7 +197,7 @@ def cnn_improved(
         ]
     )
     head = nn.Sequential(nn.Dropout(0.3 if dropout is None else dropout), nn.Linear(8 * width, num_classes))
-    return SmallCNN(features, head, pool)
+    return SmallCNN(features, head)
 
 
 @register_model(

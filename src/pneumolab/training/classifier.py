@@ -47,12 +47,6 @@ class ClassifierModule(L.LightningModule):
         self.net = create_model(model_name, num_classes=len(classes), weights=init_weights, **model_kwargs)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        if optim.get("subtype_weight", 0.0) > 0:
-            from pneumolab.models.registry import get_spec
-            last = self.net.get_submodule(get_spec(model_name).classifier)
-            self.subtype_head = torch.nn.Linear(last.in_features, 1)
-            self._features: torch.Tensor | None = None
-            last.register_forward_pre_hook(lambda m, a: setattr(self, "_features", a[0]))
         self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32))
         self.train_acc = BinaryAccuracy()
         self.val_acc = BinaryAccuracy()
@@ -72,12 +66,7 @@ class ClassifierModule(L.LightningModule):
         x, y = batch
         logits = self(x)
         prob = logits.float().softmax(dim=1)[:, 1]  # (B,) P(pneumonia)
-        if getattr(self, "subtype_head", None) is None or not self.training:
-            return self._loss(logits, y.clamp(max=1)), prob, y.clamp(max=1)
-        yb, pneu = y.clamp(max=1), y > 0
-        aux = self.subtype_head(self._features.float())[:, 0]  # (B,) logit of viral
-        sub = F.binary_cross_entropy_with_logits(aux[pneu], (y[pneu] == 2).float()) if pneu.any() else aux.sum() * 0
-        return self._loss(logits, yb) + self.hparams.optim["subtype_weight"] * sub, prob, yb
+        return self._loss(logits, y), prob, y
 
     def _mixup_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], alpha: float

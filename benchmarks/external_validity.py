@@ -188,6 +188,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # (data.subtypes=true optim.subtype_weight=1.0: a viral-vs-bacterial head beside the binary one); at bb8e4d1
     # "fast-gem" and "fast-maxpool" (model.kwargs.pool=gem|max in place of the global average).
     "fast-jsd-12": ("fast", ["optim.consistency_weight=12"]),
+    "fast-jsd-1": ("fast", ["optim.consistency_weight=1"]),
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

@@ -189,6 +189,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # "fast-gem" and "fast-maxpool" (model.kwargs.pool=gem|max in place of the global average).
     "fast-jsd-12": ("fast", ["optim.consistency_weight=12"]),
     "fast-jsd-1": ("fast", ["optim.consistency_weight=1"]),
+    "fast-zoom-1.5-jsd-1": ("fast", ["data.augment.scale=[0.9,1.5]", "optim.consistency_weight=1"]),
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

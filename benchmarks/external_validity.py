@@ -186,10 +186,9 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # images' detail per pixel); at b38d99c "fast-zoom-balance-1.2" (data.augment.zoom_balance=1.2: normals zoomed
     # in by 1.095, pneumonia out by 1/1.095, the same match by magnification); at 826eda4 "fast-subtypes"
     # (data.subtypes=true optim.subtype_weight=1.0: a viral-vs-bacterial head beside the binary one); at bb8e4d1
-    # "fast-gem" and "fast-maxpool" (model.kwargs.pool=gem|max in place of the global average).
-    "fast-jsd-12": ("fast", ["optim.consistency_weight=12"]),
-    "fast-jsd-1": ("fast", ["optim.consistency_weight=1"]),
-    "fast-zoom-1.5-jsd-1": ("fast", ["data.augment.scale=[0.9,1.5]", "optim.consistency_weight=1"]),
+    # "fast-gem" and "fast-maxpool" (model.kwargs.pool=gem|max in place of the global average); at 16ab1f3
+    # "fast-jsd-12", "fast-jsd-1" and "fast-zoom-1.5-jsd-1" (optim.consistency_weight=W: AugMix's Jensen-Shannon
+    # consistency between the two views of each image, the last with the zoom to 1.5x).
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

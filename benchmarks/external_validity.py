@@ -188,8 +188,8 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # (data.subtypes=true optim.subtype_weight=1.0: a viral-vs-bacterial head beside the binary one); at bb8e4d1
     # "fast-gem" and "fast-maxpool" (model.kwargs.pool=gem|max in place of the global average); at 16ab1f3
     # "fast-jsd-12", "fast-jsd-1" and "fast-zoom-1.5-jsd-1" (optim.consistency_weight=W: AugMix's Jensen-Shannon
-    # consistency between the two views of each image, the last with the zoom to 1.5x).
-    "fast-jsd-1-16ep": ("fast", ["optim.consistency_weight=1", "trainer.max_epochs=16"]),
+    # consistency between the two views of each image, the last with the zoom to 1.5x); at 0fd7a07
+    # "fast-jsd-1-16ep" (weight 1, 16 epochs).
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

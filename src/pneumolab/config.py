@@ -149,9 +149,6 @@ class OptimConfig(StrictModel):
     plateau_patience: int = Field(2, ge=0)
     plateau_factor: float = Field(0.5, gt=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    # > 0: AugMix's Jensen-Shannon consistency (Hendrycks et al. 2020) between the augment.views of each image,
-    # weighted by this: P(pneumonia) must not move with the augmentation (zoom, detail, exposure).
-    consistency_weight: float = Field(0.0, ge=0)
     # > 0: mixup (Zhang et al. 2018) with lambda ~ Beta(alpha, alpha): each training batch is blended with a
     # shuffled copy of itself and the loss with both labels, so the model is trained between the classes too.
     mixup_alpha: float = Field(0.0, ge=0)

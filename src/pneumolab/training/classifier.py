@@ -84,18 +84,10 @@ class ClassifierModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         alpha = self.hparams.optim.get("mixup_alpha", 0.0)
         loss, prob, y = self._mixup_step(batch, alpha) if alpha > 0 else self._step(batch)
-        weight, views = self.hparams.optim.get("consistency_weight", 0.0), self._views()
-        if weight > 0 and views > 1:
-            p = torch.stack([prob, 1 - prob], 1).clamp(1e-7, 1).unflatten(0, (views, -1))  # (V, B, 2)
-            m = p.mean(0, keepdim=True)
-            loss = loss + weight * (p * (p.log() - m.log())).sum(-1).mean()  # mean over views of KL(p_v || m)
         self.train_acc(prob, y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
-
-    def _views(self) -> int:
-        return int(self.hparams.config.get("data", {}).get("augment", {}).get("views", 1))
 
     def validation_step(self, batch, batch_idx: int) -> None:
         loss, prob, y = self._step(batch)

@@ -190,6 +190,10 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # "fast-jsd-12", "fast-jsd-1" and "fast-zoom-1.5-jsd-1" (optim.consistency_weight=W: AugMix's Jensen-Shannon
     # consistency between the two views of each image, the last with the zoom to 1.5x); at 0fd7a07
     # "fast-jsd-1-16ep" (weight 1, 16 epochs).
+    # Round 13. Anti-aliased max pooling in every block (the false-positive normals react to a 1.08-1.15x
+    # magnification: aliasing in the pools makes fine detail a brittle feature) and random erasing.
+    "fast-blurpool": ("fast", ["model.kwargs.blurpool=true"]),
+    "fast-erase-0.2": ("fast", ["data.augment.erase=0.2"]),
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

@@ -194,6 +194,9 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # magnification: aliasing in the pools makes fine detail a brittle feature) and random erasing.
     "fast-blurpool": ("fast", ["model.kwargs.blurpool=true"]),
     "fast-erase-0.2": ("fast", ["data.augment.erase=0.2"]),
+    # Wider deep blocks only (16-32-128-256): capacity where the maps are 8-16 px and the matrix units are busy,
+    # not in the memory-bound first block.
+    "fast-deep-wide": ("fast", ["model.kwargs.channels=[16,32,128,256]"]),
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

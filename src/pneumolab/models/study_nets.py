@@ -195,6 +195,7 @@ def cnn_improved(
     norm: Literal["batch", "group"] = "batch",
     stem_stride: Literal[1, 2] = 1,
     blurpool: bool = False,
+    channels: tuple[int, ...] | None = None,
 ) -> SmallCNN:
     """Improved CNN (deeper, BatchNorm, dropout): 4 x [(Conv3x3 -> BN -> ReLU) x 2 -> MaxPool2]
     (16, 32, 64, 128 channels), global average pool, Dropout(0.3) -> Linear(128, num_classes).
@@ -209,14 +210,14 @@ def cnn_improved(
         raise InputError(f"cnn_improved: model.kwargs.norm must be 'batch' or 'group', got {norm!r}")
     if stem_stride not in (1, 2):
         raise InputError(f"cnn_improved: model.kwargs.stem_stride must be 1 or 2, got {stem_stride!r}")
-    chans = [in_chans, width, 2 * width, 4 * width, 8 * width]
+    chans = [in_chans, *(channels or (width, 2 * width, 4 * width, 8 * width))]
     features = nn.Sequential(
         *[
             _block(a, b, norm=norm, convs=2, stride=stem_stride if i == 0 else 1, blurpool=blurpool)
             for i, (a, b) in enumerate(itertools.pairwise(chans))
         ]
     )
-    head = nn.Sequential(nn.Dropout(0.3 if dropout is None else dropout), nn.Linear(8 * width, num_classes))
+    head = nn.Sequential(nn.Dropout(0.3 if dropout is None else dropout), nn.Linear(chans[-1], num_classes))
     return SmallCNN(features, head)
 
 

@@ -197,6 +197,9 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # Wider deep blocks only (16-32-128-256): capacity where the maps are 8-16 px and the matrix units are busy,
     # not in the memory-bound first block.
     "fast-deep-wide": ("fast", ["model.kwargs.channels=[16,32,128,256]"]),
+    # Work moved out of the memory-bound first block (one convolution at 64 px instead of two) into the deep ones.
+    "fast-convs-1233": ("fast", ["model.kwargs.convs=[1,2,3,3]"]),
+    "fast-convs-1233-deep-wide": ("fast", ["model.kwargs.convs=[1,2,3,3]", "model.kwargs.channels=[16,32,128,256]"]),
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

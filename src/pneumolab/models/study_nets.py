@@ -196,6 +196,7 @@ def cnn_improved(
     stem_stride: Literal[1, 2] = 1,
     blurpool: bool = False,
     channels: tuple[int, ...] | None = None,
+    convs: tuple[int, ...] = (2, 2, 2, 2),
 ) -> SmallCNN:
     """Improved CNN (deeper, BatchNorm, dropout): 4 x [(Conv3x3 -> BN -> ReLU) x 2 -> MaxPool2]
     (16, 32, 64, 128 channels), global average pool, Dropout(0.3) -> Linear(128, num_classes).
@@ -213,8 +214,8 @@ def cnn_improved(
     chans = [in_chans, *(channels or (width, 2 * width, 4 * width, 8 * width))]
     features = nn.Sequential(
         *[
-            _block(a, b, norm=norm, convs=2, stride=stem_stride if i == 0 else 1, blurpool=blurpool)
-            for i, (a, b) in enumerate(itertools.pairwise(chans))
+            _block(a, b, norm=norm, convs=n, stride=stem_stride if i == 0 else 1, blurpool=blurpool)
+            for i, ((a, b), n) in enumerate(zip(itertools.pairwise(chans), convs, strict=True))
         ]
     )
     head = nn.Sequential(nn.Dropout(0.3 if dropout is None else dropout), nn.Linear(chans[-1], num_classes))

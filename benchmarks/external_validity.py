@@ -190,16 +190,11 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # "fast-jsd-12", "fast-jsd-1" and "fast-zoom-1.5-jsd-1" (optim.consistency_weight=W: AugMix's Jensen-Shannon
     # consistency between the two views of each image, the last with the zoom to 1.5x); at 0fd7a07
     # "fast-jsd-1-16ep" (weight 1, 16 epochs).
-    # Round 13. Anti-aliased max pooling in every block (the false-positive normals react to a 1.08-1.15x
-    # magnification: aliasing in the pools makes fine detail a brittle feature) and random erasing.
-    "fast-blurpool": ("fast", ["model.kwargs.blurpool=true"]),
-    "fast-erase-0.2": ("fast", ["data.augment.erase=0.2"]),
-    # Wider deep blocks only (16-32-128-256): capacity where the maps are 8-16 px and the matrix units are busy,
-    # not in the memory-bound first block.
-    "fast-deep-wide": ("fast", ["model.kwargs.channels=[16,32,128,256]"]),
-    # Work moved out of the memory-bound first block (one convolution at 64 px instead of two) into the deep ones.
-    "fast-convs-1233": ("fast", ["model.kwargs.convs=[1,2,3,3]"]),
-    "fast-convs-1233-deep-wide": ("fast", ["model.kwargs.convs=[1,2,3,3]", "model.kwargs.channels=[16,32,128,256]"]),
+    # Round 13, measured, then removed with their options (lost; docs/BENCHMARKS.md, "Thirteenth round"): at
+    # 78c9152 "fast-blurpool" (model.kwargs.blurpool=true: anti-aliased max pooling, Zhang 2019, in every block) and
+    # "fast-erase-0.2" (data.augment.erase=0.2: random erasing of one rectangle on half the images); at 8c10d48
+    # "fast-deep-wide" (model.kwargs.channels=[16,32,128,256]: wider deep blocks only); at 6888613
+    # "fast-convs-1233" (model.kwargs.convs=[1,2,3,3]: one convolution at 64 px, three in each deep block).
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

@@ -75,9 +75,6 @@ class AugmentConfig(StrictModel):
     # > 0: half the images are blurred by a Gaussian of sigma U(0, blur) x side / 64 pixels (detector resolution
     # and resizing differ between sites; the model must not read the diagnosis off fine texture).
     blur: float = Field(0.0, ge=0, le=3)
-    # > 0: half the images get one rectangle of U(0.02, erase) of the area (aspect log-uniform in [1/3, 3]) set to
-    # the image's mean grey level (random erasing, Zhong et al. 2020): no single region may decide.
-    erase: float = Field(0.0, ge=0, le=0.5)
     # > 0: additive Gaussian noise of std U(0, noise) in [0, 1] grey levels (quantum noise, dose differs).
     noise: float = Field(0.0, ge=0, le=0.3)
     # > 0: a tone curve x ** g per image, log g ~ U(-gamma, gamma), on [0, 1] grey levels. Exposure, penetration and

@@ -200,17 +200,6 @@ class BatchTrainPreset(torch.nn.Module):
             idx = torch.arange(side, device=x.device)
             keep = (idx >= m[:, None]) & (idx < side - m[:, None])  # (B, side)
             x = x * (keep[:, None, :, None] & keep[:, None, None, :])
-        if a.erase:
-            area = uniform(0.02, a.erase) * (torch.rand(b, device=x.device) < 0.5)  # (B,) fraction of the image
-            ratio = uniform(-math.log(3), math.log(3)).exp()
-            h = (area / ratio).sqrt().clamp(max=1.0)
-            w = (area * ratio).sqrt().clamp(max=1.0)  # (B,) fractions of the side
-            y0, x0 = uniform(0, 1) * (1 - h), uniform(0, 1) * (1 - w)
-            pos = (torch.arange(side, device=x.device) + 0.5) / side  # (side,)
-            rows = (pos >= y0[:, None]) & (pos < (y0 + h)[:, None])  # (B, side)
-            cols = (pos >= x0[:, None]) & (pos < (x0 + w)[:, None])
-            box = (rows[:, :, None] & cols[:, None, :])[:, None]  # (B, 1, side, side)
-            x = torch.where(box, x.mean(dim=(-2, -1), keepdim=True), x)
         if a.blur:
             x = _gaussian_blur(x, uniform(0, a.blur * side / 64) * (torch.rand(b, device=x.device) < 0.5))
         if a.noise:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import itertools
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pneumolab.errors import InputError
@@ -128,23 +126,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
     return nn.BatchNorm2d(channels) if kind == "batch" else nn.GroupNorm(8, channels)
 
 
-class MaxBlurPool(nn.Module):
-    """Anti-aliased max pooling (Zhang 2019): max over 2x2 windows at stride 1, then a binomial [1, 2, 1]^2 blur
-    sampled at stride 2. ``(B, C, H, W) -> (B, C, H/2, W/2)``."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        k = torch.tensor([1.0, 2.0, 1.0])
-        self.register_buffer("kernel", (k[:, None] * k[None, :] / 16).expand(channels, 1, 3, 3).clone())
-
-    def forward(self, x):
-        x = F.max_pool2d(F.pad(x, (0, 1, 0, 1), mode="replicate"), 2, stride=1)  # (B, C, H, W)
-        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), self.kernel.to(x.dtype), stride=2, groups=x.shape[1])
-
-
-def _block(
-    cin: int, cout: int, *, norm: str | None, convs: int, stride: int = 1, blurpool: bool = False
-) -> nn.Sequential:
+def _block(cin: int, cout: int, *, norm: str | None, convs: int, stride: int = 1) -> nn.Sequential:
     """``convs`` x [Conv3x3 -> norm -> ReLU], then MaxPool2; ``stride=2`` halves the map in the first convolution
     instead of in the pool (the same output size, at a quarter of the activations)."""
     layers: list[nn.Module] = []
@@ -154,8 +136,7 @@ def _block(
         ]
         layers += [_norm(norm, cout)] if norm else []
         layers += [nn.ReLU(inplace=True)]
-    pool = (MaxBlurPool(cout) if blurpool else nn.MaxPool2d(2)) if stride == 1 else nn.Identity()
-    return nn.Sequential(*layers, pool)
+    return nn.Sequential(*layers, nn.MaxPool2d(2) if stride == 1 else nn.Identity())
 
 
 @register_model(
@@ -194,9 +175,6 @@ def cnn_improved(
     width: int = 16,
     norm: Literal["batch", "group"] = "batch",
     stem_stride: Literal[1, 2] = 1,
-    blurpool: bool = False,
-    channels: tuple[int, ...] | None = None,
-    convs: tuple[int, ...] = (2, 2, 2, 2),
 ) -> SmallCNN:
     """Improved CNN (deeper, BatchNorm, dropout): 4 x [(Conv3x3 -> BN -> ReLU) x 2 -> MaxPool2]
     (16, 32, 64, 128 channels), global average pool, Dropout(0.3) -> Linear(128, num_classes).
@@ -211,14 +189,14 @@ def cnn_improved(
         raise InputError(f"cnn_improved: model.kwargs.norm must be 'batch' or 'group', got {norm!r}")
     if stem_stride not in (1, 2):
         raise InputError(f"cnn_improved: model.kwargs.stem_stride must be 1 or 2, got {stem_stride!r}")
-    chans = [in_chans, *(channels or (width, 2 * width, 4 * width, 8 * width))]
+    chans = [in_chans, width, 2 * width, 4 * width, 8 * width]
     features = nn.Sequential(
         *[
-            _block(a, b, norm=norm, convs=n, stride=stem_stride if i == 0 else 1, blurpool=blurpool)
-            for i, ((a, b), n) in enumerate(zip(itertools.pairwise(chans), convs, strict=True))
+            _block(a, b, norm=norm, convs=2, stride=stem_stride if i == 0 else 1)
+            for i, (a, b) in enumerate(itertools.pairwise(chans))
         ]
     )
-    head = nn.Sequential(nn.Dropout(0.3 if dropout is None else dropout), nn.Linear(chans[-1], num_classes))
+    head = nn.Sequential(nn.Dropout(0.3 if dropout is None else dropout), nn.Linear(8 * width, num_classes))
     return SmallCNN(features, head)
 
 

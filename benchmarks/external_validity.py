@@ -194,10 +194,8 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # 78c9152 "fast-blurpool" (model.kwargs.blurpool=true: anti-aliased max pooling, Zhang 2019, in every block) and
     # "fast-erase-0.2" (data.augment.erase=0.2: random erasing of one rectangle on half the images); at 8c10d48
     # "fast-deep-wide" (model.kwargs.channels=[16,32,128,256]: wider deep blocks only); at 6888613
-    # "fast-convs-1233" (model.kwargs.convs=[1,2,3,3]: one convolution at 64 px, three in each deep block).
-    # Round 13: a smooth activation (SiLU) in place of ReLU: smooth activations make gradients and features less
-    # brittle to small input changes (Xie et al. 2020), and the false positives flip with a 1.08x magnification.
-    "fast-silu": ("fast", ["model.kwargs.act=silu"]),
+    # "fast-convs-1233" (model.kwargs.convs=[1,2,3,3]: one convolution at 64 px, three in each deep block); at
+    # 8c74095 "fast-silu" (model.kwargs.act=silu: SiLU in place of ReLU).
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

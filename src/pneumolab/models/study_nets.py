@@ -126,9 +126,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
     return nn.BatchNorm2d(channels) if kind == "batch" else nn.GroupNorm(8, channels)
 
 
-def _block(
-    cin: int, cout: int, *, norm: str | None, convs: int, stride: int = 1, act: type[nn.Module] = nn.ReLU
-) -> nn.Sequential:
+def _block(cin: int, cout: int, *, norm: str | None, convs: int, stride: int = 1) -> nn.Sequential:
     """``convs`` x [Conv3x3 -> norm -> ReLU], then MaxPool2; ``stride=2`` halves the map in the first convolution
     instead of in the pool (the same output size, at a quarter of the activations)."""
     layers: list[nn.Module] = []
@@ -137,7 +135,7 @@ def _block(
             nn.Conv2d(cin if i == 0 else cout, cout, 3, stride=stride if i == 0 else 1, padding=1, bias=norm is None)
         ]
         layers += [_norm(norm, cout)] if norm else []
-        layers += [act(inplace=True)]
+        layers += [nn.ReLU(inplace=True)]
     return nn.Sequential(*layers, nn.MaxPool2d(2) if stride == 1 else nn.Identity())
 
 
@@ -177,7 +175,6 @@ def cnn_improved(
     width: int = 16,
     norm: Literal["batch", "group"] = "batch",
     stem_stride: Literal[1, 2] = 1,
-    act: Literal["relu", "silu"] = "relu",
 ) -> SmallCNN:
     """Improved CNN (deeper, BatchNorm, dropout): 4 x [(Conv3x3 -> BN -> ReLU) x 2 -> MaxPool2]
     (16, 32, 64, 128 channels), global average pool, Dropout(0.3) -> Linear(128, num_classes).
@@ -195,14 +192,7 @@ def cnn_improved(
     chans = [in_chans, width, 2 * width, 4 * width, 8 * width]
     features = nn.Sequential(
         *[
-            _block(
-                a,
-                b,
-                norm=norm,
-                convs=2,
-                stride=stem_stride if i == 0 else 1,
-                act={"relu": nn.ReLU, "silu": nn.SiLU}[act],
-            )
+            _block(a, b, norm=norm, convs=2, stride=stem_stride if i == 0 else 1)
             for i, (a, b) in enumerate(itertools.pairwise(chans))
         ]
     )

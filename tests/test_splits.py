@@ -113,3 +113,19 @@ def test_saved_manifest_refuses_leaky_rows_on_load(big_manifest: Manifest, tmp_p
     (tmp_path / "ds" / "manifest.csv").write_text("\n".join(text) + "\n")
     with pytest.raises(LeakageError):
         Manifest.load(tmp_path / "ds")
+
+
+def test_leaky_protocol_is_announced_once_on_load_under_its_final_name(
+    big_manifest: Manifest, tmp_path, caplog, monkeypatch
+) -> None:
+    from pneumolab.data import manifest
+
+    monkeypatch.setattr(manifest, "_WARNED_LEAKY", set())
+    out = split_manifest(big_manifest, seed=0)
+    leaky = Manifest(out.root, out.records, {**out.meta, "protocol": manifest.LEAKY_PROTOCOL})
+    leaky.save(tmp_path / "data.partial")  # as a pipeline step writes it, then moves it into place
+    (tmp_path / "data.partial").rename(tmp_path / "data")
+    assert "LEAKY" not in caplog.text
+    Manifest.load(tmp_path / "data")
+    Manifest.load(tmp_path / "data")
+    assert caplog.text.count("LEAKY") == 1 and str(tmp_path / "data") in caplog.text and ".partial" not in caplog.text

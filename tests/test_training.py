@@ -1,4 +1,5 @@
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -61,10 +62,16 @@ def test_train_cli_writes_a_complete_self_describing_run(sample_data, tmp_path, 
     assert any(t.startswith("grad/") for t in tags["histograms"])
 
 
-def test_select_last_keeps_the_final_epoch_not_the_best_on_validation(sample_data, tmp_path, capsys) -> None:
+def test_select_last_keeps_the_final_epoch_not_the_best_on_validation(
+    sample_data, tmp_path, capsys, caplog, monkeypatch
+) -> None:
     # A learning rate too small to move a weight: every epoch scores the same on validation, so "best" keeps the
     # first of the tied epochs and "last" the third.
     frozen = ("trainer.max_epochs=3", "optim.lr=1e-12")
+    lib = logging.getLogger("pneumolab")  # the CLI's console logger, which does not propagate: capture it there
+    caplog.set_level(logging.INFO, logger="pneumolab")
+    monkeypatch.setattr(lib, "propagate", False)
+    monkeypatch.setattr(lib, "handlers", [caplog.handler])
     for select in ("best", "last"):
         assert main(tiny_train_args(sample_data, tmp_path, f"name={select}", *frozen, f"trainer.select={select}")) == 0
     assert json.loads((tmp_path / "best" / "summary.json").read_text())["best_epoch"] == 0
@@ -74,7 +81,13 @@ def test_select_last_keeps_the_final_epoch_not_the_best_on_validation(sample_dat
     assert len({r["val/auroc"] for r in history}) == 1  # the tie
     assert summary["best_epoch"] == 2 and summary["select"] == "last"
     assert summary["best_val"]["val/auroc"] == pytest.approx(history[-1]["val/auroc"], abs=1e-5)
-    assert "last epoch 3 of 3:" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "last epoch 3 of 3:" in out
+    # Output that is not a terminal (here pytest's capture) gets one line per epoch, not a progress bar's redraws.
+    epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [e.split(":")[0] for e in epochs] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"] * 2  # runs best, last
+    assert all("train/loss" in e and "val/auroc" in e for e in epochs)
+    assert "it/s" not in err
     model, meta = load_model_file(run / "model.pt")
     assert meta["best_epoch"] == 2
     last = ClassifierModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt", weights_only=True).eval()

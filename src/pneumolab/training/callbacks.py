@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from pneumolab.io import atomic_path, atomic_write_text
 
-__all__ = ["AtomicCheckpointIO", "EpochHistory", "TensorBoardExtras", "Throughput", "read_history"]
+log = logging.getLogger(__name__)
+
+__all__ = ["AtomicCheckpointIO", "EpochHistory", "EpochLog", "TensorBoardExtras", "Throughput", "read_history"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -121,6 +124,44 @@ def read_history(path: str | Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
 
+def _epoch_row(trainer: L.Trainer) -> dict[str, Any]:
+    """The finished epoch's numbers: train loss/accuracy, every other train/* and val/* metric, learning rate."""
+    m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return {
+        "epoch": trainer.current_epoch,
+        "train/loss": m.get("train/loss_epoch"),
+        "train/acc": m.get("train/acc"),
+        **{
+            k.removesuffix("_epoch"): v
+            for k, v in m.items()
+            if k.startswith("train/") and k.endswith("_epoch") and k != "train/loss_epoch"
+        },  # (GAN: train/d_loss, train/g_loss, ...)
+        **{k: v for k, v in sorted(m.items()) if k.startswith("val/")},  # val/loss, val/auroc, val/psnr, ...
+        "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None,
+    }
+
+
+class EpochLog(L.Callback):
+    """One log line per finished epoch, in place of the progress bar where it cannot redraw itself (output to a
+    file or a pipe, e.g. ``nohup pneumolab train ... > log``: a bar there writes every refresh as a new line)."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        row = _epoch_row(trainer)
+        numbers = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "lr") and v is not None)
+        log.info(
+            "epoch %d/%d: %s (%.0f s)",
+            trainer.current_epoch + 1,
+            trainer.max_epochs,
+            numbers,
+            time.perf_counter() - self._start,
+        )
+
+
 class EpochHistory(L.Callback):
     """One row per finished epoch in ``history.csv`` (train loss/accuracy, every val/* metric, LR), rewritten
     atomically each epoch. On resume, rows of epochs that will be re-run are dropped."""
@@ -131,19 +172,7 @@ class EpochHistory(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
-        m = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        row = {
-            "epoch": trainer.current_epoch,
-            "train/loss": m.get("train/loss_epoch"),
-            "train/acc": m.get("train/acc"),
-            **{
-                k.removesuffix("_epoch"): v
-                for k, v in m.items()
-                if k.startswith("train/") and k.endswith("_epoch") and k != "train/loss_epoch"
-            },  # (GAN: train/d_loss, train/g_loss, ...)
-            **{k: v for k, v in sorted(m.items()) if k.startswith("val/")},  # val/loss, val/auroc, val/psnr, ...
-            "lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None,
-        }
+        row = _epoch_row(trainer)
         old = [{**r, "epoch": int(r["epoch"])} for r in read_history(self.path) if r["epoch"] < trainer.current_epoch]
         rows = [*old, row]
         columns = list(dict.fromkeys(k for r in rows for k in r))  # union, first-seen order

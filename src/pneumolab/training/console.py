@@ -1,4 +1,5 @@
-"""What a training shows on the console: our header, one progress bar and our result line.
+"""What a training shows on the console: our header, one progress bar (one line per epoch where the output is not
+a terminal) and our result line.
 
 Lightning's hardware lines ("GPU available: False ..."), its product tips, the AMP notice, dataloader and
 logging-interval notices, the model summary table, and the frameworks' deprecation warnings (torch.jit,

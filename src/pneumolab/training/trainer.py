@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,14 @@ from pneumolab.inference.guard import fit_model_guard
 from pneumolab.io import atomic_path, atomic_write_json, atomic_write_text
 from pneumolab.models.checkpoint import load_encoder_file, save_model_file, with_encoder
 from pneumolab.rundir import RunDir
-from pneumolab.training.callbacks import AtomicCheckpointIO, EpochHistory, TensorBoardExtras, Throughput, read_history
+from pneumolab.training.callbacks import (
+    AtomicCheckpointIO,
+    EpochHistory,
+    EpochLog,
+    TensorBoardExtras,
+    Throughput,
+    read_history,
+)
 from pneumolab.training.classifier import ClassifierModule
 from pneumolab.training.console import quiet_frameworks, verbose
 
@@ -86,8 +94,13 @@ def build_trainer(
         EpochHistory(run.history),
         throughput,
     ]
-    if progress_bar:  # tqdm, as every other bar of pneumolab (Lightning picks Rich when it is installed)
+    # A bar redraws itself on a terminal only: to a file or a pipe it writes every refresh as a line, so there the
+    # run logs one line per epoch instead (tqdm, as every other bar of pneumolab; Lightning picks Rich if installed).
+    bar = progress_bar and sys.stderr.isatty()
+    if bar:
         callbacks.append(TQDMProgressBar())
+    elif progress_bar:
+        callbacks.append(EpochLog())
     if t.monitor:  # the selected epoch (first: this is trainer.checkpoint_callback); no monitor keeps the latest
         best = ModelCheckpoint(
             dirpath=run.checkpoints,
@@ -128,7 +141,7 @@ def build_trainer(
         ],
         plugins=[AtomicCheckpointIO()],
         log_every_n_steps=t.log_every_n_steps,
-        enable_progress_bar=progress_bar,
+        enable_progress_bar=bar,
         enable_model_summary=progress_bar and verbose(),
         limit_train_batches=t.limit_train_batches,
         limit_val_batches=t.limit_val_batches,

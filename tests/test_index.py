@@ -61,6 +61,7 @@ def test_class_folder_names_are_case_insensitive(tmp_path) -> None:
 def test_each_bad_file_is_reported_and_skipped_and_source_untouched(kaggle_dir, tmp_path) -> None:
     expected = _add_bad_files(kaggle_dir)
     (kaggle_dir / "train" / "NORMAL" / "notes.txt").write_text("ignored")
+    (kaggle_dir / "README.md").write_text("ignored")  # beside the split folders: not an image to move into them
     before = tree_digest(kaggle_dir)
     result = index_source(kaggle_dir, tmp_path / "out", workers=2)
     assert tree_digest(kaggle_dir) == before
@@ -72,7 +73,8 @@ def test_each_bad_file_is_reported_and_skipped_and_source_untouched(kaggle_dir, 
     report = json.loads((tmp_path / "out" / "index_report.json").read_text())
     assert report["problems"]["truncated"] == 1 and report["images_ok"] == len(paths)
     assert report["ignored_files"] == [
-        "train/NORMAL/notes.txt: not an image by its extension (looked for .dcm, .dicom, .jpeg, .jpg, .png)"
+        f"{name}: not an image by its extension (looked for .dcm, .dicom, .jpeg, .jpg, .png)"
+        for name in ("README.md", "train/NORMAL/notes.txt")
     ]
     assert not list((tmp_path / "out").glob(".*.tmp"))  # atomic writes leave no temp files
 

@@ -111,6 +111,9 @@ def _why_not(rel: Path, layout: str) -> tuple[str | None, str | None, str | None
         return None, None, "a macOS resource fork, not an X-ray"
     if any(p.startswith(".") for p in parts):
         return None, None, "a hidden file or folder"
+    # Before the folder check: a README or MANIFEST.csv beside the split folders is not an image to move.
+    if rel.suffix.lower() not in IMAGE_SUFFIXES:
+        return None, None, f"not an image by its extension (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
     if layout == "split":
         split = SPLIT_ALIASES.get(parts[0].lower())
         if split is None or len(parts) < 3:
@@ -121,8 +124,6 @@ def _why_not(rel: Path, layout: str) -> tuple[str | None, str | None, str | None
         split, label = "train", normalise_label(parts[0]) if len(parts) >= 2 else None
     if label is None:
         return None, None, "not inside a NORMAL or PNEUMONIA folder"
-    if rel.suffix.lower() not in IMAGE_SUFFIXES:
-        return None, None, f"not an image by its extension (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
     return split, label, None
 
 

@@ -196,6 +196,9 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # "fast-deep-wide" (model.kwargs.channels=[16,32,128,256]: wider deep blocks only); at 6888613
     # "fast-convs-1233" (model.kwargs.convs=[1,2,3,3]: one convolution at 64 px, three in each deep block); at
     # 8c74095 "fast-silu" (model.kwargs.act=silu: SiLU in place of ReLU).
+    # Round 13: horizontal flips (pneumonia is often in one lung, and either; the flip doubles the views of each
+    # image at no cost, where anatomy's left-right asymmetry is the same in both classes).
+    "fast-hflip": ("fast", ["data.augment.hflip=true"]),
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

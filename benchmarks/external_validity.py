@@ -196,8 +196,8 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # "fast-deep-wide" (model.kwargs.channels=[16,32,128,256]: wider deep blocks only); at 6888613
     # "fast-convs-1233" (model.kwargs.convs=[1,2,3,3]: one convolution at 64 px, three in each deep block); at
     # 8c74095 "fast-silu" (model.kwargs.act=silu: SiLU in place of ReLU).
-    # Round 13: horizontal flips (pneumonia is often in one lung, and either; the flip doubles the views of each
-    # image at no cost, where anatomy's left-right asymmetry is the same in both classes).
+    # Round 13, both lost (docs/BENCHMARKS.md, "Thirteenth round"): horizontal flips (pneumonia is often in one
+    # lung, and either; the flip doubles the views of each image at no cost).
     "fast-hflip": ("fast", ["data.augment.hflip=true"]),
     # Sharper still (the ninth round's lever): augmented on the 160 px copies, so that even a 1.25x zoom keeps two
     # source pixels per output pixel before the antialiased resize to 64 px.

@@ -109,9 +109,10 @@ class Manifest:
     def save(self, out_dir: str | Path) -> None:
         """Write ``manifest.csv`` and ``manifest.json`` into ``out_dir`` atomically, after checking for leakage."""
         out_dir = Path(out_dir)
-        # No warning here: a leaky dataset is announced where its numbers are made (on load), under the name it
-        # ends up with, not under the temporary folder a pipeline step writes it to first.
-        _check(self.records, self.meta, announce=False)
+        # A leaky dataset is announced where its numbers are made (on load), under the name it ends up with, not
+        # here, under the temporary folder a pipeline step writes it to first.
+        if self.meta.get("protocol") != LEAKY_PROTOCOL:
+            check_no_leakage(self.records)
         atomic_write_text(out_dir / "manifest.csv", self.to_csv())
         atomic_write_json(out_dir / "manifest.json", {"root": str(self.root), **self.meta})
 
@@ -153,9 +154,9 @@ def _parse_row(row: dict[str, str]) -> Record:
 _WARNED_LEAKY: set[str] = set()  # each leaky dataset is announced once per process, not on every load
 
 
-def _check(records: list[Record], meta: dict[str, Any], where: str = "this dataset", announce: bool = True) -> None:
+def _check(records: list[Record], meta: dict[str, Any], where: str = "this dataset") -> None:
     if meta.get("protocol") == LEAKY_PROTOCOL:
-        if not announce or where in _WARNED_LEAKY:
+        if where in _WARNED_LEAKY:
             return
         _WARNED_LEAKY.add(where)
         log.warning(

@@ -249,6 +249,38 @@ def test_predict_cli_table_json_and_per_file_errors(run, tmp_path, capsys) -> No
     assert "P(pneumonia)" in capsys.readouterr().out
 
 
+def test_predict_a_pacs_style_folder_uses_every_image_and_reports_every_other_file(run, tmp_path, capsys) -> None:
+    export = tmp_path / "export"  # a PACS export: one folder per study, DICOM files without an extension
+    pixels = np.asarray(Image.open(XRAY).convert("L"))
+    for study in ("p1", "p2"):
+        (export / study).mkdir(parents=True)
+        write_dicom(export / study / "IM0001", pixels)
+    write_dicom(export / "DICOMDIR", pixels, with_pixels=False)  # the media index: DICOM, but no X-ray
+    (export / "notes.txt").write_text("not an image")
+    (export / "p1" / "Thumbs.db").write_bytes(b"\0" * 64)
+    elsewhere = tmp_path / "elsewhere" / "p1"  # a second IM0001 given by name: its overlay must not replace one
+    elsewhere.mkdir(parents=True)
+    shutil.copy(export / "p1" / "IM0001", elsewhere / "IM0001")
+    cam = tmp_path / "cam"
+    args = [str(export), str(elsewhere / "IM0001"), "--json", "--gradcam", str(cam), "--no-guard"]  # guard: elsewhere
+    code = main(["predict", str(run), *args])
+    assert code == 0  # skipped files are reported, not failures
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    skipped = {Path(x["image"]).relative_to(export).as_posix(): x["skipped"] for x in lines if "skipped" in x}
+    assert set(skipped) == {"DICOMDIR", "notes.txt", "p1/Thumbs.db"}
+    assert "nor a DICOM file" in skipped["notes.txt"] and "index file" in skipped["DICOMDIR"]
+    done = [x for x in lines if "skipped" not in x]
+    assert [x["image"] for x in done] == [str(d / "IM0001") for d in (export / "p1", export / "p2", elsewhere)]
+    assert len({x["probability"] for x in done}) == 1  # the same pixels three times
+    overlays = sorted(p.relative_to(cam).as_posix() for p in cam.rglob("*.png"))
+    assert overlays == ["IM0001_gradcam.png", "p1/IM0001_gradcam.png", "p2/IM0001_gradcam.png"]
+    assert [x["gradcam"] for x in done] == [str(cam / o) for o in overlays[1:] + overlays[:1]]
+
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    assert main(["predict", str(run), str(tmp_path / "empty")]) == 2
+    assert "no JPEG, PNG or DICOM files in this folder or its subfolders" in capsys.readouterr().err
+
+
 def test_gradcam_is_highest_where_a_toy_model_looks() -> None:
     """A CNN trained to detect a bright patch in one corner must put its Grad-CAM peak on that corner."""
     torch.manual_seed(0)

@@ -143,11 +143,14 @@ def test_adapt_round_trip_on_a_folder_of_unlabeled_images(runs, sample_data, tmp
     for f in sorted(sample_root().glob("test/*/*.jpeg")):
         shutil.copy(f, flat / f.name)
     (flat / "README.txt").write_text("not an image")
+    (flat / "@eaDir").mkdir()  # a NAS's thumbnails of the same images: not 75 more X-rays
+    shutil.copy(next(flat.glob("*.jpeg")), flat / "@eaDir" / "thumb.jpeg")
     run, new = runs["bn"], tmp_path / "adapted"
     assert main(["adapt", str(run), "--data", str(flat), "--out", str(new)]) == 0
     out = capsys.readouterr().out
     assert "adapted on 75 unlabeled images" in out and "BatchNorm statistics of 8 layers" in out
     assert "skipped README.txt: not an image file" in out  # every file is used or reported
+    assert "skipped @eaDir/thumb.jpeg: a system, thumbnail or index file" in out
 
     (orig, meta0), (model, meta) = load_model_file(run), load_model_file(new)
     step = meta["site"][-1]

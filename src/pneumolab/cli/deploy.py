@@ -11,18 +11,52 @@ import typer
 from pneumolab.cli.base import NoGuard, app, command
 
 
+def _inputs(paths: list[Path]) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
+    """``(file, its Grad-CAM file name)`` for every image to predict, and ``(file, reason)`` for every file left out.
+
+    A folder stands for every image under it (:func:`image_files`); its Grad-CAM files mirror its subfolders, so
+    that ``p1/IM0001`` and ``p2/IM0001`` (a PACS export) do not overwrite each other. Files named alike from
+    different places get ``-2``, ``-3``, ... rather than one overlay silently replacing another.
+    """
+    from pneumolab.data.sources import IMAGE_SUFFIXES, image_files
+    from pneumolab.errors import InputError
+
+    inputs, skipped, taken = [], [], set()
+    for path in paths:
+        if path.is_dir():
+            files, left_out = image_files(path)
+            skipped += [(path / rel, why) for rel, why in left_out]
+            if not files:
+                raise InputError(f"{path}: no JPEG, PNG or DICOM files in this folder or its subfolders")
+            names = [f.relative_to(path) for f in files]
+        else:
+            files, names = [path], [Path(path.name)]
+        for f, rel in zip(files, names, strict=True):
+            stem = rel.stem if rel.suffix.lower() in IMAGE_SUFFIXES else rel.name  # a UID name's dots are not a suffix
+            cam, n = rel.parent / f"{stem}_gradcam.png", 1
+            while cam in taken:
+                n += 1
+                cam = rel.parent / f"{stem}-{n}_gradcam.png"
+            taken.add(cam)
+            inputs.append((f, cam))
+    return inputs, skipped
+
+
 @command(
     app,
     "predict",
     [
         "pneumolab predict runs/train/resnet18 xray1.png xray2.dcm",
         "pneumolab predict runs/train/resnet18/model.onnx scans/*.jpeg --json",
+        "pneumolab predict runs/train/resnet18 pacs_export/ --gradcam out/ --json",
         "pneumolab predict runs/train/resnet18 xray.png --gradcam out/ --ood runs/autoencoder/autoencoder",
     ],
 )
 def predict_cmd(
     model: Annotated[Path, typer.Argument(help="Run folder, model.pt or model.onnx.")],
-    images: Annotated[list[Path], typer.Argument(help="PNG, JPEG or DICOM files.")],
+    images: Annotated[
+        list[Path], typer.Argument(help="PNG, JPEG or DICOM files, or folders (searched with their subfolders).")
+    ],
     gradcam: Annotated[Path | None, typer.Option(help="Write Grad-CAM overlays (PNG) into this folder.")] = None,
     ood: Annotated[Path | None, typer.Option(help="Also use this autoencoder run's guard.")] = None,
     no_guard: NoGuard = False,
@@ -31,12 +65,15 @@ def predict_cmd(
     """Probability, label at the stored operating point and timing per image; bad files fail alone (exit 2).
 
     Images the guard flags (not a chest X-ray as far as it can tell) are NOT_ASSESSED: no label, no probability.
+    A folder is searched with its subfolders for JPEG, PNG and DICOM files (DICOM also without an extension);
+    every other file in it is listed as skipped, with the reason.
     """
     from pneumolab.errors import ImageReadError
     from pneumolab.inference.overlay import overlay_png
     from pneumolab.inference.predictor import Predictor
     from pneumolab.io import atomic_path
 
+    inputs, skipped = _inputs(images)
     predictor = Predictor.load(model, ood=ood, guard=not no_guard)
     failed = 0
     if not as_json:
@@ -44,7 +81,9 @@ def predict_cmd(
         if no_guard:
             typer.echo("warning: --no-guard: every image gets a label, even one that is not a chest X-ray")
         typer.echo(f"{'image':<40} {'P(pneumonia)':>12}  {'label':<12} ms   (threshold {predictor.threshold:.3f})")
-    for path in images:
+    for path, why in skipped:
+        typer.echo(json.dumps({"image": str(path), "skipped": why}) if as_json else f"{path!s:<40} skipped: {why}")
+    for path, cam in inputs:
         try:
             r = predictor.predict(path.read_bytes(), name=str(path), gradcam=gradcam is not None)
         except (ImageReadError, OSError) as e:
@@ -52,11 +91,13 @@ def predict_cmd(
             msg = e.detail if isinstance(e, ImageReadError) else e.strerror
             typer.echo(json.dumps({"image": str(path), "error": msg}) if as_json else f"{path!s:<40} error: {msg}")
             continue
+        written = {}
         if gradcam is not None and r.assessed:
-            with atomic_path(gradcam / f"{path.stem}_gradcam.png", suffix=".png") as tmp:
+            with atomic_path(gradcam / cam, suffix=".png") as tmp:
                 tmp.write_bytes(overlay_png(r.original, r.heatmap))
+            written = {"gradcam": str(gradcam / cam)}
         if as_json:
-            typer.echo(json.dumps({"image": str(path), **r.to_dict(), "site": predictor.site}))
+            typer.echo(json.dumps({"image": str(path), **r.to_dict(), "site": predictor.site, **written}))
         else:
             p_text = "-" if r.probability is None else f"{r.probability:.4f}"
             why = f"  ({'; '.join(r.reasons)})" if r.reasons else ""

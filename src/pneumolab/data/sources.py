@@ -18,7 +18,7 @@ from pneumolab.data.patient import TEST_NAMESPACE, kermany_label_hint, kermany_p
 from pneumolab.data.readers import NPZ_SEP
 from pneumolab.errors import InputError
 
-__all__ = ["Candidate", "SourceListing", "list_source"]
+__all__ = ["Candidate", "SourceListing", "image_files", "list_source"]
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm", ".dicom"}
 
@@ -67,7 +67,7 @@ def list_source(source: str | Path) -> SourceListing:
 # Files that operating systems and NAS boxes write beside images: thumbnails (of validation images, too: indexed
 # they would leak into train), resource forks, folder settings. Never images of patients.
 SYSTEM_DIRS = {"@eadir", ".thumbnails", "__macosx", ".appledouble", "$recycle.bin", ".trash", ".trashes"}
-SYSTEM_FILES = {"thumbs.db", "ehthumbs.db", ".ds_store", "desktop.ini", ".directory"}
+SYSTEM_FILES = {"thumbs.db", "ehthumbs.db", ".ds_store", "desktop.ini", ".directory", "dicomdir"}
 SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
 
 
@@ -75,20 +75,21 @@ def _child_dirs(folder: Path) -> dict[str, Path]:
     return {p.name.lower(): p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
 
 
-def _walk(root: Path) -> tuple[list[Path], list[str]]:
+def _walk(root: Path) -> tuple[list[Path], list[tuple[str, str]]]:
     """Every file under ``root`` (symbolic links to files included, dangling ones too), and what could not be
-    listed: unreadable folders and links to folders (not followed: they could loop or leave the source)."""
+    listed, as ``(relative path, reason)``: unreadable folders and links to folders (not followed: they could
+    loop or leave the source)."""
     files: list[Path] = []
-    unlisted: list[str] = []
+    unlisted: list[tuple[str, str]] = []
 
     def onerror(e: OSError) -> None:
-        unlisted.append(f"{Path(e.filename).relative_to(root).as_posix()}/: cannot list the folder ({e.strerror})")
+        unlisted.append((f"{Path(e.filename).relative_to(root).as_posix()}/", f"cannot list the folder ({e.strerror})"))
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=onerror):
         here = Path(dirpath)
         for name in dirnames:
             if (here / name).is_symlink():
-                unlisted.append(f"{(here / name).relative_to(root).as_posix()}/: a link to a folder (not followed)")
+                unlisted.append((f"{(here / name).relative_to(root).as_posix()}/", "a link to a folder (not followed)"))
         dirnames.sort()
         files.extend(here / name for name in sorted(filenames))
     return files, unlisted
@@ -102,15 +103,56 @@ def _utf8(name: str) -> bool:
     return True
 
 
-def _why_not(rel: Path, layout: str) -> tuple[str | None, str | None, str | None]:
-    """``(split, label, None)`` for a file where the Kaggle layout puts images, else ``(None, None, reason)``."""
+def _system_file(rel: Path) -> str | None:
+    """Why ``rel`` is no X-ray in any layout (a system file, thumbnail, resource fork or hidden file), or ``None``."""
     parts = rel.parts
     if any(p.lower() in SYSTEM_DIRS for p in parts[:-1]) or parts[-1].lower() in SYSTEM_FILES:
-        return None, None, "a thumbnail or system file, not an X-ray"
+        return "a system, thumbnail or index file (e.g. DICOMDIR), not an X-ray"
     if parts[-1].startswith("._"):
-        return None, None, "a macOS resource fork, not an X-ray"
+        return "a macOS resource fork, not an X-ray"
     if any(p.startswith(".") for p in parts):
-        return None, None, "a hidden file or folder"
+        return "a hidden file or folder"
+    return None
+
+
+def _is_dicom(path: Path) -> bool:
+    """A DICOM Part 10 file by its content (a 128-byte preamble, then ``DICM``), whatever its name."""
+    try:
+        with path.open("rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def image_files(folder: str | Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Every file under ``folder`` (any layout) that may be an X-ray, and ``(relative path, reason)`` for the rest.
+
+    A file may be an X-ray when it has an image extension or is a DICOM file by its content (exports from a
+    PACS are often named ``IM0001`` or by their UID); whether it decodes is for the reader to say. System
+    files, thumbnails, resource forks, hidden files, DICOMDIR indexes and other files are left out, each with
+    its reason, so that every file is either used or reported.
+    """
+    folder = Path(folder)
+    files, skipped = _walk(folder)
+    found = []
+    for f in files:
+        rel = f.relative_to(folder)
+        why = _system_file(rel)
+        if why is None and rel.suffix.lower() not in IMAGE_SUFFIXES and not _is_dicom(f):
+            why = f"not an image file by its extension ({', '.join(sorted(IMAGE_SUFFIXES))}) nor a DICOM file"
+        if why:
+            skipped.append((rel.as_posix(), why))
+        else:
+            found.append(f)
+    return found, skipped
+
+
+def _why_not(rel: Path, layout: str) -> tuple[str | None, str | None, str | None]:
+    """``(split, label, None)`` for a file where the Kaggle layout puts images, else ``(None, None, reason)``."""
+    reason = _system_file(rel)
+    if reason:
+        return None, None, reason
+    parts = rel.parts
     # Before the folder check: a README or MANIFEST.csv beside the split folders is not an image to move.
     if rel.suffix.lower() not in IMAGE_SUFFIXES:
         return None, None, f"not an image by its extension (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
@@ -139,7 +181,8 @@ def _list_kaggle(root: Path) -> SourceListing:
             f"{root}: no train/val/test or NORMAL/PNEUMONIA folders found; expected ROOT/train/NORMAL/*.jpeg "
             "(the Kaggle chest_xray layout), a pneumoniamnist .npz or a CSV file"
         )
-    files, ignored = _walk(root)
+    files, unlisted = _walk(root)
+    ignored = [f"{rel}: {why}" for rel, why in unlisted]
     candidates = []
     for f in files:
         rel = f.relative_to(root)

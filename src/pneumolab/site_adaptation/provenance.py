@@ -18,7 +18,7 @@ from pneumolab.data.cache import load_cache, resize_square
 from pneumolab.data.index import as_dataset
 from pneumolab.data.manifest import CLASSES, Manifest
 from pneumolab.data.readers import read_entry
-from pneumolab.data.sources import IMAGE_SUFFIXES
+from pneumolab.data.sources import image_files
 from pneumolab.errors import ImageReadError, InputError
 from pneumolab.evaluation.model_card import write_model_card
 from pneumolab.models.checkpoint import save_model_file
@@ -101,12 +101,10 @@ def rows_digest(manifest: Manifest, rows: list[int]) -> str:
 
 def _unlabeled_folder(folder: Path) -> SiteSample:
     """Every image file under ``folder`` (any layout), decoded; unreadable files are skipped and named."""
-    images, hashes, skipped = [], [], []
-    for f in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    files, left_out = image_files(folder)
+    images, hashes, skipped = [], [], [f"{rel}: {why}" for rel, why in left_out]
+    for f in files:
         rel = f.relative_to(folder).as_posix()
-        if f.suffix.lower() not in IMAGE_SUFFIXES:
-            skipped.append(f"{rel}: not an image file by its extension")
-            continue
         try:
             data, img = read_entry(folder, rel)
         except ImageReadError as e:
@@ -115,7 +113,7 @@ def _unlabeled_folder(folder: Path) -> SiteSample:
         images.append(img.pixels)
         hashes.append(hashlib.sha256(data).hexdigest())
     if not images:
-        raise InputError(f"{folder}: no readable images (.jpeg/.jpg/.png/.dcm) found")
+        raise InputError(f"{folder}: no readable images (JPEG, PNG or DICOM) found")
     return SiteSample(str(folder.resolve()), None, None, list(range(len(images))), images, hashes, skipped)
 
 

@@ -288,9 +288,12 @@ def test_a_training_console_shows_only_what_a_user_can_act_on(sample_data, tmp_p
 
     quiet = console()
     assert "done: cnn_base" in quiet
-    for noise in ("GPU available", "TPU available", "Tip:", "Total params", "Warning", "deprecated", "Loading `"):
+    assert "\nepoch 1/1: train/loss" in quiet  # our lines as sentences, no "INFO pneumolab.training.callbacks:"
+    noises = ("GPU available", "TPU available", "Tip:", "Total params", "Warning", "deprecated", "Loading `", "INFO")
+    for noise in noises:
         assert noise not in quiet, noise
-    assert "GPU available" in console("--verbose")
+    loud = console("--verbose")
+    assert "GPU available" in loud and "INFO pneumolab.training.callbacks: epoch 1/1" in loud
 
 
 def test_bf16_falls_back_to_fp32_only_on_a_cpu_without_native_bfloat16(monkeypatch) -> None:

@@ -103,10 +103,24 @@ def progress(desc: str):
             bar.close()
 
 
+class _ConsoleFormatter(logging.Formatter):
+    """Our log lines as the commands' own lines read: information as it is, ``warning:`` / ``error:`` before the
+    rest. The level and module name (``INFO pneumolab.data.cache:``) tell a developer where a line came from, not a
+    user what to do: ``--verbose`` shows them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from pneumolab.training.console import verbose
+
+        text = super().format(record)
+        if verbose():
+            return f"{record.levelname} {record.name}: {text}"
+        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 bad input or usage)."""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_ConsoleFormatter())
     lib = logging.getLogger("pneumolab")
     if not lib.handlers:  # main() may run many times in one process (tests)
         lib.addHandler(handler)

@@ -37,7 +37,24 @@ def test_training_stores_a_validation_operating_point(two_runs, sample_data) -> 
     assert 0 < meta["threshold"] < 1 and meta["threshold_policy"] == "youden"
     assert meta["operating_point"]["split"] == "val" and meta["temperature"] > 0
     card = (two_runs[0] / "MODEL_CARD.md").read_text()
-    assert "not a diagnostic device" in card and "pediatric" in card
+    assert "not a diagnostic device" in card and "pediatric" in card  # the sample's file names are Kermany's
+    train = [manifest.records[i] for i in manifest.indices("train")]
+    normals = sum(r.label == "NORMAL" for r in train)
+    patients = len({r.patient_id for r in train})
+    expected = f"train {len(train)} images ({normals} NORMAL, {len(train) - normals} PNEUMONIA) of {patients} patients"
+    assert expected in card and meta["training_data"]["kermany_file_names"] == 1.0
+
+
+def test_the_model_card_states_kermany_population_only_for_kermany_images(two_runs) -> None:
+    from pneumolab.evaluation.model_card import render_model_card
+
+    _, meta = load_model_file(two_runs[0] / "model.pt")
+    site = {**meta["training_data"], "root": "/data/st-elsewhere", "kermany_file_names": 0.0}  # a site's own names
+    card = render_model_card({**meta, "training_data": site}, [])
+    assert "Guangzhou" not in card and "pediatric" not in card
+    assert "Trained on X-rays from one source (`/data/st-elsewhere`)" in card
+    older = render_model_card({k: v for k, v in meta.items() if k != "training_data"}, [])  # before the record
+    assert "Guangzhou" not in older and "does not record its training data" in older
 
 
 def test_view_logits_are_seeded_leave_the_random_stream_alone_and_reduce_to_plain_logits(two_runs, sample_data) -> None:

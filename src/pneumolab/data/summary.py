@@ -11,8 +11,9 @@ from typing import Any
 
 from pneumolab.data.cache import prepared_sizes
 from pneumolab.data.manifest import CLASSES, SPLITS, Manifest, Record
+from pneumolab.data.patient import kermany_label_hint
 
-__all__ = ["MIN_SHAPED_PER_CLASS", "SHAPE_SHORTCUT_MARGIN", "log_proportions", "summarize"]
+__all__ = ["MIN_SHAPED_PER_CLASS", "SHAPE_SHORTCUT_MARGIN", "log_proportions", "summarize", "training_data_record"]
 
 # |AUROC - 0.5| of width/height against the label from which the summary warns: a network reads the original
 # proportions off a squashed image (docs/BENCHMARKS.md, issue 16), so this is a shortcut.
@@ -74,4 +75,20 @@ def summarize(manifest: Manifest, cache_dir: Path | None = None) -> dict[str, An
         "width_height_vs_label": _shape_shortcut(manifest),
         "cached_sizes_px": prepared_sizes(manifest, cache_dir) if cache_dir is not None else [],
         "notes": manifest.meta.get("notes", []),
+    }
+
+
+def training_data_record(manifest: Manifest) -> dict[str, Any]:
+    """What a model file records of the data it learnt from, for its model card: the source, images, classes and
+    patients of train and val, and the share of Kermany file names (``person*_bacteria_*``, ``IM-*``: the card
+    states Kermany's population only for Kermany's images, not for a site's own)."""
+    summary = summarize(manifest)
+    keep = ("images", *CLASSES, "patients")
+    splits = {k: {f: v[f] for f in keep} for k, v in summary["splits"].items() if k in ("train", "val")}
+    kermany = sum(kermany_label_hint(r.path) is not None for r in manifest.records) / max(len(manifest), 1)
+    return {
+        "root": summary["root"],
+        "source_kind": summary["source_kind"],
+        "splits": splits,
+        "kermany_file_names": round(kermany, 3),
     }

@@ -31,6 +31,49 @@ def _views(cfg: dict[str, Any]) -> str:
     return f"{views} augmented views of each batch, " if views > 1 else ""
 
 
+def _split_counts(name: str, c: dict[str, Any]) -> str:
+    patients = f" of {c['patients']} patients" if c.get("patients") else " (no patient ids)"
+    return f"{name} {c['images']} images ({c['NORMAL']} NORMAL, {c['PNEUMONIA']} PNEUMONIA){patients}"
+
+
+def _data_lines(cfg: dict[str, Any], data: dict[str, Any] | None) -> list[str]:
+    """The card's data section, from what the model file recorded (older files recorded only the folder)."""
+    lines = [f"- Training data: `{cfg['data']['data_dir']}`"]
+    if data:
+        splits = [_split_counts(k, data["splits"][k]) for k in ("train", "val") if k in data["splits"]]
+        lines[0] += f", indexed from `{data['root']}` ({data['source_kind']}): " + "; ".join(splits)
+    lines[0] += (
+        ". The validation split is carved from train by patient (patient-disjoint, stratified, seeded); test data "
+        "is read only by `pneumolab evaluate`."
+    )
+    return [*lines, "- Synthetic training images: " + (", ".join(cfg["data"]["synthetic"]) or "none")]
+
+
+def _population(data: dict[str, Any] | None) -> list[str]:
+    """Who the model has seen: Kermany's children where the file names are Kermany's, else the site's own data."""
+    if data is None:
+        return [
+            "- This model file does not record its training data (an older file): X-rays from any other source "
+            "are out of distribution until checked on them (`pneumolab evaluate`)."
+        ]
+    if data["kermany_file_names"] >= 0.5:
+        return [
+            "- Trained on pediatric (1-5 years) anterior-posterior chest X-rays from a single centre (Guangzhou "
+            "Women and Children's Medical Center, Kermany et al. 2018); adults, PA/lateral views, other hospitals, "
+            "scanners and post-processing are out of distribution.",
+            "- Validation on Kermany's data is nearly saturated (AUROC ~0.99), while its official test split shows "
+            "an acquisition shift that moves normal X-rays towards pneumonia: report specificity at the stored "
+            "threshold on external data, not only AUROC.",
+        ]
+    return [
+        f"- Trained on X-rays from one source (`{data['root']}`): other hospitals, scanners, post-processing, "
+        "patient ages and views are out of distribution until checked on them (`pneumolab evaluate`, then "
+        "`pneumolab calibrate` or `adapt` at a site).",
+        "- Validation is carved from the same source and measures the model there only: report specificity at "
+        "the stored threshold on external data, not only AUROC.",
+    ]
+
+
 def render_model_card(meta: dict[str, Any], evaluations: list[dict[str, Any]]) -> str:
     """Markdown text of the card from a model file's metadata and its evaluations (``metrics.json``)."""
     cfg, pre = meta["config"], meta["preprocessing"]
@@ -53,9 +96,7 @@ def render_model_card(meta: dict[str, Any], evaluations: list[dict[str, Any]]) -
         f"{_views(cfg)}{_selected(cfg['trainer'], meta.get('best_epoch'))}",
         "",
         "## Data and splits",
-        f"- Training data: `{cfg['data']['data_dir']}`; validation split carved from train by patient "
-        "(patient-disjoint, stratified, seeded); test data is read only by `pneumolab evaluate`.",
-        "- Synthetic training images: " + (", ".join(cfg["data"]["synthetic"]) or "none"),
+        *_data_lines(cfg, meta.get("training_data")),
         "",
         "## Preprocessing (rebuilt from the model file at inference)",
         f"- Grayscale, resized to {pre['image_size']}x{pre['image_size']} (aspect ratio not kept), "
@@ -91,11 +132,7 @@ def render_model_card(meta: dict[str, Any], evaluations: list[dict[str, Any]]) -
     lines += [
         "",
         "## Known limitations",
-        "- Trained on pediatric (1-5 years) anterior-posterior chest X-rays from a single centre (Guangzhou "
-        "Women and Children's Medical Center, Kermany et al. 2018); adults, PA/lateral views, other hospitals, "
-        "scanners and post-processing are out of distribution.",
-        "- Internal validation is nearly saturated on this dataset, while the official test split shows a known "
-        "acquisition shift (specificity drops sharply): report specificity, not only AUROC, on external data.",
+        *_population(meta.get("training_data")),
         "- Labels are image-level NORMAL/PNEUMONIA from the source; bacterial vs viral and other findings are not "
         "distinguished. Prevalence differs between sites, so PPV/NPV do not transfer.",
         "",

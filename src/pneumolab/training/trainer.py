@@ -35,6 +35,7 @@ from pneumolab import __version__
 from pneumolab.config import TrainConfig
 from pneumolab.data.datamodule import ChestXrayDataModule
 from pneumolab.data.manifest import Manifest
+from pneumolab.data.summary import training_data_record
 from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import apply_temperature, fit_temperature
@@ -319,6 +320,7 @@ def _finish(trainer: L.Trainer, throughput: Throughput, run_dir: Path, cfg: Trai
         net = with_encoder(best.net, pre)  # latent models see pixels through their autoencoder's encoder
         summary["operating_point"], val_logits = _operating_point(net, pre, cfg)
         guard = fit_model_guard(net, hp.model_name, pre, cfg.data.data_dir)
+        manifest = Manifest.load(cfg.data.data_dir)
         meta = {
             "model_name": hp.model_name,
             "model_kwargs": dict(hp.model_kwargs),
@@ -328,11 +330,12 @@ def _finish(trainer: L.Trainer, throughput: Throughput, run_dir: Path, cfg: Trai
             "metrics": {"split": "val", **summary["best_val"]},
             "best_epoch": summary["best_epoch"],
             **summary["operating_point"],
+            "training_data": training_data_record(manifest),
             "ood_guard": guard,
         }
         save_model_file(RunDir(run_dir).model, net, meta)  # a latent model with its encoder: self-contained
         summary["model_file"] = str(RunDir(run_dir).model)
-        write_val_logits(RunDir(run_dir).val_logits, Manifest.load(cfg.data.data_dir), val_logits)
+        write_val_logits(RunDir(run_dir).val_logits, manifest, val_logits)
         write_model_card(run_dir, {**meta, "version": __version__}, [])
     return summary
 

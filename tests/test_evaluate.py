@@ -52,9 +52,10 @@ def test_the_model_card_states_kermany_population_only_for_kermany_images(two_ru
     site = {**meta["training_data"], "root": "/data/st-elsewhere", "kermany_file_names": 0.0}  # a site's own names
     card = render_model_card({**meta, "training_data": site}, [])
     assert "Guangzhou" not in card and "pediatric" not in card
-    assert "Trained on X-rays from one source (`/data/st-elsewhere`)" in card
+    n = meta["training_data"]["splits"]["train"]["images"]
+    assert f"Trained on {n} chest X-rays from one source (`/data/st-elsewhere`)" in card
     older = render_model_card({k: v for k, v in meta.items() if k != "training_data"}, [])  # before the record
-    assert "Guangzhou" not in older and "does not record its training data" in older
+    assert "Guangzhou" not in older and "Trained on a training set this model file does not record" in older
 
 
 def test_view_logits_are_seeded_leave_the_random_stream_alone_and_reduce_to_plain_logits(two_runs, sample_data) -> None:

@@ -132,6 +132,7 @@ def test_token_is_enforced(run) -> None:
 def test_model_page_health_and_openapi(client) -> None:
     info = client.get("/api/v1/model").json()
     assert info["model"] == "cnn_base" and "not a diagnostic device" in info["intended_use"]
+    assert info["trained_on"].startswith("pediatric (1-5 years)")  # the bundled sample is Kermany's
     assert info["operating_point"]["split"] == "val" and info["preprocessing"]["image_size"] == 32
     assert client.get("/healthz").json()["status"] == "ok"
     assert "/api/v1/predict" in client.get("/openapi.json").json()["paths"]

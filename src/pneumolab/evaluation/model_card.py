@@ -8,7 +8,7 @@ from typing import Any
 
 from pneumolab.io import atomic_write_text
 
-__all__ = ["render_model_card", "write_model_card"]
+__all__ = ["render_model_card", "trained_on", "write_model_card"]
 
 _ROWS = ("auroc", "sensitivity", "specificity", "precision", "npv", "f1", "balanced_accuracy", "accuracy", "ece")
 
@@ -49,24 +49,36 @@ def _data_lines(cfg: dict[str, Any], data: dict[str, Any] | None) -> list[str]:
     return [*lines, "- Synthetic training images: " + (", ".join(cfg["data"]["synthetic"]) or "none")]
 
 
+def trained_on(data: dict[str, Any] | None) -> str:
+    """Who the model has seen, as a phrase (the card, the service's page): Kermany's children only where the
+    training file names are Kermany's, a site's own source otherwise. ``data``: the model file's ``training_data``."""
+    if data is None:
+        return "a training set this model file does not record (an older file)"
+    if data["kermany_file_names"] >= 0.5:
+        return (
+            "pediatric (1-5 years) anterior-posterior chest X-rays from a single centre (Guangzhou Women and "
+            "Children's Medical Center, Kermany et al. 2018)"
+        )
+    return f"{data['splits'].get('train', {}).get('images', 'an unknown number of')} chest X-rays from one source"
+
+
 def _population(data: dict[str, Any] | None) -> list[str]:
-    """Who the model has seen: Kermany's children where the file names are Kermany's, else the site's own data."""
+    """The card's first limitations: who the model has seen, and what its validation can and cannot say."""
     if data is None:
         return [
-            "- This model file does not record its training data (an older file): X-rays from any other source "
-            "are out of distribution until checked on them (`pneumolab evaluate`)."
+            f"- Trained on {trained_on(data)}: X-rays from any other source are out of distribution until checked "
+            "on them (`pneumolab evaluate`)."
         ]
     if data["kermany_file_names"] >= 0.5:
         return [
-            "- Trained on pediatric (1-5 years) anterior-posterior chest X-rays from a single centre (Guangzhou "
-            "Women and Children's Medical Center, Kermany et al. 2018); adults, PA/lateral views, other hospitals, "
-            "scanners and post-processing are out of distribution.",
+            f"- Trained on {trained_on(data)}; adults, PA/lateral views, other hospitals, scanners and "
+            "post-processing are out of distribution.",
             "- Validation on Kermany's data is nearly saturated (AUROC ~0.99), while its official test split shows "
             "an acquisition shift that moves normal X-rays towards pneumonia: report specificity at the stored "
             "threshold on external data, not only AUROC.",
         ]
     return [
-        f"- Trained on X-rays from one source (`{data['root']}`): other hospitals, scanners, post-processing, "
+        f"- Trained on {trained_on(data)} (`{data['root']}`): other hospitals, scanners, post-processing, "
         "patient ages and views are out of distribution until checked on them (`pneumolab evaluate`, then "
         "`pneumolab calibrate` or `adapt` at a site).",
         "- Validation is carved from the same source and measures the model there only: report specificity at "

@@ -25,6 +25,7 @@ from pneumolab.data.readers import DecodedImage, decode_bytes
 from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import OperatingPoint
+from pneumolab.evaluation.model_card import trained_on
 from pneumolab.extras import require_extra
 from pneumolab.inference.guard import FeatureTap, feature_scores, image_problems
 from pneumolab.models import get_spec
@@ -282,6 +283,7 @@ class Predictor:
             "site": self.site,
             "site_steps": m.get("site", []),
             "intended_use": "Research and decision support only; not a diagnostic device.",
+            "trained_on": trained_on(m.get("training_data")),
         }
 
 

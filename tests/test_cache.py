@@ -46,7 +46,7 @@ def test_parallel_and_serial_builds_agree(prepared_dir, tmp_path) -> None:
     assert np.array_equal(a, b)
 
 
-def test_prepared_sizes_are_recorded_and_a_missing_size_is_announced(prepared_dir, caplog, capsys) -> None:
+def test_prepared_sizes_are_recorded_and_a_missing_size_is_announced(prepared_dir, caplog, capsys, monkeypatch) -> None:
     import json
     import logging
 
@@ -57,8 +57,27 @@ def test_prepared_sizes_are_recorded_and_a_missing_size_is_announced(prepared_di
     capsys.readouterr()
     assert main(["data", "summary", str(prepared_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["cached_sizes_px"] == [32]
+    monkeypatch.setattr(logging.getLogger("pneumolab"), "propagate", True)  # main()'s console handler stops it
     with caplog.at_level(logging.INFO, logger="pneumolab"):
         load_cache(m, 24, prepared_dir / "cache")  # a stage wants a size nobody prepared
     message = next(r.getMessage() for r in caplog.records if "no 24 px cache" in r.getMessage())
     assert "prepared: 32 px" in message and f"pneumolab data cache {prepared_dir} --size 24" in message
     assert prepared_sizes(m, prepared_dir / "cache") == [24, 32]
+
+
+def test_a_commands_working_copy_is_decoded_under_the_users_source_name(
+    kaggle_dir, tmp_path, caplog, monkeypatch
+) -> None:
+    """`evaluate`/`calibrate` index a raw folder into their own (often temporary) folder: the console names the
+    user's source, never that folder as one to prepare ahead of time."""
+    import logging
+
+    from pneumolab.data.index import as_dataset
+
+    monkeypatch.setattr(logging.getLogger("pneumolab"), "propagate", True)  # the CLI's own handler stops it
+
+    m, data_dir = as_dataset(kaggle_dir, tmp_path / "scratch")
+    with caplog.at_level(logging.INFO, logger="pneumolab"):
+        load_cache(m, 24, data_dir / "cache")
+    lines = [r.getMessage() for r in caplog.records]
+    assert set(lines) == {f"decoding the {len(m)} images of {kaggle_dir.resolve()} once at 24 px"}  # no hint

@@ -97,7 +97,6 @@ def build_cache(
     for old in Path(cache_dir).glob(f"images_{size}_*.npy"):
         if old != path:
             old.unlink(missing_ok=True)
-    log.info("cached %d images at %dx%d in %s", n, size, size, path)
     return path
 
 
@@ -125,16 +124,21 @@ def _build_announced(manifest: Manifest, size: int, cache_dir: Path) -> None:
     dataset takes minutes to decode)."""
     from tqdm import tqdm
 
-    have = prepared_sizes(manifest, cache_dir)
-    log.info(
-        "%s has no %d px cache (prepared: %s): decoding its %d images once; ahead of time: "
-        "pneumolab data cache %s --size %d",
-        cache_dir.parent,
-        size,
-        ", ".join(f"{s} px" for s in have) or "none",
-        len(manifest),
-        cache_dir.parent,
-        size,
-    )
+    if manifest.meta.get("working_copy"):  # a command's own copy of the user's images: name theirs, not ours
+        log.info("decoding the %d images of %s once at %d px", len(manifest), manifest.root, size)
+    else:
+        have = prepared_sizes(manifest, cache_dir)
+        log.info(
+            "%s has no %d px cache (prepared: %s): decoding its %d images once; ahead of time: "
+            "pneumolab data cache %s --size %d",
+            cache_dir.parent,
+            size,
+            ", ".join(f"{s} px" for s in have) or "none",
+            len(manifest),
+            cache_dir.parent,
+            size,
+        )
     with tqdm(total=len(manifest), desc=f"cache {size}px", unit="img", disable=not sys.stderr.isatty()) as bar:
-        build_cache(manifest, size, cache_dir, progress=lambda done, total: bar.update(done - bar.n))
+        path = build_cache(manifest, size, cache_dir, progress=lambda done, total: bar.update(done - bar.n))
+    if not manifest.meta.get("working_copy"):
+        log.info("cached %d images at %dx%d in %s", len(manifest), size, size, path)

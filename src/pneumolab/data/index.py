@@ -88,6 +88,7 @@ def index_source(
     salt: str | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
+    working_copy: bool = False,
 ) -> IndexResult:
     """Index and validate ``source`` into ``out_dir``.
 
@@ -98,6 +99,8 @@ def index_source(
         salt: salt for hashing DICOM PatientIDs (default: ``$PNEUMOLAB_PATIENT_SALT`` or one kept in ``out_dir``).
         workers: decoding processes (default: all cores).
         progress: called as ``progress(done, total)``.
+        working_copy: the dataset is a command's own copy of a user's source (``evaluate``, ``calibrate``,
+            ``adapt``), not one the user prepares: its folder is not named to them as theirs to act on.
 
     Raises:
         InputError: nothing usable, a single class, or (``strict``) any bad file.
@@ -108,7 +111,7 @@ def index_source(
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_orphans(out_dir)
     try:
-        return _index(listing, source, out_dir, strict, salt, workers, progress)
+        return _index(listing, source, out_dir, strict, salt, workers, progress, working_copy)
     except Exception:
         # A failed re-index must not leave the previous manifest standing as if it described the source now.
         for name in ("manifest.csv", "manifest.json"):
@@ -138,6 +141,7 @@ def _index(
     salt: str | None,
     workers: int | None,
     progress: Progress | None,
+    working_copy: bool,
 ) -> IndexResult:
     if not listing.candidates:
         raise InputError(f"{source}: no images found (looked for .jpeg/.jpg/.png/.dcm under the class folders)")
@@ -205,7 +209,8 @@ def _index(
     if len(present) < len(CLASSES):
         raise InputError(f"{source}: only {present.pop()} images found; a classifier needs both NORMAL and PNEUMONIA")
     records.sort(key=lambda r: (r.split, r.label, r.path))
-    manifest = Manifest(listing.root.resolve(), records, {"source_kind": listing.kind, "notes": listing.notes})
+    meta = {"source_kind": listing.kind, "notes": listing.notes, **({"working_copy": True} if working_copy else {})}
+    manifest = Manifest(listing.root.resolve(), records, meta)
     manifest.save(out_dir)
     return IndexResult(manifest, problems, report)
 
@@ -215,5 +220,5 @@ def as_dataset(data: str | Path, work_dir: str | Path) -> tuple[Manifest, Path]:
     data = Path(data)
     if (data / "manifest.csv").is_file():
         return Manifest.load(data), data
-    index_source(data, work_dir)
+    index_source(data, work_dir, working_copy=True)
     return Manifest.load(work_dir), Path(work_dir)

@@ -79,6 +79,23 @@ def test_each_bad_file_is_reported_and_skipped_and_source_untouched(kaggle_dir, 
     assert not list((tmp_path / "out").glob(".*.tmp"))  # atomic writes leave no temp files
 
 
+def test_kaggles_archive_with_its_second_copy_inside_indexes_the_top_tree_once(kaggle_dir, tmp_path) -> None:
+    """chest_xray.zip from Kaggle unpacks to chest_xray/{train,test,val} plus chest_xray/chest_xray/{...} (the same
+    images again) and __MACOSX/: the top tree is indexed, the copy is reported as a copy, not as misplaced."""
+    alone = index_source(kaggle_dir, tmp_path / "alone", workers=1).manifest
+    shutil.copytree(kaggle_dir, tmp_path / "copy")
+    shutil.move(tmp_path / "copy", kaggle_dir / "chest_xray")
+    (kaggle_dir / "__MACOSX" / "chest_xray").mkdir(parents=True)
+    (kaggle_dir / "__MACOSX" / "chest_xray" / "._IM-0001-0001.jpeg").write_bytes(b"\0\x05\x16\x07")
+    result = index_source(kaggle_dir, tmp_path / "out", workers=1)
+    assert sorted(r.path for r in result.manifest.records) == sorted(r.path for r in alone.records)
+    ignored = json.loads((tmp_path / "out" / "index_report.json").read_text())["ignored_files"]
+    nested = [line for line in ignored if line.startswith("chest_xray/")]
+    assert len(nested) == len(list((kaggle_dir / "chest_xray").rglob("*.*")))
+    assert all("in a second train/val/test tree inside chest_xray/" in line for line in nested)
+    assert "__MACOSX/chest_xray/._IM-0001-0001.jpeg: a thumbnail or system file, not an X-ray" in ignored
+
+
 def test_strict_fails_on_any_bad_file(kaggle_dir, tmp_path) -> None:
     (kaggle_dir / "train" / "NORMAL" / "IM-0900-0001.png").write_text("text")
     with pytest.raises(InputError, match=r"1 bad file.*IM-0900-0001.png.*without --strict"):

@@ -269,7 +269,7 @@ def test_predict_a_pacs_style_folder_uses_every_image_and_reports_every_other_fi
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     skipped = {Path(x["image"]).relative_to(export).as_posix(): x["skipped"] for x in lines if "skipped" in x}
     assert set(skipped) == {"DICOMDIR", "notes.txt", "p1/Thumbs.db"}
-    assert "nor a DICOM file" in skipped["notes.txt"] and "index file" in skipped["DICOMDIR"]
+    assert "nor a DICOM file" in skipped["notes.txt"] and "DICOM media index" in skipped["DICOMDIR"]
     done = [x for x in lines if "skipped" not in x]
     assert [x["image"] for x in done] == [str(d / "IM0001") for d in (export / "p1", export / "p2", elsewhere)]
     assert len({x["probability"] for x in done}) == 1  # the same pixels three times

@@ -150,7 +150,7 @@ def test_adapt_round_trip_on_a_folder_of_unlabeled_images(runs, sample_data, tmp
     out = capsys.readouterr().out
     assert "adapted on 75 unlabeled images" in out and "BatchNorm statistics of 8 layers" in out
     assert "skipped README.txt: not an image file" in out  # every file is used or reported
-    assert "skipped @eaDir/thumb.jpeg: a system, thumbnail or index file" in out
+    assert "skipped @eaDir/thumb.jpeg: a thumbnail or system file" in out
 
     (orig, meta0), (model, meta) = load_model_file(run), load_model_file(new)
     step = meta["site"][-1]

@@ -67,7 +67,7 @@ def list_source(source: str | Path) -> SourceListing:
 # Files that operating systems and NAS boxes write beside images: thumbnails (of validation images, too: indexed
 # they would leak into train), resource forks, folder settings. Never images of patients.
 SYSTEM_DIRS = {"@eadir", ".thumbnails", "__macosx", ".appledouble", "$recycle.bin", ".trash", ".trashes"}
-SYSTEM_FILES = {"thumbs.db", "ehthumbs.db", ".ds_store", "desktop.ini", ".directory", "dicomdir"}
+SYSTEM_FILES = {"thumbs.db", "ehthumbs.db", ".ds_store", "desktop.ini", ".directory"}
 SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
 
 
@@ -107,7 +107,9 @@ def _system_file(rel: Path) -> str | None:
     """Why ``rel`` is no X-ray in any layout (a system file, thumbnail, resource fork or hidden file), or ``None``."""
     parts = rel.parts
     if any(p.lower() in SYSTEM_DIRS for p in parts[:-1]) or parts[-1].lower() in SYSTEM_FILES:
-        return "a system, thumbnail or index file (e.g. DICOMDIR), not an X-ray"
+        return "a thumbnail or system file, not an X-ray"
+    if parts[-1].upper() == "DICOMDIR":
+        return "a DICOM media index (DICOMDIR), not an X-ray"
     if parts[-1].startswith("._"):
         return "a macOS resource fork, not an X-ray"
     if any(p.startswith(".") for p in parts):
@@ -158,6 +160,10 @@ def _why_not(rel: Path, layout: str) -> tuple[str | None, str | None, str | None
         return None, None, f"not an image by its extension (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
     if layout == "split":
         split = SPLIT_ALIASES.get(parts[0].lower())
+        if split is None and len(parts) >= 4 and parts[1].lower() in SPLIT_ALIASES:
+            # Kaggle's chest_xray.zip holds the dataset twice: chest_xray/{train,test,val} and chest_xray/chest_xray/...
+            why = f"in a second train/val/test tree inside {parts[0]}/ (Kaggle's archive holds the dataset twice)"
+            return None, None, f"{why}: only the top one is indexed"
         if split is None or len(parts) < 3:
             where = "beside" if normalise_label(parts[0]) else "outside"
             return None, None, f"{where} the train/val/test folders: move it into SPLIT/NORMAL or SPLIT/PNEUMONIA"

@@ -160,6 +160,7 @@ def test_csv_patient_in_train_and_test_is_an_error_naming_the_column(tmp_path) -
         ("empty", "no train/val/test or NORMAL/PNEUMONIA folders"),
         ("no_images", "no images found"),
         ("single_class", "only NORMAL images"),
+        ("unpacked_one_level_up", r"folders here, but \S*src/chest_xray has: give that"),
     ],
 )
 def test_unusable_sources_raise_one_clear_sentence(tmp_path, setup: str, message: str) -> None:
@@ -170,6 +171,9 @@ def test_unusable_sources_raise_one_clear_sentence(tmp_path, setup: str, message
         (src / "train" / "NORMAL").mkdir(parents=True)
     elif setup == "single_class":
         write_image(src / "train" / "NORMAL" / "IM-0001-0001.jpeg", seed=1)
+    elif setup == "unpacked_one_level_up":  # archive.zip -> src/chest_xray/train/...: the user gave src
+        (src / "__MACOSX" / "train").mkdir(parents=True)  # a system folder is never the suggestion
+        write_image(src / "chest_xray" / "train" / "NORMAL" / "IM-0001-0001.jpeg", seed=1)
     with pytest.raises(InputError, match=message):
         index_source(src, tmp_path / "out", workers=1)
 

@@ -175,6 +175,19 @@ def _why_not(rel: Path, layout: str) -> tuple[str | None, str | None, str | None
     return split, label, None
 
 
+def _layout_below(root: Path, depth: int = 2) -> Path | None:
+    """The nearest folder under ``root`` (``depth`` levels at most) with split or class folders: where an
+    archive unpacked into a folder of its own (``archive/chest_xray/train/...``) keeps the dataset."""
+    names = {*SPLIT_ALIASES, *(c.lower() for c in CLASSES)}
+    level = [root]
+    for _ in range(depth):
+        level = [d for f in level for name, d in sorted(_child_dirs(f).items()) if name not in SYSTEM_DIRS]
+        for d in level:
+            if names & set(_child_dirs(d)):
+                return d
+    return None
+
+
 def _list_kaggle(root: Path) -> SourceListing:
     children = _child_dirs(root)
     class_names = {c.lower() for c in CLASSES}
@@ -183,6 +196,9 @@ def _list_kaggle(root: Path) -> SourceListing:
     elif set(children) & class_names:  # ROOT/{NORMAL,PNEUMONIA}: one unsplit collection, treated as train
         layout = "classes"
     else:
+        found = _layout_below(root)
+        if found:
+            raise InputError(f"{root}: no train/val/test or NORMAL/PNEUMONIA folders here, but {found} has: give that")
         raise InputError(
             f"{root}: no train/val/test or NORMAL/PNEUMONIA folders found; expected ROOT/train/NORMAL/*.jpeg "
             "(the Kaggle chest_xray layout), a pneumoniamnist .npz or a CSV file"

@@ -404,8 +404,12 @@ def _kaggle(tmp: Path) -> Path:
 
 
 def _train_on_gpu(tmp: Path) -> list[str]:
+    return tiny_train_args(_indexed(tmp), tmp / "runs", "trainer.accelerator=gpu")
+
+
+def _indexed(tmp: Path) -> Path:
     index_source(_kaggle(tmp), tmp / "d", workers=1)
-    return tiny_train_args(tmp / "d", tmp / "runs", "trainer.accelerator=gpu")
+    return tmp / "d"
 
 
 def _replaced_after_indexing(tmp: Path) -> list[str]:
@@ -430,6 +434,27 @@ COMMANDS = [
     ("--size 0", lambda t: ["data", "prepare", str(_kaggle(t)), "--out", str(t / "o"), "--size", "0"], "--size"),
     ("a file replaced after indexing", _replaced_after_indexing, "changed after indexing"),
     ("accelerator=gpu without a GPU", lambda t: _train_on_gpu(t), "no CUDA GPU"),
+    (
+        "a preset misspelt",
+        lambda t: ["train", "-c", "fastt", "--data", str(t)],
+        "config fastt not found (did you mean fast?)",
+    ),
+    # --data must be a prepared folder; the advice never writes into the source (sources are only read)
+    (
+        "--data is missing",
+        lambda t: ["train", "-c", "fast", "--data", str(t / "nope")],
+        "does not exist: give a dataset",
+    ),
+    (
+        "--data is a raw source",
+        lambda t: ["train", "-c", "fast", "--data", str(_kaggle(t))],
+        "holds images but is not a prepared dataset: run `pneumolab data prepare",
+    ),
+    (
+        "--data is a manifest file",
+        lambda t: ["train", "-c", "fast", "--data", str(_indexed(t) / "manifest.csv")],
+        "is a dataset's manifest: give its folder",
+    ),
 ]
 
 

@@ -362,7 +362,10 @@ def resolve_config_path(name: str | Path) -> Path:
     preset = PRESETS / (str(name) if str(name).endswith(".yaml") else f"{name}.yaml")
     if preset.is_file() and not preset.name.startswith("_"):
         return preset
-    raise InputError(f"config {name} not found: give a YAML file or a preset ({', '.join(preset_names())})")
+    names = preset_names()
+    near = difflib.get_close_matches(str(name), names, n=1)
+    guess = f" (did you mean {near[0]}?)" if near else ""
+    raise InputError(f"config {name} not found{guess}: give a YAML file or a preset ({', '.join(names)})")
 
 
 def preset_names() -> list[str]:

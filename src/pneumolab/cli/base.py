@@ -117,9 +117,22 @@ class _ConsoleFormatter(logging.Formatter):
         return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a line is logged, not as it was when ``main`` first ran: callers that
+    run ``main`` many times in one process (tests, notebooks) swap and close the stream in between."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ sets it; there is nothing to keep
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 bad input or usage)."""
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.setFormatter(_ConsoleFormatter())
     lib = logging.getLogger("pneumolab")
     if not lib.handlers:  # main() may run many times in one process (tests)

@@ -66,6 +66,28 @@ class Record:
 _COLUMNS = [f.name for f in fields(Record)]
 
 
+def _not_a_dataset(path: Path) -> str:
+    """Why ``path`` cannot be loaded, and the command that makes a dataset folder (never one that writes into a
+    source: sources are only read)."""
+    from pneumolab.data.sources import SPLIT_ALIASES  # sources imports this module
+
+    prepare = "pneumolab data prepare SOURCE --out runs/data/NAME"
+    if not path.exists():
+        return f"{path} does not exist: give a dataset folder made by `{prepare}`"
+    if path.name in ("manifest.csv", "manifest.json") and (path.parent / "manifest.json").is_file():
+        return f"{path} is a dataset's manifest: give its folder, {path.parent}"
+    layout = {*SPLIT_ALIASES, *(c.lower() for c in CLASSES)}
+    looks_like_source = path.suffix.lower() in (".csv", ".npz") or (
+        path.is_dir() and any(p.is_dir() and p.name.lower() in layout for p in path.iterdir())
+    )
+    if looks_like_source:
+        return (
+            f"{path} holds images but is not a prepared dataset: run `pneumolab data prepare {path} --out "
+            f"runs/data/{path.stem}` once, then give runs/data/{path.stem}"
+        )
+    return f"{path} is not a pneumolab dataset folder (no manifest.csv/manifest.json): make one with `{prepare}`"
+
+
 @dataclass
 class Manifest:
     """Rows plus metadata; ``root`` is the folder the rows' paths are relative to."""
@@ -122,10 +144,7 @@ class Manifest:
         data_dir = Path(data_dir)
         csv_path, meta_path = data_dir / "manifest.csv", data_dir / "manifest.json"
         if not csv_path.is_file() or not meta_path.is_file():
-            raise InputError(
-                f"{data_dir} is not a pneumolab dataset directory (no manifest.csv/manifest.json): "
-                f"run `pneumolab data index SOURCE --out {data_dir}` first"
-            )
+            raise InputError(_not_a_dataset(data_dir))
         meta = json.loads(meta_path.read_text())
         root = Path(meta.pop("root"))
         with csv_path.open(newline="") as f:

@@ -79,8 +79,8 @@ def test_sample_is_small_attributed_and_has_several_images_per_patient() -> None
     ("args", "message"),
     [
         (["data", "index", "{tmp}/missing", "--out", "{tmp}/o"], "does not exist"),
-        (["data", "split", "{tmp}/nothing"], "not a pneumolab dataset directory"),
-        (["data", "cache", "{tmp}/nothing"], "run `pneumolab data index"),
+        (["data", "split", "{tmp}/nothing"], "does not exist: give a dataset folder made by `pneumolab data prepare"),
+        (["data", "cache", "{tmp}"], "is not a pneumolab dataset folder (no manifest.csv/manifest.json): make one"),
     ],
 )
 def test_bad_input_exits_2_with_one_sentence(tmp_path, capsys, args, message) -> None:

@@ -124,7 +124,8 @@ def _build_announced(manifest: Manifest, size: int, cache_dir: Path) -> None:
     dataset takes minutes to decode)."""
     from tqdm import tqdm
 
-    if manifest.meta.get("working_copy"):  # a command's own copy of the user's images: name theirs, not ours
+    working_copy = manifest.meta.get("working_copy")
+    if working_copy:  # a command's own copy of the user's images (evaluate, calibrate): name theirs, not ours
         log.info("decoding the %d images of %s once at %d px", len(manifest), manifest.root, size)
     else:
         have = prepared_sizes(manifest, cache_dir)
@@ -140,5 +141,5 @@ def _build_announced(manifest: Manifest, size: int, cache_dir: Path) -> None:
         )
     with tqdm(total=len(manifest), desc=f"cache {size}px", unit="img", disable=not sys.stderr.isatty()) as bar:
         path = build_cache(manifest, size, cache_dir, progress=lambda done, total: bar.update(done - bar.n))
-    if not manifest.meta.get("working_copy"):
+    if not working_copy:
         log.info("cached %d images at %dx%d in %s", len(manifest), size, size, path)

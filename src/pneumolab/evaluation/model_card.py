@@ -49,12 +49,17 @@ def _data_lines(cfg: dict[str, Any], data: dict[str, Any] | None) -> list[str]:
     return [*lines, "- Synthetic training images: " + (", ".join(cfg["data"]["synthetic"]) or "none")]
 
 
+def _kermany(data: dict[str, Any]) -> bool:
+    """Whether the training images are Kermany's (most file names follow its patterns): its population applies."""
+    return data["kermany_file_names"] >= 0.5
+
+
 def trained_on(data: dict[str, Any] | None) -> str:
     """Who the model has seen, as a phrase (the card, the service's page): Kermany's children only where the
     training file names are Kermany's, a site's own source otherwise. ``data``: the model file's ``training_data``."""
     if data is None:
         return "a training set this model file does not record (an older file)"
-    if data["kermany_file_names"] >= 0.5:
+    if _kermany(data):
         return (
             "pediatric (1-5 years) anterior-posterior chest X-rays from a single centre (Guangzhou Women and "
             "Children's Medical Center, Kermany et al. 2018)"
@@ -69,7 +74,7 @@ def _population(data: dict[str, Any] | None) -> list[str]:
             f"- Trained on {trained_on(data)}: X-rays from any other source are out of distribution until checked "
             "on them (`pneumolab evaluate`)."
         ]
-    if data["kermany_file_names"] >= 0.5:
+    if _kermany(data):
         return [
             f"- Trained on {trained_on(data)}; adults, PA/lateral views, other hospitals, scanners and "
             "post-processing are out of distribution.",

@@ -202,6 +202,8 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # Sharper still (the ninth round's lever): augmented on the 160 px copies, so that even a 1.25x zoom keeps two
     # source pixels per output pixel before the antialiased resize to 64 px.
     "fast-src160": ("fast", ["data.augment.supersample=2.5"]),
+    # fourteenth round (issue 16): each image's fine detail scaled to one RMS inside the network
+    "fast-detail-norm": ("fast", ["model.kwargs.detail_norm=true"]),
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

@@ -203,7 +203,8 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # source pixels per output pixel before the antialiased resize to 64 px.
     "fast-src160": ("fast", ["data.augment.supersample=2.5"]),
     # fourteenth round (issue 16): each image's fine detail scaled to one RMS inside the network
-    "fast-detail-norm": ("fast", ["model.kwargs.detail_norm=true"]),
+    # (model.kwargs.detail_norm=true at 6526e9c, as fast-detail-norm): lost, removed; training on copies like the test
+    # split's: benchmarks/simulate_copies.py, then --data on the copies' dataset with --recipes fast
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

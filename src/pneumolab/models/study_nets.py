@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 from typing import Literal
 
-import torch
 from torch import nn
 
 from pneumolab.errors import InputError
@@ -109,36 +108,17 @@ def alexnet_improved(*, num_classes: int = 2, in_chans: int = 1, dropout: float 
     return AlexNet(features, classifier)
 
 
-class DetailNorm(nn.Module):
-    """Scale each image's fine detail (the image minus its Gaussian blur, sigma 1 px) to a fixed RMS: how sharp
-    an image is, a property of the scanner and of how it was copied, stops being an input (issue 16, to measure)."""
-
-    def __init__(self, target: float = 0.12) -> None:  # the median RMS of 64 px training images
-        super().__init__()
-        g = torch.exp(-0.5 * torch.arange(-2.0, 3.0) ** 2)
-        k = torch.outer(g, g)
-        self.register_buffer("kernel", (k / k.sum())[None, None], persistent=False)  # (1, 1, 5, 5)
-        self.target = target
-
-    def forward(self, x):  # (B, 1, H, W), normalised per image
-        low = nn.functional.conv2d(nn.functional.pad(x, (2, 2, 2, 2), mode="reflect"), self.kernel.to(x.dtype))
-        high = x - low
-        rms = high.float().pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().to(x.dtype)
-        return low + high * (self.target / (rms + 1e-3))
-
-
 class SmallCNN(nn.Module):
     """Conv blocks -> global average pool -> head. Size-agnostic (any input >= 2**len(blocks) px)."""
 
-    def __init__(self, features: nn.Sequential, head: nn.Module, pre: nn.Module | None = None) -> None:
+    def __init__(self, features: nn.Sequential, head: nn.Module) -> None:
         super().__init__()
-        self.pre = pre or nn.Identity()
         self.features = features
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = head
 
     def forward(self, x):  # (B, C, H, W) -> (B, num_classes)
-        return self.head(self.pool(self.features(self.pre(x))).flatten(1))  # features: (B, C', H/2^k, W/2^k)
+        return self.head(self.pool(self.features(x)).flatten(1))  # features: (B, C', H/2^k, W/2^k)
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -195,7 +175,6 @@ def cnn_improved(
     width: int = 16,
     norm: Literal["batch", "group"] = "batch",
     stem_stride: Literal[1, 2] = 1,
-    detail_norm: bool = False,
 ) -> SmallCNN:
     """Improved CNN (deeper, BatchNorm, dropout): 4 x [(Conv3x3 -> BN -> ReLU) x 2 -> MaxPool2]
     (16, 32, 64, 128 channels), global average pool, Dropout(0.3) -> Linear(128, num_classes).
@@ -218,7 +197,7 @@ def cnn_improved(
         ]
     )
     head = nn.Sequential(nn.Dropout(0.3 if dropout is None else dropout), nn.Linear(8 * width, num_classes))
-    return SmallCNN(features, head, DetailNorm() if detail_norm else None)
+    return SmallCNN(features, head)
 
 
 @register_model(

@@ -263,7 +263,8 @@ def test_predict_a_pacs_style_folder_uses_every_image_and_reports_every_other_fi
     elsewhere.mkdir(parents=True)
     shutil.copy(export / "p1" / "IM0001", elsewhere / "IM0001")
     cam = tmp_path / "cam"
-    args = [str(export), str(elsewhere / "IM0001"), "--json", "--gradcam", str(cam), "--no-guard"]  # guard: elsewhere
+    named = [elsewhere / "IM0001", export / "p2" / "IM0001"]  # given by name, alike: the second gets "-2"
+    args = [str(export), *map(str, named), "--json", "--gradcam", str(cam), "--no-guard"]  # the guard: elsewhere
     code = main(["predict", str(run), *args])
     assert code == 0  # skipped files are reported, not failures
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -271,11 +272,15 @@ def test_predict_a_pacs_style_folder_uses_every_image_and_reports_every_other_fi
     assert set(skipped) == {"DICOMDIR", "notes.txt", "p1/Thumbs.db"}
     assert "nor a DICOM file" in skipped["notes.txt"] and "DICOM media index" in skipped["DICOMDIR"]
     done = [x for x in lines if "skipped" not in x]
-    assert [x["image"] for x in done] == [str(d / "IM0001") for d in (export / "p1", export / "p2", elsewhere)]
-    assert len({x["probability"] for x in done}) == 1  # the same pixels three times
-    overlays = sorted(p.relative_to(cam).as_posix() for p in cam.rglob("*.png"))
-    assert overlays == ["IM0001_gradcam.png", "p1/IM0001_gradcam.png", "p2/IM0001_gradcam.png"]
-    assert [x["gradcam"] for x in done] == [str(cam / o) for o in overlays[1:] + overlays[:1]]
+    assert [x["image"] for x in done] == [
+        str(export / "p1" / "IM0001"),
+        str(export / "p2" / "IM0001"),
+        *map(str, named),
+    ]
+    assert len({x["probability"] for x in done}) == 1  # the same pixels four times
+    expected = ["p1/IM0001_gradcam.png", "p2/IM0001_gradcam.png", "IM0001_gradcam.png", "IM0001-2_gradcam.png"]
+    assert [x["gradcam"] for x in done] == [str(cam / o) for o in expected]
+    assert sorted(p.relative_to(cam).as_posix() for p in cam.rglob("*.png")) == sorted(expected)  # none overwritten
 
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     assert main(["predict", str(run), str(tmp_path / "empty")]) == 2

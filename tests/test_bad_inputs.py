@@ -467,6 +467,12 @@ def test_commands_fail_with_one_sentence(tmp_path, capsys, name, args, words) ->
     assert words in err and "Traceback" not in err
 
 
+def test_evaluate_refuses_a_datasets_own_manifest_as_a_csv_source(run, tmp_path, capsys) -> None:
+    # evaluate also reads CSV lists of images; a dataset's manifest.csv read as one would lose every path
+    assert main(["evaluate", str(run), "--data", str(_indexed(tmp_path) / "manifest.csv")]) == 2
+    assert "is a dataset's manifest: give its folder" in capsys.readouterr().err
+
+
 def test_csv_with_bom_missing_cells_and_conflicting_labels(tmp_path) -> None:
     rows = ["path,label,patient_id", "a.png,NORMAL,p1", "b.png,PNEUMONIA", "c.png,NORMAL,p3", "c.png,PNEUMONIA,p3"]
     text = "\n".join([*rows, "a.png,NORMAL,p1\n"])

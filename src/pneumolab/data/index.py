@@ -218,7 +218,10 @@ def _index(
 def as_dataset(data: str | Path, work_dir: str | Path) -> tuple[Manifest, Path]:
     """A dataset folder as is, or any source (Kaggle folder, CSV, npz) indexed into ``work_dir``."""
     data = Path(data)
-    if (data / "manifest.csv").is_file():
+    # A dataset's own manifest.csv is no CSV source (its paths are relative to the images' root, not to it):
+    # Manifest.load refuses it and names the folder to give. A site's list that is merely called manifest.csv is read.
+    own_manifest = data.name in ("manifest.csv", "manifest.json") and (data.parent / "manifest.json").is_file()
+    if (data / "manifest.csv").is_file() or own_manifest:
         return Manifest.load(data), data
     index_source(data, work_dir, working_copy=True)
     return Manifest.load(work_dir), Path(work_dir)

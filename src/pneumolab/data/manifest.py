@@ -69,17 +69,14 @@ _COLUMNS = [f.name for f in fields(Record)]
 def _not_a_dataset(path: Path) -> str:
     """Why ``path`` cannot be loaded, and the command that makes a dataset folder (never one that writes into a
     source: sources are only read)."""
-    from pneumolab.data.sources import SPLIT_ALIASES  # sources imports this module
+    from pneumolab.data.sources import has_layout  # sources imports this module
 
     prepare = "pneumolab data prepare SOURCE --out runs/data/NAME"
     if not path.exists():
         return f"{path} does not exist: give a dataset folder made by `{prepare}`"
     if path.name in ("manifest.csv", "manifest.json") and (path.parent / "manifest.json").is_file():
         return f"{path} is a dataset's manifest: give its folder, {path.parent}"
-    layout = {*SPLIT_ALIASES, *(c.lower() for c in CLASSES)}
-    looks_like_source = path.suffix.lower() in (".csv", ".npz") or (
-        path.is_dir() and any(p.is_dir() and p.name.lower() in layout for p in path.iterdir())
-    )
+    looks_like_source = path.suffix.lower() in (".csv", ".npz") or (path.is_dir() and has_layout(path))
     if looks_like_source:
         return (
             f"{path} holds images but is not a prepared dataset: run `pneumolab data prepare {path} --out "

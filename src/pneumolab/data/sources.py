@@ -18,7 +18,7 @@ from pneumolab.data.patient import TEST_NAMESPACE, kermany_label_hint, kermany_p
 from pneumolab.data.readers import NPZ_SEP
 from pneumolab.errors import InputError
 
-__all__ = ["Candidate", "SourceListing", "image_files", "list_source"]
+__all__ = ["Candidate", "SourceListing", "has_layout", "image_files", "list_source"]
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm", ".dicom"}
 
@@ -175,15 +175,19 @@ def _why_not(rel: Path, layout: str) -> tuple[str | None, str | None, str | None
     return split, label, None
 
 
+def has_layout(folder: Path) -> bool:
+    """Whether ``folder`` holds split (train/val/test) or class (NORMAL/PNEUMONIA) folders: a Kaggle-layout source."""
+    return bool({*SPLIT_ALIASES, *(c.lower() for c in CLASSES)} & set(_child_dirs(folder)))
+
+
 def _layout_below(root: Path, depth: int = 2) -> Path | None:
     """The nearest folder under ``root`` (``depth`` levels at most) with split or class folders: where an
     archive unpacked into a folder of its own (``archive/chest_xray/train/...``) keeps the dataset."""
-    names = {*SPLIT_ALIASES, *(c.lower() for c in CLASSES)}
     level = [root]
     for _ in range(depth):
         level = [d for f in level for name, d in sorted(_child_dirs(f).items()) if name not in SYSTEM_DIRS]
         for d in level:
-            if names & set(_child_dirs(d)):
+            if has_layout(d):
                 return d
     return None
 

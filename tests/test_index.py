@@ -216,3 +216,25 @@ def test_csv_bad_label_is_reported(tmp_path) -> None:
     result = index_source(src / "l.csv", tmp_path / "out", workers=1)
     assert [(p.path, p.kind) for p in result.problems] == [("c.png", "unknown_label")]
     assert "line 4" in result.problems[0].detail
+
+
+def test_csv_from_excel_on_windows_semicolons_and_backslashes(tmp_path) -> None:
+    """Excel in a comma-decimal locale writes ';' between cells (and a BOM); Windows writes 'imgs\\a.png'."""
+    src = tmp_path / "h"
+    write_image(src / "imgs" / "a.png", seed=1)
+    write_image(src / "imgs" / "b.png", seed=2)
+    (src / "l.csv").write_text("path;label;patient_id\r\nimgs\\a.png;normal;p1\r\nimgs\\b.png;1;p2\r\n", "utf-8-sig")
+    m = index_source(src / "l.csv", tmp_path / "out", workers=1).manifest
+    assert {(r.path, r.label, r.patient_id) for r in m.records} == {
+        ("imgs/a.png", "NORMAL", "p1"),
+        ("imgs/b.png", "PNEUMONIA", "p2"),
+    }
+
+
+def test_csv_whose_every_path_is_missing_names_the_first_one_and_where_it_was_looked_for(tmp_path) -> None:
+    src = tmp_path / "h"
+    src.mkdir()
+    (src / "l.csv").write_text("path,label\nscans/a.png,NORMAL\nscans/b.png,PNEUMONIA\n")
+    with pytest.raises(InputError, match=r"none of the 2 images could be read \(first: scans/a.png: no such file: "):
+        index_source(src / "l.csv", tmp_path / "out", workers=1)
+    assert str(src / "scans" / "a.png") in (tmp_path / "out" / "problems.csv").read_text()

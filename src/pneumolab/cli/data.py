@@ -71,11 +71,15 @@ def _index(source: Path, out: Path, strict: bool, salt: str | None, workers: int
     r = result.report
     typer.echo(f"indexed {r['images_ok']} of {r['images_listed']} images from {source} -> {out / 'manifest.csv'}")
     if result.problems:
-        typer.echo(f"skipped {len(result.problems)} bad file(s) {r['problems']}; details in {out / 'problems.csv'}:")
+        kinds = ", ".join(f"{n} {kind}" for kind, n in r["problems"].items())
+        typer.echo(f"skipped {len(result.problems)} bad file(s) ({kinds}); details in {out / 'problems.csv'}:")
         for p in result.problems[:10]:
             typer.echo(f"  {p.path}: {p.detail}")
+        if len(result.problems) > 10:
+            typer.echo(f"  ... and {len(result.problems) - 10} more")
     if r["converted_to_8bit_grayscale"]:
-        typer.echo(f"converted to 8-bit grayscale: {r['converted_to_8bit_grayscale']}")
+        modes = ", ".join(f"{n} {mode}" for mode, n in r["converted_to_8bit_grayscale"].items())
+        typer.echo(f"converted to 8-bit grayscale: {modes}")
     if r["duplicates_within_split"]:
         typer.echo(f"byte-identical duplicates within a split (kept): {len(r['duplicates_within_split'])} group(s)")
     if r["ignored_files"]:

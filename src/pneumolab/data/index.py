@@ -204,7 +204,8 @@ def _index(
             f"(e.g. {' = '.join(first)}): the same X-ray in two splits leaks; remove one copy from the source"
         )
     if not records:
-        raise InputError(f"{source}: none of the {len(jobs)} images could be read; see {out_dir / 'problems.csv'}")
+        first = f" (first: {problems[0].path}: {problems[0].detail})" if problems else ""
+        raise InputError(f"{source}: none of the {len(jobs)} images could be read{first}; see {out_dir / 'problems.csv'}")
     present = {r.label for r in records}
     if len(present) < len(CLASSES):
         raise InputError(f"{source}: only {present.pop()} images found; a classifier needs both NORMAL and PNEUMONIA")

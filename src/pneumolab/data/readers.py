@@ -263,6 +263,8 @@ def read_entry(root: Path, rel: str, *, draft: int | None = None) -> tuple[bytes
     path = root / rel
     try:
         data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageReadError(rel, "unreadable", f"no such file: {path}") from None
     except OSError as e:
         raise ImageReadError(rel, "unreadable", f"cannot read the file ({e.strerror})") from None
     return data, decode_bytes(data, rel, draft=draft)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
@@ -287,10 +287,17 @@ def _list_npz(path: Path) -> SourceListing:
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str | None]]]:
-    """Header and rows of a UTF-8 CSV (Excel's "CSV UTF-8" byte-order mark included)."""
+    """Header and rows of a UTF-8 CSV (Excel's "CSV UTF-8" byte-order mark included).
+
+    The delimiter is read off the header line: a comma, or the semicolon that Excel writes where the decimal
+    separator is a comma (most of Europe), or a tab.
+    """
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
+            header = f.readline()
+            f.seek(0)  # restarts the decoder, which drops the byte-order mark again
+            delimiter = max(",;\t", key=header.count) if header else ","
+            reader = csv.DictReader(f, delimiter=delimiter)
             return list(reader.fieldnames or []), list(reader)
     except UnicodeDecodeError as e:
         raise InputError(
@@ -299,6 +306,14 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str | None]]]:
         ) from None
     except csv.Error as e:
         raise InputError(f"{path}: not a readable CSV ({e})") from None
+
+
+def _posix(rel: str) -> str:
+    """A path as a CSV written on Windows gives it (``imgs\\0001.jpg``), with forward slashes.
+
+    A backslash inside a file name is legal on Linux but no X-ray archive uses one; a Windows list does.
+    """
+    return PureWindowsPath(rel).as_posix() if "\\" in rel else rel
 
 
 def _list_csv(path: Path) -> SourceListing:
@@ -313,11 +328,11 @@ def _list_csv(path: Path) -> SourceListing:
     candidates = []
     labels_of: dict[str, set[str]] = {}
     for row in rows:
-        if (rel := cell(row, "path")) and (label := normalise_label(cell(row, "label"))):
+        if (rel := _posix(cell(row, "path"))) and (label := normalise_label(cell(row, "label"))):
             labels_of.setdefault(rel, set()).add(label)
     seen: set[str] = set()
     for line, row in enumerate(rows, start=2):
-        rel, raw_label = cell(row, "path"), cell(row, "label")
+        rel, raw_label = _posix(cell(row, "path")), cell(row, "label")
         label = normalise_label(raw_label)
         split = (cell(row, "split") or "train").lower()
         pid = cell(row, "patient_id")

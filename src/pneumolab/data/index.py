@@ -205,7 +205,8 @@ def _index(
         )
     if not records:
         first = f" (first: {problems[0].path}: {problems[0].detail})" if problems else ""
-        raise InputError(f"{source}: none of the {len(jobs)} images could be read{first}; see {out_dir / 'problems.csv'}")
+        see = out_dir / "problems.csv"
+        raise InputError(f"{source}: none of the {len(jobs)} images could be read{first}; see {see}")
     present = {r.label for r in records}
     if len(present) < len(CLASSES):
         raise InputError(f"{source}: only {present.pop()} images found; a classifier needs both NORMAL and PNEUMONIA")

@@ -81,3 +81,10 @@ def test_a_commands_working_copy_is_decoded_under_the_users_source_name(
         load_cache(m, 24, data_dir / "cache")
     lines = [r.getMessage() for r in caplog.records]
     assert set(lines) == {f"decoding the {len(m)} images of {kaggle_dir.resolve()} once at 24 px"}  # no hint
+    listed = tmp_path / "site.csv"  # a CSV is named itself, not the folder its paths are relative to
+    listed.write_text("path,label\n" + "".join(f"{kaggle_dir / r.path},{r.label}\n" for r in m.records))
+    m, data_dir = as_dataset(listed, tmp_path / "scratch-csv")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pneumolab"):
+        load_cache(m, 24, data_dir / "cache")
+    assert {r.getMessage() for r in caplog.records} == {f"decoding the {len(m)} images of {listed} once at 24 px"}

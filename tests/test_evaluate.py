@@ -173,6 +173,23 @@ def test_evaluate_on_a_raw_folder_indexes_it_first(two_runs, tmp_path) -> None:
 
     m = evaluate(two_runs[0], sample_root(), split="test", out=tmp_path / "ext", n_boot=100)
     assert m["at_threshold"]["n_images"] == 75 and (tmp_path / "ext" / "data" / "manifest.csv").is_file()
+    assert m["images_without_patient_id"] == 0  # Kermany's file names carry them
+
+
+def test_evaluate_says_when_images_have_no_patient_id_or_are_left_out(two_runs, sample_data, tmp_path, capsys) -> None:
+    """A site's CSV without a patient_id column: every image is resampled alone, and the console says so; a
+    listed image that cannot be read is named, not silently dropped from the score."""
+    m = Manifest.load(sample_data)
+    listed = tmp_path / "site.csv"
+    rows = "".join(f"{m.root / r.path},{r.label}\n" for r in m.records[::10])
+    listed.write_text(f"path,label\n{rows}scans/gone.png,NORMAL\n")
+    args = ["evaluate", str(two_runs[0]), "--data", str(listed), "--split", "all", "--out", str(tmp_path / "e")]
+    assert main([*args, "--n-boot", "50"]) == 0
+    out, err = capsys.readouterr()
+    n = len(m.records[::10])
+    assert f"{n} images, {n} patients" in out and f"{n} image(s) have no patient id" in out
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["images_without_patient_id"] == n
+    assert f"1 of the {n + 1} images of {listed} are left out (1 unreadable; first: scans/gone.png: no such file" in err
 
 
 def test_evaluate_errors(two_runs, sample_data, tmp_path, capsys) -> None:

@@ -17,6 +17,11 @@ def _echo_metrics(r: dict) -> None:
     typer.echo(
         f"{r['model']} on the {r['split']} split of {r['data']}: {m['n_images']} images, {m['n_patients']} patients"
     )
+    if unknown := r.get("images_without_patient_id"):
+        typer.echo(
+            f"  {unknown} image(s) have no patient id: each counts as its own patient in the CIs, which are too "
+            "narrow if a patient has several (a CSV source takes a patient_id column)"
+        )
     typer.echo(f"threshold {r['threshold']['value']:.4f} ({r['threshold']['origin']})")
     typer.echo(f"model: {r['site'] or 'as trained (not site-calibrated or adapted)'}")
     for key in ("auroc", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy", "accuracy", "ece"):

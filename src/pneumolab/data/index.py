@@ -211,7 +211,9 @@ def _index(
     if len(present) < len(CLASSES):
         raise InputError(f"{source}: only {present.pop()} images found; a classifier needs both NORMAL and PNEUMONIA")
     records.sort(key=lambda r: (r.split, r.label, r.path))
-    meta = {"source_kind": listing.kind, "notes": listing.notes, **({"working_copy": True} if working_copy else {})}
+    # A working copy records the user's source (a CSV, unlike listing.root, its folder) to name it on the console.
+    copy_of = {"working_copy": str(Path(source).resolve())} if working_copy else {}
+    meta = {"source_kind": listing.kind, "notes": listing.notes, **copy_of}
     manifest = Manifest(listing.root.resolve(), records, meta)
     manifest.save(out_dir)
     return IndexResult(manifest, problems, report)
@@ -225,5 +227,18 @@ def as_dataset(data: str | Path, work_dir: str | Path) -> tuple[Manifest, Path]:
     own_manifest = data.name in ("manifest.csv", "manifest.json") and (data.parent / "manifest.json").is_file()
     if (data / "manifest.csv").is_file() or own_manifest:
         return Manifest.load(data), data
-    index_source(data, work_dir, working_copy=True)
+    result = index_source(data, work_dir, working_copy=True)
+    if result.problems:  # every file listed is used or reported: a score over fewer images must say so
+        first = result.problems[0]
+        kinds = ", ".join(f"{n} {kind}" for kind, n in result.report["problems"].items())
+        log.warning(
+            "%d of the %d images of %s are left out (%s; first: %s: %s); the list: %s",
+            len(result.problems),
+            result.report["images_listed"],
+            data,
+            kinds,
+            first.path,
+            first.detail,
+            Path(work_dir) / "problems.csv",
+        )
     return Manifest.load(work_dir), Path(work_dir)

@@ -264,7 +264,8 @@ def read_entry(root: Path, rel: str, *, draft: int | None = None) -> tuple[bytes
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise ImageReadError(rel, "unreadable", f"no such file: {path}") from None
+        where = "" if path == Path(rel) else f" (looked for {path})"  # a relative path: relative to what?
+        raise ImageReadError(rel, "unreadable", f"no such file{where}") from None
     except OSError as e:
         raise ImageReadError(rel, "unreadable", f"cannot read the file ({e.strerror})") from None
     return data, decode_bytes(data, rel, draft=draft)

@@ -97,6 +97,8 @@ def evaluate(
             "ece_calibrated": compute_metrics(prob, y)["ece"],
         },
         "counts": {c: int((y == i).sum()) for i, c in enumerate(CLASSES)},
+        # Such images are resampled alone: their CIs assume one image per patient (too narrow when they are not).
+        "images_without_patient_id": int(np.char.startswith(groups.astype(str), "image:").sum()),
     }
     own = Path(meta["config"]["data"]["data_dir"]).resolve() == data_dir.resolve()
     if own and split in ("train", "val"):

@@ -36,7 +36,8 @@ def calibrate_cmd(
 
     r = calibrate(model, data, out, policy=policy, split=split)
     fit = r["on_site_sample"]
-    typer.echo(f"calibrated on {r['images']} labeled images of {r['data']} ({r['classes']}), policy {r['policy']}")
+    classes = ", ".join(f"{n} {c}" for c, n in r["classes"].items())
+    typer.echo(f"calibrated on {r['images']} labeled images of {r['data']} ({classes}), policy {r['policy']}")
     typer.echo(
         f"  threshold {r['threshold']['before']:.4f} -> {r['threshold']['after']:.4f}, temperature "
         f"{r['temperature']['before']:.3f} -> {r['temperature']['after']:.3f}, "

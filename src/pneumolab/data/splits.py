@@ -83,9 +83,10 @@ def split_manifest(
     has_pid = [bool(manifest.records[i].patient_id) for i in pool]
     if not any(has_pid) and not by_image:
         raise InputError(
-            "this source has no patient ids (e.g. MedMNIST), so validation cannot be grouped by patient; "
-            "pass --by-image to split image by image (one child's images may then sit in train and val), "
-            "or --source-val keep to use the source's own val split"
+            "this source has no patient ids (MedMNIST, or a CSV without a patient_id column), so validation cannot "
+            "be grouped by patient; add a patient_id column to the CSV, or pass --by-image to split image by image "
+            "(one patient's images may then sit in train and val), or --source-val keep to use the source's own "
+            "val split"
         )
     # Group = patient, or the image's hash when the patient is unknown, so byte-identical copies stay together.
     groups = np.array([manifest.records[i].group for i in pool])

@@ -49,10 +49,13 @@ def test_the_model_card_states_kermany_population_only_for_kermany_images(two_ru
     from pneumolab.evaluation.model_card import render_model_card
 
     _, meta = load_model_file(two_runs[0] / "model.pt")
-    site = {**meta["training_data"], "root": "/data/st-elsewhere", "kermany_file_names": 0.0}  # a site's own names
+    site = {**meta["training_data"], "source": "/data/st-elsewhere.csv", "kermany_file_names": 0.0}  # a site's own
     card = render_model_card({**meta, "training_data": site}, [])
     assert "Guangzhou" not in card and "pediatric" not in card
     n = meta["training_data"]["splits"]["train"]["images"]
+    assert f"Trained on {n} chest X-rays from one source (`/data/st-elsewhere.csv`)" in card
+    site.pop("source")  # a file of 2026-12-06 recorded the images' folder as root
+    card = render_model_card({**meta, "training_data": {**site, "root": "/data/st-elsewhere"}}, [])
     assert f"Trained on {n} chest X-rays from one source (`/data/st-elsewhere`)" in card
     older = render_model_card({k: v for k, v in meta.items() if k != "training_data"}, [])  # before the record
     assert "Guangzhou" not in older and "Trained on a training set this model file does not record" in older

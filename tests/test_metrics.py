@@ -9,7 +9,7 @@ from torchmetrics.functional.classification import binary_calibration_error
 from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import apply_temperature, fit_temperature
 from pneumolab.evaluation.metrics import bootstrap_weights, compute_metrics, metrics_with_ci
-from pneumolab.evaluation.thresholds import choose_threshold, parse_policy
+from pneumolab.evaluation.thresholds import choose_threshold, parse_policy, thin_validation
 
 
 def test_metrics_match_hand_computed_values() -> None:
@@ -132,3 +132,12 @@ def test_threshold_search_matches_exact_brute_force_with_its_tie_rules() -> None
         ok = [i for i, s in enumerate(spec) if s >= Fraction(1, 2)]
         if ok:
             assert choose_threshold(p, y, "specificity>=0.5")["threshold"] == cand[ok[0]]
+
+
+def test_thin_validation_names_each_short_class_and_only_those() -> None:
+    assert thin_validation({"NORMAL": 135, "PNEUMONIA": 388}, "sensitivity>=0.95") is None
+    assert thin_validation(None, "sensitivity>=0.95") is None  # a model file from before the counts
+    why = thin_validation({"NORMAL": 40, "PNEUMONIA": 19}, "sensitivity>=0.95")
+    assert why.startswith("validation holds 19 PNEUMONIA images; policy sensitivity>=0.95 needs at least 20 PNEUMONIA")
+    why = thin_validation({"NORMAL": 30, "PNEUMONIA": 30}, "specificity>=0.98")
+    assert why.startswith("validation holds 30 NORMAL images; policy specificity>=0.98 needs at least 50 NORMAL")

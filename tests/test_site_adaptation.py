@@ -16,12 +16,12 @@ from pneumolab.data.manifest import Manifest
 from pneumolab.data.transforms import Preprocessing
 from pneumolab.evaluation.calibration import OperatingPoint, estimate_prior_em
 from pneumolab.evaluation.predict import predict_logits
-from pneumolab.evaluation.thresholds import choose_threshold
+from pneumolab.evaluation.thresholds import choose_threshold, min_images_per_class
 from pneumolab.inference.predictor import Predictor
 from pneumolab.models.checkpoint import load_model_file
 from pneumolab.serve.app import create_app
 from pneumolab.site_adaptation.adapt import reestimate_batchnorm
-from pneumolab.site_adaptation.calibrate import fit_platt, min_images_per_class
+from pneumolab.site_adaptation.calibrate import fit_platt
 from pneumolab.site_adaptation.folds import site_fold_metrics
 from pneumolab.site_adaptation.provenance import rows_digest
 

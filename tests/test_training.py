@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from conftest import tiny_train_args
 from pneumolab.cli import main
 from pneumolab.config import TrainConfig, load_config
 from pneumolab.data.datamodule import ChestXrayDataModule
+from pneumolab.data.manifest import Manifest
 from pneumolab.models.checkpoint import load_model_file
 from pneumolab.training.callbacks import read_history
 from pneumolab.training.classifier import ClassifierModule
@@ -331,3 +333,17 @@ def test_mixup_blends_images_and_losses_with_one_lambda_per_batch() -> None:
     torch.testing.assert_close(prob, logits.softmax(1)[:, 1])
     assert torch.equal(y_scored, y if lam >= 0.5 else y[perm])
     assert 0 < lam < 1 and not torch.equal(perm, torch.arange(6))  # seed 5 mixes for real
+
+
+def test_train_warns_when_validation_is_too_thin_for_its_threshold_policy(sample_data, tmp_path, capsys) -> None:
+    """The bundled sample's validation split holds far fewer than the 20 pneumonia images that
+    sensitivity>=0.95 needs: the threshold is stored, with the counts, and the console says it is rough."""
+    args = tiny_train_args(sample_data, tmp_path, "trainer.max_epochs=1", "threshold_policy=sensitivity>=0.95")
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "cnn_base" / "summary.json").read_text())
+    m = Manifest.load(sample_data)
+    val = Counter(m.records[i].label for i in m.indices("val"))
+    assert summary["operating_point"]["operating_point"]["images"] == dict(val)
+    assert val["NORMAL"] >= 10 and val["PNEUMONIA"] < 20  # the sample's split: only pneumonia is short
+    err = capsys.readouterr().err
+    assert f"warning: validation holds {val['PNEUMONIA']} PNEUMONIA images; policy sensitivity>=0.95 needs " in err

@@ -33,7 +33,7 @@ SplitSeed = Annotated[int, typer.Option(help="Random seed of the split.")]
 def _echo_summary(summary: dict) -> None:
     from pneumolab.data.summary import SHAPE_SHORTCUT_MARGIN
 
-    typer.echo(f"dataset: {summary['images']} images from {summary['root']} ({summary['source_kind']})")
+    typer.echo(f"dataset: {summary['images']} images from {summary['source']} ({summary['source_kind']})")
     typer.echo(f"  {'split':<6} {'images':>7} {'NORMAL':>7} {'PNEUM.':>7} {'%pneu':>6} {'patients':>9} {'max/pt':>7}")
     for split, s in summary["splits"].items():
         patients = "unknown" if s["patients"] is None else s["patients"]
@@ -57,8 +57,12 @@ def _echo_summary(summary: dict) -> None:
             )
     cached = summary["cached_sizes_px"]
     typer.echo(f"  cached sizes: {', '.join(f'{s} px' for s in cached) or 'none (pneumolab data cache DIR --size N)'}")
-    if summary["split_settings"]:
-        typer.echo(f"  validation split: {summary['split_settings']}")
+    if settings := summary["split_settings"]:
+        how = [f"{settings['val_fraction']:.0%} of the images to validation", f"seed {settings['seed']}"]
+        how += [f"{settings['test_fraction']:.0%} to test"] if settings.get("test_fraction") else []
+        how += ["by image (no patient ids)"] if settings.get("by_image") else ["by patient"]
+        how += [f"source val: {settings['source_val']}"] if settings.get("source_val") else []
+        typer.echo(f"  split: {', '.join(how)}")
     for note in summary["notes"]:
         typer.echo(f"  note: {note}")
 
@@ -118,7 +122,7 @@ def data_index(
 def _split(
     data_dir: Path, val_fraction: float, seed: int, by_image: bool, source_val: SourceVal, test_fraction: float = 0.0
 ) -> None:
-    from pneumolab.data.manifest import Manifest
+    from pneumolab.data.manifest import CLASSES, SPLITS, Manifest
     from pneumolab.data.splits import split_manifest
 
     manifest = split_manifest(
@@ -130,7 +134,13 @@ def _split(
         test_fraction=test_fraction,
     )
     manifest.save(data_dir)
-    typer.echo(f"split {data_dir}: {manifest!r}")
+    counts = Counter((r.split, r.label) for r in manifest.records)
+    parts = [
+        f"{s} {sum(counts[s, c] for c in CLASSES)} ({', '.join(f'{counts[s, c]} {c}' for c in CLASSES)})"
+        for s in SPLITS
+        if any(counts[s, c] for c in CLASSES)
+    ]
+    typer.echo(f"split {data_dir}: {'; '.join(parts)}")
 
 
 ValFraction = Annotated[float, typer.Option(help="Share of train images (whole patients) moved to validation.")]

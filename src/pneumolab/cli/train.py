@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from pneumolab.cli.base import app, command, group
+from pneumolab.errors import InputError
 
 
 def _with_data(overrides: list[str] | None, data: Path | None) -> list[str]:
@@ -51,6 +52,9 @@ def train_cmd(
     ] = None,
     data: Annotated[Path | None, typer.Option(help="Dataset folder (same as data.data_dir=...).")] = None,
     name: Annotated[str | None, typer.Option(help="Run name: runs/train/NAME (auto-numbered if taken).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder instead of runs/train/NAME (NAME-2, -3... if it is taken).")
+    ] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue an interrupted run from its last checkpoint.")] = None,
     latent: Annotated[Path | None, typer.Option(help="Train on the codes of this autoencoder run.")] = None,
     devices: Annotated[int | None, typer.Option(help="Devices (GPUs or CPU processes) for DDP.")] = None,
@@ -62,11 +66,15 @@ def train_cmd(
     import yaml
 
     from pneumolab.config import TrainConfig, resolve_config
+    from pneumolab.evaluation.thresholds import thin_validation
     from pneumolab.training.trainer import train
 
     extra = _with_data(overrides, data)
+    if out is not None and name is not None:
+        raise InputError("give --out (a run folder) or --name (a run in runs/train), not both")
     for key, value in (
-        ("name", name),
+        ("name", out.name if out else name),
+        ("out_dir", out.parent if out else None),
         ("latent", latent),
         ("trainer.devices", devices),
         ("trainer.num_nodes", num_nodes),
@@ -93,6 +101,8 @@ def train_cmd(
             f"{at.get('specificity', nan):.3f}; {s['wall_s']:.0f} s, {s['train_images_per_s']:.0f} img/s -> "
             f"{result.run_dir}"
         )
+        if warning := thin_validation(at.get("images"), op.get("threshold_policy")):
+            typer.echo(f"warning: {warning}", err=True)
 
 
 @command(

@@ -126,7 +126,7 @@ def _build_announced(manifest: Manifest, size: int, cache_dir: Path) -> None:
 
     working_copy = manifest.meta.get("working_copy")
     if working_copy:  # a command's own copy of the user's images (evaluate, calibrate): name theirs, not ours
-        log.info("decoding the %d images of %s once at %d px", len(manifest), working_copy, size)
+        log.info("decoding the %d images of %s once at %d px", len(manifest), manifest.meta["source"], size)
     else:
         have = prepared_sizes(manifest, cache_dir)
         log.info(

@@ -52,6 +52,15 @@ class CachedImages(Dataset):
         return f"CachedImages({len(self)}: " + ", ".join(f"{c}={counts[i]}" for i, c in enumerate(CLASSES)) + ")"
 
 
+def _counts(ds: Dataset) -> str:
+    """``72 images (36 NORMAL, 36 PNEUMONIA)`` of a split's dataset, a concatenation (real + synthetic) included."""
+    parts = ds.datasets if isinstance(ds, ConcatDataset) else [ds]
+    counts = Counter(t for part in parts for t in part.targets)
+    each = ", ".join(f"{counts[i]} {c}" for i, c in enumerate(CLASSES))
+    extra = f" in {len(parts)} parts (real, synthetic or duplicated)" if len(parts) > 1 else ""
+    return f"{sum(counts.values())} images ({each}){extra}"
+
+
 def aspect_offsets(manifest: Manifest, indices: list[int]) -> tuple[float, ...] | None:
     """Per target index, the log(width/height) stretch that moves the class's median proportions of the non-square
     images among ``indices`` to the middle of the classes' medians (``augment.aspect_balance``); None, with a
@@ -173,7 +182,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         self.datasets["val"] = val
         if len(test):
             self.datasets["test"] = test
-        log.info("data: %s", {k: repr(v) for k, v in self.datasets.items()})
+        log.info("data: %s", "; ".join(f"{k} {_counts(v)}" for k, v in self.datasets.items()))
 
     def _synthetic(self, manifest: Manifest, syn_dir: Any) -> CachedImages:
         """Load a synthetic set for the training loader; refuse anything that could reach val/test."""

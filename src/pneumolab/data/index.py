@@ -211,9 +211,10 @@ def _index(
     if len(present) < len(CLASSES):
         raise InputError(f"{source}: only {present.pop()} images found; a classifier needs both NORMAL and PNEUMONIA")
     records.sort(key=lambda r: (r.split, r.label, r.path))
-    # A working copy records the user's source (a CSV, unlike listing.root, its folder) to name it on the console.
-    copy_of = {"working_copy": str(Path(source).resolve())} if working_copy else {}
-    meta = {"source_kind": listing.kind, "notes": listing.notes, **copy_of}
+    # The source as given (a CSV or npz file, where listing.root is its folder): the name a user knows it by.
+    meta = {"source": str(Path(source).resolve()), "source_kind": listing.kind, "notes": listing.notes}
+    if working_copy:
+        meta["working_copy"] = True
     manifest = Manifest(listing.root.resolve(), records, meta)
     manifest.save(out_dir)
     return IndexResult(manifest, problems, report)

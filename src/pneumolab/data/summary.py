@@ -65,7 +65,7 @@ def summarize(manifest: Manifest, cache_dir: Path | None = None) -> dict[str, An
         }
     short = [min(r.width, r.height) for r in manifest.records]
     return {
-        "root": str(manifest.root),
+        "source": manifest.meta.get("source", str(manifest.root)),  # older manifests: the images' folder
         "source_kind": manifest.meta.get("source_kind"),
         "images": len(manifest),
         "splits": splits,
@@ -87,7 +87,7 @@ def training_data_record(manifest: Manifest) -> dict[str, Any]:
     splits = {k: {f: v[f] for f in keep} for k, v in summary["splits"].items() if k in ("train", "val")}
     kermany = sum(kermany_label_hint(r.path) is not None for r in manifest.records) / max(len(manifest), 1)
     return {
-        "root": summary["root"],
+        "source": summary["source"],
         "source_kind": summary["source_kind"],
         "splits": splits,
         "kermany_file_names": round(kermany, 3),

@@ -36,12 +36,17 @@ def _split_counts(name: str, c: dict[str, Any]) -> str:
     return f"{name} {c['images']} images ({c['NORMAL']} NORMAL, {c['PNEUMONIA']} PNEUMONIA){patients}"
 
 
+def _source(data: dict[str, Any]) -> str:
+    """The training source as the user gave it (model files of 2026-12-06 and before recorded its folder)."""
+    return data.get("source") or data["root"]
+
+
 def _data_lines(cfg: dict[str, Any], data: dict[str, Any] | None) -> list[str]:
     """The card's data section, from what the model file recorded (older files recorded only the folder)."""
     lines = [f"- Training data: `{cfg['data']['data_dir']}`"]
     if data:
         splits = [_split_counts(k, data["splits"][k]) for k in ("train", "val") if k in data["splits"]]
-        lines[0] += f", indexed from `{data['root']}` ({data['source_kind']}): " + "; ".join(splits)
+        lines[0] += f", indexed from `{_source(data)}` ({data['source_kind']}): " + "; ".join(splits)
     lines[0] += (
         ". The validation split is carved from train by patient (patient-disjoint, stratified, seeded); test data "
         "is read only by `pneumolab evaluate`."
@@ -83,7 +88,7 @@ def _population(data: dict[str, Any] | None) -> list[str]:
             "threshold on external data, not only AUROC.",
         ]
     return [
-        f"- Trained on {trained_on(data)} (`{data['root']}`): other hospitals, scanners, post-processing, "
+        f"- Trained on {trained_on(data)} (`{_source(data)}`): other hospitals, scanners, post-processing, "
         "patient ages and views are out of distribution until checked on them (`pneumolab evaluate`, then "
         "`pneumolab calibrate` or `adapt` at a site).",
         "- Validation is carved from the same source and measures the model there only: report specificity at "

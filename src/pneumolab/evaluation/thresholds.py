@@ -6,14 +6,18 @@ Policies: ``youden`` (max sensitivity + specificity - 1), ``sensitivity>=X``, ``
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from pneumolab.data.manifest import CLASSES
 from pneumolab.errors import InputError
 
-__all__ = ["choose_threshold", "parse_policy"]
+__all__ = ["choose_threshold", "min_images_per_class", "parse_policy", "thin_validation"]
+
+MIN_PER_CLASS = 10  # below this a per-class rate moves by >= 10 points per image: no operating point to speak of
 
 _POLICY = re.compile(r"^(youden|(sensitivity|specificity)>=(0?\.\d+|1(\.0+)?)|fixed=(0?\.\d+|1(\.0+)?|0))$")
 
@@ -29,6 +33,35 @@ def parse_policy(policy: str) -> tuple[str, float | None]:
         return "youden", None
     name, _, value = text.replace(">=", "=").partition("=")
     return name, float(value)
+
+
+def min_images_per_class(policy: str) -> dict[int, int]:
+    """Fewest images per class (0 normal, 1 pneumonia) that let ``policy`` pick a threshold worth the name.
+
+    ``sensitivity>=X`` needs ``1 / (1 - X)`` pneumonia images so that one miss is allowed at all (20 for 0.95);
+    ``specificity>=X`` the same of normal images; every policy at least 10 of each class.
+    """
+    kind, target = parse_policy(policy)
+    need = {0: MIN_PER_CLASS, 1: MIN_PER_CLASS}
+    if kind in ("sensitivity", "specificity") and target is not None and target < 1:
+        need[1 if kind == "sensitivity" else 0] = max(MIN_PER_CLASS, math.ceil(1 / (1 - target) - 1e-9))
+    return need
+
+
+def thin_validation(images: dict[str, int] | None, policy: str | None) -> str | None:
+    """Why a threshold chosen by ``policy`` on validation ``images`` (``{class: count}``) is rough, or None."""
+    if not images or not policy:  # a model file from before the counts were stored
+        return None
+    need = min_images_per_class(policy)
+    short = [c for c in need if images.get(CLASSES[c], 0) < need[c]]
+    if not short:
+        return None
+    return (
+        f"validation holds {' and '.join(f'{images.get(CLASSES[c], 0)} {CLASSES[c]}' for c in short)} images; policy "
+        f"{policy} needs at least {' and '.join(f'{need[c]} {CLASSES[c]}' for c in short)} to choose a threshold "
+        "worth the name: the stored threshold and its sensitivity/specificity are rough. Give validation more images "
+        "(data split --val-fraction) or calibrate on labeled site images (pneumolab calibrate)"
+    )
 
 
 def choose_threshold(prob: np.ndarray, y: np.ndarray, policy: str = "youden") -> dict[str, float | str]:

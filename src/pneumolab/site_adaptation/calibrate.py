@@ -22,13 +22,11 @@ from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import OperatingPoint
 from pneumolab.evaluation.metrics import compute_metrics
 from pneumolab.evaluation.predict import pixel_logits
-from pneumolab.evaluation.thresholds import choose_threshold, parse_policy
+from pneumolab.evaluation.thresholds import choose_threshold, min_images_per_class, parse_policy
 from pneumolab.models.checkpoint import load_model_file, resolve_model_file
 from pneumolab.site_adaptation.provenance import SiteSample, check_out, load_site_sample, site_entry, write_site_run
 
-__all__ = ["calibrate", "calibrate_model", "fit_platt", "min_images_per_class"]
-
-MIN_PER_CLASS = 10  # below this a per-class rate moves by >= 10 points per image: no operating point to speak of
+__all__ = ["calibrate", "calibrate_model", "fit_platt"]
 
 
 def fit_platt(logits: torch.Tensor, y: torch.Tensor, max_iter: int = 200) -> tuple[float, float]:
@@ -47,19 +45,6 @@ def fit_platt(logits: torch.Tensor, y: torch.Tensor, max_iter: int = 200) -> tup
     opt.step(closure)
     log_t, b = params.detach().tolist()
     return float(min(max(math.exp(log_t), 0.2), 10.0)), float(b)  # T bounded as in fit_temperature
-
-
-def min_images_per_class(policy: str) -> dict[int, int]:
-    """Fewest site images per class (0 normal, 1 pneumonia) that let ``policy`` pick a threshold worth the name.
-
-    ``sensitivity>=X`` needs ``1 / (1 - X)`` pneumonia images so that one miss is allowed at all (20 for 0.95);
-    ``specificity>=X`` the same of normal images; every policy at least 10 of each class.
-    """
-    kind, target = parse_policy(policy)
-    need = {0: MIN_PER_CLASS, 1: MIN_PER_CLASS}
-    if kind in ("sensitivity", "specificity") and target is not None and target < 1:
-        need[1 if kind == "sensitivity" else 0] = max(MIN_PER_CLASS, math.ceil(1 / (1 - target) - 1e-9))
-    return need
 
 
 def _check_sample(sample: SiteSample, policy: str) -> None:

@@ -34,7 +34,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from pneumolab import __version__
 from pneumolab.config import TrainConfig
 from pneumolab.data.datamodule import ChestXrayDataModule
-from pneumolab.data.manifest import Manifest
+from pneumolab.data.manifest import CLASSES, Manifest
 from pneumolab.data.summary import training_data_record
 from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
@@ -378,6 +378,8 @@ def _operating_point(
             "views": views,
             "sensitivity": op["sensitivity"],
             "specificity": op["specificity"],
+            # images, not views (augmented copies are no new patients): what the policy's precision rests on
+            "images": dict(zip(CLASSES, np.bincount(y[: len(val)].astype(int), minlength=2).tolist(), strict=True)),
         },
         # The prior `pneumolab adapt` shifts from: what the calibrated probabilities average to on validation.
         "class_prior": {"split": "val", "prevalence": float(y.mean()), "mean_probability": float(calibrated.mean())},

@@ -209,6 +209,24 @@ def test_a_model_without_a_guard_is_refused_unless_asked(run, tmp_path, capsys) 
     assert Predictor.load(old, guard=False).predict(_png(np.zeros((300, 300), np.uint8))).label != "NOT_ASSESSED"
 
 
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda b: b["model_kwargs"].update(act="silu"), "unexpected keyword argument 'act'"),
+        (lambda b: b["state_dict"].pop(next(iter(b["state_dict"]))), "Error(s) in loading state_dict"),
+    ],
+    ids=["an option this version lacks", "a layer this version lacks"],
+)
+def test_a_model_file_this_version_cannot_rebuild_is_refused_in_one_sentence(run, tmp_path, capsys, change, words):
+    blob = torch.load(run / "model.pt", weights_only=True)
+    change(blob)
+    torch.save(blob, tmp_path / "model.pt")
+    assert main(["predict", str(tmp_path / "model.pt"), str(sample_root() / "test")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path / 'model.pt'}: cannot rebuild its network, cnn_base with " in err
+    assert words in err and "load it with the pneumolab that made it, or retrain" in err
+
+
 def test_cli_predict_every_file_alone(run, tmp_path, capsys) -> None:
     ct, black = tmp_path / "ct.dcm", tmp_path / "black.png"
     shutil.copy(PYDICOM_FILES / "CT_small.dcm", ct)

@@ -74,19 +74,31 @@ def load_model_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
             f"{path}: not a pneumolab model file (format {blob.get('format') if isinstance(blob, dict) else '?'})"
         )
     meta = {k: v for k, v in blob.items() if k != "state_dict"}
+    try:
+        return _rebuild(meta, blob["state_dict"]), meta
+    except (InputError, RuntimeError) as e:  # options or layers of another pneumolab version (or a removed experiment)
+        why = str(e).splitlines()[0]  # load_state_dict lists every key; the first line says what kind of mismatch
+        raise InputError(
+            f"{path}: cannot rebuild its network, {meta['model_name']} with {meta['model_kwargs']} ({why}): the file "
+            "was made by another pneumolab version or with an experiment's option; load it with the pneumolab that "
+            "made it, or retrain"
+        ) from None
+
+
+def _rebuild(meta: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
+    """The network a model file describes, its weights loaded, in eval mode."""
     kwargs = dict(meta["model_kwargs"])
     kwargs.pop("weights", None)  # the trained weights replace any ImageNet initialisation
     model = create_model(meta["model_name"], num_classes=len(meta["classes"]), **kwargs)
     pre = Preprocessing.from_meta(meta)
-    state = blob["state_dict"]
     if any(k.startswith("encoder.") for k in state):  # a latent model with its encoder inside: self-contained
         from pneumolab.generative.autoencoder import ConvAutoencoder
 
         net = with_encoder(model, pre, ConvAutoencoder(tuple(pre.latent["channels"])).encoder)
         net.load_state_dict(state)
-        return net.eval(), meta
+        return net.eval()
     model.load_state_dict(state)
-    return with_encoder(model, pre).eval(), meta
+    return with_encoder(model, pre).eval()
 
 
 def with_encoder(model: nn.Module, preprocessing: Preprocessing, encoder: nn.Module | None = None) -> nn.Module:

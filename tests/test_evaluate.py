@@ -276,6 +276,11 @@ def test_paired_auroc_test_matches_hand_computed_values() -> None:
         text.startswith("**Best AUROC on the test split of x: a, 1.000")
         and "not significantly ahead of the next, a2" in text
     )
+    assert text.endswith("(8 images, 4 patients).")
+    runs[0].metrics["images_without_patient_id"] = 3  # e.g. a CSV whose patient_id cells are partly empty
+    assert _headline(runs, _pairwise(runs, n_boot=100), "x").endswith(
+        "(8 images, 4 patients, 3 images without a patient id)."
+    )
 
 
 def test_robustness_reports_every_shift_and_matches_clean_evaluation(two_runs, sample_data, tmp_path, capsys) -> None:

@@ -241,9 +241,11 @@ def _headline(runs: list[RunResult], tests: dict[tuple[int, int], dict[str, floa
         p = "< 0.001" if t["p_value"] < 0.001 else f"= {t['p_value']:.3f}"  # the bootstrap's resolution
         text += f" It is {verdict} ahead of the next, {runs[second].name} (paired p {p})."
     m = runs[best].metrics["at_threshold"]
+    unknown = runs[best].metrics.get("images_without_patient_id", 0)
+    patients = f"{m['n_patients']} patients" + (f", {unknown} images without a patient id" if unknown else "")
     return text + (
         f" At its stored threshold it finds {m['sensitivity']['value']:.1%} of pneumonia cases and clears "
-        f"{m['specificity']['value']:.1%} of normal X-rays ({m['n_images']} images, {m['n_patients']} patients)."
+        f"{m['specificity']['value']:.1%} of normal X-rays ({m['n_images']} images, {patients})."
     )
 
 
@@ -510,8 +512,9 @@ def compare(
             "p",
             f"Data: the {split} split of `{data.resolve()}`. Thresholds were chosen on each run's validation split "
             f"when training ended and are not changed here. Intervals are 95% percentile CIs from a bootstrap that "
-            f"resamples patients ({n_boot} resamples); a difference is only called significant when its paired-"
-            f"bootstrap p-value is below 0.05 (all pairs: `pairwise.csv`). Model cards: {cards}.",
+            f"resamples patients ({n_boot} resamples; an image without a patient id is resampled as its own patient, "
+            "which narrows the intervals if a patient has several); a difference is only called significant when its "
+            f"paired-bootstrap p-value is below 0.05 (all pairs: `pairwise.csv`). Model cards: {cards}.",
         ),
     ]
     out.mkdir(parents=True, exist_ok=True)

@@ -280,6 +280,7 @@ def test_predict_a_pacs_style_folder_uses_every_image_and_reports_every_other_fi
     assert len({x["probability"] for x in done}) == 1  # the same pixels four times
     expected = ["p1/IM0001_gradcam.png", "p2/IM0001_gradcam.png", "IM0001_gradcam.png", "IM0001-2_gradcam.png"]
     assert [x["gradcam"] for x in done] == [str(cam / o) for o in expected]
+    assert all(x["gradcam_shown"] == (x["label"] == "PNEUMONIA") for x in done)  # a map on positives only
     assert sorted(p.relative_to(cam).as_posix() for p in cam.rglob("*.png")) == sorted(expected)  # none overwritten
 
     (tmp_path / "empty" / "sub").mkdir(parents=True)

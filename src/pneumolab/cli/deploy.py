@@ -95,7 +95,8 @@ def predict_cmd(
         if gradcam is not None and r.assessed:
             with atomic_path(gradcam / cam, suffix=".png") as tmp:
                 tmp.write_bytes(overlay_png(r.original, r.heatmap))
-            written = {"gradcam": str(gradcam / cam)}
+            # as on the service's page: the image, with the map only at or above the threshold (gradcam_shown)
+            written = {"gradcam": str(gradcam / cam), "gradcam_shown": r.heatmap is not None}
         if as_json:
             typer.echo(json.dumps({"image": str(path), **r.to_dict(), "site": predictor.site, **written}))
         else:

@@ -195,6 +195,44 @@ def test_evaluate_says_when_images_have_no_patient_id_or_are_left_out(two_runs, 
     assert f"1 of the {n + 1} images of {listed} are left out (1 unreadable; first: scans/gone.png: no such file" in err
 
 
+def test_evaluate_by_a_column_of_the_sites_csv(two_runs, sample_data, tmp_path, capsys) -> None:
+    """--by scanner: each group's numbers are the overall evaluation restricted to its images; a group of one class
+    has no AUROC (null, '-'); a column the CSV lacks, or a source that is no CSV, is refused before any work."""
+    from sklearn.metrics import roc_auc_score
+
+    m = Manifest.load(sample_data)
+    records = m.records[::5]
+    normals = [r for r in records if r.label == "NORMAL"]
+    scanner = {r.path: ("GE" if i % 2 else "Philips") for i, r in enumerate(records)}
+    scanner[normals[0].path] = "Siemens"  # a group holding one normal image only
+    listed = tmp_path / "site.csv"
+    rows = "".join(f"{m.root / r.path},{r.label},{scanner[r.path]}\n" for r in records)
+    listed.write_text("path,label,Scanner\n" + rows)
+    args = ["evaluate", str(two_runs[0]), "--data", str(listed), "--split", "all", "--n-boot", "50"]
+    assert main([*args, "--out", str(tmp_path / "e"), "--by", "scanner"]) == 0  # the column's case is not the CSV's
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    groups = result["subgroups"]["groups"]
+    assert result["subgroups"]["column"] == "scanner" and list(groups) == ["GE", "Philips", "Siemens"]
+    with open(tmp_path / "e" / "predictions.csv") as f:
+        preds = list(csv.DictReader(f))
+    for name in ("GE", "Philips"):
+        mine = [p for p in preds if scanner[Path(p["path"]).relative_to(m.root).as_posix()] == name]
+        y = [p["label"] == "PNEUMONIA" for p in mine]
+        assert groups[name]["n_images"] == len(mine) and groups[name]["PNEUMONIA"] == sum(y)
+        auroc = roc_auc_score(y, [float(p["probability"]) for p in mine])
+        assert groups[name]["auroc"]["value"] == pytest.approx(auroc)
+    assert groups["Siemens"]["n_images"] == 1 and groups["Siemens"]["auroc"]["value"] is None
+    assert groups["Siemens"]["sensitivity"]["value"] is None and groups["Siemens"]["specificity"]["value"] in (0, 1)
+    siemens = next(line for line in out.splitlines() if line.strip().startswith("Siemens"))
+    assert siemens.split()[1:5] == ["1", "1", "0", "-"] and siemens.endswith("(< 10 of a class: rough)")
+
+    assert main([*args, "--by", "sex"]) == 2
+    assert "no column 'sex' to group by; it has ['Scanner']" in capsys.readouterr().err
+    assert main(["evaluate", str(two_runs[0]), "--data", str(sample_data), "--by", "scanner"]) == 2
+    assert "was not indexed from a CSV" in capsys.readouterr().err
+
+
 def test_evaluate_errors(two_runs, sample_data, tmp_path, capsys) -> None:
     assert main(["evaluate", str(tmp_path), "--data", str(sample_data)]) == 2
     assert "no model.pt" in capsys.readouterr().err

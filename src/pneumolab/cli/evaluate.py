@@ -9,6 +9,7 @@ import typer
 
 from pneumolab.cli.base import app, command
 from pneumolab.errors import InputError
+from pneumolab.evaluation.evaluate import SUBGROUP_METRICS
 
 
 def _echo_metrics(r: dict) -> None:
@@ -42,6 +43,22 @@ def _echo_metrics(r: dict) -> None:
         )
 
 
+def _echo_subgroups(sub: dict) -> None:
+    """One line per value of the grouping column: counts and the key metrics with their 95% CIs."""
+
+    def ci(v: dict) -> str:
+        return "-" if v["value"] is None else f"{v['value']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"
+
+    width = max(len(sub["column"]), *(len(g) for g in sub["groups"]))
+    typer.echo(f"by {sub['column']} (at the stored threshold; '-': the group lacks a class):")
+    header = f"  {sub['column']:<{width}} {'images':>6} {'NORMAL':>6} {'PNEUM.':>6}"
+    typer.echo((header + "".join(f"  {k.replace('_accuracy', ' acc.'):<22}" for k in SUBGROUP_METRICS)).rstrip())
+    for name, g in sub["groups"].items():
+        thin = " (< 10 of a class: rough)" if min(g["NORMAL"], g["PNEUMONIA"]) < 10 else ""
+        counts = f"  {name:<{width}} {g['n_images']:>6} {g['NORMAL']:>6} {g['PNEUMONIA']:>6}"
+        typer.echo((counts + "".join(f"  {ci(g[k]):<22}" for k in SUBGROUP_METRICS)).rstrip() + thin)
+
+
 @command(
     app,
     "evaluate",
@@ -49,6 +66,7 @@ def _echo_metrics(r: dict) -> None:
         "pneumolab evaluate runs/train/resnet18 --data runs/data/kermany --split val",
         "pneumolab evaluate runs/train/resnet18 --data path/to/chest_xray --split test",
         "pneumolab evaluate runs/train/resnet18/model.pt --data hospital.csv --split all --policy 'sensitivity>=0.95'",
+        "pneumolab evaluate runs/train/fast --data hospital.csv --split all --by scanner",
     ],
 )
 def evaluate_cmd(
@@ -60,6 +78,10 @@ def evaluate_cmd(
         str | None,
         typer.Option(help="Also report the threshold this policy picks on validation, e.g. sensitivity>=0.95."),
     ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option(help="Also score each value of this column of the images' CSV (scanner, view, sex, site...)."),
+    ] = None,
     n_boot: Annotated[int, typer.Option(help="Patient-level bootstrap resamples.")] = 2000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
 ) -> None:
@@ -68,8 +90,10 @@ def evaluate_cmd(
 
     if split not in ("test", "val", "train", "all"):
         raise InputError(f"--split {split!r}: choose test, val, train or all")
-    r = evaluate(model, data, split=split, out=out, policy=policy, n_boot=n_boot, seed=seed)
+    r = evaluate(model, data, split=split, out=out, policy=policy, n_boot=n_boot, seed=seed, by=by)
     _echo_metrics(r)
+    if "subgroups" in r:
+        _echo_subgroups(r["subgroups"])
     typer.echo(f"wrote {Path(r['plots']['roc']).parent}")
 
 

@@ -18,7 +18,7 @@ from pneumolab.data.patient import TEST_NAMESPACE, kermany_label_hint, kermany_p
 from pneumolab.data.readers import NPZ_SEP
 from pneumolab.errors import InputError
 
-__all__ = ["Candidate", "SourceListing", "has_layout", "image_files", "list_source"]
+__all__ = ["Candidate", "SourceListing", "csv_column", "has_layout", "image_files", "list_source"]
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm", ".dicom"}
 
@@ -314,6 +314,22 @@ def _posix(rel: str) -> str:
     A backslash inside a file name is legal on Linux but no X-ray archive uses one; a Windows list does.
     """
     return PureWindowsPath(rel).as_posix() if "\\" in rel else rel
+
+
+def csv_column(path: Path, column: str) -> dict[str, str]:
+    """``{image path as indexed: its cell in column}`` of a CSV source (e.g. a site's ``scanner`` or ``view``
+    column, for metrics per subgroup); an empty cell is ``""``.
+
+    Raises:
+        InputError: the CSV has no such column (the message lists those it has).
+    """
+    fields, rows = _read_csv(path)
+    cols = {c.strip().lower(): c for c in fields if c is not None}
+    if "path" not in cols or column.strip().lower() not in cols or column.strip().lower() in ("path", "label"):
+        others = [c for c in fields if c and c.strip().lower() not in ("path", "label")]
+        raise InputError(f"{path}: no column {column!r} to group by; it has {others or 'only path and label'}")
+    key, name = cols["path"], cols[column.strip().lower()]
+    return {_posix((row.get(key) or "").strip()): (row.get(name) or "").strip() for row in rows}
 
 
 def _list_csv(path: Path) -> SourceListing:

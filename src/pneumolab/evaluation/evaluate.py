@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 from pneumolab.config import AugmentConfig
 from pneumolab.data.index import as_dataset
 from pneumolab.data.manifest import CLASSES, Manifest
+from pneumolab.data.sources import csv_column
 from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
 from pneumolab.evaluation import plots
@@ -37,6 +39,8 @@ from pneumolab.training.callbacks import read_history
 __all__ = ["evaluate"]
 
 log = logging.getLogger(__name__)
+
+SUBGROUP_METRICS = ("auroc", "sensitivity", "specificity", "balanced_accuracy")
 
 
 def _probabilities(model, meta: dict[str, Any], manifest: Manifest, rows: list[int], data_dir: Path):
@@ -56,6 +60,7 @@ def evaluate(
     n_boot: int = 2000,
     seed: int = 0,
     model_card: bool = True,
+    by: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model on ``split`` of ``data`` and write predictions, metrics and plots to ``out``; with
     ``model_card``, a model inside a run folder also gets its MODEL_CARD.md updated with the result.
@@ -67,6 +72,7 @@ def evaluate(
         out: output folder (default :meth:`RunDir.eval_dir`: ``<run>/eval/<data name>-<hash>-<split>``).
         policy: also report the threshold this policy picks on the model's *validation* split.
         n_boot: patient-level bootstrap resamples for the CIs.
+        by: also score each value of this column of the CSV the images were listed in (scanner, view, site...).
     """
     model_file = resolve_model_file(model_target)
     model, meta = load_model_file(model_file)
@@ -77,6 +83,7 @@ def evaluate(
     if not rows:
         present = sorted({r.split for r in manifest.records})
         raise InputError(f"{data} has no {split!r} images (it has {present}); choose --split from those or 'all'")
+    by_values = _column(manifest, rows, by, data) if by else None  # before the model runs: a missing column fails fast
     y = np.array([manifest.records[i].target for i in rows])
     groups = np.array([manifest.records[i].group for i in rows])
     raw, prob = _probabilities(model, meta, manifest, rows, data_dir)
@@ -109,6 +116,8 @@ def evaluate(
             "the model was calibrated or adapted on these very images (`pneumolab calibrate/adapt`): "
             "these numbers are optimistic; score it on other images of the site"
         )
+    if by:
+        result["subgroups"] = {"column": by, "groups": _subgroups(by_values, prob, y, groups, threshold, n_boot, seed)}
     if policy:
         result["alternative_threshold"] = _policy_on_validation(
             model_file, model, meta, policy, n_boot, seed, prob, y, groups
@@ -123,6 +132,36 @@ def evaluate(
         evaluations = [json.loads(p.read_text()) for p in sorted(model_file.parent.glob("eval/*/metrics.json"))]
         write_model_card(model_file.parent, meta, evaluations)
     return result
+
+
+def _column(manifest: Manifest, rows: list[int], by: str, data: Path) -> np.ndarray:
+    """Each row's cell in column ``by`` of the CSV its images were listed in (``(empty)`` for an empty cell)."""
+    source = Path(manifest.meta.get("source", ""))
+    if source.suffix.lower() != ".csv" or not source.is_file():
+        raise InputError(
+            f"--by {by} reads a column of the CSV the images were listed in, but {data} was not indexed from a CSV "
+            f"({source.name or 'source not recorded'}); list the images in a CSV path,label,{by} and give that"
+        )
+    cells = csv_column(source, by)
+    return np.array([cells.get(manifest.records[i].path) or "(empty)" for i in rows])
+
+
+def _subgroups(values, prob, y, groups, threshold: float, n_boot: int, seed: int) -> dict[str, dict[str, Any]]:
+    """Metrics with patient-bootstrap CIs for each value of a column, at the stored threshold (a group of one
+    class has no AUROC and no rate of the other class: ``null``)."""
+    out = {}
+    for value in sorted(set(values)):
+        m = values == value
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # one-class groups: the undefined metrics are reported as null
+            r = metrics_with_ci(prob[m], y[m], groups[m], threshold, n_boot=n_boot, seed=seed)
+        out[str(value)] = {
+            "n_images": r["n_images"],
+            "n_patients": r["n_patients"],
+            **{c: int((y[m] == i).sum()) for i, c in enumerate(CLASSES)},
+            **{k: {s: (v if np.isfinite(v) else None) for s, v in r[k].items()} for k in SUBGROUP_METRICS},
+        }
+    return out
 
 
 def _policy_on_validation(model_file, model, meta, policy, n_boot, seed, prob, y, groups) -> dict[str, Any]:

@@ -226,6 +226,14 @@ def test_evaluate_by_a_column_of_the_sites_csv(two_runs, sample_data, tmp_path, 
     assert groups["Siemens"]["sensitivity"]["value"] is None and groups["Siemens"]["specificity"]["value"] in (0, 1)
     siemens = next(line for line in out.splitlines() if line.strip().startswith("Siemens"))
     assert siemens.split()[1:5] == ["1", "1", "0", "-"] and siemens.endswith("(< 10 of a class: rough)")
+    from pneumolab.evaluation.model_card import render_model_card
+
+    _, meta = load_model_file(two_runs[0] / "model.pt")
+    card = render_model_card(meta, [result])
+    assert (
+        "By `scanner`:" in card
+        and f"| Siemens | 1 (1 / 0) | - | - | {groups['Siemens']['specificity']['value']:.3f}" in card
+    )
 
     assert main([*args, "--by", "sex"]) == 2
     assert "no column 'sex' to group by; it has ['Scanner']" in capsys.readouterr().err

@@ -150,6 +150,7 @@ def render_model_card(meta: dict[str, Any], evaluations: list[dict[str, Any]]) -
             "| metric | value [95% CI] |",
             "| --- | --- |",
             *[f"| {k} | {_fmt(m[k])} |" for k in _ROWS],
+            *_subgroup_table(ev.get("subgroups")),
         ]
     lines += [
         "",
@@ -183,6 +184,31 @@ def _site_section(steps: list[dict[str, Any]]) -> list[str]:
             lines.append(f"  - pneumonia prior {p['source']:.3f} (source) -> {p['site_estimate']:.3f} (EM)")
     lines += ["- Numbers measured on the images a step was fitted on are optimistic: evaluate on other images.", ""]
     return lines
+
+
+def _subgroup_table(sub: dict[str, Any] | None) -> list[str]:
+    """``evaluate --by COLUMN``'s groups: counts and rates at the threshold above ('-': the group lacks a class)."""
+    if not sub:
+        return []
+    keys = ("auroc", "sensitivity", "specificity")
+
+    def cell(v: dict[str, Any]) -> str:
+        return "-" if v["value"] is None else _fmt(v)
+
+    rows = [
+        f"| {name} | {g['n_images']} ({g['NORMAL']} / {g['PNEUMONIA']}) | "
+        + " | ".join(cell(g[k]) for k in keys)
+        + " |"
+        for name, g in sub["groups"].items()
+    ]
+    return [
+        "",
+        f"By `{sub['column']}`:",
+        "",
+        f"| {sub['column']} | images (NORMAL / PNEUMONIA) | " + " | ".join(keys) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in keys) + " |",
+        *rows,
+    ]
 
 
 def write_model_card(run_dir: Path, meta: dict[str, Any], evaluations: list[dict[str, Any]]) -> Path:

@@ -267,7 +267,10 @@ def test_predict_a_pacs_style_folder_uses_every_image_and_reports_every_other_fi
     args = [str(export), *map(str, named), "--json", "--gradcam", str(cam), "--no-guard"]  # the guard: elsewhere
     code = main(["predict", str(run), *args])
     assert code == 0  # skipped files are reported, not failures
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    out, err = capsys.readouterr()
+    lines = [json.loads(line) for line in out.splitlines()]  # stdout stays JSON lines; the tally goes to stderr
+    label = lines[-1]["label"]  # the same pixels four times: one label
+    assert err.strip().splitlines()[-1] == f"7 files: 4 {label}, 3 skipped"
     skipped = {Path(x["image"]).relative_to(export).as_posix(): x["skipped"] for x in lines if "skipped" in x}
     assert set(skipped) == {"DICOMDIR", "notes.txt", "p1/Thumbs.db"}
     assert "nor a DICOM file" in skipped["notes.txt"] and "DICOM media index" in skipped["DICOMDIR"]

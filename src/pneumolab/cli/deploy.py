@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -75,7 +76,7 @@ def predict_cmd(
 
     inputs, skipped = _inputs(images)
     predictor = Predictor.load(model, ood=ood, guard=not no_guard)
-    failed = 0
+    failed, labels = 0, Counter()
     if not as_json:
         typer.echo(f"model {model}: {predictor.site or 'as trained (not site-calibrated or adapted)'}")
         if no_guard:
@@ -91,6 +92,7 @@ def predict_cmd(
             msg = e.detail if isinstance(e, ImageReadError) else e.strerror
             typer.echo(json.dumps({"image": str(path), "error": msg}) if as_json else f"{path!s:<40} error: {msg}")
             continue
+        labels[r.label] += 1
         written = {}
         if gradcam is not None and r.assessed:
             with atomic_path(gradcam / cam, suffix=".png") as tmp:
@@ -103,6 +105,10 @@ def predict_cmd(
             p_text = "-" if r.probability is None else f"{r.probability:.4f}"
             why = f"  ({'; '.join(r.reasons)})" if r.reasons else ""
             typer.echo(f"{path!s:<40} {p_text:>12}  {r.label:<12} {r.timings_ms['total']:.0f}{why}")
+    if len(inputs) + len(skipped) > 1:  # after a folder's hundreds of lines, the tally (stderr: --json stays JSON)
+        tally = [f"{labels[k]} {k}" for k in ("PNEUMONIA", "NORMAL", "NOT_ASSESSED") if labels[k]]
+        tally += [f"{n} {what}" for n, what in ((failed, "failed"), (len(skipped), "skipped")) if n]
+        typer.echo(f"{len(inputs) + len(skipped)} files: {', '.join(tally)}", err=True)
     if failed:
         raise typer.Exit(2)
 

@@ -57,7 +57,7 @@ def test_autoencoder_run_stores_its_guard_and_previews(ae_run) -> None:
 def _prep(arr: np.ndarray, meta: dict) -> torch.Tensor:
     pre = meta["preprocessing"]
     tf = EvalPreset(mean=pre["mean"], std=pre["std"], normalization=pre["normalization"])
-    return tf(torch.from_numpy(resize_square(np.array(arr), pre["image_size"]))[None])
+    return tf(torch.from_numpy(np.array(resize_square(np.array(arr), pre["image_size"])))[None])
 
 
 def test_ood_guard_flags_non_xrays_and_passes_real_ones(ae_run, sample_data, capsys) -> None:

@@ -110,7 +110,7 @@ REFUSED = [
         lambda t: _dicom(t, PixelData=PX.tobytes() * 3),
         "corrupt",
         422,
-        "inconsistent with its header",
+        "holds 3 frames but its header declares 1",
     ),
     (
         "less pixel data than declared",

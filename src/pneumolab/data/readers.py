@@ -173,8 +173,21 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> DecodedImage:
         raise ImageReadError(name, "decompression_bomb", f"{cols}x{rows} pixels exceeds the {max_pixels:,}-pixel limit")
     try:
         return _dicom_pixels(ds)
+    except _FrameMismatch as e:
+        raise ImageReadError(name, "corrupt", str(e)) from None
     except Exception as e:  # pydicom/numpy raise many types; the message may name a codec, never patient data
         raise ImageReadError(name, "corrupt", _dicom_pixel_problem(ds, e)) from None
+
+
+class _FrameMismatch(ValueError):
+    """The pixel data holds another number of frames than the header declares: refused, never guessed at."""
+
+
+def _frames_message(frames: int | str, declared: int) -> str:
+    return (
+        f"the DICOM pixel data holds {frames} frames but its header declares {declared} (NumberOfFrames): damaged or "
+        "mislabelled, refused rather than guessed at"
+    )
 
 
 def _dicom_pixel_problem(ds, e: Exception) -> str:
@@ -188,11 +201,19 @@ def _dicom_pixel_problem(ds, e: Exception) -> str:
 def _dicom_pixels(ds) -> DecodedImage:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    arr = ds.pixel_array
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     colour = int(ds.get("SamplesPerPixel", 1)) == 3
-    if arr.ndim != (3 if colour else 2):
-        raise ValueError(f"pixel array of shape {arr.shape}")  # more frames than declared, or none
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if ts is None or not ts.is_compressed:  # native: whole frames are counted from the byte length, before pydicom
+        # (which would return them all, with a warning on the console) decodes them
+        per_frame = int(ds.Rows) * int(ds.Columns) * (3 if colour else 1) * ((int(ds.BitsAllocated) + 7) // 8)
+        frames, declared = len(ds.PixelData) // max(per_frame, 1), int(ds.get("NumberOfFrames", 1) or 1)
+        if frames > declared:
+            raise _FrameMismatch(_frames_message(frames, declared))
+    arr = ds.pixel_array
+    if arr.ndim != (3 if colour else 2):  # pydicom returns every frame the bytes hold, whatever the header says
+        frames = arr.shape[0] if arr.ndim == (4 if colour else 3) else "no whole"
+        raise _FrameMismatch(_frames_message(frames, ds.get("NumberOfFrames", 1)))
     if colour:
         # (H, W, 3) colour secondary capture: ITU-R 601-2 luma, like PIL's convert("L")
         gray = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114

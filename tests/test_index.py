@@ -22,6 +22,12 @@ def _add_bad_files(root) -> dict[str, str]:
     write_image(no / "IM-0901-0001.jpeg", seed=998, size=(20, 20))
     write_image(no / "person502_virus_1.jpeg", seed=997)  # a pneumonia file name in the NORMAL folder
     Image.new("1", (12000, 12000)).save(no / "IM-0902-0001.png")
+    # readable images that no chest radiograph is: a colour photo, a blank frame (a 5:1 strip is kept: a source may
+    # hold crops of real X-rays; only an upload for a diagnosis is refused for its proportions)
+    rng = np.random.default_rng(7)
+    Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8), "RGB").save(no / "IM-0903-0001.png")
+    Image.new("L", (80, 60), 128).save(no / "IM-0904-0001.png")
+    write_image(no / "IM-0905-0001.png", seed=996, size=(300, 60))
     return {
         "train/PNEUMONIA/person500_bacteria_1.jpeg": "empty_file",
         "train/PNEUMONIA/person501_bacteria_1.jpeg": "truncated",
@@ -29,6 +35,8 @@ def _add_bad_files(root) -> dict[str, str]:
         "train/NORMAL/IM-0901-0001.jpeg": "too_small",
         "train/NORMAL/person502_virus_1.jpeg": "label_mismatch",
         "train/NORMAL/IM-0902-0001.png": "decompression_bomb",
+        "train/NORMAL/IM-0903-0001.png": "not_a_chest_xray",
+        "train/NORMAL/IM-0904-0001.png": "not_a_chest_xray",
     }
 
 
@@ -72,6 +80,10 @@ def test_each_bad_file_is_reported_and_skipped_and_source_untouched(kaggle_dir, 
     assert not paths & set(expected)
     report = json.loads((tmp_path / "out" / "index_report.json").read_text())
     assert report["problems"]["truncated"] == 1 and report["images_ok"] == len(paths)
+    with open(tmp_path / "out" / "problems.csv") as f:
+        why = {row["path"].rsplit("/", 1)[1]: row["detail"] for row in csv.DictReader(f)}
+    assert "in colour" in why["IM-0903-0001.png"] and "blank" in why["IM-0904-0001.png"]
+    assert "IM-0905-0001.png" not in why and "train/NORMAL/IM-0905-0001.png" in paths
     assert report["ignored_files"] == [
         f"{name}: not an image by its extension (looked for .dcm, .dicom, .jpeg, .jpg, .png)"
         for name in ("README.md", "train/NORMAL/notes.txt")

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import tiny_train_args
 from fastapi.testclient import TestClient
+from PIL import Image
 from torch import nn
 
 from pneumolab.cli import main
@@ -145,12 +146,14 @@ def test_adapt_round_trip_on_a_folder_of_unlabeled_images(runs, sample_data, tmp
     (flat / "README.txt").write_text("not an image")
     (flat / "@eaDir").mkdir()  # a NAS's thumbnails of the same images: not 75 more X-rays
     shutil.copy(next(flat.glob("*.jpeg")), flat / "@eaDir" / "thumb.jpeg")
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(flat / "logo.png")  # not an X-ray: not in the statistics
     run, new = runs["bn"], tmp_path / "adapted"
     assert main(["adapt", str(run), "--data", str(flat), "--out", str(new)]) == 0
     out = capsys.readouterr().out
     assert "adapted on 75 unlabeled images" in out and "BatchNorm statistics of 8 layers" in out
     assert "skipped README.txt: not an image file" in out  # every file is used or reported
     assert "skipped @eaDir/thumb.jpeg: a thumbnail or system file" in out
+    assert "skipped logo.png: not a chest X-ray (the image is blank or nearly uniform" in out
 
     (orig, meta0), (model, meta) = load_model_file(run), load_model_file(new)
     step = meta["site"][-1]

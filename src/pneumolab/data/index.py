@@ -23,7 +23,7 @@ from typing import Any
 from pneumolab.data.manifest import CLASSES, Manifest, Record
 from pneumolab.data.patient import hash_patient_id
 from pneumolab.data.pool import process_pool
-from pneumolab.data.readers import read_entry
+from pneumolab.data.readers import image_problems, read_entry
 from pneumolab.data.sources import Candidate, SourceListing, list_source
 from pneumolab.errors import ImageReadError, InputError, LeakageError
 from pneumolab.io import atomic_write_json, atomic_write_text, remove_orphans
@@ -60,6 +60,9 @@ def _check(args: tuple[str, Candidate, str]) -> Record | Problem | tuple[Record,
         data, img = read_entry(Path(root), cand.path)
     except ImageReadError as e:
         return Problem(cand.path, e.kind, e.detail)
+    # a photo or a blank frame: never trained or scored on as an X-ray
+    if problems := image_problems(img, aspect=False):
+        return Problem(cand.path, "not_a_chest_xray", "; ".join(problems))
     pid = cand.patient_id
     if pid is None and img.patient_key:  # raw DICOM PatientID: hashed here, so it never leaves this worker
         pid = hash_patient_id(img.patient_key, salt)

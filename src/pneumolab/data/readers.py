@@ -19,7 +19,7 @@ from PIL import Image
 
 from pneumolab.errors import ImageReadError
 
-__all__ = ["MAX_PIXELS", "MIN_SIDE", "DecodedImage", "decode_bytes", "read_entry", "sniff_format"]
+__all__ = ["MAX_PIXELS", "MIN_SIDE", "DecodedImage", "decode_bytes", "image_problems", "read_entry", "sniff_format"]
 
 MAX_PIXELS = 80_000_000  # ~8,900 px square: larger than any real radiograph, small enough to stop a bomb
 # DICOM: a projection radiograph of the chest, nothing else (CT, MR, ultrasound, nuclear medicine, dose maps,
@@ -41,6 +41,28 @@ class DecodedImage:
     converted: bool  # True if it was not 8-bit grayscale and had to be converted
     patient_key: str | None = None
     colourfulness: float = 0.0  # mean |channel - grey| of a colour source, 0..255: a radiograph has ~0
+
+
+MIN_GREY_STD = 4.0  # of 255: below it an image is blank or a uniform fill (a radiograph has std ~40-70)
+MAX_COLOURFULNESS = 6.0  # of 255: X-rays saved as RGB JPEG score ~0-2, photos and colour maps tens
+MAX_ASPECT = 2.5  # chest radiographs are 0.6-1.6 wide per high
+
+
+def image_problems(img: DecodedImage, *, aspect: bool = True) -> list[str]:
+    """Reasons, in words, why ``img`` cannot be a chest radiograph; empty if none is found.
+
+    ``aspect=False`` leaves out the proportions, as indexing does: a labelled source may hold crops of real chest
+    X-rays (Kermany's train has ten, ~3:1), which a model may learn from but which are not assessable as uploads.
+    """
+    problems = []
+    h, w = img.pixels.shape
+    if aspect and max(h, w) / min(h, w) > MAX_ASPECT:
+        problems.append(f"aspect ratio {w}x{h} is not that of a chest radiograph")
+    if float(img.pixels.std()) < MIN_GREY_STD:
+        problems.append("the image is blank or nearly uniform")
+    if img.colourfulness > MAX_COLOURFULNESS:
+        problems.append("the image is in colour (a photo or screenshot?); X-rays are greyscale")
+    return problems
 
 
 def sniff_format(head: bytes) -> str | None:

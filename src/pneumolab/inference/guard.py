@@ -3,7 +3,8 @@
 Cheapest first:
 
 1. the reader refuses DICOMs that are not a single-frame chest radiograph (``data/readers.py``);
-2. :func:`image_problems`: blank or nearly uniform images, colour images (photos, screenshots, colour maps),
+2. :func:`image_problems` (``data/readers.py``; indexing applies all but the aspect check, so no such image is
+   trained or scored on): blank or nearly uniform images, colour images (photos, screenshots, colour maps),
    extreme aspect ratios (ECG strips, panoramas);
 3. the model's own **feature guard**: the Mahalanobis distance (Lee et al., NeurIPS 2018) of the globally
    pooled last feature map (the Grad-CAM layer, ``(B, C)``) to the nearest class mean of the training X-rays,
@@ -23,29 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from pneumolab.data.readers import DecodedImage
+from pneumolab.data.readers import image_problems
 
 if TYPE_CHECKING:  # the service imports this module; keep its imports light
     from pneumolab.data.transforms import Preprocessing
 
 __all__ = ["FeatureTap", "feature_scores", "fit_feature_guard", "fit_model_guard", "image_problems"]
-
-MIN_GREY_STD = 4.0  # of 255: below it an image is blank or a uniform fill (a radiograph has std ~40-70)
-MAX_COLOURFULNESS = 6.0  # of 255: X-rays saved as RGB JPEG score ~0-2, photos and colour maps tens
-MAX_ASPECT = 2.5  # chest radiographs are 0.6-1.6 wide per high
-
-
-def image_problems(img: DecodedImage) -> list[str]:
-    """Reasons, in words, why ``img`` cannot be a chest radiograph; empty if none is found."""
-    problems = []
-    h, w = img.pixels.shape
-    if max(h, w) / min(h, w) > MAX_ASPECT:
-        problems.append(f"aspect ratio {w}x{h} is not that of a chest radiograph")
-    if float(img.pixels.std()) < MIN_GREY_STD:
-        problems.append("the image is blank or nearly uniform")
-    if img.colourfulness > MAX_COLOURFULNESS:
-        problems.append("the image is in colour (a photo or screenshot?); X-rays are greyscale")
-    return problems
 
 
 class FeatureTap:

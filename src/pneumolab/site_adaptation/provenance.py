@@ -17,7 +17,7 @@ from pneumolab import __version__
 from pneumolab.data.cache import load_cache, resize_square
 from pneumolab.data.index import as_dataset
 from pneumolab.data.manifest import CLASSES, Manifest
-from pneumolab.data.readers import read_entry
+from pneumolab.data.readers import image_problems, read_entry
 from pneumolab.data.sources import image_files
 from pneumolab.errors import ImageReadError, InputError
 from pneumolab.evaluation.model_card import write_model_card
@@ -109,6 +109,10 @@ def _unlabeled_folder(folder: Path) -> SiteSample:
             data, img = read_entry(folder, rel)
         except ImageReadError as e:
             skipped.append(f"{rel}: {e.detail}")
+            continue
+        # as indexing does: a photo or a blank frame would skew the statistics
+        if problems := image_problems(img, aspect=False):
+            skipped.append(f"{rel}: not a chest X-ray ({'; '.join(problems)})")
             continue
         images.append(img.pixels)
         hashes.append(hashlib.sha256(data).hexdigest())

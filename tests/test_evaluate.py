@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_train_args
+from PIL import Image
 
 from pneumolab.cli import main
 from pneumolab.data.manifest import Manifest
@@ -14,6 +15,7 @@ from pneumolab.evaluation import evaluate as evaluate_module
 from pneumolab.evaluation.evaluate import evaluate
 from pneumolab.evaluation.predict import predict_logits, read_val_logits
 from pneumolab.evaluation.report import compare
+from pneumolab.inference.predictor import Predictor
 from pneumolab.models.checkpoint import load_model_file
 from pneumolab.rundir import RunDir
 from pneumolab.site_adaptation.provenance import threshold_origin
@@ -157,6 +159,7 @@ def test_evaluate_writes_predictions_metrics_plots_and_keeps_the_threshold(
         "label",
         "probability",
         "prediction",
+        "assessed",
     }
     t = m["threshold"]["value"]
     assert all((r["prediction"] == "PNEUMONIA") == (float(r["probability"]) >= t) for r in rows)
@@ -239,6 +242,35 @@ def test_evaluate_by_a_column_of_the_sites_csv(two_runs, sample_data, tmp_path, 
     assert "no column 'sex' to group by; it has ['Scanner']" in capsys.readouterr().err
     assert main(["evaluate", str(two_runs[0]), "--data", str(sample_data), "--by", "scanner"]) == 2
     assert "was not indexed from a CSV" in capsys.readouterr().err
+
+
+def test_evaluate_says_which_images_the_service_would_not_assess(two_runs, sample_data, tmp_path, capsys) -> None:
+    """The guard's verdicts as predict/serve would give them: a 5:1 strip (indexed: sources may hold crops) is
+    refused for its proportions, and the feature guard's threshold decides the rest; every image is still scored."""
+    m = Manifest.load(sample_data)
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.tile(np.linspace(0, 255, 300).astype(np.uint8), (60, 1))).save(strip)
+    listed = tmp_path / "site.csv"
+    rows = "".join(f"{m.root / r.path},{r.label}\n" for r in m.records[::20])
+    listed.write_text(f"path,label\n{rows}{strip},NORMAL\n")
+    n = len(m.records[::20]) + 1
+    blob = torch.load(two_runs[0] / "model.pt", weights_only=True)
+    for threshold, expected in ((1e30, 1), (0.0, n)):  # a guard that passes every X-ray, one that refuses all
+        blob["ood_guard"]["threshold"] = threshold
+        model_file = tmp_path / f"guard-{threshold:g}" / "model.pt"
+        model_file.parent.mkdir()
+        torch.save(blob, model_file)
+        out = tmp_path / f"eval-{threshold:g}"
+        args = ["evaluate", str(model_file), "--data", str(listed), "--split", "all", "--out", str(out)]
+        assert main([*args, "--n-boot", "20"]) == 0
+        r = json.loads((out / "metrics.json").read_text())
+        assert r["guard"] == {"images": n, "not_assessed": expected, "feature_guard": True}
+        assert r["at_threshold"]["n_images"] == n  # scored all the same
+        with open(out / "predictions.csv") as f:
+            verdicts = {Path(p["path"]).name: p["assessed"] for p in csv.DictReader(f)}
+        assert verdicts["strip.png"] == "no" and list(verdicts.values()).count("no") == expected
+        assert f"guard: {expected} of {n} images would be NOT_ASSESSED" in capsys.readouterr().out
+    assert not Predictor.load(tmp_path / "guard-1e+30").predict(strip.read_bytes()).assessed  # the service agrees
 
 
 def test_evaluate_errors(two_runs, sample_data, tmp_path, capsys) -> None:

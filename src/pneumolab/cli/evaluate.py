@@ -23,6 +23,15 @@ def _echo_metrics(r: dict) -> None:
             f"  {unknown} image(s) have no patient id: each counts as its own patient in the CIs, which are too "
             "narrow if a patient has several (a CSV source takes a patient_id column)"
         )
+    if g := r.get("guard"):
+        checks = "proportions and features" if g["feature_guard"] else "proportions (no feature guard in this file)"
+        if g["not_assessed"]:
+            typer.echo(
+                f"  guard: {g['not_assessed']} of {g['images']} images would be NOT_ASSESSED by predict/serve (by "
+                f"their {checks}); all are scored here, marked assessed=no in predictions.csv"
+            )
+        else:
+            typer.echo(f"  guard: all {g['images']} images would be assessed by predict/serve ({checks} checked)")
     typer.echo(f"threshold {r['threshold']['value']:.4f} ({r['threshold']['origin']})")
     typer.echo(f"model: {r['site'] or 'as trained (not site-calibrated or adapted)'}")
     for key in ("auroc", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy", "accuracy", "ece"):

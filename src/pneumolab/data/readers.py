@@ -19,7 +19,16 @@ from PIL import Image
 
 from pneumolab.errors import ImageReadError
 
-__all__ = ["MAX_PIXELS", "MIN_SIDE", "DecodedImage", "decode_bytes", "image_problems", "read_entry", "sniff_format"]
+__all__ = [
+    "MAX_ASPECT",
+    "MAX_PIXELS",
+    "MIN_SIDE",
+    "DecodedImage",
+    "decode_bytes",
+    "image_problems",
+    "read_entry",
+    "sniff_format",
+]
 
 MAX_PIXELS = 80_000_000  # ~8,900 px square: larger than any real radiograph, small enough to stop a bomb
 # DICOM: a projection radiograph of the chest, nothing else (CT, MR, ultrasound, nuclear medicine, dose maps,

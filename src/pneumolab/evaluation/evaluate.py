@@ -21,6 +21,7 @@ import torch
 from pneumolab.config import AugmentConfig
 from pneumolab.data.index import as_dataset
 from pneumolab.data.manifest import CLASSES, Manifest
+from pneumolab.data.readers import MAX_ASPECT
 from pneumolab.data.sources import csv_column
 from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
@@ -30,6 +31,8 @@ from pneumolab.evaluation.metrics import compute_metrics, metrics_with_ci
 from pneumolab.evaluation.model_card import write_model_card
 from pneumolab.evaluation.predict import predict_logits, read_val_logits, validation_logits, view_targets
 from pneumolab.evaluation.thresholds import choose_threshold
+from pneumolab.inference.guard import FeatureTap, feature_scores
+from pneumolab.inference.predictor import gradcam_layer
 from pneumolab.io import atomic_write_json, atomic_write_text, is_fresh
 from pneumolab.models.checkpoint import load_model_file, resolve_model_file
 from pneumolab.rundir import RunDir
@@ -86,7 +89,15 @@ def evaluate(
     by_values = _column(manifest, rows, by, data) if by else None  # before the model runs: a missing column fails fast
     y = np.array([manifest.records[i].target for i in rows])
     groups = np.array([manifest.records[i].group for i in rows])
-    raw, prob = _probabilities(model, meta, manifest, rows, data_dir)
+    guard = meta.get("ood_guard")
+    tap = FeatureTap(gradcam_layer(model, meta["model_name"])) if guard else None
+    try:
+        raw, prob = _probabilities(model, meta, manifest, rows, data_dir)
+        feats = tap.take() if tap else None  # (N, C) pooled features, what the service's feature guard reads
+    finally:
+        if tap:
+            tap.close()
+    assessed = _assessed(manifest, rows, guard, feats)
 
     threshold = OperatingPoint.from_meta(meta).threshold
     result: dict[str, Any] = {
@@ -104,6 +115,8 @@ def evaluate(
             "ece_calibrated": compute_metrics(prob, y)["ece"],
         },
         "counts": {c: int((y == i).sum()) for i, c in enumerate(CLASSES)},
+        # what predict/serve would refuse to label (all are scored here): the coverage a site can expect
+        "guard": {"images": len(rows), "not_assessed": int((~assessed).sum()), "feature_guard": guard is not None},
         # Such images are resampled alone: their CIs assume one image per patient (too narrow when they are not).
         "images_without_patient_id": int(np.char.startswith(groups.astype(str), "image:").sum()),
     }
@@ -124,7 +137,7 @@ def evaluate(
         )
 
     out.mkdir(parents=True, exist_ok=True)
-    _write_predictions(out / "predictions.csv", manifest, rows, prob, threshold)
+    _write_predictions(out / "predictions.csv", manifest, rows, prob, threshold, assessed)
     result["plots"] = _plots(result, prob, raw, y, groups, threshold, model_file, out)
     atomic_write_json(out / "metrics.json", result)
     run = RunDir.of(model_file)
@@ -187,13 +200,25 @@ def _policy_on_validation(model_file, model, meta, policy, n_boot, seed, prob, y
     }
 
 
-def _write_predictions(path: Path, manifest: Manifest, rows: list[int], prob: np.ndarray, threshold: float) -> None:
+def _assessed(manifest: Manifest, rows: list[int], guard: dict[str, Any] | None, feats) -> np.ndarray:
+    """``(N,)`` bool: whether predict/serve would label each image (indexing already left out blank and colour
+    images): its proportions within a chest radiograph's, and its features within the model's feature guard."""
+    sides = np.array([(manifest.records[i].width, manifest.records[i].height) for i in rows], dtype=float)
+    ok = sides.max(1) / sides.min(1) <= MAX_ASPECT
+    if guard is not None:
+        ok &= feature_scores(guard, feats) <= guard["threshold"]
+    return ok
+
+
+def _write_predictions(
+    path: Path, manifest: Manifest, rows: list[int], prob: np.ndarray, threshold: float, assessed: np.ndarray
+) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "patient_id", "label", "probability", "prediction"])
-    for i, p in zip(rows, prob, strict=True):
+    w.writerow(["path", "patient_id", "label", "probability", "prediction", "assessed"])
+    for i, p, a in zip(rows, prob, assessed, strict=True):
         r = manifest.records[i]
-        w.writerow([r.path, r.patient_id, r.label, f"{p:.6f}", CLASSES[int(p >= threshold)]])
+        w.writerow([r.path, r.patient_id, r.label, f"{p:.6f}", CLASSES[int(p >= threshold)], "yes" if a else "no"])
     atomic_write_text(path, buf.getvalue())
 
 

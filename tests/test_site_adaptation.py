@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import shutil
 
 import numpy as np
@@ -33,7 +34,16 @@ def runs(sample_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("site-runs")
     assert main(tiny_train_args(sample_data, out, "-c", "cpu/cnn_improved")) == 0
     assert main(tiny_train_args(sample_data, out)) == 0
-    return {"bn": out / "cnn_improved", "no_bn": out / "cnn_base"}
+    runs = {"bn": out / "cnn_improved", "no_bn": out / "cnn_base"}
+    for run in runs.values():  # a guard that passes every X-ray: the tiny models' own (the 99.5th percentile of
+        # ~28 validation distances) refuses a few sample X-rays; the screening has its own tests below
+        model_file = run / "model.pt"
+        stat = model_file.stat()
+        blob = torch.load(model_file, weights_only=True)
+        blob["ood_guard"]["threshold"] = 1e30
+        torch.save(blob, model_file)
+        os.utime(model_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the run's kept validation logits stay fresh
+    return runs
 
 
 def test_operating_point_probability_is_temperature_softmax_plus_a_log_odds_shift() -> None:
@@ -136,6 +146,19 @@ def test_calibrate_round_trip(runs, sample_data, tmp_path, capsys) -> None:
     assert "already holds a model.pt" in capsys.readouterr().err
 
 
+def test_calibration_leaves_out_what_the_model_would_not_assess(runs, sample_data, tmp_path, capsys) -> None:
+    """A guard that refuses every image leaves nothing to calibrate on: said in one sentence, nothing written."""
+    blob = torch.load(runs["bn"] / "model.pt", weights_only=True)
+    blob["ood_guard"]["threshold"] = 0.0
+    torch.save(blob, tmp_path / "model.pt")
+    args = ["calibrate", str(tmp_path / "model.pt"), "--data", str(sample_data), "--split", "test"]
+    assert main([*args, "--out", str(tmp_path / "calibrated")]) == 2
+    err = capsys.readouterr().err
+    assert "none of its 75 images would be assessed by this model (first: " in err
+    assert "not assessed by the model (its features are unlike the training X-rays' (out of distribution))" in err
+    assert not (tmp_path / "calibrated").exists()
+
+
 def test_adapt_round_trip_on_a_folder_of_unlabeled_images(runs, sample_data, tmp_path, capsys) -> None:
     from pneumolab.data import sample_root
 
@@ -147,6 +170,7 @@ def test_adapt_round_trip_on_a_folder_of_unlabeled_images(runs, sample_data, tmp
     (flat / "@eaDir").mkdir()  # a NAS's thumbnails of the same images: not 75 more X-rays
     shutil.copy(next(flat.glob("*.jpeg")), flat / "@eaDir" / "thumb.jpeg")
     Image.new("RGB", (64, 48), (200, 30, 30)).save(flat / "logo.png")  # not an X-ray: not in the statistics
+    Image.fromarray(np.tile(np.arange(250, dtype=np.uint8), (50, 1))).save(flat / "strip.png")  # 5:1: never assessed
     run, new = runs["bn"], tmp_path / "adapted"
     assert main(["adapt", str(run), "--data", str(flat), "--out", str(new)]) == 0
     out = capsys.readouterr().out
@@ -154,6 +178,7 @@ def test_adapt_round_trip_on_a_folder_of_unlabeled_images(runs, sample_data, tmp
     assert "skipped README.txt: not an image file" in out  # every file is used or reported
     assert "skipped @eaDir/thumb.jpeg: a thumbnail or system file" in out
     assert "skipped logo.png: not a chest X-ray (the image is blank or nearly uniform" in out
+    assert "skipped strip.png: not assessed by the model (aspect ratio 250x50 is not that of a chest radiograph)" in out
 
     (orig, meta0), (model, meta) = load_model_file(run), load_model_file(new)
     step = meta["site"][-1]

@@ -14,6 +14,15 @@ NewRun = Annotated[Path, typer.Option("--out", "-o", help="New run folder (the o
 SiteSplit = Annotated[str, typer.Option(help="Which rows of --data form the site sample: all, train, val or test.")]
 
 
+def _echo_skipped(r: dict) -> None:
+    """The files of the site sample left out, with the reason (the first 10; all in the model's meta['site'])."""
+    skipped = r.get("skipped_files", [])
+    for line in skipped[:10]:
+        typer.echo(f"  skipped {line}")
+    if len(skipped) > 10:
+        typer.echo(f"  ... {len(skipped)} files skipped in all (listed in the model's meta['site'])")
+
+
 @command(
     app,
     "calibrate",
@@ -38,6 +47,7 @@ def calibrate_cmd(
     fit = r["on_site_sample"]
     classes = ", ".join(f"{n} {c}" for c, n in r["classes"].items())
     typer.echo(f"calibrated on {r['images']} labeled images of {r['data']} ({classes}), policy {r['policy']}")
+    _echo_skipped(r)
     typer.echo(
         f"  threshold {r['threshold']['before']:.4f} -> {r['threshold']['after']:.4f}, temperature "
         f"{r['temperature']['before']:.3f} -> {r['temperature']['after']:.3f}, "
@@ -71,10 +81,7 @@ def adapt_cmd(
 
     r = adapt(model, data, out, batchnorm=bn, prior=prior, split=split)
     typer.echo(f"adapted on {r['images']} unlabeled images of {r['data']} (labels, if any, were not read)")
-    for line in r.get("skipped_files", [])[:10]:
-        typer.echo(f"  skipped {line}")
-    if len(r.get("skipped_files", [])) > 10:
-        typer.echo(f"  ... {len(r['skipped_files'])} files skipped in all (listed in the model's meta['site'])")
+    _echo_skipped(r)
     if r["batchnorm"]:
         typer.echo(f"  BatchNorm statistics of {r['batchnorm']['layers']} layers re-estimated")
     if r["prior"]:

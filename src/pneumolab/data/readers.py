@@ -24,6 +24,7 @@ __all__ = [
     "MAX_PIXELS",
     "MIN_SIDE",
     "DecodedImage",
+    "aspect_problem",
     "decode_bytes",
     "image_problems",
     "read_entry",
@@ -57,6 +58,13 @@ MAX_COLOURFULNESS = 6.0  # of 255: X-rays saved as RGB JPEG score ~0-2, photos a
 MAX_ASPECT = 2.5  # chest radiographs are 0.6-1.6 wide per high
 
 
+def aspect_problem(width: int, height: int) -> str | None:
+    """Why these proportions are not a chest radiograph's (an ECG strip, a panorama); None if they can be."""
+    if max(width, height) / min(width, height) > MAX_ASPECT:
+        return f"aspect ratio {width}x{height} is not that of a chest radiograph"
+    return None
+
+
 def image_problems(img: DecodedImage, *, aspect: bool = True) -> list[str]:
     """Reasons, in words, why ``img`` cannot be a chest radiograph; empty if none is found.
 
@@ -65,8 +73,8 @@ def image_problems(img: DecodedImage, *, aspect: bool = True) -> list[str]:
     """
     problems = []
     h, w = img.pixels.shape
-    if aspect and max(h, w) / min(h, w) > MAX_ASPECT:
-        problems.append(f"aspect ratio {w}x{h} is not that of a chest radiograph")
+    if aspect and (why := aspect_problem(w, h)):
+        problems.append(why)
     if float(img.pixels.std()) < MIN_GREY_STD:
         problems.append("the image is blank or nearly uniform")
     if img.colourfulness > MAX_COLOURFULNESS:

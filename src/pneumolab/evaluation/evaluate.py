@@ -21,7 +21,6 @@ import torch
 from pneumolab.config import AugmentConfig
 from pneumolab.data.index import as_dataset
 from pneumolab.data.manifest import CLASSES, Manifest
-from pneumolab.data.readers import MAX_ASPECT
 from pneumolab.data.sources import csv_column
 from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
@@ -31,7 +30,7 @@ from pneumolab.evaluation.metrics import compute_metrics, metrics_with_ci
 from pneumolab.evaluation.model_card import write_model_card
 from pneumolab.evaluation.predict import predict_logits, read_val_logits, validation_logits, view_targets
 from pneumolab.evaluation.thresholds import choose_threshold
-from pneumolab.inference.guard import FeatureTap, feature_scores
+from pneumolab.inference.guard import FeatureTap, guard_reasons
 from pneumolab.inference.predictor import gradcam_layer
 from pneumolab.io import atomic_write_json, atomic_write_text, is_fresh
 from pneumolab.models.checkpoint import load_model_file, resolve_model_file
@@ -97,7 +96,8 @@ def evaluate(
     finally:
         if tap:
             tap.close()
-    assessed = _assessed(manifest, rows, guard, feats)
+    sizes = [(manifest.records[i].width, manifest.records[i].height) for i in rows]
+    assessed = np.array([not why for why in guard_reasons(sizes, guard, feats)])
 
     threshold = OperatingPoint.from_meta(meta).threshold
     result: dict[str, Any] = {
@@ -198,16 +198,6 @@ def _policy_on_validation(model_file, model, meta, policy, n_boot, seed, prob, y
         "origin": f"chosen now on the validation split of {val_dir} (not stored in the model file)",
         "metrics": metrics_with_ci(prob, y, groups, op["threshold"], n_boot=n_boot, seed=seed),
     }
-
-
-def _assessed(manifest: Manifest, rows: list[int], guard: dict[str, Any] | None, feats) -> np.ndarray:
-    """``(N,)`` bool: whether predict/serve would label each image (indexing already left out blank and colour
-    images): its proportions within a chest radiograph's, and its features within the model's feature guard."""
-    sides = np.array([(manifest.records[i].width, manifest.records[i].height) for i in rows], dtype=float)
-    ok = sides.max(1) / sides.min(1) <= MAX_ASPECT
-    if guard is not None:
-        ok &= feature_scores(guard, feats) <= guard["threshold"]
-    return ok
 
 
 def _write_predictions(

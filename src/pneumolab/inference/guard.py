@@ -24,12 +24,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from pneumolab.data.readers import image_problems
+from pneumolab.data.readers import aspect_problem, image_problems
 
 if TYPE_CHECKING:  # the service imports this module; keep its imports light
     from pneumolab.data.transforms import Preprocessing
 
-__all__ = ["FeatureTap", "feature_scores", "fit_feature_guard", "fit_model_guard", "image_problems"]
+__all__ = [
+    "OOD_REASON",
+    "FeatureTap",
+    "feature_scores",
+    "fit_feature_guard",
+    "fit_model_guard",
+    "guard_reasons",
+    "image_problems",
+]
+
+OOD_REASON = "its features are unlike the training X-rays' (out of distribution)"
 
 
 class FeatureTap:
@@ -85,6 +95,16 @@ def fit_feature_guard(
 def feature_scores(guard: dict[str, Any], feats: torch.Tensor) -> np.ndarray:
     """Squared Mahalanobis distances ``(N,)`` of features ``(N, C)``; above ``guard["threshold"]`` = flagged."""
     return _distances(feats.double().numpy(), guard["means"].double().numpy(), guard["precision"].double().numpy())
+
+
+def guard_reasons(sizes: list[tuple[int, int]], guard: dict[str, Any] | None, feats: torch.Tensor | None) -> list[str]:
+    """Why ``predict``/``serve`` would not assess each image, from its original ``(width, height)`` and its pooled
+    features ``(N, C)`` (``""``: it would), for images that passed indexing (which refuses blank and colour ones)."""
+    far = feature_scores(guard, feats) > guard["threshold"] if guard is not None else np.zeros(len(sizes), bool)
+    return [
+        "; ".join(filter(None, [aspect_problem(w, h), OOD_REASON if f else None]))
+        for (w, h), f in zip(sizes, far, strict=True)
+    ]
 
 
 def fit_model_guard(net: nn.Module, model_name: str, preprocessing: Preprocessing, data_dir: Path) -> dict[str, Any]:

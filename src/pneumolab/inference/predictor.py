@@ -27,7 +27,7 @@ from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import OperatingPoint
 from pneumolab.evaluation.model_card import trained_on
 from pneumolab.extras import require_extra
-from pneumolab.inference.guard import FeatureTap, feature_scores, image_problems
+from pneumolab.inference.guard import OOD_REASON, FeatureTap, feature_scores, image_problems
 from pneumolab.models import get_spec
 from pneumolab.models.checkpoint import load_model_file
 from pneumolab.rundir import RunDir
@@ -246,7 +246,7 @@ class Predictor:
         if self.feature_guard is not None and feats is not None:
             score = float(feature_scores(self.feature_guard, feats)[0] / self.feature_guard["threshold"])
             if score > 1:
-                reasons.append("its features are unlike the training X-rays' (out of distribution)")
+                reasons.append(OOD_REASON)
         if self.ood is not None:
             from pneumolab.generative.autoencoder import ood_flags
 

@@ -24,7 +24,14 @@ from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import OperatingPoint, estimate_prior_em
 from pneumolab.evaluation.predict import pixel_logits, predict_logits
 from pneumolab.models.checkpoint import load_model_file, resolve_model_file
-from pneumolab.site_adaptation.provenance import SiteSample, check_out, load_site_sample, site_entry, write_site_run
+from pneumolab.site_adaptation.provenance import (
+    SiteSample,
+    assessable,
+    check_out,
+    load_site_sample,
+    site_entry,
+    write_site_run,
+)
 
 __all__ = ["adapt", "adapt_model", "reestimate_batchnorm", "source_prior"]
 
@@ -147,7 +154,7 @@ def adapt(
     check_out(out, model_file)
     model, meta = load_model_file(model_file)
     with tempfile.TemporaryDirectory(prefix="pneumolab-site-") as tmp:  # no copy of the site's pixels is kept
-        sample = load_site_sample(data, Path(tmp), split, labels=False)
+        sample = assessable(load_site_sample(data, Path(tmp), split, labels=False), model, meta)
         new, details = adapt_model(model, meta, sample, batchnorm=batchnorm, prior=prior)
         entry = site_entry("adapt", sample, model_file, **details)
     new["site"] = [*meta.get("site", []), entry]

@@ -24,7 +24,14 @@ from pneumolab.evaluation.metrics import compute_metrics
 from pneumolab.evaluation.predict import pixel_logits
 from pneumolab.evaluation.thresholds import choose_threshold, min_images_per_class, parse_policy
 from pneumolab.models.checkpoint import load_model_file, resolve_model_file
-from pneumolab.site_adaptation.provenance import SiteSample, check_out, load_site_sample, site_entry, write_site_run
+from pneumolab.site_adaptation.provenance import (
+    SiteSample,
+    assessable,
+    check_out,
+    load_site_sample,
+    site_entry,
+    write_site_run,
+)
 
 __all__ = ["calibrate", "calibrate_model", "fit_platt"]
 
@@ -45,6 +52,11 @@ def fit_platt(logits: torch.Tensor, y: torch.Tensor, max_iter: int = 200) -> tup
     opt.step(closure)
     log_t, b = params.detach().tolist()
     return float(min(max(math.exp(log_t), 0.2), 10.0)), float(b)  # T bounded as in fit_temperature
+
+
+def _policy(meta: dict[str, Any], policy: str | None) -> str:
+    """The policy given, else the model's own."""
+    return policy or meta.get("threshold_policy") or "youden"
 
 
 def _check_sample(sample: SiteSample, policy: str) -> None:
@@ -73,7 +85,7 @@ def calibrate_model(
         ``(meta, details)``: the updated metadata (temperature, prior_shift, threshold, policy, operating point,
         calibration on the site) and the numbers for the provenance record.
     """
-    policy = policy or meta.get("threshold_policy") or "youden"
+    policy = _policy(meta, policy)
     _check_sample(sample, policy)
     y = sample.y
     pre = Preprocessing.from_meta(meta)
@@ -139,6 +151,8 @@ def calibrate(
     # A raw source is indexed and cached in a temporary folder: the new run keeps no copy of the site's pixels.
     with tempfile.TemporaryDirectory(prefix="pneumolab-site-") as tmp:
         sample = load_site_sample(data, Path(tmp), split)
+        _check_sample(sample, _policy(meta, policy))  # before the images are decoded; again after the screening
+        sample = assessable(sample, model, meta)
         new, details = calibrate_model(model, meta, sample, policy)
         entry = site_entry("calibrate", sample, model_file, **details)
     new["site"] = [*meta.get("site", []), entry]

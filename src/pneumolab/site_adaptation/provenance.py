@@ -26,6 +26,7 @@ from pneumolab.rundir import RunDir
 
 __all__ = [
     "SiteSample",
+    "assessable",
     "check_out",
     "describe_site",
     "load_site_sample",
@@ -53,6 +54,7 @@ class SiteSample:
     rows: list[int]
     images: list[np.ndarray] | None = None
     hashes: list[str] | None = None  # sha256 of each unlabeled file
+    names: list[str] | None = None  # each unlabeled file's path under the folder
     skipped: list[str] = field(default_factory=list)  # unlabeled files that could not be read, with the reason
 
     def __len__(self) -> int:
@@ -86,6 +88,45 @@ class SiteSample:
     def subset(self, rows: list[int]) -> SiteSample:
         return replace(self, rows=rows)
 
+    def name(self, row: int) -> str:
+        return self.manifest.records[row].path if self.manifest is not None else self.names[row]
+
+    def size(self, row: int) -> tuple[int, int]:
+        """The original ``(width, height)`` of a row's image."""
+        if self.manifest is not None:
+            return self.manifest.records[row].width, self.manifest.records[row].height
+        h, w = self.images[row].shape
+        return w, h
+
+
+def assessable(sample: SiteSample, model: nn.Module, meta: dict[str, Any]) -> SiteSample:
+    """``sample`` without the images ``predict``/``serve`` would not assess with this model (their proportions, its
+    feature guard), each added to ``skipped`` with the reason: a site's threshold, temperature, BatchNorm statistics
+    and prior are fitted on the kind of image the model will label, not on lateral views or foreign images."""
+    from pneumolab.data.transforms import Preprocessing
+    from pneumolab.evaluation.predict import pixel_logits
+    from pneumolab.inference.guard import FeatureTap, guard_reasons
+    from pneumolab.inference.predictor import gradcam_layer
+
+    guard = meta.get("ood_guard")
+    feats = None
+    if guard is not None:
+        tap = FeatureTap(gradcam_layer(model, meta["model_name"]))
+        try:
+            pre = Preprocessing.from_meta(meta)
+            pixel_logits(model, pre, sample.pixels(pre.image_size))
+            feats = tap.take()  # (N, C), one row per sample row
+        finally:
+            tap.close()
+    why = dict(zip(sample.rows, guard_reasons([sample.size(i) for i in sample.rows], guard, feats), strict=True))
+    left_out = [f"{sample.name(i)}: not assessed by the model ({why[i]})" for i in sample.rows if why[i]]
+    if len(left_out) == len(sample.rows):
+        raise InputError(
+            f"{sample.data}: none of its {len(sample.rows)} images would be assessed by this model (first: "
+            f"{left_out[0]}); are they frontal chest X-rays?"
+        )
+    return replace(sample, rows=[i for i in sample.rows if not why[i]], skipped=sample.skipped + left_out)
+
 
 def digest_of(hashes: list[str]) -> str:
     h = hashlib.sha256()
@@ -102,7 +143,7 @@ def rows_digest(manifest: Manifest, rows: list[int]) -> str:
 def _unlabeled_folder(folder: Path) -> SiteSample:
     """Every image file under ``folder`` (any layout), decoded; unreadable files are skipped and named."""
     files, left_out = image_files(folder)
-    images, hashes, skipped = [], [], [f"{rel}: {why}" for rel, why in left_out]
+    images, hashes, names, skipped = [], [], [], [f"{rel}: {why}" for rel, why in left_out]
     for f in files:
         rel = f.relative_to(folder).as_posix()
         try:
@@ -116,9 +157,10 @@ def _unlabeled_folder(folder: Path) -> SiteSample:
             continue
         images.append(img.pixels)
         hashes.append(hashlib.sha256(data).hexdigest())
+        names.append(rel)
     if not images:
         raise InputError(f"{folder}: no readable images (JPEG, PNG or DICOM) found")
-    return SiteSample(str(folder.resolve()), None, None, list(range(len(images))), images, hashes, skipped)
+    return SiteSample(str(folder.resolve()), None, None, list(range(len(images))), images, hashes, names, skipped)
 
 
 def load_site_sample(data: str | Path, work_dir: Path, split: str = "all", *, labels: bool = True) -> SiteSample:

@@ -88,14 +88,10 @@ def evaluate(
     by_values = _column(manifest, rows, by, data) if by else None  # before the model runs: a missing column fails fast
     y = np.array([manifest.records[i].target for i in rows])
     groups = np.array([manifest.records[i].group for i in rows])
-    guard = meta.get("ood_guard")
-    tap = FeatureTap(gradcam_layer(model, meta["model_name"])) if guard else None
-    try:
+    with FeatureTap(gradcam_layer(model, meta["model_name"])) as tap:
         raw, prob = _probabilities(model, meta, manifest, rows, data_dir)
-        feats = tap.take() if tap else None  # (N, C) pooled features, what the service's feature guard reads
-    finally:
-        if tap:
-            tap.close()
+        feats = tap.take()  # (N, C) pooled features: what the service's feature guard reads
+    guard = meta.get("ood_guard")
     sizes = [(manifest.records[i].width, manifest.records[i].height) for i in rows]
     assessed = np.array([not why for why in guard_reasons(sizes, guard, feats)])
 

@@ -60,6 +60,12 @@ class FeatureTap:
     def close(self) -> None:
         self.handle.remove()
 
+    def __enter__(self) -> FeatureTap:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def _distances(feats: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
     """Squared Mahalanobis distance of each row of ``feats`` (N, C) to its nearest class mean (K, C): (N,)."""
@@ -119,13 +125,10 @@ def fit_model_guard(net: nn.Module, model_name: str, preprocessing: Preprocessin
     manifest = Manifest.load(data_dir)
     train_rows, val_rows = manifest.indices("train"), manifest.indices("val")
     images = load_cache(manifest, preprocessing.image_size, data_dir / "cache")  # (N, S, S) uint8
-    tap = FeatureTap(gradcam_layer(net, model_name))
-    try:
+    with FeatureTap(gradcam_layer(net, model_name)) as tap:
         pixel_logits(net, preprocessing, images, train_rows)
         train_feats = tap.take()
         pixel_logits(net, preprocessing, images, val_rows)
         val_feats = tap.take()
-    finally:
-        tap.close()
     targets = np.array([manifest.records[i].target for i in train_rows])
     return fit_feature_guard(train_feats, targets, val_feats)

@@ -108,17 +108,12 @@ def assessable(sample: SiteSample, model: nn.Module, meta: dict[str, Any]) -> Si
     from pneumolab.inference.guard import FeatureTap, guard_reasons
     from pneumolab.inference.predictor import gradcam_layer
 
-    guard = meta.get("ood_guard")
-    feats = None
-    if guard is not None:
-        tap = FeatureTap(gradcam_layer(model, meta["model_name"]))
-        try:
-            pre = Preprocessing.from_meta(meta)
-            pixel_logits(model, pre, sample.pixels(pre.image_size))
-            feats = tap.take()  # (N, C), one row per sample row
-        finally:
-            tap.close()
-    why = dict(zip(sample.rows, guard_reasons([sample.size(i) for i in sample.rows], guard, feats), strict=True))
+    pre = Preprocessing.from_meta(meta)
+    with FeatureTap(gradcam_layer(model, meta["model_name"])) as tap:
+        pixel_logits(model, pre, sample.pixels(pre.image_size))
+        feats = tap.take()  # (N, C), one row per sample row
+    reasons = guard_reasons([sample.size(i) for i in sample.rows], meta.get("ood_guard"), feats)
+    why = dict(zip(sample.rows, reasons, strict=True))
     left_out = [f"{sample.name(i)}: not assessed by the model ({why[i]})" for i in sample.rows if why[i]]
     if len(left_out) == len(sample.rows):
         raise InputError(

@@ -85,7 +85,7 @@ def test_each_bad_file_is_reported_and_skipped_and_source_untouched(kaggle_dir, 
     assert "in colour" in why["IM-0903-0001.png"] and "blank" in why["IM-0904-0001.png"]
     assert "IM-0905-0001.png" not in why and "train/NORMAL/IM-0905-0001.png" in paths
     assert report["ignored_files"] == [
-        f"{name}: not an image by its extension (looked for .dcm, .dicom, .jpeg, .jpg, .png)"
+        f"{name}: not an image by its extension (looked for .dcm, .dicom, .jpeg, .jpg, .png) nor a DICOM file"
         for name in ("README.md", "train/NORMAL/notes.txt")
     ]
     assert not list((tmp_path / "out").glob(".*.tmp"))  # atomic writes leave no temp files
@@ -252,3 +252,24 @@ def test_csv_whose_every_path_is_missing_names_the_first_one_and_where_it_was_lo
     ):
         index_source(src / "l.csv", tmp_path / "out", workers=1)
     assert str(src / "scans" / "a.png") in (tmp_path / "out" / "problems.csv").read_text()
+
+
+def test_a_pacs_export_in_class_folders_indexes_dicom_files_without_extensions(tmp_path) -> None:
+    """site/NORMAL/<study>/IM0001: DICOM by content, any depth; patient ids are the hashed DICOM PatientIDs."""
+    src = tmp_path / "site"
+    rng = np.random.default_rng(0)
+    labels = ["NORMAL", "NORMAL", "PNEUMONIA", "PNEUMONIA"]
+    for i, label in enumerate(labels):
+        pixels = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+        write_dicom(src / label / f"study{i}" / "IM0001", pixels, patient_id=f"MRN-{i // 2}")  # two per patient
+    (src / "NORMAL" / "study0" / "notes").write_text("not an image, not DICOM")
+    result = index_source(src, tmp_path / "out", workers=1, salt="s")
+    records = {r.path: r for r in result.manifest.records}
+    assert set(records) == {
+        f"{c}/study{i}/IM0001" for i, c in enumerate(["NORMAL", "NORMAL", "PNEUMONIA", "PNEUMONIA"])
+    }
+    assert records["NORMAL/study0/IM0001"].patient_id == records["NORMAL/study1/IM0001"].patient_id != "MRN-0"
+    looked = "(looked for .dcm, .dicom, .jpeg, .jpg, .png)"
+    assert result.report["ignored_files"] == [
+        f"NORMAL/study0/notes: not an image by its extension {looked} nor a DICOM file"
+    ]

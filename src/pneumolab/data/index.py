@@ -147,7 +147,10 @@ def _index(
     working_copy: bool,
 ) -> IndexResult:
     if not listing.candidates:
-        raise InputError(f"{source}: no images found (looked for .jpeg/.jpg/.png/.dcm under the class folders)")
+        raise InputError(
+            f"{source}: no images found (looked for .jpeg/.jpg/.png/.dcm files and DICOM files by content under "
+            "the class folders)"
+        )
     salt = _salt(out_dir, salt)
     jobs = [(str(listing.root), c, salt) for c in listing.candidates]
     workers = workers or os.cpu_count() or 1

@@ -149,15 +149,17 @@ def image_files(folder: str | Path) -> tuple[list[Path], list[tuple[str, str]]]:
     return found, skipped
 
 
-def _why_not(rel: Path, layout: str) -> tuple[str | None, str | None, str | None]:
-    """``(split, label, None)`` for a file where the Kaggle layout puts images, else ``(None, None, reason)``."""
+def _why_not(rel: Path, layout: str, dicom: bool = False) -> tuple[str | None, str | None, str | None]:
+    """``(split, label, None)`` for a file where the Kaggle layout puts images, else ``(None, None, reason)``;
+    ``dicom``: the file is DICOM by its content, whatever its name (a PACS export's ``IM0001`` or UID)."""
     reason = _system_file(rel)
     if reason:
         return None, None, reason
     parts = rel.parts
     # Before the folder check: a README or MANIFEST.csv beside the split folders is not an image to move.
-    if rel.suffix.lower() not in IMAGE_SUFFIXES:
-        return None, None, f"not an image by its extension (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
+    if rel.suffix.lower() not in IMAGE_SUFFIXES and not dicom:
+        looked = ", ".join(sorted(IMAGE_SUFFIXES))
+        return None, None, f"not an image by its extension (looked for {looked}) nor a DICOM file"
     if layout == "split":
         split = SPLIT_ALIASES.get(parts[0].lower())
         if split is None and len(parts) >= 4 and parts[1].lower() in SPLIT_ALIASES:
@@ -216,7 +218,7 @@ def _list_kaggle(root: Path) -> SourceListing:
             shown = str(rel).encode("utf-8", "backslashreplace").decode()
             ignored.append(f"{shown}: the file name is not valid UTF-8; rename it")
             continue
-        split, label, reason = _why_not(rel, layout)
+        split, label, reason = _why_not(rel, layout, rel.suffix.lower() not in IMAGE_SUFFIXES and _is_dicom(f))
         if reason:
             ignored.append(f"{rel.as_posix()}: {reason}")
             continue

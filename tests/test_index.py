@@ -35,8 +35,8 @@ def _add_bad_files(root) -> dict[str, str]:
         "train/NORMAL/IM-0901-0001.jpeg": "too_small",
         "train/NORMAL/person502_virus_1.jpeg": "label_mismatch",
         "train/NORMAL/IM-0902-0001.png": "decompression_bomb",
-        "train/NORMAL/IM-0903-0001.png": "not_a_chest_xray",
-        "train/NORMAL/IM-0904-0001.png": "not_a_chest_xray",
+        "train/NORMAL/IM-0903-0001.png": "not_a_chest_radiograph",
+        "train/NORMAL/IM-0904-0001.png": "not_a_chest_radiograph",
     }
 
 

@@ -159,6 +159,25 @@ def test_calibration_leaves_out_what_the_model_would_not_assess(runs, sample_dat
     assert not (tmp_path / "calibrated").exists()
 
 
+def test_calibrate_reports_every_site_file_it_leaves_out(runs, tmp_path, capsys) -> None:
+    """A labeled site folder indexed in a temporary folder: what it leaves out is listed on the console and in the
+    provenance record, not in a problems.csv that is gone when the command ends."""
+    from pneumolab.data import sample_root
+
+    site = tmp_path / "site"
+    shutil.copytree(sample_root() / "test", site)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(
+        site / "NORMAL" / "a.png"
+    )
+    (site / "NORMAL" / "Thumbs.db").write_bytes(b"\0" * 16)
+    assert main(["calibrate", str(runs["bn"]), "--data", str(site), "--out", str(tmp_path / "cal")]) == 0
+    out = capsys.readouterr().out
+    assert "calibrated on 75 labeled images" in out
+    assert "skipped NORMAL/a.png: the image is in colour" in out and "skipped NORMAL/Thumbs.db: a thumbnail" in out
+    _, meta = load_model_file(tmp_path / "cal")
+    assert [line.split(":")[0] for line in meta["site"][-1]["skipped_files"]] == ["NORMAL/a.png", "NORMAL/Thumbs.db"]
+
+
 def test_adapt_round_trip_on_a_folder_of_unlabeled_images(runs, sample_data, tmp_path, capsys) -> None:
     from pneumolab.data import sample_root
 

@@ -62,7 +62,7 @@ def _check(args: tuple[str, Candidate, str]) -> Record | Problem | tuple[Record,
         return Problem(cand.path, e.kind, e.detail)
     # a photo or a blank frame: never trained or scored on as an X-ray
     if problems := image_problems(img, aspect=False):
-        return Problem(cand.path, "not_a_chest_xray", "; ".join(problems))
+        return Problem(cand.path, "not_a_chest_radiograph", "; ".join(problems))
     pid = cand.patient_id
     if pid is None and img.patient_key:  # raw DICOM PatientID: hashed here, so it never leaves this worker
         pid = hash_patient_id(img.patient_key, salt)
@@ -226,8 +226,13 @@ def _index(
     return IndexResult(manifest, problems, report)
 
 
-def as_dataset(data: str | Path, work_dir: str | Path) -> tuple[Manifest, Path]:
-    """A dataset folder as is, or any source (Kaggle folder, CSV, npz) indexed into ``work_dir``."""
+def as_dataset(data: str | Path, work_dir: str | Path, *, skipped: list[str] | None = None) -> tuple[Manifest, Path]:
+    """A dataset folder as is, or any source (Kaggle folder, CSV, npz) indexed into ``work_dir``.
+
+    The source's files that are left out (unreadable, not a chest radiograph...) are logged as a warning naming
+    ``work_dir``'s problems.csv, or, given a ``skipped`` list (a temporary ``work_dir``), appended to it as
+    ``"path: reason"`` for the caller to report.
+    """
     data = Path(data)
     # A dataset's own manifest.csv is no CSV source (its paths are relative to the images' root, not to it):
     # Manifest.load refuses it and names the folder to give. A site's list that is merely called manifest.csv is read.
@@ -235,6 +240,12 @@ def as_dataset(data: str | Path, work_dir: str | Path) -> tuple[Manifest, Path]:
     if (data / "manifest.csv").is_file() or own_manifest:
         return Manifest.load(data), data
     result = index_source(data, work_dir, working_copy=True)
+    ignored = result.report["ignored_files"]  # "path: reason" of files that are no image (Thumbs.db, a README)
+    if skipped is not None:
+        skipped += [f"{p.path}: {p.detail}" for p in result.problems] + ignored
+        return Manifest.load(work_dir), Path(work_dir)
+    if ignored:
+        log.info("%d file(s) of %s are not images and were not read (e.g. %s)", len(ignored), data, ignored[0])
     if result.problems:  # every file listed is used or reported: a score over fewer images must say so
         first = result.problems[0]
         kinds = ", ".join(f"{n} {kind}" for kind, n in result.report["problems"].items())

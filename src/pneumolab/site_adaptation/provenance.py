@@ -169,12 +169,13 @@ def load_site_sample(data: str | Path, work_dir: Path, split: str = "all", *, la
         if split != "all":
             raise InputError(f"--split {split}: {data} is a folder of unlabeled images with no splits; use all")
         return _unlabeled_folder(data)
-    manifest, data_dir = as_dataset(data, work_dir)
+    skipped: list[str] = []  # work_dir is temporary: the files left out travel with the sample, to be reported
+    manifest, data_dir = as_dataset(data, work_dir, skipped=skipped)
     rows = list(range(len(manifest))) if split == "all" else manifest.indices(split)
     if not rows:
         present = sorted({r.split for r in manifest.records})
         raise InputError(f"{data} has no {split!r} images (it has {present}); choose --split from those or 'all'")
-    return SiteSample(str(data.resolve()), manifest, data_dir, rows)
+    return SiteSample(str(data.resolve()), manifest, data_dir, rows, skipped=skipped)
 
 
 def _file_sha256(path: Path) -> str:

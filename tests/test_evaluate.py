@@ -273,6 +273,31 @@ def test_evaluate_says_which_images_the_service_would_not_assess(two_runs, sampl
     assert not Predictor.load(tmp_path / "guard-1e+30").predict(strip.read_bytes()).assessed  # the service agrees
 
 
+def test_evaluate_scores_a_sites_normals_alone_and_compare_refuses_them(two_runs, sample_data, tmp_path, capsys):
+    """Normal X-rays alone: specificity (the share the model clears) is defined, AUROC and sensitivity are not
+    (null, '-'), no ROC is drawn; the comparison report, which ranks by AUROC, refuses the set before any work."""
+    m = Manifest.load(sample_data)
+    listed = tmp_path / "normals.csv"
+    normals = [r for r in m.records if r.label == "NORMAL"][:25]
+    listed.write_text("path,label\n" + "".join(f"{m.root / r.path},NORMAL\n" for r in normals))
+    args = ["evaluate", str(two_runs[0]), "--data", str(listed), "--split", "all", "--out", str(tmp_path / "e")]
+    assert main([*args, "--n-boot", "50"]) == 0
+    out, err = capsys.readouterr()
+    r = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    with open(tmp_path / "e" / "predictions.csv") as f:
+        probs = [float(p["probability"]) for p in csv.DictReader(f)]
+    cleared = sum(p < r["threshold"]["value"] for p in probs) / len(probs)
+    assert r["at_threshold"]["specificity"]["value"] == pytest.approx(cleared) and len(probs) == 25
+    assert r["at_threshold"]["auroc"] == {"value": None, "ci_low": None, "ci_high": None}
+    assert r["at_threshold"]["sensitivity"]["value"] is None and "roc" not in r["plots"]
+    assert not (tmp_path / "e" / "roc.png").exists() and (tmp_path / "e" / "confusion.png").is_file()
+    assert "  auroc              -\n" in out and "undefined with no PNEUMONIA images" in out
+    assert "Warning" not in err and "warning" not in err
+    compare = ["compare", str(two_runs[0]), "--data", str(listed), "--split", "all", "--out", str(tmp_path / "r")]
+    assert main(compare) == 2
+    assert "holds one class only: the report ranks runs by AUROC" in capsys.readouterr().err
+
+
 def test_evaluate_errors(two_runs, sample_data, tmp_path, capsys) -> None:
     assert main(["evaluate", str(tmp_path), "--data", str(sample_data)]) == 2
     assert "no model.pt" in capsys.readouterr().err

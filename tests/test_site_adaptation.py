@@ -217,7 +217,12 @@ def test_adapt_round_trip_on_a_folder_of_unlabeled_images(runs, sample_data, tmp
 @pytest.mark.parametrize(
     ("command", "model", "setup", "message"),
     [
-        ("calibrate", "bn", "one_class", "only PNEUMONIA images found; a classifier needs both NORMAL and PNEUMONIA"),
+        (
+            "calibrate",
+            "bn",
+            "one_class",
+            "the site sample holds only PNEUMONIA images; calibration needs labeled images",
+        ),
         ("calibrate", "bn", "policy", "PNEUMONIA image(s) in the site sample, but policy 'sensitivity>=0.99' needs"),
         ("calibrate", "bn", "unlabeled", "no train/val/test or NORMAL/PNEUMONIA folders"),
         ("adapt", "no_bn", "labeled", "cnn_base has no BatchNorm layers"),

@@ -36,7 +36,10 @@ def _echo_metrics(r: dict) -> None:
     typer.echo(f"model: {r['site'] or 'as trained (not site-calibrated or adapted)'}")
     for key in ("auroc", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy", "accuracy", "ece"):
         v = m[key]
-        typer.echo(f"  {key:<18} {v['value']:.4f}  [{v['ci_low']:.4f}, {v['ci_high']:.4f}]")
+        shown = "-" if v["value"] is None else f"{v['value']:.4f}  [{v['ci_low']:.4f}, {v['ci_high']:.4f}]"
+        typer.echo(f"  {key:<18} {shown}")
+    if missing := [c for c, n in r["counts"].items() if n == 0]:
+        typer.echo(f"  ('-': undefined with no {missing[0]} images; the other class's rate is what this set can say)")
     c = r["calibration"]
     typer.echo(
         f"  (ece is after the stored temperature {c['temperature']:.3f}; without it {c['ece_uncalibrated']:.4f})"
@@ -103,7 +106,7 @@ def evaluate_cmd(
     _echo_metrics(r)
     if "subgroups" in r:
         _echo_subgroups(r["subgroups"])
-    typer.echo(f"wrote {Path(r['plots']['roc']).parent}")
+    typer.echo(f"wrote {Path(r['plots']['confusion']).parent}")
 
 
 @command(

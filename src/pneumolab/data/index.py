@@ -214,7 +214,7 @@ def _index(
         see = out_dir / "problems.csv"
         raise InputError(f"{source}: none of the {len(jobs)} images could be read{first}; see {see}")
     present = {r.label for r in records}
-    if len(present) < len(CLASSES):
+    if len(present) < len(CLASSES) and not working_copy:  # a site's normals alone can still be scored
         raise InputError(f"{source}: only {present.pop()} images found; a classifier needs both NORMAL and PNEUMONIA")
     records.sort(key=lambda r: (r.split, r.label, r.path))
     # The source as given (a CSV or npz file, where listing.root is its folder): the name a user knows it by.

@@ -103,12 +103,12 @@ def evaluate(
         "split": split,
         "threshold": {"value": threshold, "origin": threshold_origin(meta)},
         "site": describe_site(meta),
-        "at_threshold": metrics_with_ci(prob, y, groups, threshold, n_boot=n_boot, seed=seed),
-        "at_0.5": metrics_with_ci(prob, y, groups, 0.5, n_boot=n_boot, seed=seed),
+        "at_threshold": _metrics(prob, y, groups, threshold, n_boot, seed),
+        "at_0.5": _metrics(prob, y, groups, 0.5, n_boot, seed),
         "calibration": {
             "temperature": meta.get("temperature", 1.0),
-            "ece_uncalibrated": compute_metrics(raw, y)["ece"],
-            "ece_calibrated": compute_metrics(prob, y)["ece"],
+            "ece_uncalibrated": _ece(raw, y),
+            "ece_calibrated": _ece(prob, y),
         },
         "counts": {c: int((y == i).sum()) for i, c in enumerate(CLASSES)},
         # what predict/serve would refuse to label (all are scored here): the coverage a site can expect
@@ -155,20 +155,36 @@ def _column(manifest: Manifest, rows: list[int], by: str, data: Path) -> np.ndar
     return np.array([cells.get(manifest.records[i].path) or "(empty)" for i in rows])
 
 
+def _ece(prob, y) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one class: the AUROC compute_metrics also computes is undefined
+        return compute_metrics(prob, y)["ece"]
+
+
+def _metrics(prob, y, groups, threshold: float, n_boot: int, seed: int) -> dict[str, Any]:
+    """:func:`metrics_with_ci`, with what one class alone leaves undefined (AUROC, the absent class's rate) as
+    ``null`` rather than NaN: a site may score its normal X-rays alone, for the share the model flags."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn's and our own one-class warnings: the nulls say it
+        r = metrics_with_ci(prob, y, groups, threshold, n_boot=n_boot, seed=seed)
+    for v in r.values():
+        if isinstance(v, dict) and "value" in v:
+            v.update({k: (x if np.isfinite(x) else None) for k, x in v.items()})
+    return r
+
+
 def _subgroups(values, prob, y, groups, threshold: float, n_boot: int, seed: int) -> dict[str, dict[str, Any]]:
     """Metrics with patient-bootstrap CIs for each value of a column, at the stored threshold (a group of one
     class has no AUROC and no rate of the other class: ``null``)."""
     out = {}
     for value in sorted(set(values)):
         m = values == value
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # one-class groups: the undefined metrics are reported as null
-            r = metrics_with_ci(prob[m], y[m], groups[m], threshold, n_boot=n_boot, seed=seed)
+        r = _metrics(prob[m], y[m], groups[m], threshold, n_boot, seed)
         out[str(value)] = {
             "n_images": r["n_images"],
             "n_patients": r["n_patients"],
             **{c: int((y[m] == i).sum()) for i, c in enumerate(CLASSES)},
-            **{k: {s: (v if np.isfinite(v) else None) for s, v in r[k].items()} for k in SUBGROUP_METRICS},
+            **{k: r[k] for k in SUBGROUP_METRICS},
         }
     return out
 
@@ -192,7 +208,7 @@ def _policy_on_validation(model_file, model, meta, policy, n_boot, seed, prob, y
         "policy": policy,
         "value": op["threshold"],
         "origin": f"chosen now on the validation split of {val_dir} (not stored in the model file)",
-        "metrics": metrics_with_ci(prob, y, groups, op["threshold"], n_boot=n_boot, seed=seed),
+        "metrics": _metrics(prob, y, groups, op["threshold"], n_boot, seed),
     }
 
 
@@ -211,9 +227,15 @@ def _write_predictions(
 def _plots(result, prob, raw, y, groups, threshold, model_file: Path, out: Path) -> dict[str, str]:
     where = f"{result['split']} split, {Path(result['data']).name}"
     m = result["at_threshold"]
-    paths = {
-        "roc": plots.plot_roc(prob, y, groups, threshold, m["auroc"], f"ROC ({where})", out / "roc.png"),
-        "pr": plots.plot_pr(prob, y, m["auprc"], f"Precision-recall ({where})", out / "pr.png"),
+    paths = (
+        {}
+        if len(np.unique(y)) < 2
+        else {  # curves need both classes
+            "roc": plots.plot_roc(prob, y, groups, threshold, m["auroc"], f"ROC ({where})", out / "roc.png"),
+            "pr": plots.plot_pr(prob, y, m["auprc"], f"Precision-recall ({where})", out / "pr.png"),
+        }
+    )
+    paths |= {
         "confusion": plots.plot_confusion(
             m["confusion"], list(CLASSES), f"t={threshold:.3f} ({where})", out / "confusion.png"
         ),

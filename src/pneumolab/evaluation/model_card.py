@@ -13,8 +13,9 @@ __all__ = ["render_model_card", "trained_on", "write_model_card"]
 _ROWS = ("auroc", "sensitivity", "specificity", "precision", "npv", "f1", "balanced_accuracy", "accuracy", "ece")
 
 
-def _fmt(m: dict[str, float]) -> str:
-    return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+def _fmt(m: dict[str, float | None]) -> str:
+    """``0.950 [0.900, 0.980]``, or ``-`` where the evaluated set leaves the metric undefined (one class only)."""
+    return "-" if m["value"] is None else f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
 
 
 def _selected(trainer: dict[str, Any], epoch: int | None) -> str:
@@ -192,12 +193,9 @@ def _subgroup_table(sub: dict[str, Any] | None) -> list[str]:
         return []
     keys = ("auroc", "sensitivity", "specificity")
 
-    def cell(v: dict[str, Any]) -> str:
-        return "-" if v["value"] is None else _fmt(v)
-
     rows = [
         f"| {name} | {g['n_images']} ({g['NORMAL']} / {g['PNEUMONIA']}) | "
-        + " | ".join(cell(g[k]) for k in keys)
+        + " | ".join(_fmt(g[k]) for k in keys)
         + " |"
         for name, g in sub["groups"].items()
     ]

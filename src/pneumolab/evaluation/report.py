@@ -479,7 +479,13 @@ def compare(
     if not runs:
         raise InputError("give at least one run folder to compare")
     data, out = Path(data), Path(out)
-    _, data_dir = as_dataset(data, out / "data")  # a raw folder is indexed and cached once, for every run
+    manifest, data_dir = as_dataset(data, out / "data")  # a raw folder is indexed and cached once, for every run
+    rows = range(len(manifest)) if split == "all" else manifest.indices(split)
+    if len({manifest.records[i].label for i in rows}) == 1:  # before any run is scored: fail fast
+        raise InputError(
+            f"the {split} split of {data} holds one class only: the report ranks runs by AUROC, which needs both; "
+            "score each run with pneumolab evaluate (its specificity or sensitivity is defined)"
+        )
     results = [_load_run(Path(r), data_dir, split, n_boot, out / "evaluations") for r in runs]
     where = f"{split} split of {data.resolve().name}"
     tests = _pairwise(results, n_boot) if len(results) > 1 else {}

@@ -227,27 +227,15 @@ def _write_predictions(
 def _plots(result, prob, raw, y, groups, threshold, model_file: Path, out: Path) -> dict[str, str]:
     where = f"{result['split']} split, {Path(result['data']).name}"
     m = result["at_threshold"]
-    paths = (
-        {}
-        if len(np.unique(y)) < 2
-        else {  # curves need both classes
-            "roc": plots.plot_roc(prob, y, groups, threshold, m["auroc"], f"ROC ({where})", out / "roc.png"),
-            "pr": plots.plot_pr(prob, y, m["auprc"], f"Precision-recall ({where})", out / "pr.png"),
-        }
+    paths = {}
+    if len(np.unique(y)) == 2:  # the curves need both classes
+        paths["roc"] = plots.plot_roc(prob, y, groups, threshold, m["auroc"], f"ROC ({where})", out / "roc.png")
+        paths["pr"] = plots.plot_pr(prob, y, m["auprc"], f"Precision-recall ({where})", out / "pr.png")
+    paths["confusion"] = plots.plot_confusion(
+        m["confusion"], list(CLASSES), f"t={threshold:.3f} ({where})", out / "confusion.png"
     )
-    paths |= {
-        "confusion": plots.plot_confusion(
-            m["confusion"], list(CLASSES), f"t={threshold:.3f} ({where})", out / "confusion.png"
-        ),
-        "reliability": plots.plot_reliability(
-            raw,
-            prob,
-            y,
-            (result["calibration"]["ece_uncalibrated"], result["calibration"]["ece_calibrated"]),
-            f"Reliability ({where})",
-            out / "reliability.png",
-        ),
-    }
+    eces = (result["calibration"]["ece_uncalibrated"], result["calibration"]["ece_calibrated"])
+    paths["reliability"] = plots.plot_reliability(raw, prob, y, eces, f"Reliability ({where})", out / "reliability.png")
     history = read_history(RunDir.of(model_file).history)
     if history:
         paths["curves"] = plots.plot_curves(history, "Training curves (train / validation)", out / "curves.png")

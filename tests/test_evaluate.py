@@ -242,6 +242,13 @@ def test_evaluate_by_a_column_of_the_sites_csv(two_runs, sample_data, tmp_path, 
     assert "no column 'sex' to group by; it has ['Scanner']" in capsys.readouterr().err
     assert main(["evaluate", str(two_runs[0]), "--data", str(sample_data), "--by", "scanner"]) == 2
     assert "was not indexed from a CSV" in capsys.readouterr().err
+    from pneumolab.data.index import index_source
+
+    index_source(listed, tmp_path / "prepared", workers=1)  # a dataset prepared from the CSV reads it at --by time
+    listed.write_text("path,label,Scanner\nelsewhere.png,NORMAL,GE\n")  # ... which has changed since
+    prepared = ["evaluate", str(two_runs[0]), "--data", str(tmp_path / "prepared"), "--split", "all", "--by", "scanner"]
+    assert main(prepared) == 2
+    assert "none of the evaluated images is listed in" in capsys.readouterr().err
 
 
 def test_evaluate_says_which_images_the_service_would_not_assess(two_runs, sample_data, tmp_path, capsys) -> None:

@@ -152,6 +152,11 @@ def _column(manifest: Manifest, rows: list[int], by: str, data: Path) -> np.ndar
             f"({source.name or 'source not recorded'}); list the images in a CSV path,label,{by} and give that"
         )
     cells = csv_column(source, by)
+    if not any(manifest.records[i].path in cells for i in rows):
+        raise InputError(
+            f"none of the evaluated images is listed in {source} any more: the CSV changed since the dataset was "
+            "indexed; prepare it again (pneumolab data prepare) or give the CSV itself as --data"
+        )
     return np.array([cells.get(manifest.records[i].path) or "(empty)" for i in rows])
 
 

@@ -183,19 +183,23 @@ def test_evaluate_on_a_raw_folder_indexes_it_first(two_runs, tmp_path) -> None:
 
 
 def test_evaluate_says_when_images_have_no_patient_id_or_are_left_out(two_runs, sample_data, tmp_path, capsys) -> None:
-    """A site's CSV without a patient_id column: every image is resampled alone, and the console says so; a
-    listed image that cannot be read is named, not silently dropped from the score."""
+    """A site's CSV without a patient_id or split column: every image is scored (no --split needed) and resampled
+    alone, and the console says so; a listed image that cannot be read is named, not silently dropped."""
     m = Manifest.load(sample_data)
     listed = tmp_path / "site.csv"
     rows = "".join(f"{m.root / r.path},{r.label}\n" for r in m.records[::10])
     listed.write_text(f"path,label\n{rows}scans/gone.png,NORMAL\n")
-    args = ["evaluate", str(two_runs[0]), "--data", str(listed), "--split", "all", "--out", str(tmp_path / "e")]
+    args = ["evaluate", str(two_runs[0]), "--data", str(listed), "--out", str(tmp_path / "e")]
     assert main([*args, "--n-boot", "50"]) == 0
     out, err = capsys.readouterr()
     n = len(m.records[::10])
     assert f"{n} images, {n} patients" in out and f"{n} image(s) have no patient id" in out
-    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["images_without_patient_id"] == n
+    result = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert result["images_without_patient_id"] == n and result["split"] == "all"
+    assert f"{listed} has no train/val/test splits: scoring all its images (--split all)" in err
     assert f"1 of the {n + 1} images of {listed} are left out (1 unreadable; first: scans/gone.png: no such file" in err
+    assert main([*args, "--split", "test"]) == 2
+    assert "has no train/val/test splits (its images all count as train): use --split all" in capsys.readouterr().err
 
 
 def test_evaluate_by_a_column_of_the_sites_csv(two_runs, sample_data, tmp_path, capsys) -> None:

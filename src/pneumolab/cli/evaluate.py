@@ -84,7 +84,9 @@ def _echo_subgroups(sub: dict) -> None:
 def evaluate_cmd(
     model: Annotated[Path, typer.Argument(help="Run folder or model.pt.")],
     data: Annotated[Path, typer.Option(help="Dataset folder, Kaggle-layout folder, CSV or npz.")],
-    split: Annotated[str, typer.Option(help="test, val, train or all.")] = "test",
+    split: Annotated[
+        str | None, typer.Option(help="test, val, train or all (default: test; all for a source without splits).")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default RUN/eval/<data>-<split>).")] = None,
     policy: Annotated[
         str | None,
@@ -100,7 +102,7 @@ def evaluate_cmd(
     """Predictions, metrics with patient-level 95% CIs, and plots on one split; the stored threshold is kept."""
     from pneumolab.evaluation.evaluate import evaluate
 
-    if split not in ("test", "val", "train", "all"):
+    if split not in (None, "test", "val", "train", "all"):
         raise InputError(f"--split {split!r}: choose test, val, train or all")
     r = evaluate(model, data, split=split, out=out, policy=policy, n_boot=n_boot, seed=seed, by=by)
     _echo_metrics(r)

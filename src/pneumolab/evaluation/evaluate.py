@@ -21,7 +21,7 @@ import torch
 from pneumolab.config import AugmentConfig
 from pneumolab.data.index import as_dataset
 from pneumolab.data.manifest import CLASSES, Manifest
-from pneumolab.data.sources import csv_column
+from pneumolab.data.sources import csv_column, list_source
 from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
 from pneumolab.evaluation import plots
@@ -56,7 +56,7 @@ def evaluate(
     model_target: str | Path,
     data: str | Path,
     *,
-    split: str = "test",
+    split: str | None = "test",
     out: str | Path | None = None,
     policy: str | None = None,
     n_boot: int = 2000,
@@ -70,7 +70,8 @@ def evaluate(
     Args:
         model_target: run folder or ``model.pt``.
         data: dataset folder (``pneumolab data index``), or a Kaggle folder / CSV / npz indexed on the fly.
-        split: ``test``, ``val``, ``train`` or ``all``.
+        split: ``test``, ``val``, ``train`` or ``all``; ``None``: ``test``, or ``all`` for a raw source without
+            splits (a site's CSV without a split column, or a folder of NORMAL/ and PNEUMONIA/).
         out: output folder (default :meth:`RunDir.eval_dir`: ``<run>/eval/<data name>-<hash>-<split>``).
         policy: also report the threshold this policy picks on the model's *validation* split.
         n_boot: patient-level bootstrap resamples for the CIs.
@@ -79,11 +80,14 @@ def evaluate(
     model_file = resolve_model_file(model_target)
     model, meta = load_model_file(model_file)
     data = Path(data)
+    split = split or _default_split(data)
     out = Path(out) if out else RunDir.of(model_file).eval_dir(data, split)
     manifest, data_dir = as_dataset(data, out / "data")
     rows = list(range(len(manifest))) if split == "all" else manifest.indices(split)
     if not rows:
         present = sorted({r.split for r in manifest.records})
+        if present == ["train"] and manifest.meta.get("working_copy"):
+            raise InputError(f"{data} has no train/val/test splits (its images all count as train): use --split all")
         raise InputError(f"{data} has no {split!r} images (it has {present}); choose --split from those or 'all'")
     by_values = _column(manifest, rows, by, data) if by else None  # before the model runs: a missing column fails fast
     y = np.array([manifest.records[i].target for i in rows])
@@ -141,6 +145,21 @@ def evaluate(
         evaluations = [json.loads(p.read_text()) for p in sorted(model_file.parent.glob("eval/*/metrics.json"))]
         write_model_card(model_file.parent, meta, evaluations)
     return result
+
+
+def _default_split(data: Path) -> str:
+    """``test``, or ``all`` for a raw source whose images all sit in no split (a site's CSV without a split column,
+    or ``ROOT/{NORMAL,PNEUMONIA}``): listed, not decoded."""
+    if (data / "manifest.csv").is_file() or data.name in ("manifest.csv", "manifest.json"):
+        return "test"
+    try:
+        splits = {c.split for c in list_source(data).candidates}
+    except InputError:
+        return "test"  # as_dataset says what is wrong with it
+    if splits != {"train"}:
+        return "test"
+    log.info("%s has no train/val/test splits: scoring all its images (--split all)", data)
+    return "all"
 
 
 def _column(manifest: Manifest, rows: list[int], by: str, data: Path) -> np.ndarray:

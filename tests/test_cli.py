@@ -164,3 +164,13 @@ def test_summary_warns_when_the_proportions_alone_tell_the_classes_apart(tmp_pat
     assert main(["data", "prepare", str(flat), "--out", str(tmp_path / "ds2"), "--size", "32"]) == 0
     text = capsys.readouterr().out
     assert "AUROC 0.500 over 62 non-square images" in text and "warning: the images' proportions" not in text
+
+
+def test_each_command_starts_at_info_level_whatever_ran_before_in_the_process() -> None:
+    """`study` quiets our logger to WARNING for its dozens of runs; a later command in the same process (tests, a
+    notebook) must still show its information lines."""
+    import logging
+
+    logging.getLogger("pneumolab").setLevel(logging.WARNING)  # what a study leaves behind
+    assert main(["version"]) == 0
+    assert logging.getLogger("pneumolab").level == logging.INFO

@@ -135,10 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     handler = _StderrHandler()
     handler.setFormatter(_ConsoleFormatter())
     lib = logging.getLogger("pneumolab")
-    if not lib.handlers:  # main() may run many times in one process (tests)
+    if not lib.handlers:  # main() may run many times in one process (tests, a notebook)
         lib.addHandler(handler)
-        lib.setLevel(logging.INFO)
         lib.propagate = False
+    lib.setLevel(logging.INFO)  # every command starts at INFO: `study` quiets it to WARNING for its dozens of runs
     try:
         app(args=argv, prog_name="pneumolab")
     except SystemExit as e:  # typer/click end every run with SystemExit(code)

@@ -9,7 +9,6 @@ import typer
 
 from pneumolab.cli.base import app, command
 from pneumolab.errors import InputError
-from pneumolab.evaluation.evaluate import SUBGROUP_METRICS
 
 
 def _echo_metrics(r: dict) -> None:
@@ -57,6 +56,7 @@ def _echo_metrics(r: dict) -> None:
 
 def _echo_subgroups(sub: dict) -> None:
     """One line per value of the grouping column: counts and the key metrics with their 95% CIs."""
+    from pneumolab.evaluation.evaluate import SUBGROUP_METRICS  # here: the CLI imports the heavy modules lazily
 
     def ci(v: dict) -> str:
         return "-" if v["value"] is None else f"{v['value']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]"

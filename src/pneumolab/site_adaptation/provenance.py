@@ -55,7 +55,7 @@ class SiteSample:
     images: list[np.ndarray] | None = None
     hashes: list[str] | None = None  # sha256 of each unlabeled file
     names: list[str] | None = None  # each unlabeled file's path under the folder
-    skipped: list[str] = field(default_factory=list)  # unlabeled files that could not be read, with the reason
+    skipped: list[str] = field(default_factory=list)  # "path: reason" of each file left out (unreadable, no X-ray...)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -120,7 +120,7 @@ def assessable(sample: SiteSample, model: nn.Module, meta: dict[str, Any]) -> Si
             f"{sample.data}: none of its {len(sample.rows)} images would be assessed by this model (first: "
             f"{left_out[0]}); are they frontal chest X-rays?"
         )
-    return replace(sample, rows=[i for i in sample.rows if not why[i]], skipped=sample.skipped + left_out)
+    return replace(sample.subset([i for i in sample.rows if not why[i]]), skipped=sample.skipped + left_out)
 
 
 def digest_of(hashes: list[str]) -> str:

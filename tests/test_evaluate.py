@@ -352,6 +352,12 @@ def test_compare_renders_every_section(two_runs, sample_data, tmp_path) -> None:
     assert page.startswith("<!doctype html>") and "data:image/png;base64," in page and "<table>" in page
     assert page.count("<table>") == text.count("\n| --- |")  # every Markdown table, from the same source
     assert "<h2>Operating points" in page and "<strong>Best AUROC" in page
+    # each run's count of images the service would not assess, read from its evaluation (scored all the same)
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.endswith("| not assessed* |"))
+    table = lines[header + 2 : header + 6]
+    assert [row.split(" | ")[-1].rstrip(" |").isdigit() for row in table] == [True] * 4
+    assert "*Not assessed: the images of this split that `predict` and the service would not label" in text
 
 
 def test_paired_auroc_test_matches_hand_computed_values() -> None:

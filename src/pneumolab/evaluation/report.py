@@ -153,7 +153,16 @@ def _main_tables(runs: list[RunResult]) -> list[tuple[str, dict[str, Any]]]:
         ],
     )
     full = _table(
-        ["run", "AUROC [95% CI]", "sensitivity", "specificity", "balanced acc.", "ECE", "threshold (policy)"],
+        [
+            "run",
+            "AUROC [95% CI]",
+            "sensitivity",
+            "specificity",
+            "balanced acc.",
+            "ECE",
+            "threshold (policy)",
+            "not assessed*",
+        ],
         [
             [
                 r.name,
@@ -163,6 +172,7 @@ def _main_tables(runs: list[RunResult]) -> list[tuple[str, dict[str, Any]]]:
                 _ci(r.metrics["at_threshold"]["balanced_accuracy"]),
                 f"{r.metrics['calibration']['ece_calibrated']:.3f}",
                 f"{r.metrics['threshold']['value']:.3f} ({r.meta.get('threshold_policy', '-')})",
+                str(r.metrics["guard"]["not_assessed"]) if "guard" in r.metrics else "-",  # older evaluations: -
             ]
             for r in runs
         ],
@@ -520,7 +530,9 @@ def compare(
             f"when training ended and are not changed here. Intervals are 95% percentile CIs from a bootstrap that "
             f"resamples patients ({n_boot} resamples; an image without a patient id is resampled as its own patient, "
             "which narrows the intervals if a patient has several); a difference is only called significant when its "
-            f"paired-bootstrap p-value is below 0.05 (all pairs: `pairwise.csv`). Model cards: {cards}.",
+            f"paired-bootstrap p-value is below 0.05 (all pairs: `pairwise.csv`). *Not assessed: the images of this "
+            "split that `predict` and the service would not label with that model (its feature guard, a chest "
+            f"radiograph's proportions); they are scored in every number above. Model cards: {cards}.",
         ),
     ]
     out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
-"""Atomic file writes (a reader never sees a half-written output, an interrupted write leaves none) and
-the freshness test for outputs derived from a model file.
+"""Atomic file writes (a reader never sees a half-written output, an interrupted write leaves none), a file's
+SHA-256, and the freshness test for outputs derived from a model file.
 
 Hand-written because the standard library has no atomic replace-with-temp-file helper, and the rules here
 (temp file beside the target, same permissions as a normal write, orphans of a killed process cleaned up)
@@ -9,6 +9,7 @@ are few lines that every writer of pneumolab shares.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "is_fresh", "remove_orphans"]
+__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "file_sha256", "is_fresh", "remove_orphans"]
 
 
 @contextlib.contextmanager
@@ -79,6 +80,15 @@ def atomic_write_text(target: str | os.PathLike, text: str) -> None:
 def atomic_write_json(target: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``target`` atomically."""
     atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks: a model file's identity in provenance and logs."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def is_fresh(output: str | os.PathLike, source: str | os.PathLike) -> bool:

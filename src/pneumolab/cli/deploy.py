@@ -73,6 +73,7 @@ def predict_cmd(
     from pneumolab.inference.overlay import overlay_png
     from pneumolab.inference.predictor import Predictor
     from pneumolab.io import atomic_path
+    from pneumolab.serve.audit import now_utc
 
     inputs, skipped = _inputs(images)
     predictor = Predictor.load(model, ood=ood, guard=not no_guard)
@@ -85,12 +86,15 @@ def predict_cmd(
     for path, why in skipped:
         typer.echo(json.dumps({"image": str(path), "skipped": why}) if as_json else f"{path!s:<40} skipped: {why}")
     for path, cam in inputs:
+        # time and model as in the service's audit log: `pneumolab monitor` reads both
+        stamp = {"image": str(path), "time": now_utc(), "model_sha256": predictor.model_sha256}
         try:
             r = predictor.predict(path.read_bytes(), name=str(path), gradcam=gradcam is not None)
         except (ImageReadError, OSError) as e:
             failed += 1
-            msg = e.detail if isinstance(e, ImageReadError) else e.strerror
-            typer.echo(json.dumps({"image": str(path), "error": msg}) if as_json else f"{path!s:<40} error: {msg}")
+            msg, kind = (e.detail, e.kind) if isinstance(e, ImageReadError) else (e.strerror, "unreadable")
+            line = json.dumps({**stamp, "error": msg, "refused": kind})
+            typer.echo(line if as_json else f"{path!s:<40} error: {msg}")
             continue
         labels[r.label] += 1
         written = {}
@@ -100,7 +104,7 @@ def predict_cmd(
             # as on the service's page: the image, with the map only at or above the threshold (gradcam_shown)
             written = {"gradcam": str(gradcam / cam), "gradcam_shown": r.heatmap is not None}
         if as_json:
-            typer.echo(json.dumps({"image": str(path), **r.to_dict(), "site": predictor.site, **written}))
+            typer.echo(json.dumps({**stamp, **r.to_dict(), "site": predictor.site, **written}))
         else:
             p_text = "-" if r.probability is None else f"{r.probability:.4f}"
             why = f"  ({'; '.join(r.reasons)})" if r.reasons else ""
@@ -132,6 +136,7 @@ def export_cmd(
     [
         "pneumolab serve runs/train/resnet18",
         "PNEUMOLAB_TOKEN=secret pneumolab serve runs/train/resnet18 --backend onnx --ood runs/autoencoder/autoencoder",
+        "pneumolab serve runs/train/fast --audit /var/log/pneumolab   # then: pneumolab monitor /var/log/pneumolab",
     ],
 )
 def serve_cmd(
@@ -146,6 +151,10 @@ def serve_cmd(
     workers: Annotated[
         int, typer.Option(help="Server processes (the cores, e.g. 2, for many concurrent clients).", min=1)
     ] = 1,
+    audit: Annotated[
+        Path | None,
+        typer.Option(help="Append a JSON line per answered image to DIR/predictions-<UTC day>.jsonl (no image data)."),
+    ] = None,
 ) -> None:
     """The web page and JSON API (OpenAPI schema at /openapi.json) for one model."""
     from pneumolab.extras import require_extra
@@ -159,7 +168,7 @@ def serve_cmd(
     def ready(threads: int) -> None:
         typer.echo(
             f"serving {model} on http://{host}:{port} (backend {backend}, {workers} process(es) x {threads} "
-            f"thread(s), token {'on' if token else 'off'})"
+            f"thread(s), token {'on' if token else 'off'}, audit log {audit or 'off'})"
         )
 
     serve(
@@ -172,5 +181,6 @@ def serve_cmd(
         token=token,
         max_upload_mb=max_upload_mb,
         workers=workers,
+        audit=audit,
         on_ready=ready,
     )

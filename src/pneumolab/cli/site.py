@@ -1,7 +1,9 @@
-"""``pneumolab calibrate`` and ``adapt``: fit a model to a hospital's own images; always a new run folder."""
+"""``pneumolab calibrate`` and ``adapt``: fit a model to a hospital's own images (always a new run folder);
+``monitor``: what it answered there, period by period."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -91,3 +93,62 @@ def adapt_cmd(
             f"(log-odds shift {p['prior_shift']:+.3f})"
         )
     typer.echo(f"wrote {r['model_file']}; check it on labeled site images: pneumolab evaluate {out} --data LABELED")
+
+
+@command(
+    app,
+    "monitor",
+    [
+        "pneumolab monitor /var/log/pneumolab                      # the folder of `serve --audit`",
+        "pneumolab monitor results-*.jsonl --every week --out runs/monitor   # `predict --json` output",
+    ],
+)
+def monitor_cmd(
+    logs: Annotated[
+        list[Path], typer.Argument(help="Audit log folders (`serve --audit DIR`) or `predict --json` output files.")
+    ],
+    every: Annotated[str, typer.Option(help="Period: day, week (ISO) or month, in UTC.")] = "day",
+    out: Annotated[Path | None, typer.Option(help="Also write monitor.json and monitor.png into this folder.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Per period and model: images, refused, not assessed and flagged PNEUMONIA with 95% intervals, and warnings.
+
+    Without labels this cannot say whether the answers were right; it shows when they change (more images the guard
+    will not assess, another share flagged), which is when to check a labeled sample with `pneumolab evaluate`.
+    """
+    from pneumolab.errors import InputError
+    from pneumolab.io import atomic_write_json
+    from pneumolab.site_adaptation.monitor import monitor, plot_monitor
+
+    if every not in ("day", "week", "month"):
+        raise InputError(f"--every {every!r}: choose day, week or month")
+    r = monitor(logs, every=every)  # type: ignore[arg-type]
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "monitor.json", r)
+        plot_monitor(r, out / "monitor.png")
+    if as_json:
+        typer.echo(json.dumps(r, indent=2))
+        return
+    models = {row["model_sha256"] for row in r["periods"]}
+    head = f"{'period':<11} {'model':<13}" if len(models) > 1 else f"{'period':<11}"
+    typer.echo(f"{head} {'images':>6} {'refused':>7} {'not assessed':>26} {'flagged PNEUMONIA':>26} {'mean P':>6}")
+    for row in r["periods"]:
+        cells = [f"{row['period']:<11}"] + ([f"{(row['model_sha256'] or '?')[:12]:<13}"] if len(models) > 1 else [])
+        na, fl = row["not_assessed_rate"], row["flagged_rate"]
+        mean_p = "-" if row["mean_probability"] is None else f"{row['mean_probability']:.3f}"
+        typer.echo(
+            f"{' '.join(cells)} {row['images']:>6} {row['refused']:>7} {_share(row['not_assessed'], na):>26} "
+            f"{_share(row['flagged'], fl):>26} {mean_p:>6}"
+        )
+    for w in r["warnings"]:
+        typer.echo(f"warning: {w}")
+    if out is not None:
+        typer.echo(f"wrote {out / 'monitor.json'} and {out / 'monitor.png'}")
+
+
+def _share(k: int, rate: dict | None) -> str:
+    """``12 = 8.6% [5.0, 14.4]``, or ``-`` without images to count."""
+    if rate is None:
+        return "-"
+    return f"{k} = {100 * rate['value']:.1f}% [{100 * rate['ci'][0]:.1f}, {100 * rate['ci'][1]:.1f}]"

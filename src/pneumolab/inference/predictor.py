@@ -28,8 +28,9 @@ from pneumolab.evaluation.calibration import OperatingPoint
 from pneumolab.evaluation.model_card import trained_on
 from pneumolab.extras import require_extra
 from pneumolab.inference.guard import OOD_REASON, FeatureTap, feature_scores, image_problems
+from pneumolab.io import file_sha256
 from pneumolab.models import get_spec
-from pneumolab.models.checkpoint import load_model_file
+from pneumolab.models.checkpoint import load_model_file, resolve_model_file
 from pneumolab.rundir import RunDir
 from pneumolab.site_adaptation.provenance import describe_site, threshold_origin
 
@@ -92,8 +93,10 @@ class Predictor:
         onnx_session: Any = None,
         ood: tuple[nn.Module, dict[str, Any]] | None = None,
         guard: bool = True,
+        model_sha256: str | None = None,
     ) -> None:
         self.model, self.meta, self.session, self.ood = model, meta, onnx_session, ood
+        self.model_sha256 = model_sha256  # of the file loaded: which model gave a result, in logs and JSON lines
         self.guarded = guard  # False only by an explicit `--no-guard`: every image then gets a label
         # The feature guard needs the pooled features: a hook on the PyTorch model, or the ONNX graph's
         # second output (``pneumolab export`` adds it when the model file has a guard).
@@ -145,9 +148,11 @@ class Predictor:
                 model, torch_meta = load_model_file(torch_file)
                 if "ood_guard" in torch_meta:  # tensors: kept in model.pt, not in the JSON sidecar
                     meta["ood_guard"] = torch_meta["ood_guard"]
-            return cls(model, meta, onnx_session=session, ood=_load_ood(ood), guard=guard)
+            return cls(
+                model, meta, onnx_session=session, ood=_load_ood(ood), guard=guard, model_sha256=file_sha256(onnx_file)
+            )
         model, meta = load_model_file(target)
-        return cls(model, meta, ood=_load_ood(ood), guard=guard)
+        return cls(model, meta, ood=_load_ood(ood), guard=guard, model_sha256=file_sha256(resolve_model_file(target)))
 
     def preprocess(self, img: DecodedImage) -> tuple[np.ndarray, torch.Tensor]:
         """``(S, S) uint8`` as the model sees it, and the ``(1, 1, S, S)`` normalised tensor."""
@@ -262,6 +267,7 @@ class Predictor:
         return {
             "model": m["model_name"],
             "name": m.get("config", {}).get("name"),
+            "model_sha256": self.model_sha256,
             "version": m.get("version"),
             "backend": self.backend,
             "classes": m["classes"],

@@ -25,6 +25,7 @@ from pneumolab import __version__
 from pneumolab.errors import ImageReadError, InputError
 from pneumolab.inference.overlay import overlay_png
 from pneumolab.inference.predictor import Prediction, Predictor
+from pneumolab.serve.audit import AuditLog
 
 __all__ = ["create_app"]
 
@@ -79,8 +80,10 @@ class UploadLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def create_app(predictor: Predictor, *, token: str | None = None, max_upload_mb: float = 20.0) -> FastAPI:
-    """The service around one shared :class:`Predictor`."""
+def create_app(
+    predictor: Predictor, *, token: str | None = None, max_upload_mb: float = 20.0, audit: AuditLog | None = None
+) -> FastAPI:
+    """The service around one shared :class:`Predictor`; ``audit`` records every image it answers."""
     app = FastAPI(
         title="pneumolab",
         version=__version__,
@@ -108,6 +111,16 @@ def create_app(predictor: Predictor, *, token: str | None = None, max_upload_mb:
         # The scheme is case-insensitive (RFC 7235): "bearer" is as valid as "Bearer".
         if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), token.encode()):
             raise HTTPException(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')")
+
+    def _audit(**fields: Any) -> None:
+        """Record one answer; a log that cannot be written withholds the answer (503): no untraced results."""
+        if audit is None:
+            return
+        try:
+            audit.record(**fields)
+        except OSError as e:
+            log.error("audit log %s not written: %s", audit.folder, e.strerror)
+            raise HTTPException(503, "the audit log could not be written; no result is given without it") from None
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
@@ -137,10 +150,14 @@ def create_app(predictor: Predictor, *, token: str | None = None, max_upload_mb:
         try:
             result: Prediction = await run_in_threadpool(predictor.predict, data, name=name, gradcam=gradcam)
         except ImageReadError as e:
-            raise HTTPException(_STATUS.get(e.kind, 422), f"{e.detail} [{e.kind}]") from None
+            status = _STATUS.get(e.kind, 422)
+            _audit(refused=e.kind, status=status)
+            raise HTTPException(status, f"{e.detail} [{e.kind}]") from None
         except InputError as e:
+            _audit(refused="input", status=422)
             raise HTTPException(422, str(e)) from None
         body = result.to_dict()
+        _audit(**{k: v for k, v in body.items() if k != "timings_ms"}, total_ms=result.timings_ms["total"])
         body["operating_point"] = predictor.meta.get("operating_point")
         body["site"] = predictor.site
         body["notice"] = "Decision support only: not a diagnosis. A qualified reader must review the image."

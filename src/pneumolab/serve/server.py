@@ -17,6 +17,7 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 from pneumolab.errors import InputError
 from pneumolab.inference.predictor import Predictor
 from pneumolab.serve.app import create_app
+from pneumolab.serve.audit import AuditLog
 
 __all__ = ["ENV_SETTINGS", "NoDelayHTTPProtocol", "app_from_env", "serve"]
 
@@ -49,7 +50,8 @@ def app_from_env() -> FastAPI:
     predictor = Predictor.load(
         settings["model"], backend=settings["backend"], ood=settings["ood"], guard=settings["guard"]
     )
-    return create_app(predictor, token=settings["token"], max_upload_mb=settings["max_upload_mb"])
+    audit = AuditLog(settings["audit"], predictor.model_sha256) if settings["audit"] else None
+    return create_app(predictor, token=settings["token"], max_upload_mb=settings["max_upload_mb"], audit=audit)
 
 
 def serve(
@@ -63,15 +65,19 @@ def serve(
     token: str | None = None,
     max_upload_mb: float = 20.0,
     workers: int = 1,
+    audit: Path | None = None,
     on_ready: Callable[[int], None] | None = None,
 ) -> None:
-    """Check the model loads (one clear error here, not one per worker), then serve until interrupted.
+    """Check the model loads and the audit folder is writable (one clear error here, not one per worker), then
+    serve until interrupted.
 
     ``on_ready(threads)`` is called just before uvicorn starts, with the torch threads each worker gets.
     """
     if backend not in ("torch", "onnx"):
         raise InputError(f"--backend {backend!r}: choose torch or onnx")
-    Predictor.load(model, backend=backend, ood=ood, guard=guard)
+    predictor = Predictor.load(model, backend=backend, ood=ood, guard=guard)
+    if audit is not None:
+        AuditLog(audit, predictor.model_sha256)  # a folder it cannot write: one error here, not one per worker
     threads = max(1, len(os.sched_getaffinity(0)) // workers)
     settings = {
         "model": str(model),
@@ -81,6 +87,7 @@ def serve(
         "token": token,
         "max_upload_mb": max_upload_mb,
         "threads": threads,
+        "audit": str(audit) if audit else None,
     }
     os.environ[ENV_SETTINGS] = json.dumps(settings)
     if on_ready is not None:

@@ -21,6 +21,7 @@ from pneumolab.data.readers import image_problems, read_entry
 from pneumolab.data.sources import image_files
 from pneumolab.errors import ImageReadError, InputError
 from pneumolab.evaluation.model_card import write_model_card
+from pneumolab.io import file_sha256
 from pneumolab.models.checkpoint import save_model_file
 from pneumolab.rundir import RunDir
 
@@ -178,14 +179,6 @@ def load_site_sample(data: str | Path, work_dir: Path, split: str = "all", *, la
     return SiteSample(str(data.resolve()), manifest, data_dir, rows, skipped=skipped)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def site_entry(step: str, sample: SiteSample, model_file: Path, **details: Any) -> dict[str, Any]:
     """One provenance record: which step, on which images (a digest, count, classes), when, from which model."""
     return {
@@ -197,7 +190,7 @@ def site_entry(step: str, sample: SiteSample, model_file: Path, **details: Any) 
         **({"skipped_files": sample.skipped} if sample.skipped else {}),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "from_model": str(model_file.resolve()),
-        "from_model_sha256": _file_sha256(model_file),
+        "from_model_sha256": file_sha256(model_file),
         "pneumolab": __version__,
         **details,
     }

@@ -1,0 +1,244 @@
+"""What a model answered at a site, period by period: ``pneumolab monitor``.
+
+Reads the service's audit log (``serve --audit DIR``) or ``predict --json`` lines: both hold, per image, when,
+which model file (SHA-256), and the answer (label, probability, not assessed and why, or refused). Without labels
+nothing says whether the answers were right; what can be seen is a change: more images the guard will not assess
+(another scanner, another view, images that are no chest X-ray), or another share flagged PNEUMONIA (another
+population, referral pattern or acquisition). Each period (UTC day, ISO week or month) and model gets counts and
+rates with 95% Wilson intervals, and two kinds of warning, each tested at a family-wise 5% over the model's
+periods (Bonferroni: the interval at ``1 - 0.05 / periods``), so that a month of daily periods does not raise an
+alarm on chance alone:
+
+- **not assessed**: the period's interval lies above 0.5%, the rate at which the feature guard flags the training
+  site's own validation X-rays (its threshold is their 99.5th percentile);
+- **flagged share**: the period's interval excludes the share flagged on the same model's other periods (both
+  with at least ``MIN_IMAGES`` assessed images).
+
+A warning says what to look at; checking a labeled sample (``pneumolab evaluate``) says whether the model still
+holds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pneumolab.errors import InputError
+from pneumolab.io import atomic_path
+
+__all__ = ["EXPECTED_NOT_ASSESSED", "MIN_IMAGES", "Period", "monitor", "plot_monitor", "read_records", "wilson"]
+
+EXPECTED_NOT_ASSESSED = 0.005  # the feature guard's threshold: 99.5th percentile of validation X-rays' distances
+MIN_IMAGES = 20  # assessed images on each side before a flagged share is compared
+Every = Literal["day", "week", "month"]
+
+
+@dataclass
+class Period:
+    """One period's answers of one model."""
+
+    period: str  # 2026-12-06, 2026-W49 or 2026-12
+    model_sha256: str | None
+    first: str  # time of the first and last answer
+    last: str
+    assessed: int = 0
+    flagged: int = 0  # assessed and labeled PNEUMONIA
+    not_assessed: int = 0
+    refused: int = 0  # unreadable or refused before any model ran (not a chest radiograph's DICOM, corrupt...)
+    probability_sum: float = 0.0
+    reasons: Counter = field(default_factory=Counter)  # why images were not assessed, or refused
+
+    @property
+    def images(self) -> int:
+        return self.assessed + self.not_assessed + self.refused
+
+    def row(self) -> dict[str, Any]:
+        """JSON-ready: counts, rates with their 95% intervals, the mean probability, the commonest reasons."""
+        seen = self.assessed + self.not_assessed
+        return {
+            **{k: v for k, v in asdict(self).items() if k not in ("probability_sum", "reasons")},
+            "images": self.images,
+            "not_assessed_rate": _rate(self.not_assessed, seen),
+            "flagged_rate": _rate(self.flagged, self.assessed),
+            "mean_probability": self.probability_sum / self.assessed if self.assessed else None,
+            "reasons": dict(self.reasons.most_common(5)),
+        }
+
+
+def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of the proportion ``k / n`` (``n > 0``) at confidence ``level``."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def _rate(k: int, n: int) -> dict[str, Any] | None:
+    return {"value": k / n, "ci": list(wilson(k, n)), "n": n} if n else None
+
+
+def _files(paths: list[Path]) -> list[Path]:
+    files = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(p.glob("*.jsonl"))
+            if not found:
+                raise InputError(f"{p}: no .jsonl files in this folder (the audit log of `serve --audit {p}`?)")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise InputError(f"{p}: no such file or folder")
+    return files
+
+
+def read_records(paths: list[Path]) -> list[dict[str, Any]]:
+    """Every answer in the files (folders: their ``*.jsonl``), each with its ``time`` as a UTC datetime in
+    ``"_utc"``; ``predict --json``'s lines for skipped non-image files are left out."""
+    records = []
+    for path in _files(paths):
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path} line {n}"
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    raise InputError(f"{where}: not JSON; give the audit log or `predict --json` output") from None
+                if not isinstance(rec, dict):
+                    raise InputError(f"{where}: not a JSON object; give the audit log or `predict --json` output")
+                if "skipped" in rec:  # a file that is not an image, listed by predict: no answer
+                    continue
+                if "time" not in rec:
+                    raise InputError(
+                        f"{where}: no 'time' (written by another tool, or by `predict --json` before it stamped "
+                        "its lines); re-run predict with this version"
+                    )
+                if "refused" not in rec and rec.get("label") not in ("NORMAL", "PNEUMONIA", "NOT_ASSESSED"):
+                    raise InputError(f"{where}: neither a label (NORMAL, PNEUMONIA, NOT_ASSESSED) nor 'refused'")
+                try:
+                    stamp = datetime.fromisoformat(str(rec["time"]).replace("Z", "+00:00"))
+                except ValueError:
+                    raise InputError(f"{where}: time {rec['time']!r} is not ISO 8601") from None
+                # a time without a zone is taken as UTC, as both writers give it
+                rec["_utc"] = stamp.astimezone(timezone.utc) if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
+                records.append(rec)
+    if not records:
+        raise InputError(f"no answers in {', '.join(map(str, paths))}: nothing to monitor")
+    return sorted(records, key=lambda r: r["_utc"])
+
+
+def _period(t: datetime, every: Every) -> str:
+    if every == "day":
+        return t.strftime("%Y-%m-%d")
+    if every == "month":
+        return t.strftime("%Y-%m")
+    year, week, _ = t.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def _group(records: list[dict[str, Any]], every: Every) -> list[Period]:
+    periods: dict[tuple[str, str | None], Period] = {}
+    for rec in records:
+        stamp = rec["_utc"].isoformat(timespec="seconds")
+        key = (_period(rec["_utc"], every), rec.get("model_sha256"))
+        p = periods.setdefault(key, Period(key[0], key[1], first=stamp, last=stamp))
+        p.last = stamp
+        if "refused" in rec:
+            p.refused += 1
+            p.reasons[f"refused: {rec['refused']}"] += 1
+        elif rec["label"] == "NOT_ASSESSED":
+            p.not_assessed += 1
+            p.reasons.update(rec.get("reasons") or ["not assessed"])
+        else:
+            p.assessed += 1
+            p.flagged += rec["label"] == "PNEUMONIA"
+            p.probability_sum += float(rec["probability"])
+    return list(periods.values())  # in time order: records were sorted
+
+
+def _pct(r: dict[str, Any]) -> str:
+    return f"{100 * r['value']:.1f}% [{100 * r['ci'][0]:.1f}, {100 * r['ci'][1]:.1f}]"
+
+
+def _warnings(periods: list[Period]) -> list[str]:
+    out = []
+    for p in periods:
+        row = p.row()
+        others = [q for q in periods if q is not p and q.model_sha256 == p.model_sha256]
+        level = 1 - 0.05 / (len(others) + 1)  # Bonferroni over the model's periods
+        na = row["not_assessed_rate"]
+        if na and wilson(p.not_assessed, na["n"], level)[0] > EXPECTED_NOT_ASSESSED:
+            why = ", ".join(r for r, _ in p.reasons.most_common(2) if not r.startswith("refused"))
+            out.append(
+                f"{p.period}: {p.not_assessed} of {na['n']} images not assessed ({_pct(na)}); the guard flags "
+                f"{100 * EXPECTED_NOT_ASSESSED:.1f}% of the training site's X-rays: check what is being sent "
+                f"(most often: {why})"
+            )
+        k, n = sum(q.flagged for q in others), sum(q.assessed for q in others)
+        fr = row["flagged_rate"]
+        if p.assessed >= MIN_IMAGES and n >= MIN_IMAGES:
+            low, high = wilson(p.flagged, p.assessed, level)
+            if not low <= k / n <= high:
+                out.append(
+                    f"{p.period}: {_pct(fr)} of assessed images flagged PNEUMONIA against {100 * k / n:.1f}% in "
+                    "the model's other periods: another population, referral pattern or acquisition; check a labeled "
+                    "sample (pneumolab evaluate)"
+                )
+    models = list(dict.fromkeys(p.model_sha256 for p in periods))
+    if len(models) > 1:
+        spans = [
+            f"{(m or 'unknown')[:12]} ({min(p.first for p in periods if p.model_sha256 == m)[:10]} to "
+            f"{max(p.last for p in periods if p.model_sha256 == m)[:10]})"
+            for m in models
+        ]
+        out.append(f"{len(models)} model files answered in this log: {', '.join(spans)}; each is compared with itself")
+    return out
+
+
+def monitor(paths: list[Path], every: Every = "day") -> dict[str, Any]:
+    """Counts, rates with 95% intervals and warnings per period and model, from audit or ``predict --json`` lines."""
+    files = _files(paths)
+    periods = _group(read_records(files), every)
+    return {
+        "every": every,
+        "files": [str(f) for f in files],
+        "periods": [p.row() for p in periods],
+        "warnings": _warnings(periods),
+    }
+
+
+def plot_monitor(result: dict[str, Any], path: Path) -> None:
+    """Flagged and not-assessed shares per period with their 95% intervals, one colour per model."""
+    from pneumolab.evaluation.plots import fig_to_png, plt
+
+    rows = result["periods"]
+    labels = list(dict.fromkeys(r["period"] for r in rows))
+    fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.5 * len(labels)), 6), sharex=True)
+    for ax, key, title in (
+        (axes[0], "flagged_rate", "assessed images flagged PNEUMONIA"),
+        (axes[1], "not_assessed_rate", "images not assessed (guard)"),
+    ):
+        for m in dict.fromkeys(r["model_sha256"] for r in rows):
+            pts = [(labels.index(r["period"]), r[key]) for r in rows if r["model_sha256"] == m and r[key]]
+            if pts:
+                x = [i for i, _ in pts]
+                y = [100 * v["value"] for _, v in pts]
+                err = [
+                    [100 * (v["value"] - v["ci"][0]) for _, v in pts],
+                    [100 * (v["ci"][1] - v["value"]) for _, v in pts],
+                ]
+                ax.errorbar(x, y, yerr=err, fmt="o-", capsize=3, label=f"model {(m or 'unknown')[:12]}")
+        ax.set_ylabel("%")
+        ax.set_title(f"{title}, 95% Wilson intervals")
+    axes[1].axhline(100 * EXPECTED_NOT_ASSESSED, color="grey", ls="--", lw=1, label="expected at the training site")
+    axes[1].set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    with atomic_path(path, suffix=".png") as tmp:
+        tmp.write_bytes(fig_to_png(fig))

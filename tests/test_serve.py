@@ -1,4 +1,5 @@
 import base64
+import hashlib
 import io
 import json
 import shutil
@@ -20,10 +21,12 @@ from PIL import Image
 
 from pneumolab.cli import main
 from pneumolab.data import sample_root
+from pneumolab.errors import InputError
 from pneumolab.inference.export import export_onnx
 from pneumolab.inference.predictor import Predictor
 from pneumolab.models import create_model
 from pneumolab.serve.app import create_app
+from pneumolab.serve.audit import AuditLog
 
 XRAY = sorted((sample_root() / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
 
@@ -149,8 +152,10 @@ def test_concurrent_requests_share_the_model_safely(client) -> None:
     assert len({r.json()["gradcam_png"] for r in results}) == 1
 
 
-def test_serve_command_with_two_worker_processes(run) -> None:
+def test_serve_command_with_two_worker_processes(run, tmp_path) -> None:
     import httpx
+
+    audit = tmp_path / "audit"
 
     port = _free_port()
     cmd = [
@@ -165,6 +170,8 @@ def test_serve_command_with_two_worker_processes(run) -> None:
         "2",
         "--token",
         "s3cret",
+        "--audit",
+        str(audit),
     ]
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url, auth = f"http://127.0.0.1:{port}", {"Authorization": "Bearer s3cret"}
@@ -194,6 +201,43 @@ def test_serve_command_with_two_worker_processes(run) -> None:
     expected = Predictor.load(run).predict(data).probability
     assert {round(a.json()["probability"], 5) for a in answers} == {round(expected, 5)}
     assert "2 process(es) x 1 thread(s)" in out
+    # both workers append to one audit file, a whole line per answer (the 401 never reached the model)
+    (log,) = audit.glob("predictions-*.jsonl")
+    logged = [json.loads(line)["probability"] for line in log.read_text().splitlines()]
+    assert len(logged) == 8 and {round(p, 5) for p in logged} == {round(expected, 5)}
+
+
+def test_audit_log_records_every_answer_and_nothing_of_the_image(run, tmp_path) -> None:
+    predictor = Predictor.load(run)
+    assert predictor.model_sha256 == hashlib.sha256((run / "model.pt").read_bytes()).hexdigest()
+    client = TestClient(create_app(predictor, audit=AuditLog(tmp_path / "audit", predictor.model_sha256)))
+    ok = _post(client, XRAY.read_bytes(), "Doe^Jane_MRN-0042.jpeg")
+    bad = _post(client, b"Doe^Jane, MRN-0042: a text file", "Doe^Jane.png")
+    assert (ok.status_code, bad.status_code) == (200, 415)
+    (log,) = (tmp_path / "audit").glob("predictions-*.jsonl")
+    text = log.read_text()
+    first, second = (json.loads(line) for line in text.splitlines())
+    assert log.name == f"predictions-{first['time'][:10]}.jsonl" and first["time"].endswith("+00:00")
+    assert first["model_sha256"] == predictor.model_sha256 and first["pneumolab"]
+    assert {k: first[k] for k in ("label", "probability", "threshold", "assessed")} == {
+        k: ok.json()[k] for k in ("label", "probability", "threshold", "assessed")
+    }
+    assert (second["refused"], second["status"]) == ("not_an_image", 415) and "label" not in second
+    assert "Doe" not in text and "MRN" not in text and "image" not in first
+    # a log that cannot be written withholds the answer: no untraced results
+    (tmp_path / "audit" / log.name).unlink()
+    (tmp_path / "audit").rmdir()
+    (tmp_path / "audit").write_text("a file where the folder was")
+    r = _post(client, XRAY.read_bytes())
+    assert r.status_code == 503 and "audit log could not be written" in r.json()["detail"]
+    with pytest.raises(InputError, match="cannot write there"):
+        AuditLog(tmp_path / "audit" / "sub", None)
+
+
+def test_serve_refuses_an_audit_folder_it_cannot_write(run, tmp_path, capsys) -> None:
+    (tmp_path / "taken").write_text("")
+    assert main(["serve", str(run), "--audit", str(tmp_path / "taken" / "audit")]) == 2
+    assert "--audit" in capsys.readouterr().err
 
 
 def test_served_connections_get_tcp_nodelay(monkeypatch) -> None:
@@ -242,9 +286,16 @@ def test_predict_cli_table_json_and_per_file_errors(run, tmp_path, capsys) -> No
     bad.write_text("not an image")
     code = main(["predict", str(run), str(XRAY), str(bad), "--json", "--gradcam", str(tmp_path / "cam")])
     assert code == 2  # one file failed, the other still ran
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    out = capsys.readouterr().out
+    lines = [json.loads(line) for line in out.splitlines()]
     assert lines[0]["image"] == str(XRAY) and 0 <= lines[0]["probability"] <= 1
-    assert "not JPEG, PNG or DICOM" in lines[1]["error"]
+    assert "not JPEG, PNG or DICOM" in lines[1]["error"] and lines[1]["refused"] == "not_an_image"
+    # stamped like the service's audit log, so that `pneumolab monitor` reads them
+    assert {line["model_sha256"] for line in lines} == {Predictor.load(run).model_sha256}
+    (tmp_path / "answers.jsonl").write_text(out)
+    assert main(["monitor", str(tmp_path / "answers.jsonl"), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["periods"]
+    assert (row["period"], row["assessed"], row["refused"]) == (lines[0]["time"][:10], 1, 1)
     assert (tmp_path / "cam" / f"{XRAY.stem}_gradcam.png").is_file()
     assert main(["predict", str(run), str(XRAY)]) == 0
     assert "P(pneumonia)" in capsys.readouterr().out

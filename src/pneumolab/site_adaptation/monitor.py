@@ -121,6 +121,8 @@ def read_records(paths: list[Path]) -> list[dict[str, Any]]:
                     )
                 if "refused" not in rec and rec.get("label") not in ("NORMAL", "PNEUMONIA", "NOT_ASSESSED"):
                     raise InputError(f"{where}: neither a label (NORMAL, PNEUMONIA, NOT_ASSESSED) nor 'refused'")
+                if rec.get("label") in ("NORMAL", "PNEUMONIA") and not isinstance(rec.get("probability"), int | float):
+                    raise InputError(f"{where}: a {rec['label']} answer without a probability")
                 try:
                     stamp = datetime.fromisoformat(str(rec["time"]).replace("Z", "+00:00"))
                 except ValueError:

@@ -1,0 +1,133 @@
+"""`pneumolab monitor`: counts, Wilson intervals and warnings per period from answer logs."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from pneumolab.cli import main
+from pneumolab.errors import InputError
+from pneumolab.site_adaptation.monitor import monitor, wilson
+
+MODEL = "ab" * 32
+
+
+def _log(path: Path, days: dict[str, tuple[int, int, int]], model: str = MODEL, month: str = "2026-11") -> Path:
+    """A serve audit log: per day ``(assessed, of them flagged PNEUMONIA, not assessed)``."""
+    lines = []
+    for day, (assessed, flagged, not_assessed) in days.items():
+        for i in range(assessed + not_assessed):
+            t = f"{month}-{day}T09:{i // 60:02d}:{i % 60:02d}.000+00:00"
+            if i < not_assessed:
+                ans = {"label": "NOT_ASSESSED", "probability": None, "reasons": ["the feature guard: unlike X-rays"]}
+            else:
+                pneumonia = i - not_assessed < flagged
+                ans = {"label": "PNEUMONIA" if pneumonia else "NORMAL", "probability": 0.9 if pneumonia else 0.2}
+            lines.append(json.dumps({"time": t, "model_sha256": model, **ans}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_wilson_interval_matches_the_formula() -> None:
+    z = 1.959963984540054
+    for k, n in [(12, 30), (0, 20), (20, 20), (1, 300)]:
+        p = k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        assert wilson(k, n) == pytest.approx((centre - half, centre + half), abs=1e-9)
+    assert wilson(0, 20)[1] == pytest.approx(z * z / (20 + z * z))  # 0.1611: no event in 20 still allows 16%
+
+
+def test_counts_rates_and_a_spike_in_the_flagged_share(tmp_path) -> None:
+    days = {f"{d:02d}": (40, 16, 0) for d in range(1, 7)}
+    days["04"] = (40, 36, 0)  # 90% flagged on one day against 40%
+    days["05"] = (40, 16, 4)  # 4 of 44 not assessed: the guard flags 0.5% of the training site's X-rays
+    r = monitor([_log(tmp_path / "audit.jsonl", days)])
+    rows = {row["period"]: row for row in r["periods"]}
+    assert list(rows) == [f"2026-11-{d:02d}" for d in range(1, 7)]
+    day5 = rows["2026-11-05"]
+    assert (day5["images"], day5["assessed"], day5["flagged"], day5["not_assessed"]) == (44, 40, 16, 4)
+    assert day5["not_assessed_rate"]["value"] == pytest.approx(4 / 44) and day5["not_assessed_rate"]["n"] == 44
+    assert day5["flagged_rate"]["value"] == pytest.approx(0.4)
+    assert day5["flagged_rate"]["ci"] == pytest.approx(list(wilson(16, 40)))
+    assert day5["mean_probability"] == pytest.approx((16 * 0.9 + 24 * 0.2) / 40)
+    assert day5["reasons"] == {"the feature guard: unlike X-rays": 4}
+    assert len(r["warnings"]) == 2
+    spike, guard = sorted(r["warnings"])
+    # the other five days: 5 x 16 of 5 x 40 flagged
+    assert spike.startswith("2026-11-04: 90.0% [") and "against 40.0% in the model's other periods" in spike
+    assert guard.startswith("2026-11-05: 4 of 44 images not assessed (9.1% [") and "check what is being sent" in guard
+
+
+def test_warnings_allow_for_the_number_of_periods(tmp_path) -> None:
+    days = {f"{d:02d}": (40, 16, 0) for d in range(1, 11)}
+    days["03"] = (40, 8, 1)  # 20% flagged: outside its 95% interval of 40%, inside its interval at 1 - 0.05 / 10
+    low95, high95 = wilson(8, 40)
+    assert not low95 <= 0.4 <= high95
+    assert monitor([_log(tmp_path / "a.jsonl", days)])["warnings"] == []
+    # on its own, one period of 1 of 41 not assessed is no evidence against 0.5%
+    assert wilson(1, 41)[0] < 0.005
+
+
+def test_periods_by_week_and_month_and_one_comparison_per_model(tmp_path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    _log(logs / "predictions-a.jsonl", {"30": (30, 12, 0)})  # Monday 2026-11-30: ISO week 49
+    _log(logs / "predictions-b.jsonl", {"06": (30, 27, 0)}, model="cd" * 32, month="2026-12")  # Sunday, week 49
+    (logs / "notes.txt").write_text("not read: only *.jsonl")
+    r = monitor([logs], every="week")
+    assert [(row["period"], row["flagged"]) for row in r["periods"]] == [("2026-W49", 12), ("2026-W49", 27)]
+    # each model is compared only with its own periods: 40% and 90% flagged raise no shift warning
+    assert r["warnings"] == [
+        "2 model files answered in this log: abababababab (2026-11-30 to 2026-11-30), cdcdcdcdcdcd (2026-12-06 to "
+        "2026-12-06); each is compared with itself"
+    ]
+    assert [row["period"] for row in monitor([logs], every="month")["periods"]] == ["2026-11", "2026-12"]
+
+
+def test_refused_and_skipped_lines_of_predict_json(tmp_path) -> None:
+    log = tmp_path / "predict.jsonl"
+    stamp = {"time": "2026-12-06T10:00:00.000+00:00", "model_sha256": MODEL}
+    lines = [
+        {"image": "a.jpeg", **stamp, "label": "NORMAL", "probability": 0.1, "assessed": True},
+        {"image": "b.png", **stamp, "error": "not JPEG, PNG or DICOM", "refused": "not_an_image"},
+        {"image": "DICOMDIR", "skipped": "a DICOM directory, not an image"},
+    ]
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    (row,) = monitor([log])["periods"]
+    assert (row["images"], row["assessed"], row["refused"], row["flagged"]) == (2, 1, 1, 0)
+    assert row["reasons"] == {"refused: not_an_image": 1}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"time": "2026-12-06T10:00:00+00:00", "label": "NOT_ASSESSED"}\nnot json\n', "line 2: not JSON"),
+        ('{"label": "NORMAL", "probability": 0.1}\n', "line 1: no 'time'"),
+        ('{"time": "yesterday", "label": "NORMAL", "probability": 0.1}\n', "time 'yesterday' is not ISO 8601"),
+        ('{"time": "2026-12-06T10:00:00+00:00", "label": "MAYBE"}\n', "neither a label"),
+        ('{"time": "2026-12-06T10:00:00+00:00", "label": "NORMAL"}\n', "a NORMAL answer without a probability"),
+        ("\n", "no answers in"),
+    ],
+)
+def test_bad_logs_are_refused_with_file_and_line(tmp_path, content, message) -> None:
+    log = tmp_path / "bad.jsonl"
+    log.write_text(content)
+    with pytest.raises(InputError, match=message) as e:
+        monitor([log])
+    assert "bad.jsonl" in str(e.value)
+
+
+def test_monitor_cli_table_json_files_and_exit_code(tmp_path, capsys) -> None:
+    log = _log(tmp_path / "audit.jsonl", {"01": (40, 16, 0), "02": (40, 16, 0)})
+    assert main(["monitor", str(log), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "2026-11-01" in out and "16 = 40.0% [" in out and "warning" not in out
+    assert main(["monitor", str(log), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((tmp_path / "out" / "monitor.json").read_text())
+    assert (tmp_path / "out" / "monitor.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["monitor", str(log), "--every", "hour"]) == 2
+    assert "--every 'hour': choose day, week or month" in capsys.readouterr().err
+    assert main(["monitor", str(tmp_path / "missing")]) == 2

@@ -132,9 +132,10 @@ def test_token_is_enforced(run) -> None:
     assert c.get("/healthz").status_code == 200  # health stays open for probes
 
 
-def test_model_page_health_and_openapi(client) -> None:
+def test_model_page_health_and_openapi(client, run) -> None:
     info = client.get("/api/v1/model").json()
     assert info["model"] == "cnn_base" and "not a diagnostic device" in info["intended_use"]
+    assert info["model_sha256"] == hashlib.sha256((run / "model.pt").read_bytes()).hexdigest()  # which file answers
     assert info["trained_on"].startswith("pediatric (1-5 years)")  # the bundled sample is Kermany's
     assert info["operating_point"]["split"] == "val" and info["preprocessing"]["image_size"] == 32
     assert client.get("/healthz").json()["status"] == "ok"

@@ -205,10 +205,9 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # fourteenth round (issue 16): each image's fine detail scaled to one RMS inside the network
     # (model.kwargs.detail_norm=true at 6526e9c, as fast-detail-norm): lost, removed; training on copies like the test
     # split's: benchmarks/simulate_copies.py, then --data on the copies' dataset with --recipes fast
-    # Round 16: each patient weighs the same within its class (data.balance=patients): Kermany's pneumonia patients
-    # have 1-18 training images (2.4 on average), the normals 1-4 (1.1), so a few children's follow-up films teach
-    # the pneumonia class much of what it looks like.
-    "fast-patients": ("fast", ["data.balance=patients"]),
+    # Round 16, measured, then removed with its option (lost; docs/BENCHMARKS.md, "Sixteenth round"): at c7de761
+    # "fast-patients" (data.balance=patients: each patient weighing the same within its class; Kermany's pneumonia
+    # patients have 1-18 training images, the normals 1-4).
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

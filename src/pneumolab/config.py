@@ -116,7 +116,7 @@ class DataConfig(StrictModel):
     image_size: int = Field(128, ge=16, le=1024)
     batch_size: int = Field(32, ge=1)
     num_workers: int = Field(2, ge=0)
-    balance: Literal["weights", "sampler", "patients", "none"] = "weights"
+    balance: Literal["weights", "sampler", "none"] = "weights"
     normalization: Literal["dataset", "per_image", "equalize"] = "dataset"
     augment: AugmentConfig = AugmentConfig()
     synthetic: list[Path] = []  # folders with a synthetic manifest; added to the training loader only

@@ -35,11 +35,8 @@ log = logging.getLogger(__name__)
 class CachedImages(Dataset):
     """Rows ``indices`` of a ``(N, S, S) uint8`` cache; items are ``(transform(image), target)``."""
 
-    def __init__(
-        self, images: np.ndarray, indices: list[int], targets: list[int], transform: Any, weights: Any = None
-    ) -> None:
+    def __init__(self, images: np.ndarray, indices: list[int], targets: list[int], transform: Any) -> None:
         self.images, self.indices, self.targets, self.transform = images, list(indices), list(targets), transform
-        self.weights = weights  # per item loss weights (balance=patients), or None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -48,8 +45,6 @@ class CachedImages(Dataset):
         x = torch.from_numpy(np.array(self.images[self.indices[i]]))  # copied out of the mmap
         if x.ndim == 2:
             x = x[None]  # (S, S) image -> (1, S, S); latent codes are already (C, h, w)
-        if self.weights is not None:
-            return self.transform(x), self.targets[i], float(self.weights[i])
         return self.transform(x), self.targets[i]
 
     def __repr__(self) -> str:
@@ -116,23 +111,6 @@ def _pooled_statistics(parts: list[CachedImages]) -> tuple[float, float]:
     return float(mean), float(np.sqrt(max(var, 1e-12)))
 
 
-def _patient_weights(manifest: Manifest, idx: list[int]) -> np.ndarray:
-    """Loss weights: each class weighs as with balance=weights, and within a class each patient weighs the same
-    however many images they have (Kermany's pneumonia patients have up to 18)."""
-    recs = [manifest.records[i] for i in idx]
-    per_patient = Counter((r.target, r.patient_id) for r in recs)
-    per_class = Counter(r.target for r in recs)
-    patients = Counter(t for t, _ in per_patient)
-    n = len(recs)
-    return np.array(
-        [
-            n / (len(per_class) * per_class[r.target])  # the class weight
-            * (per_class[r.target] / patients[r.target]) / per_patient[(r.target, r.patient_id)]
-            for r in recs
-        ]
-    )
-
-
 class ChestXrayDataModule(L.LightningDataModule):
     """Serves train/val/test from a dataset folder made by ``pneumolab data index`` and ``data split``.
 
@@ -171,8 +149,6 @@ class ChestXrayDataModule(L.LightningDataModule):
             # Statistics from the real training images only: val/test (and synthetic images) must not shape inputs.
             self.mean, self.std = train_statistics(images, train_idx)
             train_parts = [subset("train"), *syn_parts]
-            if cfg.balance == "patients":
-                train_parts[0].weights = _patient_weights(manifest, train_idx)
         else:  # train on synthetic, test on real (TSTR): the synthetic images are the training split
             if not syn_parts:
                 raise InputError("data.real_train=false needs synthetic sets (data.synthetic=[...]) to train on")

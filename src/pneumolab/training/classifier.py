@@ -63,13 +63,9 @@ class ClassifierModule(L.LightningModule):
         return F.cross_entropy(logits.float(), y, weight=self.class_weights, label_smoothing=smoothing)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x, y, *w = batch
+        x, y = batch
         logits = self(x)
         prob = logits.float().softmax(dim=1)[:, 1]  # (B,) P(pneumonia)
-        if w:  # per-image weights (balance=patients): a weighted mean, as cross_entropy(weight=) takes
-            ce = F.cross_entropy(logits.float(), y, reduction="none")
-            weight = w[0].to(ce.dtype)  # (B,)
-            return (ce * weight).sum() / weight.sum(), prob, y
         return self._loss(logits, y), prob, y
 
     def _mixup_step(

@@ -208,9 +208,9 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # Round 16, measured, then removed with its option (lost; docs/BENCHMARKS.md, "Sixteenth round"): at c7de761
     # "fast-patients" (data.balance=patients: each patient weighing the same within its class; Kermany's pneumonia
     # patients have 1-18 training images, the normals 1-4).
-    # Round 17: sharpness-aware minimisation (optim.sam_rho) in place of the second view, at the same cost (two
-    # forward/backward passes of 64 images a step instead of one of 128): a flat minimum for robustness to shift.
-    "fast-sam-0.05": ("fast", ["data.augment.views=1", "optim.sam_rho=0.05"]),
+    # Round 17, measured, then removed with its option (lost; docs/BENCHMARKS.md, "Seventeenth round"): at 5c89a9e
+    # "fast-sam-0.05" (data.augment.views=1 optim.sam_rho=0.05: sharpness-aware minimisation in place of the
+    # second view, at about its cost).
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

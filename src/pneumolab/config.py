@@ -152,7 +152,6 @@ class OptimConfig(StrictModel):
     # > 0: mixup (Zhang et al. 2018) with lambda ~ Beta(alpha, alpha): each training batch is blended with a
     # shuffled copy of itself and the loss with both labels, so the model is trained between the classes too.
     mixup_alpha: float = Field(0.0, ge=0)
-    sam_rho: float = Field(0.0, ge=0)  # > 0: sharpness-aware minimisation with this radius (two passes a step)
 
 
 class TrainerConfig(StrictModel):

@@ -1,4 +1,5 @@
 import csv
+import hashlib
 import json
 from pathlib import Path
 
@@ -221,6 +222,7 @@ def test_evaluate_by_a_column_of_the_sites_csv(two_runs, sample_data, tmp_path, 
     result = json.loads((tmp_path / "e" / "metrics.json").read_text())
     groups = result["subgroups"]["groups"]
     assert result["subgroups"]["column"] == "scanner" and list(groups) == ["GE", "Philips", "Siemens"]
+    assert result["model_sha256"] == hashlib.sha256((two_runs[0] / "model.pt").read_bytes()).hexdigest()
     with open(tmp_path / "e" / "predictions.csv") as f:
         preds = list(csv.DictReader(f))
     for name in ("GE", "Philips"):
@@ -241,6 +243,16 @@ def test_evaluate_by_a_column_of_the_sites_csv(two_runs, sample_data, tmp_path, 
         "By `scanner`:" in card
         and f"| Siemens | 1 (1 / 0) | - | - | {groups['Siemens']['specificity']['value']:.3f}" in card
     )
+    # compare --by: the same groups for every run, each number the run's own evaluation by that column
+    report = ["compare", *map(str, two_runs), "--data", str(listed), "--split", "all", "--n-boot", "50"]
+    assert main([*report, "--by", "scanner", "--out", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    table = md[md.index("By `scanner`") :].splitlines()
+    ge = next(row for row in table if row.startswith("| GE |")).split(" | ")
+    assert ge[2] == two_runs[0].name and ge[3].startswith(f"{groups['GE']['auroc']['value']:.3f} [")
+    first, second = table[table.index(next(r for r in table if r.startswith("| Siemens |"))) :][:2]
+    assert first.startswith("| Siemens | 1 (1 / 0) (< 10 of a class: rough) |") and "| - | - |" in first
+    assert second.startswith(f"|  |  | {two_runs[1].name} | - | - |")
 
     assert main([*args, "--by", "sex"]) == 2
     assert "no column 'sex' to group by; it has ['Scanner']" in capsys.readouterr().err

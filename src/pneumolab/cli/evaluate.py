@@ -117,6 +117,7 @@ def evaluate_cmd(
     [
         "pneumolab compare runs/train/cnn_base runs/train/resnet18 --data runs/data/kermany --split val --out runs/rep",
         "pneumolab compare runs/train/* --data path/to/chest_xray --split test --out runs/report-test",
+        "pneumolab compare runs/train/fast runs/site/fast-calibrated --data site.csv --split all --by scanner --out r",
     ],
 )
 def compare_cmd(
@@ -125,11 +126,14 @@ def compare_cmd(
     out: Annotated[Path, typer.Option(help="Folder for report.md, report.html and figures.")],
     split: Annotated[str, typer.Option(help="test, val, train or all.")] = "test",
     n_boot: Annotated[int, typer.Option(help="Patient-level bootstrap resamples.")] = 2000,
+    by: Annotated[
+        str | None, typer.Option(help="Also compare the runs on each value of this column of the --data CSV.")
+    ] = None,
 ) -> None:
     """Comparison report (the study's table, CIs, paired AUROC tests, GAN section) over runs on one split."""
     from pneumolab.evaluation.report import compare
 
-    path = compare(runs, data, out, split=split, n_boot=n_boot)
+    path = compare(runs, data, out, split=split, n_boot=n_boot, by=by)
     typer.echo(f"wrote {path} and {path.with_suffix('.md')}")
 
 

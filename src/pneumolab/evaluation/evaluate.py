@@ -32,7 +32,7 @@ from pneumolab.evaluation.predict import predict_logits, read_val_logits, valida
 from pneumolab.evaluation.thresholds import choose_threshold
 from pneumolab.inference.guard import FeatureTap, guard_reasons
 from pneumolab.inference.predictor import gradcam_layer
-from pneumolab.io import atomic_write_json, atomic_write_text, is_fresh
+from pneumolab.io import atomic_write_json, atomic_write_text, file_sha256, is_fresh
 from pneumolab.models.checkpoint import load_model_file, resolve_model_file
 from pneumolab.rundir import RunDir
 from pneumolab.site_adaptation.provenance import describe_site, rows_digest, threshold_origin
@@ -102,6 +102,7 @@ def evaluate(
     threshold = OperatingPoint.from_meta(meta).threshold
     result: dict[str, Any] = {
         "model_file": str(model_file),
+        "model_sha256": file_sha256(model_file),  # which file was scored: the audit log and provenance name it so
         "model": meta["model_name"],
         "data": str(data.resolve()),
         "split": split,

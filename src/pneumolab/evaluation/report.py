@@ -61,26 +61,29 @@ class RunResult:
         return int(self.meta["config"].get("seed", 0))
 
 
-def _fresh_metrics(folder: Path, model_file: Path, data: Path) -> dict[str, Any] | None:
-    """The evaluation in ``folder`` if it scored this model file (not an older one) on ``data``."""
+def _fresh_metrics(folder: Path, model_file: Path, data: Path, by: str | None = None) -> dict[str, Any] | None:
+    """The evaluation in ``folder`` if it scored this model file (not an older one) on ``data`` (and, with ``by``,
+    by that column)."""
     metrics_file = folder / "metrics.json"
     if not is_fresh(metrics_file, model_file):
         return None
     metrics = json.loads(metrics_file.read_text())
+    if by is not None and (metrics.get("subgroups") or {}).get("column") != by:
+        return None
     return metrics if Path(metrics["data"]) == data.resolve() else None
 
 
-def _load_run(run: Path, data: Path, split: str, n_boot: int, evaluations: Path) -> RunResult:
+def _load_run(run: Path, data: Path, split: str, n_boot: int, evaluations: Path, by: str | None = None) -> RunResult:
     """A run's result on ``split`` of ``data``: its own ``pneumolab evaluate`` output when fresh (read, never
     written), else an evaluation made now inside the report's ``evaluations`` folder."""
     model_file = resolve_model_file(run)
     run_dir = RunDir.of(model_file)
     out = run_dir.eval_dir(data, split)
-    metrics = _fresh_metrics(out, model_file, data)
+    metrics = _fresh_metrics(out, model_file, data, by)
     if metrics is None:
         out = evaluations / data_key(run_dir.path)
-        metrics = _fresh_metrics(out, model_file, data) or evaluate(
-            model_file, data, split=split, out=out, n_boot=n_boot, model_card=False
+        metrics = _fresh_metrics(out, model_file, data, by) or evaluate(
+            model_file, data, split=split, out=out, n_boot=n_boot, model_card=False, by=by
         )
     model, meta = load_model_file(model_file)
     with (out / "predictions.csv").open() as f:
@@ -131,6 +134,23 @@ def _epoch(best_epoch: int | None) -> str:
 
 def _ci(m: dict[str, float]) -> str:
     return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+
+
+def _ci_or_dash(m: dict[str, Any]) -> str:
+    return "-" if m["value"] is None else _ci(m)
+
+
+def _subgroup_section(runs: list[RunResult]) -> dict[str, Any]:
+    """``--by COLUMN``: every run's AUROC, sensitivity and specificity in each group, at its stored threshold."""
+    column = runs[0].metrics["subgroups"]["column"]
+    rows = []
+    for name, first in runs[0].metrics["subgroups"]["groups"].items():
+        rough = " (< 10 of a class: rough)" if min(first["NORMAL"], first["PNEUMONIA"]) < 10 else ""
+        for i, r in enumerate(runs):
+            g = r.metrics["subgroups"]["groups"][name]
+            where = [name, f"{g['n_images']} ({g['NORMAL']} / {g['PNEUMONIA']}){rough}"] if i == 0 else ["", ""]
+            rows.append([*where, r.name, *(_ci_or_dash(g[k]) for k in ("auroc", "sensitivity", "specificity"))])
+    return _table([column, "images (NORMAL / PNEUMONIA)", "run", "AUROC", "sensitivity", "specificity"], rows)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> dict[str, Any]:
@@ -477,10 +497,12 @@ def compare(
     *,
     split: str = "test",
     n_boot: int = 2000,
+    by: str | None = None,
     extra_sections: list[tuple[str, dict[str, Any]]] | None = None,
 ) -> Path:
     """Evaluate (or reuse the evaluations of) ``runs`` on one split of ``data`` and write the report to ``out``.
 
+    ``by``: also score every run on each value of this column of the CSV the images were listed in (a table).
     ``extra_sections``: more ``(title, {"header", "rows"})`` tables, appended as given (the study's protocol table).
 
     Returns:
@@ -496,7 +518,7 @@ def compare(
             f"the {split} split of {data} holds one class only: the report ranks runs by AUROC, which needs both; "
             "score each run with pneumolab evaluate (its specificity or sensitivity is defined)"
         )
-    results = [_load_run(Path(r), data_dir, split, n_boot, out / "evaluations") for r in runs]
+    results = [_load_run(Path(r), data_dir, split, n_boot, out / "evaluations", by) for r in runs]
     where = f"{split} split of {data.resolve().name}"
     tests = _pairwise(results, n_boot) if len(results) > 1 else {}
     study, full, cost = _main_tables(results)
@@ -509,6 +531,14 @@ def compare(
     if tests:
         blocks.append(("figure", "Pairwise AUROC differences", "pairwise.png", _pairwise_figure(results, tests)))
     blocks += [("table", *study), ("table", *cost)]
+    if by is not None:
+        blocks.append(
+            (
+                "table",
+                f"By `{by}` (at each run's stored threshold; '-': the group lacks a class)",
+                _subgroup_section(results),
+            )
+        )
     if (gan := _gan_section(results, n_boot)) is not None:
         title = "GAN augmentation (vs the same model and seed without; duplicated real images as control)"
         blocks.append(("table", title, gan))

@@ -61,13 +61,17 @@ def test_counts_rates_and_a_spike_in_the_flagged_share(tmp_path) -> None:
 
 
 def test_warnings_allow_for_the_number_of_periods(tmp_path) -> None:
+    from scipy.stats import fisher_exact
+
     days = {f"{d:02d}": (40, 16, 0) for d in range(1, 11)}
-    days["03"] = (40, 8, 1)  # 20% flagged: outside its 95% interval of 40%, inside its interval at 1 - 0.05 / 10
-    low95, high95 = wilson(8, 40)
-    assert not low95 <= 0.4 <= high95
+    days["03"] = (40, 8, 1)  # 20% flagged against 40%: p = 0.016, significant alone, not among 10 periods x 2 tests
+    assert 0.05 / 20 < fisher_exact([[8, 32], [9 * 16, 9 * 24]]).pvalue < 0.05
+    low, high = wilson(8, 40)
+    assert not low <= 0.4 <= high  # its 95% interval excludes the others' share all the same
     assert monitor([_log(tmp_path / "a.jsonl", days)])["warnings"] == []
-    # on its own, one period of 1 of 41 not assessed is no evidence against 0.5%
-    assert wilson(1, 41)[0] < 0.005
+    days["03"] = (40, 6, 2)  # 15% flagged: p = 0.0017; 2 of 42 not assessed: p = 0.019 against 0.5%
+    (warning,) = monitor([_log(tmp_path / "b.jsonl", days)])["warnings"]
+    assert warning.startswith("2026-11-03: 15.0% [") and "flagged PNEUMONIA against 40.0%" in warning
 
 
 def test_periods_by_week_and_month_and_one_comparison_per_model(tmp_path) -> None:

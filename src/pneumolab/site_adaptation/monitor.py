@@ -5,14 +5,14 @@ which model file (SHA-256), and the answer (label, probability, not assessed and
 nothing says whether the answers were right; what can be seen is a change: more images the guard will not assess
 (another scanner, another view, images that are no chest X-ray), or another share flagged PNEUMONIA (another
 population, referral pattern or acquisition). Each period (UTC day, ISO week or month) and model gets counts and
-rates with 95% Wilson intervals, and two kinds of warning, each tested at a family-wise 5% over the model's
-periods (Bonferroni: the interval at ``1 - 0.05 / periods``), so that a month of daily periods does not raise an
-alarm on chance alone:
+rates with 95% Wilson intervals, and two kinds of warning, each an exact test, together at a family-wise 5% over
+the model's periods (Bonferroni: p < 0.05 / (2 x periods)), so that a month of daily periods does not raise an
+alarm on chance alone (``benchmarks/monitor_alarms.py`` measures how often it warns, and how soon it sees a change):
 
-- **not assessed**: the period's interval lies above 0.5%, the rate at which the feature guard flags the training
-  site's own validation X-rays (its threshold is their 99.5th percentile);
-- **flagged share**: the period's interval excludes the share flagged on the same model's other periods (both
-  with at least ``MIN_IMAGES`` assessed images).
+- **not assessed**: more than the 0.5% at which the feature guard flags the training site's own validation X-rays
+  (its threshold is their 99.5th percentile): a one-sided binomial test;
+- **flagged share**: another share flagged PNEUMONIA than on the same model's other periods (both with at least
+  ``MIN_IMAGES`` assessed images): Fisher's exact test on the two periods' counts.
 
 A warning says what to look at; checking a labeled sample (``pneumolab evaluate``) says whether the model still
 holds.
@@ -30,7 +30,16 @@ from typing import Any, Literal
 from pneumolab.errors import InputError
 from pneumolab.io import atomic_path
 
-__all__ = ["EXPECTED_NOT_ASSESSED", "MIN_IMAGES", "Period", "monitor", "plot_monitor", "read_records", "wilson"]
+__all__ = [
+    "EXPECTED_NOT_ASSESSED",
+    "MIN_IMAGES",
+    "Period",
+    "monitor",
+    "period_warnings",
+    "plot_monitor",
+    "read_records",
+    "wilson",
+]
 
 EXPECTED_NOT_ASSESSED = 0.005  # the feature guard's threshold: 99.5th percentile of validation X-rays' distances
 MIN_IMAGES = 20  # assessed images on each side before a flagged share is compared
@@ -69,11 +78,11 @@ class Period:
         }
 
 
-def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of the proportion ``k / n`` (``n > 0``) at confidence ``level``."""
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of the proportion ``k / n`` (``n > 0``): what the table and plot show."""
     from scipy.stats import binomtest
 
-    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
     return float(ci.low), float(ci.high)
 
 
@@ -168,14 +177,18 @@ def _pct(r: dict[str, Any]) -> str:
     return f"{100 * r['value']:.1f}% [{100 * r['ci'][0]:.1f}, {100 * r['ci'][1]:.1f}]"
 
 
-def _warnings(periods: list[Period]) -> list[str]:
+def period_warnings(periods: list[Period]) -> list[str]:
+    """The warnings of the module docstring, for periods in time order (one model or several)."""
+    from scipy.stats import binomtest, fisher_exact
+
     out = []
     for p in periods:
         row = p.row()
         others = [q for q in periods if q is not p and q.model_sha256 == p.model_sha256]
-        level = 1 - 0.05 / (len(others) + 1)  # Bonferroni over the model's periods
+        alpha = 0.05 / (2 * (len(others) + 1))  # Bonferroni over the model's periods and the two kinds of warning
         na = row["not_assessed_rate"]
-        if na and wilson(p.not_assessed, na["n"], level)[0] > EXPECTED_NOT_ASSESSED:
+        # exact tests: at rates like 0.5% an interval's bound is no test (Wilson's warned on a third of quiet months)
+        if na and binomtest(p.not_assessed, na["n"], EXPECTED_NOT_ASSESSED, alternative="greater").pvalue < alpha:
             why = ", ".join(r for r, _ in p.reasons.most_common(2) if not r.startswith("refused"))
             out.append(
                 f"{p.period}: {p.not_assessed} of {na['n']} images not assessed ({_pct(na)}); the guard flags "
@@ -185,8 +198,8 @@ def _warnings(periods: list[Period]) -> list[str]:
         k, n = sum(q.flagged for q in others), sum(q.assessed for q in others)
         fr = row["flagged_rate"]
         if p.assessed >= MIN_IMAGES and n >= MIN_IMAGES:
-            low, high = wilson(p.flagged, p.assessed, level)
-            if not low <= k / n <= high:
+            table = [[p.flagged, p.assessed - p.flagged], [k, n - k]]  # this period against the model's others
+            if fisher_exact(table).pvalue < alpha:
                 out.append(
                     f"{p.period}: {_pct(fr)} of assessed images flagged PNEUMONIA against {100 * k / n:.1f}% in "
                     "the model's other periods: another population, referral pattern or acquisition; check a labeled "
@@ -211,7 +224,7 @@ def monitor(paths: list[Path], every: Every = "day") -> dict[str, Any]:
         "every": every,
         "files": [str(f) for f in files],
         "periods": [p.row() for p in periods],
-        "warnings": _warnings(periods),
+        "warnings": period_warnings(periods),
     }
 
 

@@ -262,10 +262,14 @@ def test_served_connections_get_tcp_nodelay(monkeypatch) -> None:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
 
 
-def test_onnx_export_parity_and_backend(run, tmp_path) -> None:
+def test_onnx_export_parity_and_backend(run, tmp_path, capsys) -> None:
     target = tmp_path / "model.onnx"
     report = export_onnx(run, target)
     assert report["max_abs_diff"] < 1e-4 and target.with_suffix(".onnx.json").is_file()
+    capsys.readouterr()
+    assert main(["export", str(run), "--onnx", str(tmp_path / "cli.onnx")]) == 0
+    said = capsys.readouterr()
+    assert (said.out + said.err).count("max |ONNX - PyTorch|") == 1  # said once, by the library's log line
     shutil.copy(run / "model.pt", tmp_path / "model.pt")  # Grad-CAM still comes from the PyTorch weights
     target.with_suffix(".onnx.json").unlink()  # for people: the .onnx file itself carries the metadata
     torch_p, onnx_p = Predictor.load(run), Predictor.load(target)

@@ -59,22 +59,25 @@ class Period:
     not_assessed: int = 0
     refused: int = 0  # unreadable or refused before any model ran (not a chest radiograph's DICOM, corrupt...)
     probability_sum: float = 0.0
-    reasons: Counter = field(default_factory=Counter)  # why images were not assessed, or refused
+    reasons: Counter = field(default_factory=Counter)  # why images were not assessed
+    refusals: Counter = field(default_factory=Counter)  # the kinds of problem of the refused ones
 
     @property
     def images(self) -> int:
         return self.assessed + self.not_assessed + self.refused
 
     def row(self) -> dict[str, Any]:
-        """JSON-ready: counts, rates with their 95% intervals, the mean probability, the commonest reasons."""
+        """JSON-ready: counts, rates with their 95% intervals, the mean probability, the commonest reasons and kinds
+        of refusal."""
         seen = self.assessed + self.not_assessed
         return {
-            **{k: v for k, v in asdict(self).items() if k not in ("probability_sum", "reasons")},
+            **{k: v for k, v in asdict(self).items() if k not in ("probability_sum", "reasons", "refusals")},
             "images": self.images,
             "not_assessed_rate": _rate(self.not_assessed, seen),
             "flagged_rate": _rate(self.flagged, self.assessed),
             "mean_probability": self.probability_sum / self.assessed if self.assessed else None,
             "reasons": dict(self.reasons.most_common(5)),
+            "refusals": dict(self.refusals.most_common(5)),
         }
 
 
@@ -162,7 +165,7 @@ def _group(records: list[dict[str, Any]], every: Every) -> list[Period]:
         p.last = stamp
         if "refused" in rec:
             p.refused += 1
-            p.reasons[f"refused: {rec['refused']}"] += 1
+            p.refusals[str(rec["refused"])] += 1
         elif rec["label"] == "NOT_ASSESSED":
             p.not_assessed += 1
             p.reasons.update(rec.get("reasons") or ["not assessed"])
@@ -189,7 +192,7 @@ def period_warnings(periods: list[Period]) -> list[str]:
         na = row["not_assessed_rate"]
         # exact tests: at rates like 0.5% an interval's bound is no test (Wilson's warned on a third of quiet months)
         if na and binomtest(p.not_assessed, na["n"], EXPECTED_NOT_ASSESSED, alternative="greater").pvalue < alpha:
-            why = ", ".join(r for r, _ in p.reasons.most_common(2) if not r.startswith("refused"))
+            why = ", ".join(r for r, _ in p.reasons.most_common(2))
             out.append(
                 f"{p.period}: {p.not_assessed} of {na['n']} images not assessed ({_pct(na)}); the guard flags "
                 f"{100 * EXPECTED_NOT_ASSESSED:.1f}% of the training site's X-rays: check what is being sent "

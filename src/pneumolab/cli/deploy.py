@@ -93,8 +93,8 @@ def predict_cmd(
         except (ImageReadError, OSError) as e:
             failed += 1
             msg, kind = (e.detail, e.kind) if isinstance(e, ImageReadError) else (e.strerror, "unreadable")
-            line = json.dumps({**stamp, "error": msg, "refused": kind})
-            typer.echo(line if as_json else f"{path!s:<40} error: {msg}")
+            said = {**stamp, "error": msg, "refused": kind}
+            typer.echo(json.dumps(said) if as_json else f"{path!s:<40} error: {msg}")
             continue
         labels[r.label] += 1
         written = {}

@@ -21,7 +21,7 @@ from pneumolab.data.manifest import Manifest
 from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
 from pneumolab.generative.autoencoder import load_autoencoder
-from pneumolab.io import atomic_path
+from pneumolab.io import atomic_path, file_sha256
 
 __all__ = ["LatentDataModule", "ToFloat", "autoencoder_file", "encode_manifest", "latent_path"]
 
@@ -106,7 +106,7 @@ class LatentDataModule(ChestXrayDataModule):
 
     def preprocessing(self) -> Preprocessing:
         pre = Preprocessing.from_meta(self.ae_meta)  # inference starts from pixels, as the autoencoder did
-        sha = hashlib.sha256(self.ae_file.read_bytes()).hexdigest()
+        sha = file_sha256(self.ae_file)
         latent = {
             "autoencoder": str(self.ae_file.resolve()),
             "sha256": sha,

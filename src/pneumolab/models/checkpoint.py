@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from torch import nn
 from pneumolab import __version__
 from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
-from pneumolab.io import atomic_path
+from pneumolab.io import atomic_path, file_sha256
 from pneumolab.models.registry import create_model, get_spec
 from pneumolab.rundir import RunDir
 
@@ -114,7 +113,7 @@ def with_encoder(model: nn.Module, preprocessing: Preprocessing, encoder: nn.Mod
         from pneumolab.generative.autoencoder import load_autoencoder
 
         path = Path(latent["autoencoder"])
-        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != latent["sha256"]:
+        if not path.is_file() or file_sha256(path) != latent["sha256"]:
             raise InputError(
                 f"{path}: the autoencoder this model was trained on is missing or changed (SHA-256 differs); "
                 "use a model.pt written by a current `pneumolab train`, which holds its encoder"

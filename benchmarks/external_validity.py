@@ -61,6 +61,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast": ("fast", []),
     "fast-1view": ("fast", ["data.augment.views=1"]),
     "fast-rank-1": ("fast", ["optim.rank_loss=1.0"]),
+    "fast-rank-3": ("fast", ["optim.rank_loss=3.0"]),
     "fast-no-aspect": ("fast", ["data.augment.aspect=0"]),
     "fast-no-zoom-border": ("fast", ["data.augment.scale=[0.9,1.1]", "data.augment.border_erase=0.0"]),
     "fast-dataset-norm": ("fast", ["data.normalization=dataset"]),

@@ -77,6 +77,15 @@ def _dicom(tmp: Path, pixels: np.ndarray = PX, **kw) -> bytes:
     return write_dicom(tmp / "x.dcm", pixels, **kw).read_bytes()
 
 
+def _recompressed_label(tmp: Path, transfer_syntax: str) -> bytes:
+    """A valid RLE-compressed DICOM relabelled with another compressed transfer syntax (one pydicom cannot decode)."""
+    ds = pydicom.dcmread(write_dicom(tmp / "x.dcm", PX, transfer_syntax=RLELossless))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.UID(transfer_syntax)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
 # (name, make(tmp) -> bytes, reader kind, HTTP status, words in the message). Real DICOMs that are not
 # chest radiographs, malformed DICOMs, bombs and damaged files: refused by the reader, whoever calls it.
 REFUSED = [
@@ -125,6 +134,13 @@ REFUSED = [
         "decompression_bomb",
         413,
         "inflates beyond",
+    ),
+    (
+        "a compression without a decoder (MPEG-2 video)",
+        lambda t: _recompressed_label(t, "1.2.840.10008.1.2.4.100"),
+        "unsupported_compression",
+        415,
+        "no decoder here for the DICOM transfer syntax 'MPEG2 Main Profile / Main Level'",
     ),
     ("damaged JPEG that PIL accepts", lambda t: _damaged_jpeg(), "corrupt", 422, "damaged JPEG data"),
     ("truncated JPEG", lambda t: _jpeg(t)[:3000], "truncated", 422, "runcat"),

@@ -64,14 +64,38 @@ def test_warnings_allow_for_the_number_of_periods(tmp_path) -> None:
     from scipy.stats import fisher_exact
 
     days = {f"{d:02d}": (40, 16, 0) for d in range(1, 11)}
-    days["03"] = (40, 8, 1)  # 20% flagged against 40%: p = 0.016, significant alone, not among 10 periods x 2 tests
-    assert 0.05 / 20 < fisher_exact([[8, 32], [9 * 16, 9 * 24]]).pvalue < 0.05
+    days["03"] = (40, 8, 1)  # 20% flagged against 40%: p = 0.016, significant alone, not among 10 periods x 3 tests
+    assert 0.05 / 30 < fisher_exact([[8, 32], [9 * 16, 9 * 24]]).pvalue < 0.05
     low, high = wilson(8, 40)
     assert not low <= 0.4 <= high  # its 95% interval excludes the others' share all the same
     assert monitor([_log(tmp_path / "a.jsonl", days)])["warnings"] == []
-    days["03"] = (40, 6, 2)  # 15% flagged: p = 0.0017; 2 of 42 not assessed: p = 0.019 against 0.5%
-    (warning,) = monitor([_log(tmp_path / "b.jsonl", days)])["warnings"]
-    assert warning.startswith("2026-11-03: 15.0% [") and "flagged PNEUMONIA against 40.0%" in warning
+    days["03"] = (40, 6, 2)  # 15% flagged: p = 0.0017, just above 0.05 / 30
+    assert monitor([_log(tmp_path / "b.jsonl", days)])["warnings"] == []
+    days["03"] = (40, 5, 2)  # 12.5% flagged: p = 0.00045; 2 of 42 not assessed: p = 0.019 against 0.5%
+    (warning,) = monitor([_log(tmp_path / "c.jsonl", days)])["warnings"]
+    assert warning.startswith("2026-11-03: 12.5% [") and "flagged PNEUMONIA against 40.0%" in warning
+
+
+def test_a_surge_of_refused_uploads_is_warned_about_not_a_drop(tmp_path) -> None:
+    days = {f"{d:02d}": (40, 16, 0) for d in range(1, 11)}
+    log = _log(tmp_path / "audit.jsonl", days)
+    refused = {f"{d:02d}": [("corrupt", 1)] for d in range(1, 11)}  # 1 of 41 uploads a day: 2.4%
+    refused["07"] = [("unsupported_compression", 14), ("corrupt", 1)]  # 15 of 55 after a change at the sender
+    refused["08"] = []  # none: fewer refusals are no alarm
+    with log.open("a") as f:
+        for day, kinds in refused.items():
+            for kind, count in kinds:
+                for i in range(count):
+                    line = {"time": f"2026-11-{day}T17:00:{i:02d}+00:00", "model_sha256": MODEL, "refused": kind}
+                    f.write(json.dumps(line) + "\n")
+    r = monitor([log])
+    rows = {row["period"]: row for row in r["periods"]}
+    assert rows["2026-11-07"]["refused_rate"]["value"] == pytest.approx(15 / 55)
+    assert rows["2026-11-07"]["refusals"] == {"unsupported_compression": 14, "corrupt": 1}
+    (warning,) = r["warnings"]
+    # the other nine days: 8 of 8 x 41 + 40 = 368 uploads refused
+    assert warning.startswith("2026-11-07: 15 of 55 uploads refused (27.3% [")
+    assert "against 2.2% in the model's other periods (most often: unsupported_compression, corrupt)" in warning
 
 
 def test_periods_by_week_and_month_and_one_comparison_per_model(tmp_path) -> None:

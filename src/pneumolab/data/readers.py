@@ -215,7 +215,7 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> DecodedImage:
     except _FrameMismatch as e:
         raise ImageReadError(name, "corrupt", str(e)) from None
     except Exception as e:  # pydicom/numpy raise many types; the message may name a codec, never patient data
-        raise ImageReadError(name, "corrupt", _dicom_pixel_problem(ds, e)) from None
+        raise ImageReadError(name, *_dicom_pixel_problem(ds, e)) from None
 
 
 class _FrameMismatch(ValueError):
@@ -229,12 +229,23 @@ def _frames_message(frames: int | str, declared: int) -> str:
     )
 
 
-def _dicom_pixel_problem(ds, e: Exception) -> str:
-    """Why the pixel data did not decode: a missing codec only when that is what pydicom says."""
+def _dicom_pixel_problem(ds, e: Exception) -> tuple[str, str]:
+    """Why the pixel data did not decode, as ``(kind, detail)``: a compression without a decoder here (a valid file
+    that a sending system can send otherwise) or damaged data."""
+    from pydicom.pixels import get_decoder
+
     ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if "plugin" in str(e).lower() and ts is not None and ts.is_compressed:
-        return f"no installed decoder for the DICOM transfer syntax {ts.name!r}"
-    return f"cannot decode DICOM pixel data: damaged or inconsistent with its header ({type(e).__name__})"
+    if ts is not None and ts.is_transfer_syntax and ts.is_compressed:
+        try:
+            available = get_decoder(ts).is_available
+        except NotImplementedError:  # pydicom has no decoder for it at all (MPEG, JPEG XL...)
+            available = False
+        if not available:
+            return "unsupported_compression", (
+                f"no decoder here for the DICOM transfer syntax {ts.name!r}: have the sending system send "
+                "uncompressed, JPEG, JPEG-LS, JPEG 2000 or RLE DICOM"
+            )
+    return "corrupt", f"cannot decode DICOM pixel data: damaged or inconsistent with its header ({type(e).__name__})"
 
 
 def _dicom_pixels(ds) -> DecodedImage:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 _STATUS = {
     "decompression_bomb": 413,
     "not_an_image": 415,
+    "unsupported_compression": 415,
     "empty_file": 422,
     "truncated": 422,
     "corrupt": 422,

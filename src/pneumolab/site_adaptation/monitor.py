@@ -5,14 +5,18 @@ which model file (SHA-256), and the answer (label, probability, not assessed and
 nothing says whether the answers were right; what can be seen is a change: more images the guard will not assess
 (another scanner, another view, images that are no chest X-ray), or another share flagged PNEUMONIA (another
 population, referral pattern or acquisition). Each period (UTC day, ISO week or month) and model gets counts and
-rates with 95% Wilson intervals, and two kinds of warning, each an exact test, together at a family-wise 5% over
-the model's periods (Bonferroni: p < 0.05 / (2 x periods)), so that a month of daily periods does not raise an
+rates with 95% Wilson intervals, and three kinds of warning, each an exact test, together at a family-wise 5% over
+the model's periods (Bonferroni: p < 0.05 / (3 x periods)), so that a month of daily periods does not raise an
 alarm on chance alone (``benchmarks/monitor_alarms.py`` measures how often it warns, and how soon it sees a change):
 
 - **not assessed**: more than the 0.5% at which the feature guard flags the training site's own validation X-rays
   (its threshold is their 99.5th percentile): a one-sided binomial test;
 - **flagged share**: another share flagged PNEUMONIA than on the same model's other periods (both with at least
-  ``MIN_IMAGES`` assessed images): Fisher's exact test on the two periods' counts.
+  ``MIN_IMAGES`` assessed images): Fisher's exact test on the two periods' counts;
+- **refused uploads**: a larger share refused before any model ran (undecodable, compressed without a decoder, not a
+  chest radiograph's DICOM) than on the same model's other periods (both with at least ``MIN_IMAGES`` images):
+  one-sided Fisher's exact test. A sending system that changed (a PACS now compressing, another modality routed)
+  shows here first; each clinician only sees their own upload fail.
 
 A warning says what to look at; checking a labeled sample (``pneumolab evaluate``) says whether the model still
 holds.
@@ -73,6 +77,7 @@ class Period:
         return {
             **{k: v for k, v in asdict(self).items() if k not in ("probability_sum", "reasons", "refusals")},
             "images": self.images,
+            "refused_rate": _rate(self.refused, self.images),
             "not_assessed_rate": _rate(self.not_assessed, seen),
             "flagged_rate": _rate(self.flagged, self.assessed),
             "mean_probability": self.probability_sum / self.assessed if self.assessed else None,
@@ -188,7 +193,7 @@ def period_warnings(periods: list[Period]) -> list[str]:
     for p in periods:
         row = p.row()
         others = [q for q in periods if q is not p and q.model_sha256 == p.model_sha256]
-        alpha = 0.05 / (2 * (len(others) + 1))  # Bonferroni over the model's periods and the two kinds of warning
+        alpha = 0.05 / (3 * (len(others) + 1))  # Bonferroni over the model's periods and the three kinds of warning
         na = row["not_assessed_rate"]
         # exact tests: at rates like 0.5% an interval's bound is no test (Wilson's warned on a third of quiet months)
         if na and binomtest(p.not_assessed, na["n"], EXPECTED_NOT_ASSESSED, alternative="greater").pvalue < alpha:
@@ -207,6 +212,16 @@ def period_warnings(periods: list[Period]) -> list[str]:
                     f"{p.period}: {_pct(fr)} of assessed images flagged PNEUMONIA against {100 * k / n:.1f}% in "
                     "the model's other periods: another population, referral pattern or acquisition; check a labeled "
                     "sample (pneumolab evaluate)"
+                )
+        k, n = sum(q.refused for q in others), sum(q.images for q in others)
+        if p.images >= MIN_IMAGES and n >= MIN_IMAGES:
+            table = [[p.refused, p.images - p.refused], [k, n - k]]
+            if fisher_exact(table, alternative="greater").pvalue < alpha:  # fewer refusals are no cause for alarm
+                kinds = ", ".join(r for r, _ in p.refusals.most_common(2))
+                out.append(
+                    f"{p.period}: {p.refused} of {p.images} uploads refused ({_pct(row['refused_rate'])}) "
+                    f"against {100 * k / n:.1f}% in the model's other periods (most often: {kinds}): check what the "
+                    "sending system changed (format, compression, modality)"
                 )
     models = list(dict.fromkeys(p.model_sha256 for p in periods))
     if len(models) > 1:

@@ -60,8 +60,6 @@ STRONG = [
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast": ("fast", []),
     "fast-1view": ("fast", ["data.augment.views=1"]),
-    "fast-rank-1": ("fast", ["optim.rank_loss=1.0"]),
-    "fast-rank-3": ("fast", ["optim.rank_loss=3.0"]),
     "fast-no-aspect": ("fast", ["data.augment.aspect=0"]),
     "fast-no-zoom-border": ("fast", ["data.augment.scale=[0.9,1.1]", "data.augment.border_erase=0.0"]),
     "fast-dataset-norm": ("fast", ["data.normalization=dataset"]),
@@ -213,6 +211,9 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # Round 17, measured, then removed with its option (lost; docs/BENCHMARKS.md, "Seventeenth round"): at 5c89a9e
     # "fast-sam-0.05" (data.augment.views=1 optim.sam_rho=0.05: sharpness-aware minimisation in place of the
     # second view, at about its cost).
+    # Round 18, measured, then removed with its option (lost; docs/BENCHMARKS.md, "Eighteenth round"): at 17ec761
+    # "fast-rank-1" and "fast-rank-3" (optim.rank_loss=W: a pairwise ranking loss, softplus of each normal's logit
+    # margin over each pneumonia's in the batch, beside the cross-entropy).
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

@@ -152,9 +152,6 @@ class OptimConfig(StrictModel):
     # > 0: mixup (Zhang et al. 2018) with lambda ~ Beta(alpha, alpha): each training batch is blended with a
     # shuffled copy of itself and the loss with both labels, so the model is trained between the classes too.
     mixup_alpha: float = Field(0.0, ge=0)
-    # > 0: add this weight times a pairwise ranking loss (RankNet: softplus of each normal's logit margin over each
-    # pneumonia's, over the batch's pairs) to the cross-entropy: the external ranking is what decides (issue 16).
-    rank_loss: float = Field(0.0, ge=0)
 
 
 class TrainerConfig(StrictModel):

@@ -66,14 +66,7 @@ class ClassifierModule(L.LightningModule):
         x, y = batch
         logits = self(x)
         prob = logits.float().softmax(dim=1)[:, 1]  # (B,) P(pneumonia)
-        loss = self._loss(logits, y)
-        weight = self.hparams.optim.get("rank_loss", 0.0)
-        if weight > 0 and self.training:
-            margin = logits.float()[:, 1] - logits.float()[:, 0]  # (B,) log-odds of pneumonia
-            pos, neg = margin[y == 1], margin[y == 0]
-            if len(pos) and len(neg):  # (P, N) pairs: each pneumonia should outrank each normal
-                loss = loss + weight * F.softplus(neg[None, :] - pos[:, None]).mean()
-        return loss, prob, y
+        return self._loss(logits, y), prob, y
 
     def _mixup_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], alpha: float

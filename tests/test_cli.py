@@ -135,6 +135,7 @@ def test_prepare_accepts_the_full_kaggle_download_with_its_test_split(kaggle_dir
         (["serve", "runs/x"], "uvicorn", "serve"),
         (["tune", "-c", "tune/cpu_resnet18"], "optuna", "tune"),
         (["export", "runs/x", "--onnx", "x.onnx"], "onnxruntime", "onnx"),
+        (["export", "runs/x", "--onnx", "x.onnx"], "onnxscript", "onnx"),  # torch's exporter writes with it
     ],
 )
 def test_an_optional_part_without_its_extra_names_the_install(argv, missing, extra, monkeypatch, capsys) -> None:

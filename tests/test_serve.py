@@ -270,6 +270,7 @@ def test_onnx_export_parity_and_backend(run, tmp_path, capsys) -> None:
     assert main(["export", str(run), "--onnx", str(tmp_path / "cli.onnx")]) == 0
     said = capsys.readouterr()
     assert (said.out + said.err).count("max |ONNX - PyTorch|") == 1  # said once, by the library's log line
+    assert len((said.out + said.err).splitlines()) == 1  # and nothing else: no exporter progress or rewrite notes
     shutil.copy(run / "model.pt", tmp_path / "model.pt")  # Grad-CAM still comes from the PyTorch weights
     target.with_suffix(".onnx.json").unlink()  # for people: the .onnx file itself carries the metadata
     torch_p, onnx_p = Predictor.load(run), Predictor.load(target)

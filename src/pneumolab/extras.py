@@ -16,7 +16,7 @@ __all__ = ["EXTRAS", "require_extra"]
 # extra -> (what it enables, the modules it must make importable)
 EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
     "serve": ("the web service (`pneumolab serve`)", ("fastapi", "uvicorn")),
-    "onnx": ("ONNX export and the ONNX Runtime backend", ("onnx", "onnxruntime")),
+    "onnx": ("ONNX export and the ONNX Runtime backend", ("onnx", "onnxruntime", "onnxscript")),
     "tune": ("hyper-parameter tuning (`pneumolab tune`)", ("optuna", "optuna_integration")),
 }
 

@@ -20,6 +20,7 @@ from pneumolab.models.checkpoint import load_model_file
 __all__ = ["META_KEY", "export_onnx"]
 
 META_KEY = "pneumolab"  # the ONNX metadata property holding the model file's metadata as JSON
+OPSET = 18  # the lowest the torch.export-based exporter writes
 
 
 class _WithFeatures(torch.nn.Module):
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 def export_onnx(
     model_target: str | Path, out: str | Path, *, samples: list[bytes] | None = None, tolerance: float = 1e-4
 ) -> dict[str, Any]:
-    """Export to ONNX (opset 17, dynamic batch), then compare ONNX Runtime with PyTorch on ``samples`` (encoded
+    """Export to ONNX (opset 18, dynamic batch), then compare ONNX Runtime with PyTorch on ``samples`` (encoded
     images; default: the bundled sample's test images).
 
     The model file's metadata (preprocessing, operating point, provenance) travels inside the ``.onnx`` file
@@ -75,23 +76,24 @@ def export_onnx(
     x = torch.cat(
         [predictor.preprocess(decode_bytes(b, f"sample {i}"))[1] for i, b in enumerate(samples)]
     )  # (N, 1, S, S)
-    graph = _WithFeatures(model, meta["model_name"]) if "ood_guard" in meta else model
+    graph = _WithFeatures(model, meta["model_name"]).eval() if "ood_guard" in meta else model
     names = ["logits", "features"] if "ood_guard" in meta else ["logits"]
     with torch.no_grad():
         expected = [t.numpy() for t in _as_tuple(graph(x))]
     # The guard's tensors stay in model.pt (the Predictor reads them from there); the rest is plain JSON.
     info = {k: v for k, v in meta.items() if k not in ("format", "ood_guard")}
     with atomic_path(out, suffix=".onnx") as tmp:
-        axes = {"image": {0: "batch"}, **{n: {0: "batch"} for n in names}}
+        # torch.export's graph (the TorchScript exporter is deprecated); the batch size stays free
         torch.onnx.export(
             graph,
             (dummy,),
             str(tmp),
-            dynamo=False,
-            opset_version=17,
+            dynamo=True,
+            opset_version=OPSET,
             input_names=["image"],
             output_names=names,
-            dynamic_axes=axes,
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            verbose=False,
         )
         exported = onnx.load(str(tmp))
         onnx.helper.set_model_props(exported, {META_KEY: json.dumps(info, default=str)})
@@ -100,7 +102,7 @@ def export_onnx(
         diff = max(float(np.abs(g - e).max()) for g, e in zip(got, expected, strict=True))
         if not diff <= tolerance:
             raise InputError(f"ONNX export differs from PyTorch by {diff:.2e} (> {tolerance:.0e}); not written")
-    info["onnx"] = {"opset": 17, "max_abs_diff": diff, "verified_on": len(samples)}
+    info["onnx"] = {"opset": OPSET, "max_abs_diff": diff, "verified_on": len(samples)}
     atomic_write_text(out.with_suffix(".onnx.json"), json.dumps(info, indent=2, default=str))
     log.info("exported %s (max |ONNX - PyTorch| = %.2e on %d images)", out, diff, len(samples))
     return {"path": str(out), "max_abs_diff": diff, "images": len(samples)}

@@ -7,7 +7,7 @@ a false alarm: the share of logs with at least one is the family-wise false-alar
 correction is meant to hold at 5%. Then one day changes (its flagged, not-assessed or refused share) and the share
 of logs in which that day is warned about is the power.
 
-    .venv/bin/python benchmarks/monitor_alarms.py --periods 30 --images 100 --repeats 1000
+    .venv/bin/python benchmarks/monitor_alarms.py --periods 30 --images 100 --repeats 1000 [--against past]
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def rate(rng, args, changed: dict[str, float], kind: str | None) -> float:
     """Share of simulated logs with a warning (``kind``: only warnings about the changed last day of that kind)."""
     hits = 0
     for _ in range(args.repeats):
-        warns = period_warnings(simulate(rng, args, changed))
+        warns = period_warnings(simulate(rng, args, changed), args.against)
         last = f"2026-11-{args.periods:02d}:"
         if kind is None:
             hits += bool(warns)
@@ -55,11 +55,13 @@ def main() -> None:
     ap.add_argument("--refused", type=float, default=0.02, help="share of uploads refused when nothing changes")
     ap.add_argument("--repeats", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--against", choices=["all", "past"], default="all", help="as `pneumolab monitor --against`")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     print(
         f"{args.periods} periods x {args.images} uploads, {args.refused:.0%} refused, {args.flagged:.0%} flagged, "
-        f"{args.repeats} simulated logs"
+        f"{args.repeats} simulated logs, each period against the model's "
+        f"{'earlier' if args.against == 'past' else 'other'} periods"
     )
     print("| what happened | share of logs warned |")
     print("|---|---|")

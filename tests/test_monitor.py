@@ -98,6 +98,25 @@ def test_a_surge_of_refused_uploads_is_warned_about_not_a_drop(tmp_path) -> None
     assert "against 2.2% in the model's other periods (most often: unsupported_compression, corrupt)" in warning
 
 
+def test_against_past_compares_only_with_earlier_periods(tmp_path) -> None:
+    days = {f"{d:02d}": (40, 16, 0) for d in range(1, 9)}
+    days["01"] = (40, 36, 0)  # 90% flagged on the first day, 40% after
+    days["08"] = (40, 36, 0)  # and on the last
+    log = _log(tmp_path / "a.jsonl", days)
+    everything = monitor([log])["warnings"]
+    assert [w[:10] for w in everything] == ["2026-11-01", "2026-11-08"]
+    past = monitor([log], against="past")
+    assert past["against"] == "past"
+    # day 1 has no earlier period to differ from; day 2 (40%) differs from day 1 (90%: one day of 40 images is
+    # baseline enough); from day 3 on the baseline mixes both; day 8 (90%) differs from days 1-7 (47%)
+    assert [w[:10] for w in past["warnings"]] == ["2026-11-02", "2026-11-08"]
+    assert "against 90.0% in the model's earlier periods" in past["warnings"][0]
+    # the past never moves: adding later days leaves the earlier verdicts as they were
+    days["09"] = (40, 36, 0)
+    again = monitor([_log(tmp_path / "b.jsonl", days)], against="past")["warnings"]
+    assert [w[:10] for w in again][:2] == ["2026-11-02", "2026-11-08"]
+
+
 def test_periods_by_week_and_month_and_one_comparison_per_model(tmp_path) -> None:
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -156,6 +175,15 @@ def test_monitor_cli_table_json_files_and_exit_code(tmp_path, capsys) -> None:
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads((tmp_path / "out" / "monitor.json").read_text())
     assert (tmp_path / "out" / "monitor.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["monitor", str(log), "--fail-on-warning", "--against", "past"]) == 0  # no warning: exit 0
+    capsys.readouterr()
+    spike = _log(tmp_path / "spike.jsonl", {"01": (40, 16, 0), "02": (40, 16, 0), "03": (40, 38, 0)})
+    assert main(["monitor", str(spike)]) == 0  # a warning is printed, the exit code says nothing by default
+    assert "warning: 2026-11-03" in capsys.readouterr().out
+    assert main(["monitor", str(spike), "--fail-on-warning", "--json"]) == 1  # for a scheduled job
+    assert json.loads(capsys.readouterr().out)["warnings"][0].startswith("2026-11-03")
+    assert main(["monitor", str(log), "--against", "future"]) == 2
+    assert "--against 'future': choose all or past" in capsys.readouterr().err
     assert main(["monitor", str(log), "--every", "hour"]) == 2
     assert "--every 'hour': choose day, week or month" in capsys.readouterr().err
     assert main(["monitor", str(tmp_path / "missing")]) == 2

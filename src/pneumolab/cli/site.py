@@ -101,6 +101,7 @@ def adapt_cmd(
     [
         "pneumolab monitor /var/log/pneumolab                      # the folder of `serve --audit`",
         "pneumolab monitor results-*.jsonl --every week --out runs/monitor   # `predict --json` output",
+        "pneumolab monitor /var/log/pneumolab --against past --fail-on-warning   # a daily job: exit 1 on a warning",
     ],
 )
 def monitor_cmd(
@@ -109,6 +110,16 @@ def monitor_cmd(
     ],
     every: Annotated[str, typer.Option(help="Period: day, week (ISO) or month, in UTC.")] = "day",
     out: Annotated[Path | None, typer.Option(help="Also write monitor.json and monitor.png into this folder.")] = None,
+    against: Annotated[
+        str,
+        typer.Option(
+            help="Compare each period with the model's other periods (all: a review of the whole log) or only "
+            "its earlier ones (past: what a daily job asks; a verdict never changes later)."
+        ),
+    ] = "all",
+    fail_on_warning: Annotated[
+        bool, typer.Option("--fail-on-warning", help="Exit with code 1 when there is a warning (for a scheduled job).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Per period and model: images, refused, not assessed and flagged PNEUMONIA with 95% intervals, and warnings.
@@ -122,14 +133,22 @@ def monitor_cmd(
 
     if every not in ("day", "week", "month"):
         raise InputError(f"--every {every!r}: choose day, week or month")
-    r = monitor(logs, every=every)  # type: ignore[arg-type]
+    if against not in ("all", "past"):
+        raise InputError(f"--against {against!r}: choose all or past")
+    r = monitor(logs, every=every, against=against)  # type: ignore[arg-type]
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "monitor.json", r)
         plot_monitor(r, out / "monitor.png")
     if as_json:
         typer.echo(json.dumps(r, indent=2))
-        return
+    else:
+        _print_monitor(r, out)
+    if fail_on_warning and r["warnings"]:
+        raise typer.Exit(1)
+
+
+def _print_monitor(r: dict, out: Path | None) -> None:
     models = {row["model_sha256"] for row in r["periods"]}
     head = f"{'period':<11} {'model':<13}" if len(models) > 1 else f"{'period':<11}"
     typer.echo(f"{head} {'images':>6} {'refused':>7} {'not assessed':>26} {'flagged PNEUMONIA':>26} {'mean P':>6}")

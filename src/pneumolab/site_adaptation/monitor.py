@@ -3,11 +3,12 @@
 Reads the service's audit log (``serve --audit DIR``) or ``predict --json`` lines: both hold, per image, when,
 which model file (SHA-256), and the answer (label, probability, not assessed and why, or refused). Without labels
 nothing says whether the answers were right; what can be seen is a change: more images the guard will not assess
-(another scanner, another view, images that are no chest X-ray), or another share flagged PNEUMONIA (another
-population, referral pattern or acquisition). Each period (UTC day, ISO week or month) and model gets counts and
-rates with 95% Wilson intervals, and three kinds of warning, each an exact test, together at a family-wise 5% over
-the model's periods (Bonferroni: p < 0.05 / (3 x periods)), so that a month of daily periods does not raise an
-alarm on chance alone (``benchmarks/monitor_alarms.py`` measures how often it warns, and how soon it sees a change):
+(another scanner, another view, images that are no chest X-ray), another share flagged PNEUMONIA (another
+population, referral pattern or acquisition), or more uploads refused (a sending system that changed). Each
+period (UTC day, ISO week or month) and model gets counts and rates with 95% Wilson intervals, and three kinds of
+warning, each an exact test, together at a family-wise 5% over the model's periods (Bonferroni: p < 0.05 / (3 x
+periods)), so that a month of daily periods does not raise an alarm on chance alone
+(``benchmarks/monitor_alarms.py`` measures how often it warns, and how soon it sees a change):
 
 - **not assessed**: more than the 0.5% at which the feature guard flags the training site's own validation X-rays
   (its threshold is their 99.5th percentile): a one-sided binomial test;
@@ -17,6 +18,10 @@ alarm on chance alone (``benchmarks/monitor_alarms.py`` measures how often it wa
   chest radiograph's DICOM) than on the same model's other periods (both with at least ``MIN_IMAGES`` images):
   one-sided Fisher's exact test. A sending system that changed (a PACS now compressing, another modality routed)
   shows here first; each clinician only sees their own upload fail.
+
+"The model's other periods" are all of them by default (a review of the whole log: a period's verdict may change
+when later periods arrive), or only the earlier ones with ``against="past"`` (what a daily job asks: did today
+differ from before? A verdict then never changes; the first periods have no baseline to differ from).
 
 A warning says what to look at; checking a labeled sample (``pneumolab evaluate``) says whether the model still
 holds.
@@ -46,8 +51,9 @@ __all__ = [
 ]
 
 EXPECTED_NOT_ASSESSED = 0.005  # the feature guard's threshold: 99.5th percentile of validation X-rays' distances
-MIN_IMAGES = 20  # assessed images on each side before a flagged share is compared
+MIN_IMAGES = 20  # images on each side (assessed ones for the flagged share) before two shares are compared
 Every = Literal["day", "week", "month"]
+Against = Literal["all", "past"]
 
 
 @dataclass
@@ -185,15 +191,18 @@ def _pct(r: dict[str, Any]) -> str:
     return f"{100 * r['value']:.1f}% [{100 * r['ci'][0]:.1f}, {100 * r['ci'][1]:.1f}]"
 
 
-def period_warnings(periods: list[Period]) -> list[str]:
-    """The warnings of the module docstring, for periods in time order (one model or several)."""
+def period_warnings(periods: list[Period], against: Against = "all") -> list[str]:
+    """The warnings of the module docstring, for periods in time order (one model or several); each period is
+    compared with the same model's other periods (``"all"``) or its earlier ones (``"past"``)."""
     from scipy.stats import binomtest, fisher_exact
 
-    out = []
+    out, which = [], "earlier" if against == "past" else "other"
     for p in periods:
         row = p.row()
-        others = [q for q in periods if q is not p and q.model_sha256 == p.model_sha256]
-        alpha = 0.05 / (3 * (len(others) + 1))  # Bonferroni over the model's periods and the three kinds of warning
+        same = [q for q in periods if q.model_sha256 == p.model_sha256]  # in time order
+        at = [q is p for q in same].index(True)
+        others = same[:at] if against == "past" else same[:at] + same[at + 1 :]
+        alpha = 0.05 / (3 * len(same))  # Bonferroni over the model's periods and the three kinds of warning
         na = row["not_assessed_rate"]
         # exact tests: at rates like 0.5% an interval's bound is no test (Wilson's warned on a third of quiet months)
         if na and binomtest(p.not_assessed, na["n"], EXPECTED_NOT_ASSESSED, alternative="greater").pvalue < alpha:
@@ -210,8 +219,8 @@ def period_warnings(periods: list[Period]) -> list[str]:
             if fisher_exact(table).pvalue < alpha:
                 out.append(
                     f"{p.period}: {_pct(fr)} of assessed images flagged PNEUMONIA against {100 * k / n:.1f}% in "
-                    "the model's other periods: another population, referral pattern or acquisition; check a labeled "
-                    "sample (pneumolab evaluate)"
+                    f"the model's {which} periods: another population, referral pattern or acquisition; check a "
+                    "labeled sample (pneumolab evaluate)"
                 )
         k, n = sum(q.refused for q in others), sum(q.images for q in others)
         if p.images >= MIN_IMAGES and n >= MIN_IMAGES:
@@ -220,7 +229,7 @@ def period_warnings(periods: list[Period]) -> list[str]:
                 kinds = ", ".join(r for r, _ in p.refusals.most_common(2))
                 out.append(
                     f"{p.period}: {p.refused} of {p.images} uploads refused ({_pct(row['refused_rate'])}) "
-                    f"against {100 * k / n:.1f}% in the model's other periods (most often: {kinds}): check what the "
+                    f"against {100 * k / n:.1f}% in the model's {which} periods (most often: {kinds}): check what the "
                     "sending system changed (format, compression, modality)"
                 )
     models = list(dict.fromkeys(p.model_sha256 for p in periods))
@@ -234,15 +243,16 @@ def period_warnings(periods: list[Period]) -> list[str]:
     return out
 
 
-def monitor(paths: list[Path], every: Every = "day") -> dict[str, Any]:
+def monitor(paths: list[Path], every: Every = "day", against: Against = "all") -> dict[str, Any]:
     """Counts, rates with 95% intervals and warnings per period and model, from audit or ``predict --json`` lines."""
     files = _files(paths)
     periods = _group(read_records(files), every)
     return {
         "every": every,
+        "against": against,
         "files": [str(f) for f in files],
         "periods": [p.row() for p in periods],
-        "warnings": period_warnings(periods),
+        "warnings": period_warnings(periods, against),
     }
 
 

@@ -107,6 +107,14 @@ REFUSED = [
     ("secondary capture", lambda t: _dicom(t, Modality="OT"), "not_a_chest_radiograph", 422, "Modality 'OT'"),
     ("no modality", lambda t: _dicom(t, Modality=""), "not_a_chest_radiograph", 422, "no Modality"),
     ("radiograph of a hand", lambda t: _dicom(t, BodyPartExamined="HAND"), "not_a_chest_radiograph", 422, "HAND"),
+    ("a lateral chest view", lambda t: _dicom(t, ViewPosition="LL"), "not_a_frontal_view", 422, "ViewPosition 'LL'"),
+    (
+        "raw detector data",
+        lambda t: _dicom(t, Modality="DX", PresentationIntentType="FOR PROCESSING"),
+        "for_processing",
+        422,
+        "FOR PROCESSING",
+    ),
     (
         "two frames",
         lambda t: _dicom(t, NumberOfFrames=2, PixelData=PX.tobytes() * 2),
@@ -181,6 +189,19 @@ def test_the_reader_refuses(tmp_path, name, make, kind, status, words) -> None:
 def test_the_service_answers_4xx(client, tmp_path, name, make, kind, status, words) -> None:
     r = client.post("/api/v1/predict", files={"file": ("x", make(tmp_path))})
     assert r.status_code == status and words in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        {"ViewPosition": "PA"},
+        {"ViewPosition": "AP", "Modality": "DX", "PresentationIntentType": "FOR PRESENTATION"},
+        {"ViewPosition": "LLD"},  # a decubitus film is a frontal projection with a horizontal beam
+        {},
+    ],
+)
+def test_frontal_views_for_presentation_are_read(tmp_path, tags) -> None:
+    assert decode_bytes(_dicom(tmp_path, **tags), "x.dcm").pixels.shape == PX.shape
 
 
 @pytest.mark.parametrize(("name", "make"), CODECS, ids=[c[0] for c in CODECS])

@@ -37,6 +37,10 @@ MAX_PIXELS = 80_000_000  # ~8,900 px square: larger than any real radiograph, sm
 # vendors write it. An empty body part is accepted: many CR/DX devices never fill it in.
 RADIOGRAPH_MODALITIES = ("CR", "DX", "DR")
 CHEST_BODY_PARTS = ("", "CHEST", "THORAX", "LUNG", "TORAX", "THORAX_CHEST")
+# ViewPosition's defined terms for a lateral or oblique projection: the models were trained on frontal (PA/AP)
+# chest X-rays, and a PACS study sends the lateral beside the frontal. Other values (PA, AP, decubitus, none) pass.
+NOT_FRONTAL_VIEWS = ("LL", "RL", "LLO", "RLO", "LAO", "RAO", "LPO", "RPO", "LATERAL", "LAT", "OBLIQUE")
+DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"  # SOP class: raw detector data, not meant to be looked at
 _DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the whole dataset is zlib-compressed
 MIN_SIDE = 32
 NPZ_SEP = "#"  # "pneumoniamnist_128.npz#train/12" addresses image 12 of train_images
@@ -175,7 +179,8 @@ def _inflated_size_ok(data: bytes, limit: int) -> bool:
 
 
 def _check_chest_radiograph(ds, name: str) -> None:
-    """Refuse DICOMs that are not a single-frame projection radiograph of the chest (see RADIOGRAPH_MODALITIES)."""
+    """Refuse DICOMs that are not a single-frame frontal projection radiograph of the chest, processed for
+    presentation (see RADIOGRAPH_MODALITIES, NOT_FRONTAL_VIEWS)."""
     modality = str(ds.get("Modality", "") or "").strip().upper()
     what = "DICOM file has no Modality" if not modality else f"DICOM Modality {modality!r}"
     if modality not in RADIOGRAPH_MODALITIES:
@@ -191,6 +196,22 @@ def _check_chest_radiograph(ds, name: str) -> None:
     if frames != 1:
         raise ImageReadError(
             name, "not_a_chest_radiograph", f"DICOM file holds {frames} frames; a chest radiograph has one"
+        )
+    view = str(ds.get("ViewPosition", "") or "").strip().upper()
+    if view in NOT_FRONTAL_VIEWS:
+        raise ImageReadError(
+            name,
+            "not_a_frontal_view",
+            f"DICOM ViewPosition {view!r}: a lateral or oblique view; pneumolab reads frontal (PA/AP) chest "
+            "radiographs only",
+        )
+    intent = str(ds.get("PresentationIntentType", "") or "").strip().upper()
+    if intent == "FOR PROCESSING" or str(ds.get("SOPClassUID", "")) == DX_FOR_PROCESSING:
+        raise ImageReadError(
+            name,
+            "for_processing",
+            "DICOM image FOR PROCESSING (raw detector data, before the scanner's image processing): send the FOR "
+            "PRESENTATION image of the same exposure",
         )
 
 

@@ -42,6 +42,8 @@ _STATUS = {
     "too_small": 422,
     "no_pixel_data": 422,
     "not_a_chest_radiograph": 422,
+    "not_a_frontal_view": 422,
+    "for_processing": 422,
 }
 
 

@@ -5,7 +5,8 @@ Usage::
     python benchmarks/external_validity.py --data runs/data/kermany \
         --external ../shared/data/chest_xray_external --out runs/external [--recipes fast resnet18-64] [--seeds 0 1 2]
 
-For every recipe and seed (each an ordinary ``train`` run; finished runs are reused):
+For every recipe and seed (each an ordinary ``train`` run; a finished run is reused if its saved config is the
+recipe's as defined now, and stops the benchmark with the settings that differ if not):
 
 - internal: validation AUROC (the split that selected the checkpoint and threshold);
 - zero-shot external: AUROC, sensitivity, specificity, accuracy, balanced accuracy and ECE at the threshold and
@@ -239,21 +240,27 @@ KEYS = ("auroc", "sensitivity", "specificity", "accuracy", "balanced_accuracy", 
 
 
 def train_run(recipe: str, seed: int, data: Path, out: Path) -> tuple[Path, float | None]:
-    """The run folder of (recipe, seed), trained now unless finished; with its training wall time."""
+    """The run folder of (recipe, seed), trained now unless finished with the recipe as it is defined now; with its
+    training wall time."""
     run_dir = out / "runs" / f"{recipe}-s{seed}"
     timing = run_dir / "wall_s.json"
-    if (run_dir / "model.pt").is_file():
-        return run_dir, json.loads(timing.read_text())["train_wall_s"] if timing.is_file() else None
     preset, extra = RECIPES[recipe]
+    if recipe in PRETRAIN:
+        extra = [*extra, f"model.init={pretrain_dir(recipe, seed, out) / 'encoder.pt'}"]
+    overrides = [f"data.data_dir={data}", f"out_dir={out / 'runs'}", f"name={recipe}-s{seed}", f"seed={seed}", *extra]
+    cfg = load_config(TrainConfig, preset, overrides)
+    if (run_dir / "model.pt").is_file():
+        if changed := stale_settings(run_dir, cfg):
+            # recipes and presets change between rounds; a cached run of an older definition would be scored as
+            # the new one
+            raise RuntimeError(
+                f"{run_dir} was trained with another {recipe!r} ({'; '.join(changed[:4])}): delete it to retrain, "
+                "or give the recipe you changed a new name"
+            )
+        return run_dir, json.loads(timing.read_text())["train_wall_s"] if timing.is_file() else None
     timings = {}
     if recipe in PRETRAIN:
-        encoder, timings["pretrain_wall_s"] = pretrain_run(recipe, seed, data, out)
-        extra = [*extra, f"model.init={encoder}"]
-    cfg = load_config(
-        TrainConfig,
-        preset,
-        [f"data.data_dir={data}", f"out_dir={out / 'runs'}", f"name={recipe}-s{seed}", f"seed={seed}", *extra],
-    )
+        _, timings["pretrain_wall_s"] = pretrain_run(recipe, seed, data, out)
     start = time.perf_counter()
     result = train(cfg, progress_bar=False)
     wall = time.perf_counter() - start
@@ -265,13 +272,37 @@ def train_run(recipe: str, seed: int, data: Path, out: Path) -> tuple[Path, floa
     return run_dir, timings["train_wall_s"]
 
 
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+def stale_settings(run_dir: Path, cfg: TrainConfig) -> list[str]:
+    """The settings whose value in the run's saved ``config.yaml`` differs from ``cfg`` ("key: saved -> now");
+    settings only one side knows (options added or removed since) and where the run lies are left out."""
+    import yaml
+
+    saved = _flat(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    now = _flat(cfg.model_dump(mode="json"))
+    saved["data.data_dir"], now["data.data_dir"] = (str(Path(c["data.data_dir"]).resolve()) for c in (saved, now))
+    keys = sorted((saved.keys() & now.keys()) - {"out_dir", "name"})
+    return [f"{k}: {saved[k]} -> {now[k]}" for k in keys if saved[k] != now[k]]
+
+
+def pretrain_dir(recipe: str, seed: int, out: Path) -> Path:
+    """Where (recipe, seed)'s encoder is pre-trained."""
+    return out / "pretrain" / f"{PRETRAIN[recipe][0]}-s{seed}"
+
+
 def pretrain_run(recipe: str, seed: int, data: Path, out: Path) -> tuple[Path, float]:
     """The encoder file of (recipe, seed) under ``out/pretrain``, pre-trained unless finished; with its wall time."""
     from pneumolab.config import PretrainConfig
     from pneumolab.training.pretrain import pretrain
 
     name, preset, extra = PRETRAIN[recipe]
-    run_dir = out / "pretrain" / f"{name}-s{seed}"
+    run_dir = pretrain_dir(recipe, seed, out)
     timing = run_dir / "wall_s.json"
     if (run_dir / "encoder.pt").is_file() and timing.is_file():
         return run_dir / "encoder.pt", json.loads(timing.read_text())["pretrain_wall_s"]

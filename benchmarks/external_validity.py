@@ -61,6 +61,8 @@ STRONG = [
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast": ("fast", []),
     "fast-1view": ("fast", ["data.augment.views=1"]),
+    "fast-fill-reflection": ("fast", ["data.augment.fill=reflection"]),
+    "fast-fill-border": ("fast", ["data.augment.fill=border"]),
     "fast-no-aspect": ("fast", ["data.augment.aspect=0"]),
     "fast-no-zoom-border": ("fast", ["data.augment.scale=[0.9,1.1]", "data.augment.border_erase=0.0"]),
     "fast-dataset-norm": ("fast", ["data.normalization=dataset"]),

@@ -61,8 +61,6 @@ STRONG = [
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast": ("fast", []),
     "fast-1view": ("fast", ["data.augment.views=1"]),
-    "fast-fill-reflection": ("fast", ["data.augment.fill=reflection"]),
-    "fast-fill-border": ("fast", ["data.augment.fill=border"]),
     "fast-no-aspect": ("fast", ["data.augment.aspect=0"]),
     "fast-no-zoom-border": ("fast", ["data.augment.scale=[0.9,1.1]", "data.augment.border_erase=0.0"]),
     "fast-dataset-norm": ("fast", ["data.normalization=dataset"]),
@@ -217,6 +215,9 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # Round 18, measured, then removed with its option (lost; docs/BENCHMARKS.md, "Eighteenth round"): at 17ec761
     # "fast-rank-1" and "fast-rank-3" (optim.rank_loss=W: a pairwise ranking loss, softplus of each normal's logit
     # margin over each pneumonia's in the batch, beside the cross-entropy).
+    # Round 19, measured, then removed with its option (lost; docs/BENCHMARKS.md, "Nineteenth round"): at b9ed283
+    # "fast-fill-reflection" and "fast-fill-border" (data.augment.fill=reflection|border: what the zoom, stretch and
+    # shift fill in where they move the image off an edge, instead of black).
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

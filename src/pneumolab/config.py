@@ -72,9 +72,6 @@ class AugmentConfig(StrictModel):
     # > 0: half the images get a black border of up to this fraction of the side on every edge, as
     # collimation and cropped laterality markers give them; the model must not read "normal" off the border.
     border_erase: float = Field(0.0, ge=0, le=0.3)
-    # what the geometry fills in where it moved the image away from an edge: black (zeros), the edge pixels
-    # repeated (border) or the image mirrored (reflection)
-    fill: Literal["zeros", "border", "reflection"] = "zeros"
     # > 0: half the images are blurred by a Gaussian of sigma U(0, blur) x side / 64 pixels (detector resolution
     # and resizing differ between sites; the model must not read the diagnosis off fine texture).
     blur: float = Field(0.0, ge=0, le=3)

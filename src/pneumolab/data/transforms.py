@@ -194,7 +194,7 @@ class BatchTrainPreset(torch.nn.Module):
         inv = torch.stack([torch.stack([cos / sx, sin / sx], 1), torch.stack([-sin / sy, cos / sy], 1)], 1)  # (R S)^-1
         theta = torch.cat([inv, -(inv @ shift[:, :, None])], 2)  # (B, 2, 3)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode=a.fill, align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if a.border_erase:  # half the images lose a border of U(0, border_erase) x side pixels on every edge
             m = (uniform(0, a.border_erase) * side).long() * (torch.rand(b, device=x.device) < 0.5)  # (B,)
             idx = torch.arange(side, device=x.device)

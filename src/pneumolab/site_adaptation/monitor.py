@@ -191,10 +191,20 @@ def _pct(r: dict[str, Any]) -> str:
     return f"{100 * r['value']:.1f}% [{100 * r['ci'][0]:.1f}, {100 * r['ci'][1]:.1f}]"
 
 
+def _unlike(k: int, n: int, k_other: int, n_other: int, alpha: float, alternative: str = "two-sided") -> bool:
+    """``k`` of ``n`` against ``k_other`` of ``n_other``, both with at least ``MIN_IMAGES``: Fisher's exact test."""
+    from scipy.stats import fisher_exact
+
+    if n < MIN_IMAGES or n_other < MIN_IMAGES:
+        return False
+    table = [[k, n - k], [k_other, n_other - k_other]]
+    return bool(fisher_exact(table, alternative=alternative).pvalue < alpha)
+
+
 def period_warnings(periods: list[Period], against: Against = "all") -> list[str]:
     """The warnings of the module docstring, for periods in time order (one model or several); each period is
     compared with the same model's other periods (``"all"``) or its earlier ones (``"past"``)."""
-    from scipy.stats import binomtest, fisher_exact
+    from scipy.stats import binomtest
 
     out, which = [], "earlier" if against == "past" else "other"
     for p in periods:
@@ -213,25 +223,20 @@ def period_warnings(periods: list[Period], against: Against = "all") -> list[str
                 f"(most often: {why})"
             )
         k, n = sum(q.flagged for q in others), sum(q.assessed for q in others)
-        fr = row["flagged_rate"]
-        if p.assessed >= MIN_IMAGES and n >= MIN_IMAGES:
-            table = [[p.flagged, p.assessed - p.flagged], [k, n - k]]  # this period against the model's others
-            if fisher_exact(table).pvalue < alpha:
-                out.append(
-                    f"{p.period}: {_pct(fr)} of assessed images flagged PNEUMONIA against {100 * k / n:.1f}% in "
-                    f"the model's {which} periods: another population, referral pattern or acquisition; check a "
-                    "labeled sample (pneumolab evaluate)"
-                )
+        if _unlike(p.flagged, p.assessed, k, n, alpha):
+            out.append(
+                f"{p.period}: {_pct(row['flagged_rate'])} of assessed images flagged PNEUMONIA against "
+                f"{100 * k / n:.1f}% in the model's {which} periods: another population, referral pattern or "
+                "acquisition; check a labeled sample (pneumolab evaluate)"
+            )
         k, n = sum(q.refused for q in others), sum(q.images for q in others)
-        if p.images >= MIN_IMAGES and n >= MIN_IMAGES:
-            table = [[p.refused, p.images - p.refused], [k, n - k]]
-            if fisher_exact(table, alternative="greater").pvalue < alpha:  # fewer refusals are no cause for alarm
-                kinds = ", ".join(r for r, _ in p.refusals.most_common(2))
-                out.append(
-                    f"{p.period}: {p.refused} of {p.images} uploads refused ({_pct(row['refused_rate'])}) "
-                    f"against {100 * k / n:.1f}% in the model's {which} periods (most often: {kinds}): check what the "
-                    "sending system changed (format, compression, modality)"
-                )
+        if _unlike(p.refused, p.images, k, n, alpha, alternative="greater"):  # fewer refusals are no cause for alarm
+            kinds = ", ".join(r for r, _ in p.refusals.most_common(2))
+            out.append(
+                f"{p.period}: {p.refused} of {p.images} uploads refused ({_pct(row['refused_rate'])}) against "
+                f"{100 * k / n:.1f}% in the model's {which} periods (most often: {kinds}): check what the sending "
+                "system changed (format, compression, modality)"
+            )
     models = list(dict.fromkeys(p.model_sha256 for p in periods))
     if len(models) > 1:
         spans = [
@@ -257,15 +262,16 @@ def monitor(paths: list[Path], every: Every = "day", against: Against = "all") -
 
 
 def plot_monitor(result: dict[str, Any], path: Path) -> None:
-    """Flagged and not-assessed shares per period with their 95% intervals, one colour per model."""
+    """Flagged, not-assessed and refused shares per period with their 95% intervals, one colour per model."""
     from pneumolab.evaluation.plots import fig_to_png, plt
 
     rows = result["periods"]
     labels = list(dict.fromkeys(r["period"] for r in rows))
-    fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 0.5 * len(labels)), 6), sharex=True)
+    fig, axes = plt.subplots(3, 1, figsize=(max(6.0, 0.5 * len(labels)), 8.5), sharex=True)
     for ax, key, title in (
         (axes[0], "flagged_rate", "assessed images flagged PNEUMONIA"),
         (axes[1], "not_assessed_rate", "images not assessed (guard)"),
+        (axes[2], "refused_rate", "uploads refused before any model ran"),
     ):
         for m in dict.fromkeys(r["model_sha256"] for r in rows):
             pts = [(labels.index(r["period"]), r[key]) for r in rows if r["model_sha256"] == m and r[key]]
@@ -280,7 +286,7 @@ def plot_monitor(result: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("%")
         ax.set_title(f"{title}, 95% Wilson intervals")
     axes[1].axhline(100 * EXPECTED_NOT_ASSESSED, color="grey", ls="--", lw=1, label="expected at the training site")
-    axes[1].set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    axes[2].set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     for ax in axes:
         ax.legend(fontsize=8)
     with atomic_path(path, suffix=".png") as tmp:

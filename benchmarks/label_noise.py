@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from external_validity import stale_settings  # benchmarks/ is this script's first import path
 
 from pneumolab.config import TrainConfig, load_config
 from pneumolab.data.manifest import Manifest
@@ -68,9 +69,14 @@ def main() -> None:
             sub = Manifest(manifest.root, [manifest.records[i] for i in train_rows], dict(manifest.meta))
             sub.with_splits(splits, label_noise_fold=k).save(fold_dir)
         run_dir = args.out / "runs" / f"fold{k}"
+        where = [f"data.data_dir={fold_dir}", f"out_dir={args.out / 'runs'}", f"name=fold{k}", f"seed={args.seed}"]
+        cfg = load_config(TrainConfig, args.recipe, where)
         if not (run_dir / "model.pt").is_file():
-            where = [f"data.data_dir={fold_dir}", f"out_dir={args.out / 'runs'}", f"name=fold{k}", f"seed={args.seed}"]
-            train(load_config(TrainConfig, args.recipe, where), progress_bar=False)
+            train(cfg, progress_bar=False)
+        elif changed := stale_settings(run_dir, cfg):  # a fold run of another recipe or seed: not this one's
+            raise SystemExit(
+                f"{run_dir} was trained otherwise ({'; '.join(changed[:4])}): delete {args.out} or use another"
+            )
         model, meta = load_model_file(run_dir)
         sub = Manifest.load(fold_dir)
         held = sub.indices("val")

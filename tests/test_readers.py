@@ -74,6 +74,31 @@ def test_dicom_window_clips_outside_values(tmp_path) -> None:
     assert px[0] == px[1] == 0 and px[2] == px[3] == 255
 
 
+def _padded(value: int) -> np.ndarray:
+    """(40, 40) uint16: a 1000..3300 ramp inside an 8-pixel border of ``value``."""
+    arr = np.full((40, 40), value, np.uint16)
+    arr[8:32, 8:32] = 1000 + 50 * np.indices((24, 24)).sum(0)
+    return arr
+
+
+def test_dicom_pixel_padding_is_black_and_out_of_the_range(tmp_path) -> None:
+    arr = _padded(65535)  # the area outside the detector, coded far above the image's values
+    inside = arr[8:32, 8:32]
+    px = decode_bytes(write_dicom(tmp_path / "p.dcm", arr, PixelPaddingValue=65535).read_bytes(), "p.dcm").pixels
+    assert px[:8].max() == 0 and px[8:32, 8:32].min() == 0 and px[8:32, 8:32].max() == 255
+    expected = np.round((inside - 1000.0) * (255.0 / 2300))  # the ramp's own range, 1000..3300, onto 0..255
+    np.testing.assert_array_equal(px[8:32, 8:32], expected)
+    # without the tag the padding sets the range and the X-ray is squashed into a few grey levels
+    squashed = decode_bytes(write_dicom(tmp_path / "q.dcm", arr).read_bytes(), "q.dcm").pixels
+    assert squashed[8:32, 8:32].max() == 9 and squashed[:8].min() == 255  # 2,300 of 64,535 levels: 10 greys
+    # MONOCHROME1 with a padding range at the bottom: the image inverted, the padding still black
+    arr = _padded(3)
+    tags = {"PixelPaddingValue": 0, "PixelPaddingRangeLimit": 10}
+    m1 = write_dicom(tmp_path / "m1.dcm", arr, photometric="MONOCHROME1", **tags).read_bytes()
+    px = decode_bytes(m1, "m1.dcm").pixels
+    assert px[:8].max() == 0 and px[8, 8] == 255 and px[31, 31] == 0
+
+
 def test_dicom_without_pixel_data_is_refused_without_patient_data(tmp_path) -> None:
     p = write_dicom(tmp_path / "sr.dcm", np.zeros((1, 1), np.uint8), with_pixels=False)
     with pytest.raises(ImageReadError) as e:

@@ -97,13 +97,29 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Linearly map the array's own range onto 0..255 (for >8-bit data with no window)."""
+def _to_uint8(arr: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Linearly map the array's own range (of the ``valid`` pixels only, when given) onto 0..255 (for >8-bit data
+    with no window)."""
     arr = arr.astype(np.float64)
-    lo, hi = float(arr.min()), float(arr.max())
+    seen = arr if valid is None else arr[valid]
+    if seen.size == 0:
+        return np.zeros(arr.shape, np.uint8)
+    lo, hi = float(seen.min()), float(seen.max())
     if hi <= lo:
         return np.zeros(arr.shape, np.uint8)
-    return np.round((arr - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+    return np.round((np.clip(arr, lo, hi) - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def _dicom_padding(ds, stored: np.ndarray) -> np.ndarray | None:
+    """``(H, W)`` bool, True where the stored value is the DICOM's pixel padding (PixelPaddingValue, up to
+    PixelPaddingRangeLimit): the area outside the detector or collimation, which has no image in it."""
+    pad = ds.get("PixelPaddingValue")
+    if pad is None:
+        return None
+    limit = ds.get("PixelPaddingRangeLimit", pad)
+    lo, hi = sorted((int(pad), int(limit)))
+    mask = (stored >= lo) & (stored <= hi)
+    return mask if mask.any() else None
 
 
 def _decode_pil(data: bytes, name: str, max_pixels: int, draft: int | None) -> DecodedImage:
@@ -290,11 +306,16 @@ def _dicom_pixels(ds) -> DecodedImage:
         gray = arr[..., 0] * 0.299 + arr[..., 1] * 0.587 + arr[..., 2] * 0.114
         chroma = float(np.abs(arr - arr.mean(axis=2, keepdims=True)).mean() * 255 / max(float(arr.max()), 1.0))
         return DecodedImage(_to_uint8(gray), f"DICOM {photometric}", True, ds.get("PatientID"), chroma)
+    # Padding (a value far outside the image's, e.g. 65535) would otherwise set the range the image is scaled to
+    # and squash the X-ray into a few grey levels; it is left out of the range and shown black, as collimation.
+    padding = _dicom_padding(ds, arr)
     arr = apply_modality_lut(arr, ds)  # stored values -> e.g. Hounsfield / optical density
     arr = apply_voi_lut(arr, ds)  # window centre/width or VOI LUT: the range the radiologist looks at
-    out = _to_uint8(arr)
+    out = _to_uint8(arr, None if padding is None else ~padding)
     if photometric == "MONOCHROME1":  # 0 = white: invert so that bone is bright, as in MONOCHROME2
         out = 255 - out
+    if padding is not None:
+        out[padding] = 0
     bits = int(ds.get("BitsStored", 8))
     return DecodedImage(out, f"DICOM {photometric} {bits}-bit", True, ds.get("PatientID"))
 

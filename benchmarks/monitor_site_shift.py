@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,31 +29,25 @@ from pneumolab.inference.predictor import Predictor
 from pneumolab.site_adaptation.monitor import Period, period_warnings
 
 
-def answers(predictor: Predictor, paths: list[Path]) -> list[tuple[str, float]]:
-    """(label, probability) per image, as the service answers it (guard on)."""
+def answers(predictor: Predictor, paths: list[Path]) -> list[dict[str, Any]]:
+    """Each image's answer as the service logs it (guard on): label and probability."""
     out = []
     for p in paths:
         a = predictor.predict(p.read_bytes(), name=p.name)
-        out.append((a.label, a.probability or 0.0))
+        out.append({"label": a.label, "probability": a.probability})
     return out
 
 
-def day(name: str, pool: list[tuple[str, float]], rng: np.random.Generator, n: int) -> Period:
+def day(name: str, pool: list[dict[str, Any]], rng: np.random.Generator, n: int) -> Period:
     """One day's period of ``n`` answers drawn from ``pool``."""
     p = Period(name, "m", name, name)
     for i in rng.integers(0, len(pool), n):
-        label, prob = pool[i]
-        if label == "NOT_ASSESSED":
-            p.not_assessed += 1
-        else:
-            p.assessed += 1
-            p.flagged += label == "PNEUMONIA"
-            p.probability_sum += prob
+        p.add(pool[i])
     return p
 
 
-def summary(name: str, pool: list[tuple[str, float]]) -> str:
-    labels = [label for label, _ in pool]
+def summary(name: str, pool: list[dict[str, Any]]) -> str:
+    labels = [a["label"] for a in pool]
     na, flagged = labels.count("NOT_ASSESSED"), labels.count("PNEUMONIA")
     assessed = len(labels) - na
     return (

@@ -72,6 +72,19 @@ class Period:
     reasons: Counter = field(default_factory=Counter)  # why images were not assessed
     refusals: Counter = field(default_factory=Counter)  # the kinds of problem of the refused ones
 
+    def add(self, rec: dict[str, Any]) -> None:
+        """Count one answer: ``{"refused": kind}``, or a ``label`` (with ``probability`` unless NOT_ASSESSED)."""
+        if "refused" in rec:
+            self.refused += 1
+            self.refusals[str(rec["refused"])] += 1
+        elif rec["label"] == "NOT_ASSESSED":
+            self.not_assessed += 1
+            self.reasons.update(rec.get("reasons") or ["not assessed"])
+        else:
+            self.assessed += 1
+            self.flagged += rec["label"] == "PNEUMONIA"
+            self.probability_sum += float(rec["probability"])
+
     @property
     def images(self) -> int:
         return self.assessed + self.not_assessed + self.refused
@@ -174,16 +187,7 @@ def _group(records: list[dict[str, Any]], every: Every) -> list[Period]:
         key = (_period(rec["_utc"], every), rec.get("model_sha256"))
         p = periods.setdefault(key, Period(key[0], key[1], first=stamp, last=stamp))
         p.last = stamp
-        if "refused" in rec:
-            p.refused += 1
-            p.refusals[str(rec["refused"])] += 1
-        elif rec["label"] == "NOT_ASSESSED":
-            p.not_assessed += 1
-            p.reasons.update(rec.get("reasons") or ["not assessed"])
-        else:
-            p.assessed += 1
-            p.flagged += rec["label"] == "PNEUMONIA"
-            p.probability_sum += float(rec["probability"])
+        p.add(rec)
     return list(periods.values())  # in time order: records were sorted
 
 

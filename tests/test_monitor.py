@@ -187,3 +187,18 @@ def test_monitor_cli_table_json_files_and_exit_code(tmp_path, capsys) -> None:
     assert main(["monitor", str(log), "--every", "hour"]) == 2
     assert "--every 'hour': choose day, week or month" in capsys.readouterr().err
     assert main(["monitor", str(tmp_path / "missing")]) == 2
+
+
+def test_answers_given_with_a_caution_are_counted_and_noted(tmp_path, capsys) -> None:
+    log = _log(tmp_path / "audit.jsonl", {"01": (40, 16, 0), "02": (40, 16, 2)})
+    caution = "the patient is older than the patients this model learnt from (1-5 years; ...)"
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    for rec in lines[:10] + lines[40:45]:  # 10 answers of day 1; day 2's 2 not assessed and 3 answers
+        rec["cautions"] = [caution] if rec["label"] != "NOT_ASSESSED" else []
+    log.write_text("".join(json.dumps(rec) + "\n" for rec in lines))
+    r = monitor([log])
+    assert [(row["cautioned"], row["cautions"]) for row in r["periods"]] == [(10, {caution: 10}), (3, {caution: 3})]
+    assert r["notes"] == [f"model {MODEL[:12]}: 13 of 80 answers (16.2%) came with a caution: {caution} (13)"]
+    assert r["warnings"] == []  # a standing fact, not a change
+    assert main(["monitor", str(log)]) == 0
+    assert f"note: model {MODEL[:12]}: 13 of 80 answers" in capsys.readouterr().out

@@ -99,6 +99,28 @@ def test_dicom_pixel_padding_is_black_and_out_of_the_range(tmp_path) -> None:
     assert px[:8].max() == 0 and px[8, 8] == 255 and px[31, 31] == 0
 
 
+@pytest.mark.parametrize(
+    ("tags", "years"),
+    [
+        ({"PatientAge": "054Y"}, 54.0),
+        ({"PatientAge": "018M"}, 1.5),
+        ({"PatientAge": "010W"}, 70 / 365.25),
+        ({"PatientAge": "100D"}, 100 / 365.25),
+        ({"PatientBirthDate": "20200115", "StudyDate": "20230115"}, 1096 / 365.25),  # no PatientAge: the dates
+        ({"PatientAge": "054Y", "PatientBirthDate": "20200115", "StudyDate": "20230115"}, 54.0),  # the age first
+        ({}, None),  # anonymised: no age at all
+        ({"PatientAge": "54"}, None),  # no unit: not guessed
+        ({"PatientBirthDate": "20200115", "StudyDate": "20231340"}, None),  # an impossible date
+        ({"PatientBirthDate": "2020", "StudyDate": "20230115"}, None),  # a partial date
+        ({"PatientBirthDate": "20240115", "StudyDate": "20230115"}, None),  # born after the study
+    ],
+)
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")  # pydicom, writing the malformed values on purpose
+def test_dicom_patient_age_in_years(tmp_path, tags, years) -> None:
+    img = decode_bytes(write_dicom(tmp_path / "a.dcm", np.full((40, 40), 9, np.uint8), **tags).read_bytes(), "a")
+    assert img.age_years == (None if years is None else pytest.approx(years))
+
+
 def test_dicom_without_pixel_data_is_refused_without_patient_data(tmp_path) -> None:
     p = write_dicom(tmp_path / "sr.dcm", np.zeros((1, 1), np.uint8), with_pixels=False)
     with pytest.raises(ImageReadError) as e:

@@ -58,6 +58,7 @@ def test_predict_a_real_xray_with_gradcam(client) -> None:
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["assessed"] is True and body["reasons"] == [] and body["ood"] is False
+    assert body["cautions"] == []  # a JPEG carries no age
     assert 0 <= body["probability"] <= 1
     assert body["label"] == ("PNEUMONIA" if body["probability"] >= body["threshold"] else "NORMAL")
     assert body["operating_point"]["split"] == "val" and "not a diagnosis" in body["notice"]
@@ -120,6 +121,30 @@ def test_unusual_but_valid_inputs_work_and_leak_no_patient_data(client, tmp_path
     r = _post(client, data, "Doe^Jane_MRN-0042.dcm", gradcam="true")
     assert r.status_code == 200, r.text
     assert "Doe" not in r.text and "MRN" not in r.text
+
+
+def _xray_dicom(path: Path, **tags) -> bytes:
+    """The real X-ray as an 8-bit DICOM of ~0.3 MP (under the test client's 1 MB limit)."""
+    img = Image.open(XRAY).convert("L")
+    img.thumbnail((640, 640))
+    return write_dicom(path, np.asarray(img), **tags).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("age", "caution"),
+    [("054Y", "older than the patients this model learnt from (1-5 years"), ("003Y", None), ("006M", "younger")],
+)
+def test_a_patient_outside_the_training_ages_gets_a_caution_with_the_answer(client, tmp_path, age, caution) -> None:
+    """The sample is Kermany's (children of 1-5 years): an adult's X-ray is answered, with a caution that says
+    so; the age itself is not repeated (the answer goes to the audit log, which holds no header data)."""
+    body = _post(client, _xray_dicom(tmp_path / "x.dcm", PatientAge=age), "x.dcm").json()
+    assert body["assessed"] is True and body["label"] in ("NORMAL", "PNEUMONIA")
+    if caution is None:
+        assert body["cautions"] == []
+    else:
+        assert len(body["cautions"]) == 1 and caution in body["cautions"][0]
+        assert str(int(age[:-1])) not in body["cautions"][0]  # the age itself is not repeated
+    assert client.get("/api/v1/model").json()["training_ages_years"] == [1, 5]
 
 
 def test_token_is_enforced(run) -> None:
@@ -436,6 +461,11 @@ def test_real_browser_sees_a_result_a_refused_ct_and_a_not_assessed_image(run, t
             flagged = page.text_content("#notassessed")
             flagged_visible = page.is_visible("#notassessed") and page.is_hidden("#assessed")
             flagged_name = page.text_content("#filename")
+            adult = tmp_path / "adult.dcm"
+            adult.write_bytes(_xray_dicom(adult, PatientAge="054Y"))
+            page.set_input_files("#file", str(adult))
+            page.wait_for_function("!document.getElementById('cautions').classList.contains('hidden')")
+            caution = page.text_content("#cautions")
             browser.close()
     finally:
         server.should_exit = True
@@ -447,6 +477,7 @@ def test_real_browser_sees_a_result_a_refused_ct_and_a_not_assessed_image(run, t
     assert refused.startswith("Could not analyse ct.dcm. This file cannot be used: ") and "Modality 'CT'" in refused
     assert flagged_visible and flagged_name == "blank.png"
     assert "Not assessed" in flagged and "blank or nearly uniform" in flagged
+    assert caution.startswith("Caution: the patient is older than the patients this model learnt from (1-5 years")
 
 
 def test_ood_guard_in_the_predictor(run, ae_run) -> None:

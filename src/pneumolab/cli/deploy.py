@@ -107,7 +107,7 @@ def predict_cmd(
             typer.echo(json.dumps({**stamp, **r.to_dict(), "site": predictor.site, **written}))
         else:
             p_text = "-" if r.probability is None else f"{r.probability:.4f}"
-            why = f"  ({'; '.join(r.reasons)})" if r.reasons else ""
+            why = f"  ({'; '.join(r.reasons + r.cautions)})" if r.reasons or r.cautions else ""
             typer.echo(f"{path!s:<40} {p_text:>12}  {r.label:<12} {r.timings_ms['total']:.0f}{why}")
     if len(inputs) + len(skipped) > 1:  # after a folder's hundreds of lines, the tally (stderr: --json stays JSON)
         tally = [f"{labels[k]} {k}" for k in ("PNEUMONIA", "NORMAL", "NOT_ASSESSED") if labels[k]]

@@ -162,6 +162,8 @@ def _print_monitor(r: dict, out: Path | None) -> None:
         )
     for w in r["warnings"]:
         typer.echo(f"warning: {w}")
+    for note in r["notes"]:
+        typer.echo(f"note: {note}")
     if out is not None:
         typer.echo(f"wrote {out / 'monitor.json'} and {out / 'monitor.png'}")
 

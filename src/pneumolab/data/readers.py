@@ -11,7 +11,8 @@ import functools
 import io
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ __all__ = [
     "DecodedImage",
     "aspect_problem",
     "decode_bytes",
+    "dicom_age_years",
     "image_problems",
     "read_entry",
     "sniff_format",
@@ -55,6 +57,7 @@ class DecodedImage:
     converted: bool  # True if it was not 8-bit grayscale and had to be converted
     patient_key: str | None = None
     colourfulness: float = 0.0  # mean |channel - grey| of a colour source, 0..255: a radiograph has ~0
+    age_years: float | None = None  # the patient's age from a DICOM header; None when not recorded
 
 
 MIN_GREY_STD = 4.0  # of 255: below it an image is blank or a uniform fill (a radiograph has std ~40-70)
@@ -248,11 +251,29 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> DecodedImage:
     if rows * cols > max_pixels:
         raise ImageReadError(name, "decompression_bomb", f"{cols}x{rows} pixels exceeds the {max_pixels:,}-pixel limit")
     try:
-        return _dicom_pixels(ds)
+        return replace(_dicom_pixels(ds), age_years=dicom_age_years(ds))
     except _FrameMismatch as e:
         raise ImageReadError(name, "corrupt", str(e)) from None
     except Exception as e:  # pydicom/numpy raise many types; the message may name a codec, never patient data
         raise ImageReadError(name, *_dicom_pixel_problem(ds, e)) from None
+
+
+_AGE_UNIT_DAYS = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25}
+
+
+def dicom_age_years(ds) -> float | None:
+    """The patient's age at the study in years: ``PatientAge`` (``"054Y"``, ``"018M"``, ``"010W"``, ``"100D"``),
+    else ``StudyDate`` - ``PatientBirthDate``; None when neither is recorded or readable (never an error: an
+    anonymised file often has no age)."""
+    age = str(ds.get("PatientAge", "") or "").strip().upper()
+    if len(age) >= 2 and age[:-1].isdigit() and age[-1] in _AGE_UNIT_DAYS:
+        return int(age[:-1]) * _AGE_UNIT_DAYS[age[-1]] / 365.25
+    try:  # DICOM DA values are YYYYMMDD
+        born, seen = (datetime.strptime(str(ds.get(t, "") or ""), "%Y%m%d") for t in ("PatientBirthDate", "StudyDate"))
+        days = (seen - born).days
+    except ValueError:  # missing, partial or impossible dates
+        return None
+    return days / 365.25 if days >= 0 else None
 
 
 class _FrameMismatch(ValueError):

@@ -8,7 +8,7 @@ from typing import Any
 
 from pneumolab.io import atomic_write_text
 
-__all__ = ["render_model_card", "trained_on", "write_model_card"]
+__all__ = ["KERMANY_AGES_YEARS", "render_model_card", "trained_on", "training_ages", "write_model_card"]
 
 _ROWS = ("auroc", "sensitivity", "specificity", "precision", "npv", "f1", "balanced_accuracy", "accuracy", "ece")
 
@@ -60,15 +60,26 @@ def _kermany(data: dict[str, Any]) -> bool:
     return data["kermany_file_names"] >= 0.5
 
 
+# Kermany et al. 2018: "pediatric patients of one to five years old". A site's own source records no ages.
+KERMANY_AGES_YEARS = (1, 5)
+
+
+def training_ages(data: dict[str, Any] | None) -> tuple[int, int] | None:
+    """The youngest and oldest age in whole years of the patients the model learnt from, where the source
+    documents it (Kermany's); None otherwise. ``data``: the model file's ``training_data``."""
+    return KERMANY_AGES_YEARS if data is not None and _kermany(data) else None
+
+
 def trained_on(data: dict[str, Any] | None) -> str:
     """Who the model has seen, as a phrase (the card, the service's page): Kermany's children only where the
     training file names are Kermany's, a site's own source otherwise. ``data``: the model file's ``training_data``."""
     if data is None:
         return "a training set this model file does not record (an older file)"
     if _kermany(data):
+        youngest, oldest = KERMANY_AGES_YEARS
         return (
-            "pediatric (1-5 years) anterior-posterior chest X-rays from a single centre (Guangzhou Women and "
-            "Children's Medical Center, Kermany et al. 2018)"
+            f"pediatric ({youngest}-{oldest} years) anterior-posterior chest X-rays from a single centre (Guangzhou "
+            "Women and Children's Medical Center, Kermany et al. 2018)"
         )
     return f"{data['splits'].get('train', {}).get('images', 'an unknown number of')} chest X-rays from one source"
 

@@ -25,7 +25,7 @@ from pneumolab.data.readers import DecodedImage, decode_bytes
 from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import OperatingPoint
-from pneumolab.evaluation.model_card import trained_on
+from pneumolab.evaluation.model_card import trained_on, training_ages
 from pneumolab.extras import require_extra
 from pneumolab.inference.guard import OOD_REASON, FeatureTap, feature_scores, image_problems
 from pneumolab.io import file_sha256
@@ -51,6 +51,7 @@ class Prediction:
     ood_score: float | None = None  # the feature guard's distance over its threshold (> 1: flagged)
     reasons: list[str] = field(default_factory=list)  # why the guard flagged the image
     original: np.ndarray | None = field(default=None, repr=False)  # (H, W) uint8, the decoded upload
+    cautions: list[str] = field(default_factory=list)  # why an answer given may not hold for this patient
 
     @property
     def assessed(self) -> bool:
@@ -65,8 +66,22 @@ class Prediction:
             "ood": self.ood,
             "ood_score": self.ood_score,
             "reasons": self.reasons,
+            "cautions": self.cautions,
             "timings_ms": self.timings_ms,
         }
+
+
+def age_caution(age_years: float | None, ages: tuple[int, int] | None) -> str | None:
+    """A caution when the patient's age (from the DICOM header) is outside the training population's whole
+    years ``ages`` (inclusive: 5 covers 5.0-5.99); None when inside or either is unknown. The age itself is not
+    repeated: the answer goes to the audit log, which holds no header data."""
+    if age_years is None or ages is None or ages[0] <= age_years < ages[1] + 1:
+        return None
+    side = "younger" if age_years < ages[0] else "older"
+    return (
+        f"the patient is {side} than the patients this model learnt from ({ages[0]}-{ages[1]} years; age from the "
+        "DICOM header): its answers were not validated on such patients unless it was evaluated on them here"
+    )
 
 
 def gradcam_layer(model: nn.Module, model_name: str) -> nn.Module:
@@ -118,6 +133,7 @@ class Predictor:
         self.operating_point = OperatingPoint.from_meta(meta)
         self.threshold = self.operating_point.threshold
         self.site = describe_site(meta)  # None, or where the model was calibrated / adapted
+        self.ages = training_ages(meta.get("training_data"))  # None: the source records no ages
         self.lock = threading.Lock()
         self.backend = "onnx" if onnx_session is not None else "torch"
 
@@ -208,6 +224,7 @@ class Predictor:
             "total": (time.perf_counter() - t0) * 1e3,
         }
         ood = bool(reasons) if self.guarded else None
+        caution = age_caution(img.age_years, self.ages) if label != NOT_ASSESSED else None
         return Prediction(
             prob,
             label,
@@ -219,6 +236,7 @@ class Predictor:
             score,
             reasons,
             img.pixels,
+            [caution] if caution else [],
         )
 
     def _gradcam(self, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
@@ -290,6 +308,7 @@ class Predictor:
             "site_steps": m.get("site", []),
             "intended_use": "Research and decision support only; not a diagnostic device.",
             "trained_on": trained_on(m.get("training_data")),
+            "training_ages_years": self.ages,  # [youngest, oldest] where the source documents them, else None
         }
 
 

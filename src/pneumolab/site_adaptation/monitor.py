@@ -69,7 +69,9 @@ class Period:
     not_assessed: int = 0
     refused: int = 0  # unreadable or refused before any model ran (not a chest radiograph's DICOM, corrupt...)
     probability_sum: float = 0.0
+    cautioned: int = 0  # assessed and answered with a caution (e.g. a patient outside the training ages)
     reasons: Counter = field(default_factory=Counter)  # why images were not assessed
+    cautions: Counter = field(default_factory=Counter)  # the cautions given with answers
     refusals: Counter = field(default_factory=Counter)  # the kinds of problem of the refused ones
 
     def add(self, rec: dict[str, Any]) -> None:
@@ -84,6 +86,8 @@ class Period:
             self.assessed += 1
             self.flagged += rec["label"] == "PNEUMONIA"
             self.probability_sum += float(rec["probability"])
+            self.cautioned += bool(rec.get("cautions"))
+            self.cautions.update(rec.get("cautions") or [])
 
     @property
     def images(self) -> int:
@@ -94,7 +98,9 @@ class Period:
         of refusal."""
         seen = self.assessed + self.not_assessed
         return {
-            **{k: v for k, v in asdict(self).items() if k not in ("probability_sum", "reasons", "refusals")},
+            **{
+                k: v for k, v in asdict(self).items() if k not in ("probability_sum", "reasons", "refusals", "cautions")
+            },
             "images": self.images,
             "refused_rate": _rate(self.refused, self.images),
             "not_assessed_rate": _rate(self.not_assessed, seen),
@@ -102,6 +108,7 @@ class Period:
             "mean_probability": self.probability_sum / self.assessed if self.assessed else None,
             "reasons": dict(self.reasons.most_common(5)),
             "refusals": dict(self.refusals.most_common(5)),
+            "cautions": dict(self.cautions.most_common(5)),
         }
 
 
@@ -252,6 +259,22 @@ def period_warnings(periods: list[Period], against: Against = "all") -> list[str
     return out
 
 
+def caution_notes(periods: list[Period]) -> list[str]:
+    """Per model, how many answers came with a caution and which: not a change to test, a standing fact a site
+    should act on (e.g. a children's model answering adults: evaluate it on them)."""
+    out = []
+    for m in dict.fromkeys(p.model_sha256 for p in periods):
+        mine = [p for p in periods if p.model_sha256 == m]
+        n, k = sum(p.assessed for p in mine), sum(p.cautioned for p in mine)
+        if k:
+            said = sum((p.cautions for p in mine), Counter()).most_common(2)
+            out.append(
+                f"model {(m or 'unknown')[:12]}: {k} of {n} answers ({100 * k / n:.1f}%) came with a caution: "
+                + "; ".join(f"{text} ({c})" for text, c in said)
+            )
+    return out
+
+
 def monitor(paths: list[Path], every: Every = "day", against: Against = "all") -> dict[str, Any]:
     """Counts, rates with 95% intervals and warnings per period and model, from audit or ``predict --json`` lines."""
     files = _files(paths)
@@ -262,6 +285,7 @@ def monitor(paths: list[Path], every: Every = "day", against: Against = "all") -
         "files": [str(f) for f in files],
         "periods": [p.row() for p in periods],
         "warnings": period_warnings(periods, against),
+        "notes": caution_notes(periods),
     }
 
 

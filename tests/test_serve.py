@@ -328,8 +328,13 @@ def test_predict_cli_table_json_and_per_file_errors(run, tmp_path, capsys) -> No
     (row,) = json.loads(capsys.readouterr().out)["periods"]
     assert (row["period"], row["assessed"], row["refused"]) == (lines[0]["time"][:10], 1, 1)
     assert (tmp_path / "cam" / f"{XRAY.stem}_gradcam.png").is_file()
-    assert main(["predict", str(run), str(XRAY)]) == 0
-    assert "P(pneumonia)" in capsys.readouterr().out
+    adult = tmp_path / "adult.dcm"
+    _xray_dicom(adult, PatientAge="054Y")
+    assert main(["predict", str(run), str(XRAY), str(adult)]) == 0
+    out = capsys.readouterr().out
+    assert "P(pneumonia)" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith(str(tmp_path)) or XRAY.name in line}
+    assert "(the patient is older than" in rows[str(adult)] and "(" not in rows[str(XRAY)]
 
 
 def test_predict_a_pacs_style_folder_uses_every_image_and_reports_every_other_file(run, tmp_path, capsys) -> None:

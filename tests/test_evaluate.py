@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_train_args
+from conftest import tiny_train_args, write_dicom
 from PIL import Image
 
 from pneumolab.cli import main
@@ -62,6 +62,24 @@ def test_the_model_card_states_kermany_population_only_for_kermany_images(two_ru
     assert f"Trained on {n} chest X-rays from one source (`/data/st-elsewhere`)" in card
     older = render_model_card({k: v for k, v in meta.items() if k != "training_data"}, [])  # before the record
     assert "Guangzhou" not in older and "Trained on a training set this model file does not record" in older
+
+
+def test_the_training_population_s_ages_come_from_dicom_headers_or_kermany_s_documentation(two_runs) -> None:
+    from pneumolab.evaluation.model_card import render_model_card, training_ages
+
+    _, meta = load_model_file(two_runs[0] / "model.pt")
+    kermany = meta["training_data"]
+    assert kermany["ages_years"] is None and training_ages(kermany) == (1, 5)  # JPEGs: the documented range
+    site = {**kermany, "kermany_file_names": 0.0, "source": "/data/site"}
+    assert training_ages(site) is None  # a site's JPEGs: no ages, no claim
+    aged = {**site, "ages_years": {"known": 95, "of": 100, "youngest": 18, "oldest": 91}}
+    assert training_ages(aged) == (18, 91)
+    assert "chest X-rays from one source (patients of 18-91 years)" in render_model_card(
+        {**meta, "training_data": aged}, []
+    )
+    assert training_ages({**aged, "ages_years": {"known": 80, "of": 100, "youngest": 18, "oldest": 91}}) is None
+    # ages read from the headers override the documentation, also for Kermany-named files
+    assert training_ages({**kermany, "ages_years": {"known": 100, "of": 100, "youngest": 0, "oldest": 9}}) == (0, 9)
 
 
 def test_view_logits_are_seeded_leave_the_random_stream_alone_and_reduce_to_plain_logits(two_runs, sample_data) -> None:
@@ -201,6 +219,20 @@ def test_evaluate_says_when_images_have_no_patient_id_or_are_left_out(two_runs, 
     assert f"1 of the {n + 1} images of {listed} are left out (1 unreadable; first: scans/gone.png: no such file" in err
     assert main([*args, "--split", "test"]) == 2
     assert "has no train/val/test splits (its images all count as train): use --split all" in capsys.readouterr().err
+
+
+def test_evaluate_counts_the_patients_outside_the_training_ages(two_runs, sample_data, tmp_path, capsys) -> None:
+    """A site's DICOMs of adults and children, scored by a model of Kermany's children (1-5 years)."""
+    m = Manifest.load(sample_data)
+    for i, r in enumerate(m.records[:8]):
+        pixels = np.asarray(Image.open(m.root / r.path).convert("L").resize((96, 96)))
+        age = ["054Y", "003Y", "006M", "041Y"][i % 4]
+        write_dicom(tmp_path / "site" / r.label / f"im{i}.dcm", pixels, patient_id=f"MRN-{i}", PatientAge=age)
+    assert main(["evaluate", str(two_runs[0]), "--data", str(tmp_path / "site"), "--out", str(tmp_path / "e")]) == 0
+    out = capsys.readouterr().out
+    assert "ages: 6 of 8 images with an age (DICOM headers) are of patients outside the 1-5 years the model" in out
+    ages = json.loads((tmp_path / "e" / "metrics.json").read_text())["ages"]
+    assert ages == {"training_ages_years": [1, 5], "images_with_age": 8, "outside": 6}
 
 
 def test_evaluate_by_a_column_of_the_sites_csv(two_runs, sample_data, tmp_path, capsys) -> None:

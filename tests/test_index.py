@@ -219,6 +219,39 @@ def test_csv_with_dicom_hashes_patient_ids_and_never_stores_them(tmp_path) -> No
             assert "SECRET" not in text and "Doe" not in text, f.name
 
 
+def test_dicom_ages_are_kept_in_the_manifest_and_summarised(tmp_path, capsys) -> None:
+    from pneumolab.cli import main
+
+    src = tmp_path / "site"
+    rng = np.random.default_rng(0)
+    ages = {"NORMAL": ["034Y", "018M", ""], "PNEUMONIA": ["061Y", "062Y", "070Y"]}
+    for label, values in ages.items():
+        for i, age in enumerate(values):
+            tags = {"PatientAge": age} if age else {}
+            pixels = rng.integers(0, 256, (64, 64), dtype=np.uint8)
+            write_dicom(src / label / f"{label}{i}.dcm", pixels, patient_id=f"MRN-{label}{i}", **tags)
+    out = tmp_path / "out"
+    index_source(src, out, workers=1, salt="s")
+    loaded = {r.path: r.age_years for r in Manifest.load(out).records}  # the CSV round trip
+    assert loaded == {
+        "NORMAL/NORMAL0.dcm": 34.0,
+        "NORMAL/NORMAL1.dcm": 1.5,
+        "NORMAL/NORMAL2.dcm": None,
+        "PNEUMONIA/PNEUMONIA0.dcm": 61.0,
+        "PNEUMONIA/PNEUMONIA1.dcm": 62.0,
+        "PNEUMONIA/PNEUMONIA2.dcm": 70.0,
+    }
+    assert main(["data", "summary", str(out)]) == 0
+    assert "patient ages (DICOM headers): 1-70 years, known for 5 of 6 train/val images" in capsys.readouterr().out
+    # a manifest written before ages were recorded has no such column: it loads, without ages
+    rows = list(csv.DictReader((out / "manifest.csv").open()))
+    with (out / "manifest.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[k for k in rows[0] if k != "age_years"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    assert {r.age_years for r in Manifest.load(out).records} == {None}
+
+
 def test_csv_bad_label_is_reported(tmp_path) -> None:
     src = tmp_path / "h"
     write_image(src / "a.png", seed=1)

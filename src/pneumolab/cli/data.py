@@ -55,6 +55,11 @@ def _echo_summary(summary: dict) -> None:
                 "  warning: the images' proportions alone tell the classes apart, and a network reads them from "
                 "a resized image too; train with a random stretch (data.augment.aspect; the fast recipe does)"
             )
+    if ages := summary["ages_years"]:  # DICOM sources: the population a model trained here will state
+        typer.echo(
+            f"  patient ages (DICOM headers): {ages['youngest']}-{ages['oldest']} years, known for {ages['known']} "
+            f"of {ages['of']} train/val images"
+        )
     cached = summary["cached_sizes_px"]
     typer.echo(f"  cached sizes: {', '.join(f'{s} px' for s in cached) or 'none (pneumolab data cache DIR --size N)'}")
     if settings := summary["split_settings"]:

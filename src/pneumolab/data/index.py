@@ -67,8 +67,9 @@ def _check(args: tuple[str, Candidate, str]) -> Record | Problem | tuple[Record,
     if pid is None and img.patient_key:  # raw DICOM PatientID: hashed here, so it never leaves this worker
         pid = hash_patient_id(img.patient_key, salt)
     h, w = img.pixels.shape
+    age = None if img.age_years is None else round(img.age_years, 2)
     rec = Record(
-        cand.path, cand.label, pid or "", cand.split, "real", hashlib.sha256(data).hexdigest(), w, h, cand.split
+        cand.path, cand.label, pid or "", cand.split, "real", hashlib.sha256(data).hexdigest(), w, h, cand.split, age
     )
     return (rec, img.mode) if img.converted else rec
 

@@ -52,6 +52,7 @@ class Record:
     width: int
     height: int
     source_split: str  # the split the source put it in, before ``pneumolab data split``
+    age_years: float | None = None  # the patient's age from a DICOM header; None: not recorded
 
     @property
     def target(self) -> int:
@@ -146,7 +147,7 @@ class Manifest:
         root = Path(meta.pop("root"))
         with csv_path.open(newline="") as f:
             reader = csv.DictReader(f)
-            missing = set(_COLUMNS) - set(reader.fieldnames or [])
+            missing = set(_COLUMNS) - {"age_years"} - set(reader.fieldnames or [])  # a manifest before ages
             if missing:
                 raise InputError(f"{csv_path}: missing columns {sorted(missing)}; expected {_COLUMNS}")
             records = []
@@ -164,7 +165,8 @@ def _parse_row(row: dict[str, str]) -> Record:
         raise ValueError(f"label {row['label']!r} is not one of {CLASSES}")
     if row["split"] not in SPLITS or row["source"] not in SOURCES:
         raise ValueError(f"split {row['split']!r} / source {row['source']!r} not in {SPLITS} / {SOURCES}")
-    return Record(**{**row, "width": int(row["width"]), "height": int(row["height"])})
+    age = row.get("age_years") or None
+    return Record(**{**row, "width": int(row["width"]), "height": int(row["height"]), "age_years": age and float(age)})
 
 
 _WARNED_LEAKY: set[str] = set()  # each leaky dataset is announced once per process, not on every load

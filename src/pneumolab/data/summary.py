@@ -44,6 +44,20 @@ def _shape_shortcut(manifest: Manifest) -> dict[str, Any] | None:
     return {"images": len(y), "auroc": round(float(roc_auc_score(y, score)), 3)}
 
 
+def _ages(records: list[Record]) -> dict[str, int] | None:
+    """How many of ``records`` carry the patient's age (DICOM headers), the youngest and the oldest in whole years;
+    None when none does."""
+    known = [r.age_years for r in records if r.age_years is not None]
+    if not known:
+        return None
+    return {
+        "known": len(known),
+        "of": len(records),
+        "youngest": math.floor(min(known)),
+        "oldest": math.floor(max(known)),
+    }
+
+
 def summarize(manifest: Manifest, cache_dir: Path | None = None) -> dict[str, Any]:
     """Counts per split and class, patients, images per patient, image sizes, the sizes with a cache in
     ``cache_dir`` and notes, as plain data."""
@@ -72,6 +86,7 @@ def summarize(manifest: Manifest, cache_dir: Path | None = None) -> dict[str, An
         "split_settings": manifest.meta.get("split"),
         "shorter_side_px": {"min": min(short), "median": median(short), "max": max(short)},
         "square_224": sum(r.width == r.height == 224 for r in manifest.records),
+        "ages_years": _ages([r for r in manifest.records if r.split in ("train", "val") and r.source == "real"]),
         "width_height_vs_label": _shape_shortcut(manifest),
         "cached_sizes_px": prepared_sizes(manifest, cache_dir) if cache_dir is not None else [],
         "notes": manifest.meta.get("notes", []),
@@ -91,4 +106,5 @@ def training_data_record(manifest: Manifest) -> dict[str, Any]:
         "source_kind": summary["source_kind"],
         "splits": splits,
         "kermany_file_names": round(kermany, 3),
+        "ages_years": summary["ages_years"],
     }

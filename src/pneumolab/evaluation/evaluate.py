@@ -27,11 +27,11 @@ from pneumolab.errors import InputError
 from pneumolab.evaluation import plots
 from pneumolab.evaluation.calibration import OperatingPoint
 from pneumolab.evaluation.metrics import compute_metrics, metrics_with_ci
-from pneumolab.evaluation.model_card import write_model_card
+from pneumolab.evaluation.model_card import training_ages, write_model_card
 from pneumolab.evaluation.predict import predict_logits, read_val_logits, validation_logits, view_targets
 from pneumolab.evaluation.thresholds import choose_threshold
 from pneumolab.inference.guard import FeatureTap, guard_reasons
-from pneumolab.inference.predictor import gradcam_layer
+from pneumolab.inference.predictor import age_caution, gradcam_layer
 from pneumolab.io import atomic_write_json, atomic_write_text, file_sha256, is_fresh
 from pneumolab.models.checkpoint import load_model_file, resolve_model_file
 from pneumolab.rundir import RunDir
@@ -120,6 +120,7 @@ def evaluate(
         "guard": {"images": len(rows), "not_assessed": int((~assessed).sum()), "feature_guard": guard is not None},
         # Such images are resampled alone: their CIs assume one image per patient (too narrow when they are not).
         "images_without_patient_id": int(np.char.startswith(groups.astype(str), "image:").sum()),
+        "ages": _ages_against_training([manifest.records[i].age_years for i in rows], meta),
     }
     own = Path(meta["config"]["data"]["data_dir"]).resolve() == data_dir.resolve()
     if own and split in ("train", "val"):
@@ -146,6 +147,17 @@ def evaluate(
         evaluations = [json.loads(p.read_text()) for p in sorted(model_file.parent.glob("eval/*/metrics.json"))]
         write_model_card(model_file.parent, meta, evaluations)
     return result
+
+
+def _ages_against_training(ages: list[float | None], meta: dict[str, Any]) -> dict[str, Any] | None:
+    """How many scored images carry an age (DICOM headers) and how many of those lie outside the ages the model
+    learnt from (``predict``/``serve`` answer them with a caution); None when either is unknown."""
+    span = training_ages(meta.get("training_data"))
+    known = [a for a in ages if a is not None]
+    if span is None or not known:
+        return None
+    outside = sum(age_caution(a, span) is not None for a in known)
+    return {"training_ages_years": list(span), "images_with_age": len(known), "outside": outside}
 
 
 def _default_split(data: Path) -> str:

@@ -60,14 +60,23 @@ def _kermany(data: dict[str, Any]) -> bool:
     return data["kermany_file_names"] >= 0.5
 
 
-# Kermany et al. 2018: "pediatric patients of one to five years old". A site's own source records no ages.
+# Kermany et al. 2018: "pediatric patients of one to five years old" (its JPEGs carry no ages).
 KERMANY_AGES_YEARS = (1, 5)
+# Ages from DICOM headers define the population only when nearly every training image has one: a range read off
+# a few images would put most patients outside it, or claim a range the rest do not have.
+MIN_AGED_SHARE = 0.9
 
 
 def training_ages(data: dict[str, Any] | None) -> tuple[int, int] | None:
-    """The youngest and oldest age in whole years of the patients the model learnt from, where the source
-    documents it (Kermany's); None otherwise. ``data``: the model file's ``training_data``."""
-    return KERMANY_AGES_YEARS if data is not None and _kermany(data) else None
+    """The youngest and oldest age in whole years of the patients the model learnt from (train and val): read
+    from the images' DICOM headers when at least ``MIN_AGED_SHARE`` of them have one, else Kermany's documented
+    range for Kermany's images; None otherwise. ``data``: the model file's ``training_data``."""
+    if data is None:
+        return None
+    ages = data.get("ages_years")  # absent in model files from before ages were recorded
+    if ages and ages["known"] >= MIN_AGED_SHARE * ages["of"]:
+        return ages["youngest"], ages["oldest"]
+    return KERMANY_AGES_YEARS if _kermany(data) else None
 
 
 def trained_on(data: dict[str, Any] | None) -> str:
@@ -81,7 +90,9 @@ def trained_on(data: dict[str, Any] | None) -> str:
             f"pediatric ({youngest}-{oldest} years) anterior-posterior chest X-rays from a single centre (Guangzhou "
             "Women and Children's Medical Center, Kermany et al. 2018)"
         )
-    return f"{data['splits'].get('train', {}).get('images', 'an unknown number of')} chest X-rays from one source"
+    n = data["splits"].get("train", {}).get("images", "an unknown number of")
+    ages = training_ages(data)
+    return f"{n} chest X-rays from one source" + (f" (patients of {ages[0]}-{ages[1]} years)" if ages else "")
 
 
 def _population(data: dict[str, Any] | None) -> list[str]:

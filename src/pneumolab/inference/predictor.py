@@ -34,7 +34,7 @@ from pneumolab.models.checkpoint import load_model_file, resolve_model_file
 from pneumolab.rundir import RunDir
 from pneumolab.site_adaptation.provenance import describe_site, threshold_origin
 
-__all__ = ["NOT_ASSESSED", "Prediction", "Predictor", "gradcam_layer"]
+__all__ = ["NOT_ASSESSED", "Prediction", "Predictor", "age_caution", "gradcam_layer"]
 
 NOT_ASSESSED = "NOT_ASSESSED"  # the label of an image the guard refused: it does not look like a chest X-ray
 

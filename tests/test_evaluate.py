@@ -74,7 +74,7 @@ def test_the_training_population_s_ages_come_from_dicom_headers_or_kermany_s_doc
     assert training_ages(site) is None  # a site's JPEGs: no ages, no claim
     aged = {**site, "ages_years": {"known": 95, "of": 100, "youngest": 18, "oldest": 91}}
     assert training_ages(aged) == (18, 91)
-    assert "chest X-rays from one source (patients of 18-91 years)" in render_model_card(
+    assert "chest X-rays from one source, patients of 18-91 years (`/data/site`)" in render_model_card(
         {**meta, "training_data": aged}, []
     )
     assert training_ages({**aged, "ages_years": {"known": 80, "of": 100, "youngest": 18, "oldest": 91}}) is None

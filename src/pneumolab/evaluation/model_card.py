@@ -92,7 +92,7 @@ def trained_on(data: dict[str, Any] | None) -> str:
         )
     n = data["splits"].get("train", {}).get("images", "an unknown number of")
     ages = training_ages(data)
-    return f"{n} chest X-rays from one source" + (f" (patients of {ages[0]}-{ages[1]} years)" if ages else "")
+    return f"{n} chest X-rays from one source" + (f", patients of {ages[0]}-{ages[1]} years" if ages else "")
 
 
 def _population(data: dict[str, Any] | None) -> list[str]:

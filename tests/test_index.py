@@ -224,7 +224,7 @@ def test_dicom_ages_are_kept_in_the_manifest_and_summarised(tmp_path, capsys) ->
 
     src = tmp_path / "site"
     rng = np.random.default_rng(0)
-    ages = {"NORMAL": ["034Y", "018M", ""], "PNEUMONIA": ["061Y", "062Y", "070Y"]}
+    ages = {"NORMAL": ["034Y", "018M", ""], "PNEUMONIA": ["061Y", "062Y", "095Y"]}
     for label, values in ages.items():
         for i, age in enumerate(values):
             tags = {"PatientAge": age} if age else {}
@@ -239,10 +239,10 @@ def test_dicom_ages_are_kept_in_the_manifest_and_summarised(tmp_path, capsys) ->
         "NORMAL/NORMAL2.dcm": None,
         "PNEUMONIA/PNEUMONIA0.dcm": 61.0,
         "PNEUMONIA/PNEUMONIA1.dcm": 62.0,
-        "PNEUMONIA/PNEUMONIA2.dcm": 70.0,
+        "PNEUMONIA/PNEUMONIA2.dcm": 90.0,  # stored as "90 or older": over 89 an age identifies
     }
     assert main(["data", "summary", str(out)]) == 0
-    assert "patient ages (DICOM headers): 1-70 years, known for 5 of 6 train/val images" in capsys.readouterr().out
+    assert "patient ages (DICOM headers): 1-90+ years, known for 5 of 6 train/val images" in capsys.readouterr().out
     # a manifest written before ages were recorded has no such column: it loads, without ages
     rows = list(csv.DictReader((out / "manifest.csv").open()))
     with (out / "manifest.csv").open("w", newline="") as f:

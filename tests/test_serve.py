@@ -147,6 +147,26 @@ def test_a_patient_outside_the_training_ages_gets_a_caution_with_the_answer(clie
     assert client.get("/api/v1/model").json()["training_ages_years"] == [1, 5]
 
 
+@pytest.mark.parametrize(
+    ("age", "ages", "side"),
+    [
+        (0.99, (1, 5), "younger"),
+        (1.0, (1, 5), None),
+        (5.99, (1, 5), None),  # "5 years" covers 5.0-5.99
+        (6.0, (1, 5), "older"),
+        (104.0, (18, 90), None),  # an oldest at the storage cap stands for "90 or older"
+        (17.5, (18, 90), "younger"),
+        (None, (1, 5), None),  # no age in the header
+        (40.0, None, None),  # a source that records no ages
+    ],
+)
+def test_age_caution_bounds(age, ages, side) -> None:
+    from pneumolab.inference.predictor import age_caution
+
+    said = age_caution(age, ages)
+    assert (said is None) if side is None else said.startswith(f"the patient is {side} than")
+
+
 def test_token_is_enforced(run) -> None:
     c = TestClient(create_app(Predictor.load(run), token="s3cret"))
     assert _post(c, XRAY.read_bytes()).status_code == 401

@@ -31,6 +31,7 @@ SplitSeed = Annotated[int, typer.Option(help="Random seed of the split.")]
 
 
 def _echo_summary(summary: dict) -> None:
+    from pneumolab.data.manifest import age_span
     from pneumolab.data.summary import SHAPE_SHORTCUT_MARGIN
 
     typer.echo(f"dataset: {summary['images']} images from {summary['source']} ({summary['source_kind']})")
@@ -56,9 +57,9 @@ def _echo_summary(summary: dict) -> None:
                 "a resized image too; train with a random stretch (data.augment.aspect; the fast recipe does)"
             )
     if ages := summary["ages_years"]:  # DICOM sources: the population a model trained here will state
+        span = age_span(ages["youngest"], ages["oldest"])
         typer.echo(
-            f"  patient ages (DICOM headers): {ages['youngest']}-{ages['oldest']} years, known for {ages['known']} "
-            f"of {ages['of']} train/val images"
+            f"  patient ages (DICOM headers): {span}, known for {ages['known']} of {ages['of']} train/val images"
         )
     cached = summary["cached_sizes_px"]
     typer.echo(f"  cached sizes: {', '.join(f'{s} px' for s in cached) or 'none (pneumolab data cache DIR --size N)'}")

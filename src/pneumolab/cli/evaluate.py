@@ -32,11 +32,12 @@ def _echo_metrics(r: dict) -> None:
         else:
             typer.echo(f"  guard: all {g['images']} images would be assessed by predict/serve ({checks} checked)")
     if (ages := r.get("ages")) and ages["outside"]:
-        lo, hi = ages["training_ages_years"]
+        from pneumolab.data.manifest import age_span
+
         typer.echo(
             f"  ages: {ages['outside']} of {ages['images_with_age']} images with an age (DICOM headers) are of "
-            f"patients outside the {lo}-{hi} years the model learnt from (predict/serve add a caution to them): "
-            "these numbers measure it on them"
+            f"patients outside the {age_span(*ages['training_ages_years'])} the model learnt from (predict/serve "
+            "add a caution to them): these numbers measure it on them"
         )
     typer.echo(f"threshold {r['threshold']['value']:.4f} ({r['threshold']['origin']})")
     typer.echo(f"model: {r['site'] or 'as trained (not site-calibrated or adapted)'}")

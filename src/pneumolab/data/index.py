@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pneumolab.data.manifest import CLASSES, Manifest, Record
+from pneumolab.data.manifest import AGE_CAP_YEARS, CLASSES, Manifest, Record
 from pneumolab.data.patient import hash_patient_id
 from pneumolab.data.pool import process_pool
 from pneumolab.data.readers import image_problems, read_entry
@@ -67,7 +67,7 @@ def _check(args: tuple[str, Candidate, str]) -> Record | Problem | tuple[Record,
     if pid is None and img.patient_key:  # raw DICOM PatientID: hashed here, so it never leaves this worker
         pid = hash_patient_id(img.patient_key, salt)
     h, w = img.pixels.shape
-    age = None if img.age_years is None else round(img.age_years, 2)
+    age = None if img.age_years is None else round(min(img.age_years, AGE_CAP_YEARS), 2)
     rec = Record(
         cand.path, cand.label, pid or "", cand.split, "real", hashlib.sha256(data).hexdigest(), w, h, cand.split, age
     )

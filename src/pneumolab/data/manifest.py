@@ -31,7 +31,15 @@ LEAKY_PROTOCOL = "seed-leaky"
 CLASSES = ("NORMAL", "PNEUMONIA")  # index = target; 1 = pneumonia is the positive class
 SPLITS = ("train", "val", "test")
 SOURCES = ("real", "synthetic")
+# Ages are stored capped: over 89 an age identifies (HIPAA's Safe Harbor keeps "90 or older"), and the manifest
+# and the model file may be shared where patient data may not (as the hashed patient ids are).
+AGE_CAP_YEARS = 90
 _LABEL_ALIASES = {"normal": "NORMAL", "0": "NORMAL", "pneumonia": "PNEUMONIA", "1": "PNEUMONIA"}
+
+
+def age_span(youngest: int, oldest: int) -> str:
+    """``"1-5 years"``; ``"18-90+ years"`` where the oldest reached the cap."""
+    return f"{youngest}-{oldest}{'+' if oldest >= AGE_CAP_YEARS else ''} years"
 
 
 def normalise_label(value: str) -> str | None:
@@ -52,7 +60,7 @@ class Record:
     width: int
     height: int
     source_split: str  # the split the source put it in, before ``pneumolab data split``
-    age_years: float | None = None  # the patient's age from a DICOM header; None: not recorded
+    age_years: float | None = None  # the patient's age from a DICOM header, capped at AGE_CAP_YEARS; None: unknown
 
     @property
     def target(self) -> int:

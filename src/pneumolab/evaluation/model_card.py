@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pneumolab.data.manifest import age_span
 from pneumolab.io import atomic_write_text
 
 __all__ = ["KERMANY_AGES_YEARS", "render_model_card", "trained_on", "training_ages", "write_model_card"]
@@ -85,14 +86,13 @@ def trained_on(data: dict[str, Any] | None) -> str:
     if data is None:
         return "a training set this model file does not record (an older file)"
     if _kermany(data):
-        youngest, oldest = KERMANY_AGES_YEARS
         return (
-            f"pediatric ({youngest}-{oldest} years) anterior-posterior chest X-rays from a single centre (Guangzhou "
-            "Women and Children's Medical Center, Kermany et al. 2018)"
+            f"pediatric ({age_span(*KERMANY_AGES_YEARS)}) anterior-posterior chest X-rays from a single centre "
+            "(Guangzhou Women and Children's Medical Center, Kermany et al. 2018)"
         )
     n = data["splits"].get("train", {}).get("images", "an unknown number of")
     ages = training_ages(data)
-    return f"{n} chest X-rays from one source" + (f", patients of {ages[0]}-{ages[1]} years" if ages else "")
+    return f"{n} chest X-rays from one source" + (f", patients of {age_span(*ages)}" if ages else "")
 
 
 def _population(data: dict[str, Any] | None) -> list[str]:

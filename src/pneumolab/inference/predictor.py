@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pneumolab.data.manifest import CLASSES
+from pneumolab.data.manifest import AGE_CAP_YEARS, CLASSES, age_span
 from pneumolab.data.readers import DecodedImage, decode_bytes
 from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
@@ -73,14 +73,16 @@ class Prediction:
 
 def age_caution(age_years: float | None, ages: tuple[int, int] | None) -> str | None:
     """A caution when the patient's age (from the DICOM header) is outside the training population's whole
-    years ``ages`` (inclusive: 5 covers 5.0-5.99); None when inside or either is unknown. The age itself is not
-    repeated: the answer goes to the audit log, which holds no header data."""
-    if age_years is None or ages is None or ages[0] <= age_years < ages[1] + 1:
+    years ``ages`` (inclusive: 5 covers 5.0-5.99; an oldest at the cap has no upper bound); None when inside or
+    either is unknown. The age itself is not repeated: the answer goes to the audit log, which holds no header data."""
+    if age_years is None or ages is None:
+        return None
+    if ages[0] <= age_years and (age_years < ages[1] + 1 or ages[1] >= AGE_CAP_YEARS):
         return None
     side = "younger" if age_years < ages[0] else "older"
     return (
-        f"the patient is {side} than the patients this model learnt from ({ages[0]}-{ages[1]} years; age from the "
-        "DICOM header): its answers were not validated on such patients unless it was evaluated on them here"
+        f"the patient is {side} than the patients this model learnt from ({age_span(*ages)}; age from the DICOM "
+        "header): its answers were not validated on such patients unless it was evaluated on them here"
     )
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 from pneumolab.cli import main
 from pneumolab.data.manifest import Manifest
 from pneumolab.data.transforms import Preprocessing
+from pneumolab.errors import InputError
 from pneumolab.evaluation import evaluate as evaluate_module
 from pneumolab.evaluation.evaluate import evaluate
 from pneumolab.evaluation.predict import predict_logits, read_val_logits
@@ -221,18 +222,42 @@ def test_evaluate_says_when_images_have_no_patient_id_or_are_left_out(two_runs, 
     assert "has no train/val/test splits (its images all count as train): use --split all" in capsys.readouterr().err
 
 
-def test_evaluate_counts_the_patients_outside_the_training_ages(two_runs, sample_data, tmp_path, capsys) -> None:
-    """A site's DICOMs of adults and children, scored by a model of Kermany's children (1-5 years)."""
+def test_evaluate_on_dicoms_counts_the_patients_outside_the_training_ages_and_groups_by_headers(
+    two_runs, sample_data, tmp_path, capsys
+) -> None:
+    """A site's DICOMs of adults and children from two makers, scored by a model of Kermany's children (1-5 years):
+    the ages are counted, and --by groups by a header attribute or by age against the training ages."""
     m = Manifest.load(sample_data)
+    site = tmp_path / "site"
     for i, r in enumerate(m.records[:8]):
         pixels = np.asarray(Image.open(m.root / r.path).convert("L").resize((96, 96)))
-        age = ["054Y", "003Y", "006M", "041Y"][i % 4]
-        write_dicom(tmp_path / "site" / r.label / f"im{i}.dcm", pixels, patient_id=f"MRN-{i}", PatientAge=age)
-    assert main(["evaluate", str(two_runs[0]), "--data", str(tmp_path / "site"), "--out", str(tmp_path / "e")]) == 0
+        tags = {"PatientAge": ["054Y", "003Y", "006M", "041Y"][i % 4], "Manufacturer": ["GE", "Agfa"][i % 2]}
+        write_dicom(site / r.label / f"im{i}.dcm", pixels, patient_id=f"MRN-{i}", **tags)
+    base = ["evaluate", str(two_runs[0]), "--data", str(site), "--n-boot", "50"]
+    assert main([*base, "--out", str(tmp_path / "e")]) == 0
     out = capsys.readouterr().out
     assert "ages: 6 of 8 images with an age (DICOM headers) are of patients outside the 1-5 years the model" in out
     ages = json.loads((tmp_path / "e" / "metrics.json").read_text())["ages"]
     assert ages == {"training_ages_years": [1, 5], "images_with_age": 8, "outside": 6}
+
+    assert main([*base, "--out", str(tmp_path / "m"), "--by", "dicom:manufacturer"]) == 0  # any case
+    groups = json.loads((tmp_path / "m" / "metrics.json").read_text())["subgroups"]["groups"]
+    assert {k: g["n_images"] for k, g in groups.items()} == {"Agfa": 4, "GE": 4}
+    assert main([*base, "--out", str(tmp_path / "a"), "--by", "age"]) == 0
+    groups = json.loads((tmp_path / "a" / "metrics.json").read_text())["subgroups"]["groups"]
+    assert {k: g["n_images"] for k, g in groups.items()} == {
+        "1-5 years (the training ages)": 2,
+        "older than the training ages": 4,
+        "younger than the training ages": 2,
+    }
+    capsys.readouterr()
+    assert main([*base, "--by", "dicom:PatientName"]) == 2  # it identifies: the groups would print names
+    assert "--by dicom:PatientName: choose one of Manufacturer, ManufacturerModelName" in capsys.readouterr().err
+    assert main(["evaluate", str(two_runs[0]), "--data", str(sample_data), "--by", "dicom:Manufacturer"]) == 2
+    assert "none of the evaluated images is a DICOM file" in capsys.readouterr().err
+    site_model = {"training_data": {"kermany_file_names": 0.0, "ages_years": None}}  # a site's JPEGs: no ages
+    with pytest.raises(InputError, match="--by age: this model file records no training ages"):
+        evaluate_module._age_groups(m, [0], site_model)
 
 
 def test_evaluate_by_a_column_of_the_sites_csv(two_runs, sample_data, tmp_path, capsys) -> None:

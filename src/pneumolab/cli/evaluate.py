@@ -102,7 +102,11 @@ def evaluate_cmd(
     ] = None,
     by: Annotated[
         str | None,
-        typer.Option(help="Also score each value of this column of the images' CSV (scanner, view, sex, site...)."),
+        typer.Option(
+            help="Also score each group of: a column of the images' CSV (scanner, view, sex, site...), a DICOM "
+            "attribute (dicom:Manufacturer, dicom:ManufacturerModelName, dicom:PatientSex, dicom:ViewPosition...), "
+            "or age (inside or outside the ages the model learnt from)."
+        ),
     ] = None,
     n_boot: Annotated[int, typer.Option(help="Patient-level bootstrap resamples.")] = 2000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
@@ -135,7 +139,10 @@ def compare_cmd(
     split: Annotated[str, typer.Option(help="test, val, train or all.")] = "test",
     n_boot: Annotated[int, typer.Option(help="Patient-level bootstrap resamples.")] = 2000,
     by: Annotated[
-        str | None, typer.Option(help="Also compare the runs on each value of this column of the --data CSV.")
+        str | None,
+        typer.Option(
+            help="Also compare the runs on each group: a --data CSV column, dicom:KEYWORD or age (as evaluate)."
+        ),
     ] = None,
 ) -> None:
     """Comparison report (the study's table, CIs, paired AUROC tests, GAN section) over runs on one split."""

@@ -21,6 +21,7 @@ from PIL import Image
 from pneumolab.errors import ImageReadError
 
 __all__ = [
+    "GROUPING_KEYWORDS",
     "MAX_ASPECT",
     "MAX_PIXELS",
     "MIN_SIDE",
@@ -28,6 +29,7 @@ __all__ = [
     "aspect_problem",
     "decode_bytes",
     "dicom_age_years",
+    "dicom_header_value",
     "image_problems",
     "read_entry",
     "sniff_format",
@@ -42,6 +44,24 @@ CHEST_BODY_PARTS = ("", "CHEST", "THORAX", "LUNG", "TORAX", "THORAX_CHEST")
 # ViewPosition's defined terms for a lateral or oblique projection: the models were trained on frontal (PA/AP)
 # chest X-rays, and a PACS study sends the lateral beside the frontal. Other values (PA, AP, decubitus, none) pass.
 NOT_FRONTAL_VIEWS = ("LL", "RL", "LLO", "RLO", "LAO", "RAO", "LPO", "RPO", "LATERAL", "LAT", "OBLIQUE")
+# The DICOM attributes a site may score subgroups by (`evaluate --by dicom:KEYWORD`): how, where and of whom an
+# image was taken, never what identifies a patient or a study (names, ids, dates, UIDs), which would be printed.
+GROUPING_KEYWORDS = (
+    "Manufacturer",
+    "ManufacturerModelName",
+    "SoftwareVersions",
+    "DetectorType",
+    "InstitutionName",
+    "InstitutionalDepartmentName",
+    "StationName",
+    "Modality",
+    "BodyPartExamined",
+    "ViewPosition",
+    "PatientPosition",
+    "PatientSex",
+    "PhotometricInterpretation",
+    "BitsStored",
+)
 DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"  # SOP class: raw detector data, not meant to be looked at
 _DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the whole dataset is zlib-compressed
 MIN_SIDE = 32
@@ -274,6 +294,20 @@ def dicom_age_years(ds) -> float | None:
     except ValueError:  # missing, partial or impossible dates
         return None
     return days / 365.25 if days >= 0 else None
+
+
+def dicom_header_value(path: Path, keyword: str) -> str | None:
+    """One of :data:`GROUPING_KEYWORDS` of a DICOM file, as text (``""`` when absent or empty), read without the
+    pixels; None when the file is not DICOM."""
+    import pydicom
+
+    if keyword not in GROUPING_KEYWORDS:
+        raise ValueError(f"{keyword!r} is not one of {GROUPING_KEYWORDS}")
+    with path.open("rb") as f:
+        if sniff_format(f.read(132)) != "dicom":
+            return None
+    value = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[keyword]).get(keyword)
+    return "" if value is None else str(value).strip()
 
 
 class _FrameMismatch(ValueError):

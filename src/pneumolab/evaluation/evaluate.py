@@ -20,7 +20,8 @@ import torch
 
 from pneumolab.config import AugmentConfig
 from pneumolab.data.index import as_dataset
-from pneumolab.data.manifest import CLASSES, Manifest
+from pneumolab.data.manifest import CLASSES, Manifest, age_span
+from pneumolab.data.readers import GROUPING_KEYWORDS, NPZ_SEP, dicom_header_value
 from pneumolab.data.sources import csv_column, list_source
 from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
@@ -75,7 +76,9 @@ def evaluate(
         out: output folder (default :meth:`RunDir.eval_dir`: ``<run>/eval/<data name>-<hash>-<split>``).
         policy: also report the threshold this policy picks on the model's *validation* split.
         n_boot: patient-level bootstrap resamples for the CIs.
-        by: also score each value of this column of the CSV the images were listed in (scanner, view, site...).
+        by: also score each group: a column of the CSV the images were listed in (scanner, view, site...), a
+            DICOM attribute (``dicom:Manufacturer``, one of ``GROUPING_KEYWORDS``), or ``age`` (against the
+            training ages).
     """
     model_file = resolve_model_file(model_target)
     model, meta = load_model_file(model_file)
@@ -89,7 +92,7 @@ def evaluate(
         if present == ["train"] and manifest.meta.get("working_copy"):
             raise InputError(f"{data} has no train/val/test splits (its images all count as train): use --split all")
         raise InputError(f"{data} has no {split!r} images (it has {present}); choose --split from those or 'all'")
-    by_values = _column(manifest, rows, by, data) if by else None  # before the model runs: a missing column fails fast
+    by_values = _groups(manifest, rows, by, data, meta) if by else None  # before the model runs: a bad --by fails fast
     y = np.array([manifest.records[i].target for i in rows])
     groups = np.array([manifest.records[i].group for i in rows])
     with FeatureTap(gradcam_layer(model, meta["model_name"])) as tap:
@@ -175,8 +178,55 @@ def _default_split(data: Path) -> str:
     return "all"
 
 
-def _column(manifest: Manifest, rows: list[int], by: str, data: Path) -> np.ndarray:
-    """Each row's cell in column ``by`` of the CSV its images were listed in (``(empty)`` for an empty cell)."""
+def _groups(manifest: Manifest, rows: list[int], by: str, data: Path, meta: dict[str, Any]) -> np.ndarray:
+    """Each row's group for ``--by``: where its age lies against the training ages (``age``), a DICOM attribute
+    (``dicom:KEYWORD``), or its cell in a column of the CSV its images were listed in (``(empty)``: empty cell)."""
+    if by == "age":
+        return _age_groups(manifest, rows, meta)
+    if by.lower().startswith("dicom:"):
+        return _dicom_groups(manifest, rows, by.partition(":")[2])
+    return _csv_groups(manifest, rows, by, data)
+
+
+def _age_groups(manifest: Manifest, rows: list[int], meta: dict[str, Any]) -> np.ndarray:
+    span = training_ages(meta.get("training_data"))
+    if span is None:
+        raise InputError(
+            "--by age: this model file records no training ages (its training images had no ages in their DICOM "
+            "headers and are not Kermany's), so there is nothing to place the patients against"
+        )
+
+    def group(age: float | None) -> str:
+        if age is None:
+            return "(no age)"
+        if age_caution(age, span) is None:
+            return f"{age_span(*span)} (the training ages)"
+        return f"{'younger' if age < span[0] else 'older'} than the training ages"
+
+    return np.array([group(manifest.records[i].age_years) for i in rows])
+
+
+def _dicom_groups(manifest: Manifest, rows: list[int], name: str) -> np.ndarray:
+    keyword = next((k for k in GROUPING_KEYWORDS if k.lower() == name.strip().lower()), None)
+    if keyword is None:
+        raise InputError(
+            f"--by dicom:{name}: choose one of {', '.join(GROUPING_KEYWORDS)} (attributes that identify a patient "
+            "or a study are not offered: the groups are printed)"
+        )
+    values = []
+    for i in rows:
+        path = manifest.root / manifest.records[i].path
+        try:
+            value = None if NPZ_SEP in str(path) else dicom_header_value(path, keyword)
+        except OSError as e:
+            raise InputError(f"{path}: cannot be read any more ({e.strerror}); prepare the dataset again") from None
+        values.append("(not DICOM)" if value is None else value or "(empty)")
+    if all(v == "(not DICOM)" for v in values):
+        raise InputError(f"--by dicom:{keyword}: none of the evaluated images is a DICOM file")
+    return np.array(values)
+
+
+def _csv_groups(manifest: Manifest, rows: list[int], by: str, data: Path) -> np.ndarray:
     source = Path(manifest.meta.get("source", ""))
     if source.suffix.lower() != ".csv" or not source.is_file():
         raise InputError(

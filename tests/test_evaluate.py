@@ -183,8 +183,11 @@ def test_evaluate_writes_predictions_metrics_plots_and_keeps_the_threshold(
     }
     t = m["threshold"]["value"]
     assert all((r["prediction"] == "PNEUMONIA") == (float(r["probability"]) >= t) for r in rows)
-    for name in ("roc", "pr", "confusion", "reliability", "curves"):
+    for name in ("roc", "pr", "decision_curve", "confusion", "reliability", "curves"):
         assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    # net benefit at the stored threshold, from the confusion counts: TP/n - FP/n x t/(1-t)
+    c, n = m["at_threshold"]["confusion"], m["at_threshold"]["n_images"]
+    assert m["at_threshold"]["net_benefit"]["value"] == pytest.approx((c["tp"] - c["fp"] * t / (1 - t)) / n)
     tp = sum(r["label"] == r["prediction"] == "PNEUMONIA" for r in rows)
     assert m["at_threshold"]["confusion"]["tp"] == tp
 
@@ -412,6 +415,9 @@ def test_compare_renders_every_section(two_runs, sample_data, tmp_path) -> None:
         assert section in text, section
     # what a reader wants first: the best run, then the ROC figure; paths come last
     assert text.index("**Best AUROC on the test split") < text.index("![ROC") < text.index("About this report")
+    assert (
+        text.index("![ROC") < text.index("![Decision curves") and (tmp_path / "report" / "decision_curve.png").is_file()
+    )
     assert text.index("About this report") < text.index("MODEL_CARD.md")
     pairs = (tmp_path / "report" / "pairwise.csv").read_text().splitlines()
     assert len(pairs) == 1 + 4 * 3 // 2 and pairs[0].startswith("a,b,auroc_a_minus_b")

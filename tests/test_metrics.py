@@ -8,7 +8,7 @@ from torchmetrics.functional.classification import binary_calibration_error
 
 from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import apply_temperature, fit_temperature
-from pneumolab.evaluation.metrics import bootstrap_weights, compute_metrics, metrics_with_ci
+from pneumolab.evaluation.metrics import bootstrap_weights, compute_metrics, metrics_with_ci, net_benefit
 from pneumolab.evaluation.thresholds import choose_threshold, parse_policy, thin_validation
 
 
@@ -28,6 +28,18 @@ def test_metrics_match_hand_computed_values() -> None:
     # AUROC: of 4x6 positive-negative pairs, only (0.6 vs 0.7), (0.3 vs 0.7), (0.3 vs 0.4) are misordered.
     assert m["auroc"] == pytest.approx(21 / 24)
     assert m["brier"] == pytest.approx(np.mean((p - y) ** 2))
+    # Net benefit at 0.5 (odds 1): 3/10 true positives less 1/10 false positive; flagging all: 4/10 - 6/10.
+    assert m["net_benefit"] == pytest.approx(0.2) and m["net_benefit_treat_all"] == pytest.approx(-0.2)
+
+
+def test_net_benefit_over_thresholds_matches_hand_computed_values() -> None:
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    p = np.array([0.9, 0.8, 0.6, 0.3, 0.7, 0.4, 0.2, 0.1, 0.1, 0.05])
+    t = np.array([0.25, 0.5, 0.95])
+    # t=0.25 (odds 1/3): TP 4, FP 2 (0.7, 0.4); t=0.95: nothing reaches it.
+    np.testing.assert_allclose(net_benefit(p, y, t), [0.4 - 0.2 / 3, 0.2, 0.0])
+    np.testing.assert_allclose(net_benefit(np.ones_like(p), y, t), [0.4 - 0.6 / 3, -0.2, 0.4 - 0.6 * 19])
+    assert compute_metrics(p, y, threshold=0.25)["net_benefit"] == pytest.approx(0.4 - 0.2 / 3)
 
 
 def test_rank_metrics_and_ece_agree_with_reference_implementations() -> None:

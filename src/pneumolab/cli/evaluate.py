@@ -45,6 +45,11 @@ def _echo_metrics(r: dict) -> None:
         v = m[key]
         shown = "-" if v["value"] is None else f"{v['value']:.4f}  [{v['ci_low']:.4f}, {v['ci_high']:.4f}]"
         typer.echo(f"  {key:<18} {shown}")
+    nb, nb_all = m["net_benefit"], m["net_benefit_treat_all"]
+    typer.echo(
+        f"  {'net_benefit':<18} {nb['value']:.4f}  [{nb['ci_low']:.4f}, {nb['ci_high']:.4f}]  (flagging every image: "
+        f"{nb_all['value']:.4f}{'; decision_curve.png' if 'decision_curve' in r['plots'] else ''})"
+    )
     if missing := [c for c, n in r["counts"].items() if n == 0]:
         typer.echo(f"  ('-': undefined with no {missing[0]} images; the other class's rate is what this set can say)")
     c = r["calibration"]

@@ -318,6 +318,9 @@ def _plots(result, prob, raw, y, groups, threshold, model_file: Path, out: Path)
     if len(np.unique(y)) == 2:  # the curves need both classes
         paths["roc"] = plots.plot_roc(prob, y, groups, threshold, m["auroc"], f"ROC ({where})", out / "roc.png")
         paths["pr"] = plots.plot_pr(prob, y, m["auprc"], f"Precision-recall ({where})", out / "pr.png")
+        paths["decision_curve"] = plots.plot_decision_curve(
+            prob, y, threshold, f"Decision curve ({where})", out / "decision_curve.png"
+        )
     paths["confusion"] = plots.plot_confusion(
         m["confusion"], list(CLASSES), f"t={threshold:.3f} ({where})", out / "confusion.png"
     )

@@ -20,7 +20,7 @@ import numpy as np
 
 from pneumolab.errors import InputError
 
-__all__ = ["METRICS", "bootstrap_weights", "compute_metrics", "metrics_with_ci", "rank_metrics"]
+__all__ = ["METRICS", "bootstrap_weights", "compute_metrics", "metrics_with_ci", "net_benefit", "rank_metrics"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ METRICS = (
     "auprc",
     "brier",
     "ece",
+    "net_benefit",
+    "net_benefit_treat_all",
 )
 N_ECE_BINS = 15
 
@@ -63,6 +65,9 @@ def _weighted_metrics(prob: np.ndarray, y: np.ndarray, w: np.ndarray, threshold:
         "npv": _div(tn, tn + fn),
         "f1": _div(2 * tp, 2 * tp + fp + fn),
         "brier": _div((w * (prob - y) ** 2).sum(1), n),
+        # decision curve analysis at this threshold (see net_benefit); "treat all" flags every image
+        "net_benefit": _div(tp - fp * _odds(threshold), n),
+        "net_benefit_treat_all": _div((tp + fn) - (fp + tn) * _odds(threshold), n),
         "tp": tp,
         "fp": fp,
         "tn": tn,
@@ -71,6 +76,20 @@ def _weighted_metrics(prob: np.ndarray, y: np.ndarray, w: np.ndarray, threshold:
     out.update(rank_metrics(prob, y, w))
     out["ece"] = _ece(prob, y, w)
     return out
+
+
+def _odds(threshold: float) -> float:
+    return threshold / (1 - threshold) if threshold < 1 else np.inf
+
+
+def net_benefit(prob: np.ndarray, y: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Net benefit of flagging ``prob >= t`` at each threshold probability ``t`` (Vickers & Elkin 2006): the true
+    positives per image, less the false positives weighted by the odds ``t / (1 - t)`` at which a reader who chose
+    ``t`` trades one for the other. ``(T,)``; "treat all" is ``net_benefit(np.ones_like(prob), y, thresholds)``,
+    "treat none" is 0. Meaningful on calibrated probabilities, at this set's prevalence."""
+    pred = prob[None, :] >= thresholds[:, None]  # (T, N)
+    tp, fp = (pred & (y == 1)).sum(1), (pred & (y == 0)).sum(1)
+    return (tp - fp * thresholds / (1 - thresholds)) / len(y)
 
 
 def rank_metrics(prob: np.ndarray, y: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:

@@ -449,6 +449,25 @@ def _roc_figure(runs: list[RunResult], title: str) -> bytes:
     return fig_to_png(fig)
 
 
+def _decision_figure(runs: list[RunResult], title: str) -> bytes:
+    """Every run's net benefit over threshold probabilities, beside flagging every image and flagging none (the
+    runs score the same images, so one "flag every image" curve serves all)."""
+    from pneumolab.evaluation.metrics import net_benefit
+
+    grid = np.linspace(0.01, 0.99, 99)
+    fig, ax = plt.subplots(figsize=(5.2, 5))
+    for r in runs:
+        vals = list(r.predictions.values())
+        p, y = np.array([v[0] for v in vals]), np.array([v[1] for v in vals])
+        ax.plot(grid, net_benefit(p, y, grid), label=r.name)
+    ax.plot(grid, net_benefit(np.ones_like(p), y, grid), ":", color="grey", label="flag every image")
+    ax.axhline(0, ls="--", color="black", lw=1, label="flag none")
+    ax.set(xlabel="threshold probability", ylabel="net benefit", title=title, xlim=(0, 1))
+    ax.set_ylim(-0.05, max(0.05, float((y == 1).mean()) * 1.1))
+    ax.legend(loc="upper right", fontsize=7)
+    return fig_to_png(fig)
+
+
 def _md_table(t: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(t["header"]) + " |", "|" + " --- |" * len(t["header"])]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in t["rows"]])
@@ -526,6 +545,13 @@ def compare(
         ("h1", "pneumolab comparison report"),
         ("p", _headline(results, tests, where)),
         ("figure", "ROC curves (95% patient-bootstrap bands)", "roc.png", _roc_figure(results, f"ROC, {where}")),
+        (
+            "figure",
+            "Decision curves (net benefit of flagging at each threshold probability, at this set's prevalence; "
+            "meaningful for calibrated probabilities)",
+            "decision_curve.png",
+            _decision_figure(results, f"Decision curves, {where}"),
+        ),
         ("table", *full),
     ]
     if tests:

@@ -17,9 +17,11 @@ from pneumolab.evaluation.metrics import N_ECE_BINS, bootstrap_weights
 from pneumolab.io import atomic_path
 
 __all__ = [
+    "decision_curves",
     "fig_to_png",
     "plot_confusion",
     "plot_curves",
+    "plot_decision_curve",
     "plot_pr",
     "plot_reliability",
     "plot_robustness",
@@ -93,24 +95,31 @@ def plot_pr(prob, y, auprc: dict, title: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def plot_decision_curve(prob, y, threshold: float, title: str, path: Path) -> Path:
-    """Net benefit against the threshold probability for the model, flagging every image and flagging none, with
-    the stored threshold marked: where the model's curve lies above both, acting on it beats either policy."""
+def decision_curves(probs: dict[str, np.ndarray], y: np.ndarray, title: str, threshold: float | None = None):
+    """Net benefit against the threshold probability for each model's probabilities (all of the same images ``y``),
+    flagging every image and flagging none; ``threshold`` is marked. Where a model's curve lies above both, acting
+    on it beats either policy (Vickers & Elkin 2006). Returns the figure."""
     from pneumolab.evaluation.metrics import net_benefit
 
     grid = np.linspace(0.01, 0.99, 99)
-    model, treat_all = net_benefit(prob, y, grid), net_benefit(np.ones_like(prob), y, grid)
     prevalence = float((y == 1).mean())
-    fig, ax = plt.subplots(figsize=(4.6, 4.4))
-    ax.plot(grid, model, label="model")
-    ax.plot(grid, treat_all, ":", color="grey", label="flag every image")
+    fig, ax = plt.subplots(figsize=(4.8, 4.6))
+    for name, prob in probs.items():
+        ax.plot(grid, net_benefit(prob, y, grid), label=name)
+    ax.plot(grid, net_benefit(np.ones_like(y, dtype=float), y, grid), ":", color="grey", label="flag every image")
     ax.axhline(0, ls="--", color="black", lw=1, label="flag none")
-    ax.axvline(threshold, color="C3", lw=1, label=f"stored threshold {threshold:.3f}")
+    if threshold is not None:
+        ax.axvline(threshold, color="C3", lw=1, label=f"stored threshold {threshold:.3f}")
     ax.set(xlabel="threshold probability", ylabel="net benefit", title=title, xlim=(0, 1))
     ax.set_ylim(-0.05, max(0.05, prevalence * 1.1))
     ax.text(0.02, 0.02, f"at this set's prevalence {100 * prevalence:.0f}%", transform=ax.transAxes, fontsize=7)
     ax.legend(loc="upper right", fontsize=7)
-    return _save(fig, path)
+    return fig
+
+
+def plot_decision_curve(prob, y, threshold: float, title: str, path: Path) -> Path:
+    """One model's decision curve with its stored threshold (``evaluate``)."""
+    return _save(decision_curves({"model": prob}, y, title, threshold), path)
 
 
 def plot_confusion(confusion: dict, classes: list[str], title: str, path: Path) -> Path:

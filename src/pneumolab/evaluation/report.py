@@ -28,7 +28,7 @@ from pneumolab.data.index import as_dataset
 from pneumolab.errors import InputError
 from pneumolab.evaluation.evaluate import evaluate
 from pneumolab.evaluation.metrics import bootstrap_weights, rank_metrics
-from pneumolab.evaluation.plots import fig_to_png, roc_band
+from pneumolab.evaluation.plots import decision_curves, fig_to_png, roc_band
 from pneumolab.io import atomic_path, atomic_write_text, is_fresh
 from pneumolab.models import count_flops
 from pneumolab.models.checkpoint import load_model_file, resolve_model_file
@@ -450,22 +450,11 @@ def _roc_figure(runs: list[RunResult], title: str) -> bytes:
 
 
 def _decision_figure(runs: list[RunResult], title: str) -> bytes:
-    """Every run's net benefit over threshold probabilities, beside flagging every image and flagging none (the
-    runs score the same images, so one "flag every image" curve serves all)."""
-    from pneumolab.evaluation.metrics import net_benefit
-
-    grid = np.linspace(0.01, 0.99, 99)
-    fig, ax = plt.subplots(figsize=(5.2, 5))
-    for r in runs:
-        vals = list(r.predictions.values())
-        p, y = np.array([v[0] for v in vals]), np.array([v[1] for v in vals])
-        ax.plot(grid, net_benefit(p, y, grid), label=r.name)
-    ax.plot(grid, net_benefit(np.ones_like(p), y, grid), ":", color="grey", label="flag every image")
-    ax.axhline(0, ls="--", color="black", lw=1, label="flag none")
-    ax.set(xlabel="threshold probability", ylabel="net benefit", title=title, xlim=(0, 1))
-    ax.set_ylim(-0.05, max(0.05, float((y == 1).mean()) * 1.1))
-    ax.legend(loc="upper right", fontsize=7)
-    return fig_to_png(fig)
+    """Every run's decision curve; the runs scored the same images (aligned here by path)."""
+    paths = list(runs[0].predictions)
+    y = np.array([runs[0].predictions[p][1] for p in paths])
+    probs = {r.name: np.array([r.predictions[p][0] for p in paths]) for r in runs}
+    return fig_to_png(decision_curves(probs, y, title))
 
 
 def _md_table(t: dict[str, Any]) -> str:

@@ -25,6 +25,9 @@ differ from before? A verdict then never changes; the first periods have no base
 
 A warning says what to look at; checking a labeled sample (``pneumolab evaluate``) says whether the model still
 holds.
+
+Answers given with a caution (a patient outside the ages the model learnt from) are counted per period and summed
+per model in ``notes``: a standing fact to act on, not a change to test.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ __all__ = [
     "EXPECTED_NOT_ASSESSED",
     "MIN_IMAGES",
     "Period",
+    "caution_notes",
     "monitor",
     "period_warnings",
     "plot_monitor",

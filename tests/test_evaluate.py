@@ -239,7 +239,9 @@ def test_evaluate_on_dicoms_counts_the_patients_outside_the_training_ages_and_gr
     base = ["evaluate", str(two_runs[0]), "--data", str(site), "--n-boot", "50"]
     assert main([*base, "--out", str(tmp_path / "e")]) == 0
     out = capsys.readouterr().out
-    assert "ages: 6 of 8 images with an age (DICOM headers) are of patients outside the 1-5 years the model" in out
+    assert (
+        "ages: 6 of 8 images with an age (CSV or DICOM headers) are of patients outside the 1-5 years the model" in out
+    )
     ages = json.loads((tmp_path / "e" / "metrics.json").read_text())["ages"]
     assert ages == {"training_ages_years": [1, 5], "images_with_age": 8, "outside": 6}
 

@@ -242,7 +242,9 @@ def test_dicom_ages_are_kept_in_the_manifest_and_summarised(tmp_path, capsys) ->
         "PNEUMONIA/PNEUMONIA2.dcm": 90.0,  # stored as "90 or older": over 89 an age identifies
     }
     assert main(["data", "summary", str(out)]) == 0
-    assert "patient ages (DICOM headers): 1-90+ years, known for 5 of 6 train/val images" in capsys.readouterr().out
+    assert (
+        "patient ages (CSV or DICOM headers): 1-90+ years, known for 5 of 6 train/val images" in capsys.readouterr().out
+    )
     # a manifest written before ages were recorded has no such column: it loads, without ages
     rows = list(csv.DictReader((out / "manifest.csv").open()))
     with (out / "manifest.csv").open("w", newline="") as f:
@@ -261,6 +263,21 @@ def test_csv_bad_label_is_reported(tmp_path) -> None:
     result = index_source(src / "l.csv", tmp_path / "out", workers=1)
     assert [(p.path, p.kind) for p in result.problems] == [("c.png", "unknown_label")]
     assert "line 4" in result.problems[0].detail
+
+
+def test_csv_ages_come_before_the_dicom_header_and_a_bad_one_is_reported(tmp_path) -> None:
+    src = tmp_path / "h"
+    for i, name in enumerate("abcd"):
+        write_image(src / f"{name}.png", seed=i)
+    write_dicom(src / "e.dcm", np.random.default_rng(5).integers(0, 256, (64, 64), dtype=np.uint8), PatientAge="030Y")
+    write_dicom(src / "f.dcm", np.random.default_rng(6).integers(0, 256, (64, 64), dtype=np.uint8), PatientAge="030Y")
+    rows = ["a.png,NORMAL,54", "b.png,PNEUMONIA,018M", "c.png,NORMAL,", "d.png,NORMAL,abc", "e.dcm,1,40", "f.dcm,1,"]
+    (src / "l.csv").write_text("path,label,Age\n" + "\n".join(rows) + "\n")
+    result = index_source(src / "l.csv", tmp_path / "out", workers=1)
+    assert [(p.path, p.kind) for p in result.problems] == [("d.png", "bad_age")]
+    assert "line 5: age 'abc' is neither years (54, 1.5) nor a DICOM age (054Y, 018M)" in result.problems[0].detail
+    ages = {r.path: r.age_years for r in result.manifest.records}
+    assert ages == {"a.png": 54.0, "b.png": 1.5, "c.png": None, "e.dcm": 40.0, "f.dcm": 30.0}  # the CSV first
 
 
 def test_csv_from_excel_on_windows_semicolons_and_backslashes(tmp_path) -> None:

@@ -100,6 +100,28 @@ def test_dicom_pixel_padding_is_black_and_out_of_the_range(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "years"),
+    [
+        ("54", 54.0),
+        (" 1.5 ", 1.5),
+        ("054Y", 54.0),
+        ("018m", 1.5),
+        ("0", 0.0),
+        ("", None),
+        ("abc", None),
+        ("-3", None),
+        ("nan", None),
+        ("inf", None),
+        ("54 years", None),
+    ],
+)
+def test_age_in_years_reads_numbers_and_dicom_ages(text, years) -> None:
+    from pneumolab.data.readers import age_in_years
+
+    assert age_in_years(text) == (None if years is None else pytest.approx(years))
+
+
+@pytest.mark.parametrize(
     ("tags", "years"),
     [
         ({"PatientAge": "054Y"}, 54.0),

@@ -59,7 +59,7 @@ def _echo_summary(summary: dict) -> None:
     if ages := summary["ages_years"]:  # DICOM sources: the population a model trained here will state
         span = age_span(ages["youngest"], ages["oldest"])
         typer.echo(
-            f"  patient ages (DICOM headers): {span}, known for {ages['known']} of {ages['of']} train/val images"
+            f"  patient ages (CSV or DICOM headers): {span}, known for {ages['known']} of {ages['of']} train/val images"
         )
     cached = summary["cached_sizes_px"]
     typer.echo(f"  cached sizes: {', '.join(f'{s} px' for s in cached) or 'none (pneumolab data cache DIR --size N)'}")
@@ -111,7 +111,7 @@ def _index(source: Path, out: Path, strict: bool, salt: str | None, workers: int
 def data_index(
     source: Annotated[
         Path,
-        typer.Argument(help="Kaggle-layout folder, pneumoniamnist .npz, or CSV (path,label[,patient_id][,split])."),
+        typer.Argument(help="Kaggle folder, pneumoniamnist .npz, or CSV (path,label[,patient_id][,split][,age])."),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output dataset folder.")],
     strict: Annotated[bool, typer.Option(help="Fail on any bad file instead of skipping it.")] = False,

@@ -35,7 +35,7 @@ def _echo_metrics(r: dict) -> None:
         from pneumolab.data.manifest import age_span
 
         typer.echo(
-            f"  ages: {ages['outside']} of {ages['images_with_age']} images with an age (DICOM headers) are of "
+            f"  ages: {ages['outside']} of {ages['images_with_age']} images with an age (CSV or DICOM headers) are of "
             f"patients outside the {age_span(*ages['training_ages_years'])} the model learnt from (predict/serve "
             "add a caution to them): these numbers measure it on them"
         )

@@ -67,7 +67,8 @@ def _check(args: tuple[str, Candidate, str]) -> Record | Problem | tuple[Record,
     if pid is None and img.patient_key:  # raw DICOM PatientID: hashed here, so it never leaves this worker
         pid = hash_patient_id(img.patient_key, salt)
     h, w = img.pixels.shape
-    age = None if img.age_years is None else round(min(img.age_years, AGE_CAP_YEARS), 2)
+    age = cand.age_years if cand.age_years is not None else img.age_years  # the site's own list first
+    age = None if age is None else round(min(age, AGE_CAP_YEARS), 2)
     rec = Record(
         cand.path, cand.label, pid or "", cand.split, "real", hashlib.sha256(data).hexdigest(), w, h, cand.split, age
     )
@@ -97,7 +98,7 @@ def index_source(
     """Index and validate ``source`` into ``out_dir``.
 
     Args:
-        source: Kaggle-layout folder, MedMNIST ``.npz`` or CSV (``path,label[,patient_id][,split]``).
+        source: Kaggle-layout folder, MedMNIST ``.npz`` or CSV (``path,label[,patient_id][,split][,age]``).
         out_dir: where the manifest and reports go (created; the source is never written).
         strict: fail if any file has a problem instead of skipping it.
         salt: salt for hashing DICOM PatientIDs (default: ``$PNEUMOLAB_PATIENT_SALT`` or one kept in ``out_dir``).

@@ -60,7 +60,7 @@ class Record:
     width: int
     height: int
     source_split: str  # the split the source put it in, before ``pneumolab data split``
-    age_years: float | None = None  # the patient's age from a DICOM header, capped at AGE_CAP_YEARS; None: unknown
+    age_years: float | None = None  # from the CSV or the DICOM header, capped at AGE_CAP_YEARS; None: unknown
 
     @property
     def target(self) -> int:

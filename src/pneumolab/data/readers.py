@@ -26,6 +26,7 @@ __all__ = [
     "MAX_PIXELS",
     "MIN_SIDE",
     "DecodedImage",
+    "age_in_years",
     "aspect_problem",
     "decode_bytes",
     "dicom_age_years",
@@ -281,13 +282,26 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> DecodedImage:
 _AGE_UNIT_DAYS = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25}
 
 
+def age_in_years(text: str) -> float | None:
+    """``"54"``, ``"1.5"`` (years) or a DICOM age string (``"054Y"``, ``"018M"``, ``"010W"``, ``"100D"``) in years;
+    None when it is neither (or negative)."""
+    age = text.strip().upper()
+    if len(age) >= 2 and age[:-1].isdigit() and age[-1] in _AGE_UNIT_DAYS:
+        return int(age[:-1]) * _AGE_UNIT_DAYS[age[-1]] / 365.25
+    try:
+        years = float(age)
+    except ValueError:
+        return None
+    return years if 0 <= years < 200 else None  # also refuses nan and inf
+
+
 def dicom_age_years(ds) -> float | None:
     """The patient's age at the study in years: ``PatientAge`` (``"054Y"``, ``"018M"``, ``"010W"``, ``"100D"``),
     else ``StudyDate`` - ``PatientBirthDate``; None when neither is recorded or readable (never an error: an
     anonymised file often has no age)."""
     age = str(ds.get("PatientAge", "") or "").strip().upper()
-    if len(age) >= 2 and age[:-1].isdigit() and age[-1] in _AGE_UNIT_DAYS:
-        return int(age[:-1]) * _AGE_UNIT_DAYS[age[-1]] / 365.25
+    if len(age) >= 2 and age[-1] in _AGE_UNIT_DAYS:  # the AS form only: a bare number is no DICOM age
+        return age_in_years(age)
     try:  # DICOM DA values are YYYYMMDD
         born, seen = (datetime.strptime(str(ds.get(t, "") or ""), "%Y%m%d") for t in ("PatientBirthDate", "StudyDate"))
         days = (seen - born).days

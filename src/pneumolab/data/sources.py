@@ -15,7 +15,7 @@ import numpy as np
 
 from pneumolab.data.manifest import CLASSES, SPLITS, normalise_label
 from pneumolab.data.patient import TEST_NAMESPACE, kermany_label_hint, kermany_patient_id
-from pneumolab.data.readers import NPZ_SEP
+from pneumolab.data.readers import NPZ_SEP, age_in_years
 from pneumolab.errors import InputError
 
 __all__ = ["Candidate", "SourceListing", "csv_column", "has_layout", "image_files", "list_source"]
@@ -32,6 +32,7 @@ class Candidate:
     split: str
     patient_id: str | None  # from the source itself (file name or CSV column); DICOM ids come later
     problem: tuple[str, str] | None = None  # (kind, detail)
+    age_years: float | None = None  # from a CSV's age column; a DICOM header gives it otherwise
 
 
 @dataclass
@@ -338,7 +339,7 @@ def _list_csv(path: Path) -> SourceListing:
     fields, rows = _read_csv(path)
     cols = {c.strip().lower(): c for c in fields if c is not None}
     if "path" not in cols or "label" not in cols:
-        raise InputError(f"{path}: needs the columns path,label[,patient_id][,split]; found {fields}")
+        raise InputError(f"{path}: needs the columns path,label[,patient_id][,split][,age]; found {fields}")
 
     def cell(row: dict[str, str | None], name: str) -> str:
         return (row.get(cols[name]) or "").strip() if name in cols else ""  # a short row has None cells
@@ -354,6 +355,8 @@ def _list_csv(path: Path) -> SourceListing:
         label = normalise_label(raw_label)
         split = (cell(row, "split") or "train").lower()
         pid = cell(row, "patient_id")
+        raw_age = cell(row, "age") or cell(row, "age_years")
+        age = age_in_years(raw_age) if raw_age else None
         problem = None
         if not rel:
             problem = ("missing_cell", f"line {line}: no path")
@@ -363,9 +366,14 @@ def _list_csv(path: Path) -> SourceListing:
             problem = ("unknown_split", f"line {line}: split {split!r} is not one of {SPLITS}")
         elif len(labels_of[rel]) > 1:  # which one is right is for the source's owner to say, not for us
             problem = ("conflicting_labels", f"line {line}: {rel} is listed as both NORMAL and PNEUMONIA")
+        elif raw_age and age is None:
+            problem = (
+                "bad_age",
+                f"line {line}: age {raw_age!r} is neither years (54, 1.5) nor a DICOM age (054Y, 018M)",
+            )
         elif rel in seen:
             problem = ("listed_twice", f"line {line}: {rel} is listed again (the first row is used)")
         seen.add(rel)
         split = split if split in SPLITS else "train"
-        candidates.append(Candidate(rel or f"<line {line}>", label, split, pid or None, problem))
+        candidates.append(Candidate(rel or f"<line {line}>", label, split, pid or None, problem, age))
     return SourceListing("csv", path.parent, candidates, [], [])

@@ -45,8 +45,8 @@ def _shape_shortcut(manifest: Manifest) -> dict[str, Any] | None:
 
 
 def _ages(records: list[Record]) -> dict[str, int] | None:
-    """How many of ``records`` carry the patient's age (DICOM headers), the youngest and the oldest in whole years;
-    None when none does."""
+    """How many of ``records`` carry the patient's age (a CSV cell or the DICOM header), the youngest and the oldest
+    in whole years; None when none does."""
     known = [r.age_years for r in records if r.age_years is not None]
     if not known:
         return None

@@ -63,15 +63,15 @@ def _kermany(data: dict[str, Any]) -> bool:
 
 # Kermany et al. 2018: "pediatric patients of one to five years old" (its JPEGs carry no ages).
 KERMANY_AGES_YEARS = (1, 5)
-# Ages from DICOM headers define the population only when nearly every training image has one: a range read off
-# a few images would put most patients outside it, or claim a range the rest do not have.
+# Recorded ages (a CSV column, DICOM headers) define the population only when nearly every training image has one:
+# a range read off a few images would put most patients outside it, or claim a range the rest do not have.
 MIN_AGED_SHARE = 0.9
 
 
 def training_ages(data: dict[str, Any] | None) -> tuple[int, int] | None:
-    """The youngest and oldest age in whole years of the patients the model learnt from (train and val): read
-    from the images' DICOM headers when at least ``MIN_AGED_SHARE`` of them have one, else Kermany's documented
-    range for Kermany's images; None otherwise. ``data``: the model file's ``training_data``."""
+    """The youngest and oldest age in whole years of the patients the model learnt from (train and val): the
+    images' recorded ages (CSV, DICOM headers) when at least ``MIN_AGED_SHARE`` of them have one, else Kermany's
+    documented range for Kermany's images; None otherwise. ``data``: the model file's ``training_data``."""
     if data is None:
         return None
     ages = data.get("ages_years")  # absent in model files from before ages were recorded

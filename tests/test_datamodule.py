@@ -207,6 +207,9 @@ def test_batched_loader_yields_raw_batches_that_the_trainer_augments(prepared_di
             seen.append(batch[0])
             return self.w * batch[0].float().mean()
 
+        def validation_step(self, batch, batch_idx):  # the DataModule has a val loader: Lightning warns without one
+            pass
+
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 

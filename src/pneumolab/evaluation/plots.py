@@ -113,7 +113,10 @@ def decision_curves(probs: dict[str, np.ndarray], y: np.ndarray, title: str, thr
     ax.set(xlabel="threshold probability", ylabel="net benefit", title=title, xlim=(0, 1))
     ax.set_ylim(-0.05, max(0.05, prevalence * 1.1))
     ax.text(0.02, 0.02, f"at this set's prevalence {100 * prevalence:.0f}%", transform=ax.transAxes, fontsize=7)
-    ax.legend(loc="upper right", fontsize=7)
+    if len(probs) > 1:  # a report's many runs: the legend beside the axes, not over the curves
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7)
+    else:
+        ax.legend(loc="upper right", fontsize=7)
     return fig
 
 

@@ -32,7 +32,7 @@ from pneumolab.evaluation.model_card import training_ages, write_model_card
 from pneumolab.evaluation.predict import predict_logits, read_val_logits, validation_logits, view_targets
 from pneumolab.evaluation.thresholds import choose_threshold
 from pneumolab.inference.guard import FeatureTap, guard_reasons
-from pneumolab.inference.predictor import age_caution, gradcam_layer
+from pneumolab.inference.predictor import age_side, gradcam_layer
 from pneumolab.io import atomic_write_json, atomic_write_text, file_sha256, is_fresh
 from pneumolab.models.checkpoint import load_model_file, resolve_model_file
 from pneumolab.rundir import RunDir
@@ -159,7 +159,7 @@ def _ages_against_training(ages: list[float | None], meta: dict[str, Any]) -> di
     known = [a for a in ages if a is not None]
     if span is None or not known:
         return None
-    outside = sum(age_caution(a, span) is not None for a in known)
+    outside = sum(age_side(a, span) is not None for a in known)
     return {"training_ages_years": list(span), "images_with_age": len(known), "outside": outside}
 
 
@@ -199,9 +199,8 @@ def _age_groups(manifest: Manifest, rows: list[int], meta: dict[str, Any]) -> np
     def group(age: float | None) -> str:
         if age is None:
             return "(no age)"
-        if age_caution(age, span) is None:
-            return f"{age_span(*span)} (the training ages)"
-        return f"{'younger' if age < span[0] else 'older'} than the training ages"
+        side = age_side(age, span)
+        return f"{age_span(*span)} (the training ages)" if side is None else f"{side} than the training ages"
 
     return np.array([group(manifest.records[i].age_years) for i in rows])
 

@@ -34,7 +34,7 @@ from pneumolab.models.checkpoint import load_model_file, resolve_model_file
 from pneumolab.rundir import RunDir
 from pneumolab.site_adaptation.provenance import describe_site, threshold_origin
 
-__all__ = ["NOT_ASSESSED", "Prediction", "Predictor", "age_caution", "gradcam_layer"]
+__all__ = ["NOT_ASSESSED", "Prediction", "Predictor", "age_caution", "age_side", "gradcam_layer"]
 
 NOT_ASSESSED = "NOT_ASSESSED"  # the label of an image the guard refused: it does not look like a chest X-ray
 
@@ -71,15 +71,22 @@ class Prediction:
         }
 
 
-def age_caution(age_years: float | None, ages: tuple[int, int] | None) -> str | None:
-    """A caution when the patient's age (from the DICOM header) is outside the training population's whole
-    years ``ages`` (inclusive: 5 covers 5.0-5.99; an oldest at the cap has no upper bound); None when inside or
-    either is unknown. The age itself is not repeated: the answer goes to the audit log, which holds no header data."""
+def age_side(age_years: float | None, ages: tuple[int, int] | None) -> str | None:
+    """``"younger"`` or ``"older"`` when the age lies outside the training population's whole years ``ages``
+    (inclusive: 5 covers 5.0-5.99; an oldest at the cap has no upper bound); None when inside or either is unknown."""
     if age_years is None or ages is None:
         return None
-    if ages[0] <= age_years and (age_years < ages[1] + 1 or ages[1] >= AGE_CAP_YEARS):
+    if age_years < ages[0]:
+        return "younger"
+    return "older" if age_years >= ages[1] + 1 and ages[1] < AGE_CAP_YEARS else None
+
+
+def age_caution(age_years: float | None, ages: tuple[int, int] | None) -> str | None:
+    """The caution for a patient outside the training ages (see :func:`age_side`), else None. The age itself is
+    not repeated: the answer goes to the audit log, which holds no header data."""
+    side = age_side(age_years, ages)
+    if side is None:
         return None
-    side = "younger" if age_years < ages[0] else "older"
     return (
         f"the patient is {side} than the patients this model learnt from ({age_span(*ages)}; age from the DICOM "
         "header): its answers were not validated on such patients unless it was evaluated on them here"

@@ -151,6 +151,7 @@ REFUSED = [
         "no decoder here for the DICOM transfer syntax 'MPEG2 Main Profile / Main Level'",
     ),
     ("damaged JPEG that PIL accepts", lambda t: _damaged_jpeg(), "corrupt", 422, "damaged JPEG data"),
+    ("a 1-bit black-and-white PNG", lambda t: _png(RAMP > 127), "bilevel", 422, "1-bit (black-and-white)"),
     ("truncated JPEG", lambda t: _jpeg(t)[:3000], "truncated", 422, "runcat"),
 ]
 

@@ -42,6 +42,19 @@ def test_colour_modes_are_converted_to_grayscale(tmp_path, mode: str) -> None:
     assert img.pixels.shape == (40, 40) and abs(int(img.pixels.mean()) - 100) <= 1
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_exif_orientation_is_applied_as_a_viewer_shows_the_image(fmt: str) -> None:
+    stored = np.zeros((40, 80), np.uint8)  # landscape raster, bright top-left corner
+    stored[:8, :8] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, format=fmt, exif=exif)
+    img = decode_bytes(buf.getvalue(), "turned")
+    assert img.pixels.shape == (80, 40)  # portrait, as shown
+    assert img.pixels[:4, -4:].min() > 200 and img.pixels[:4, :4].max() < 50  # the corner is now top-right
+
+
 def test_cmyk_jpeg_is_converted_dark_stays_dark() -> None:
     buf = io.BytesIO()
     Image.new("CMYK", (40, 40), (0, 0, 0, 255)).save(buf, format="JPEG")  # full black ink

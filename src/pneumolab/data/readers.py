@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pneumolab.errors import ImageReadError
 
@@ -66,6 +66,7 @@ GROUPING_KEYWORDS = (
 DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"  # SOP class: raw detector data, not meant to be looked at
 _DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the whole dataset is zlib-compressed
 MIN_SIDE = 32
+_EXIF_ORIENTATION = 0x0112
 NPZ_SEP = "#"  # "pneumoniamnist_128.npz#train/12" addresses image 12 of train_images
 
 
@@ -171,6 +172,17 @@ def _decode_pil(data: bytes, name: str, max_pixels: int, draft: int | None) -> D
         raise ImageReadError(name, kind, f"cannot decode the image ({msg or type(e).__name__})") from None
     if img.format == "JPEG":
         _check_jpeg_strictly(data, name, draft)
+    if mode == "1":
+        raise ImageReadError(
+            name,
+            "bilevel",
+            "a 1-bit (black-and-white) image: the grey levels a radiograph is read from are gone; "
+            "export it as 8- or 16-bit greyscale",
+        )
+    if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+        # A camera or scanner stored the pixels turned and says how to turn them back: read the image every viewer
+        # shows (and the clinician sees), not the stored raster, so that a label and a heat map match it.
+        ImageOps.exif_transpose(img, in_place=True)
     if mode == "L":
         return DecodedImage(np.asarray(img, dtype=np.uint8), mode, converted=False)
     if mode in ("I", "I;16", "I;16B", "I;16L", "F"):

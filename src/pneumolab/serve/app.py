@@ -40,6 +40,7 @@ _STATUS = {
     "truncated": 422,
     "corrupt": 422,
     "too_small": 422,
+    "bilevel": 422,
     "no_pixel_data": 422,
     "not_a_chest_radiograph": 422,
     "not_a_frontal_view": 422,

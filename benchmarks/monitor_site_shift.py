@@ -9,10 +9,14 @@ answers (`--images` a day, with replacement); `monitor`'s warnings (`--against p
 - false alarms: logs with a warning on a day before the change;
 - detection: logs with a warning on the first changed day, and on any of the first three.
 
-No labels are used: only what the service logs (label, probability, not assessed).
+First without labels (only what the service logs: label, probability, not assessed), then with the confirmed
+outcomes of a share of the answers (`--labeled`, `monitor --outcomes`): the same logs' warnings, and the check of
+the pooled sensitivity and specificity against the model's stored operating point (`monitor --model`) for a model
+installed at either site and watched for `--days` days (at the training site a warning is a false alarm).
 
     .venv/bin/python benchmarks/monitor_site_shift.py --run runs/train/fast --data runs/data/kermany \
-        --external ../shared/data/chest_xray_external --before 20 --after 10 --images 50 --repeats 1000
+        --external ../shared/data/chest_xray_external --before 20 --after 10 --images 50 --repeats 1000 \
+        --labeled 0.2 --days 1 3 5 10
 """
 
 from __future__ import annotations
@@ -26,23 +30,28 @@ import numpy as np
 from pneumolab.data.manifest import Manifest
 from pneumolab.data.sources import image_files
 from pneumolab.inference.predictor import Predictor
-from pneumolab.site_adaptation.monitor import Period, period_warnings
+from pneumolab.site_adaptation.monitor import Period, outcome_summary, period_warnings
 
 
-def answers(predictor: Predictor, paths: list[Path]) -> list[dict[str, Any]]:
-    """Each image's answer as the service logs it (guard on): label and probability."""
+def answers(predictor: Predictor, paths: list[Path], labels: list[str]) -> list[dict[str, Any]]:
+    """Each image's answer as the service logs it (guard on): label and probability; and its true label."""
     out = []
-    for p in paths:
+    for p, truth in zip(paths, labels, strict=True):
         a = predictor.predict(p.read_bytes(), name=p.name)
-        out.append({"label": a.label, "probability": a.probability})
+        out.append({"label": a.label, "probability": a.probability, "_outcome": truth})
     return out
 
 
-def day(name: str, pool: list[dict[str, Any]], rng: np.random.Generator, n: int) -> Period:
-    """One day's period of ``n`` answers drawn from ``pool``."""
-    p = Period(name, "m", name, name)
+def day(
+    name: str, pool: list[dict[str, Any]], rng: np.random.Generator, n: int, labeled: float, model: str = "m"
+) -> Period:
+    """One day's period of ``n`` answers drawn from ``pool``, a ``labeled`` share of them with their outcome."""
+    p = Period(name, model, name, name)
     for i in rng.integers(0, len(pool), n):
-        p.add(pool[i])
+        answer = dict(pool[i])
+        if rng.random() >= labeled:
+            del answer["_outcome"]
+        p.add(answer)
     return p
 
 
@@ -66,31 +75,52 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=50, help="answers a day")
     ap.add_argument("--repeats", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--labeled", type=float, default=0.2, help="share of answers with a confirmed outcome")
+    ap.add_argument("--days", type=int, nargs="+", default=[1, 3, 5, 10], help="days watched for the promise check")
     args = ap.parse_args()
 
     predictor = Predictor.load(args.run)
     manifest = Manifest.load(args.data)
-    val = answers(predictor, [manifest.root / manifest.records[i].path for i in manifest.indices("val")])
-    ext = answers(predictor, image_files(args.external)[0])
+    val_records = [manifest.records[i] for i in manifest.indices("val")]
+    val = answers(predictor, [manifest.root / r.path for r in val_records], [r.label for r in val_records])
+    ext_paths = image_files(args.external)[0]
+    ext = answers(predictor, ext_paths, [p.parent.name for p in ext_paths])  # NORMAL/ or PNEUMONIA/
     print(summary("validation (the training site)", val))
     print(summary(f"{args.external} (another site)", ext))
 
     rng = np.random.default_rng(args.seed)
-    false_alarm = first = first3 = 0
-    for _ in range(args.repeats):
-        days = [day(f"d{d:03d}", val, rng, args.images) for d in range(args.before)]
-        days += [day(f"d{args.before + d:03d}", ext, rng, args.images) for d in range(args.after)]
-        warned = {w.split(":")[0] for w in period_warnings(days, against="past")}
-        false_alarm += any(f"d{d:03d}" in warned for d in range(args.before))
-        first += f"d{args.before:03d}" in warned
-        first3 += any(f"d{args.before + d:03d}" in warned for d in range(3))
     n = args.repeats
     print(f"{args.before} days of the training site, then {args.after} of the other, {args.images} a day, {n} logs")
-    print("| share of logs | value |")
-    print("|---|---|")
-    print(f"| a warning before the change (false alarm) | {false_alarm / n:.3f} |")
-    print(f"| a warning on the first changed day | {first / n:.3f} |")
-    print(f"| a warning on one of the first three changed days | {first3 / n:.3f} |")
+    print("| share of logs | without outcomes | with the outcomes of a share of " + f"{args.labeled:g} |")
+    print("|---|---|---|")
+    counts = {False: [0, 0, 0], True: [0, 0, 0]}
+    for _ in range(n):
+        days = [day(f"d{d:03d}", val, rng, args.images, args.labeled) for d in range(args.before)]
+        days += [day(f"d{args.before + d:03d}", ext, rng, args.images, args.labeled) for d in range(args.after)]
+        for outcomes, c in counts.items():
+            warned = {w.split(":")[0] for w in period_warnings(days, against="past", outcomes=outcomes)}
+            c[0] += any(f"d{d:03d}" in warned for d in range(args.before))
+            c[1] += f"d{args.before:03d}" in warned
+            c[2] += any(f"d{args.before + d:03d}" in warned for d in range(3))
+    for i, what in enumerate(("before the change (false alarm)", "on the first changed day", "on one of the first 3")):
+        print(f"| a warning {what} | {counts[False][i] / n:.3f} | {counts[True][i] / n:.3f} |")
+
+    print(f"\nThe model installed at one site, {args.labeled:g} of its {args.images} answers a day with an outcome,")
+    print(f"against its stored operating point {predictor.meta.get('operating_point')}; share of {n} logs warned:")
+    print("| days watched | training site: sensitivity / specificity below | other site: the same |")
+    print("|---|---|---|")
+    sha = predictor.model_sha256
+    for k in args.days:
+        cells = []
+        for pool in (val, ext):
+            warned = {"sensitivity": 0, "specificity": 0}
+            for _ in range(n):
+                days = [day(f"d{d:03d}", pool, rng, args.images, args.labeled, sha) for d in range(k)]
+                said = " ".join(w for w in outcome_summary(days, [args.run])[1] if w.startswith("model "))
+                for name in warned:
+                    warned[name] += f": {name} " in said
+            cells.append(f"{warned['sensitivity'] / n:.3f} / {warned['specificity'] / n:.3f}")
+        print(f"| {k} | {cells[0]} | {cells[1]} |")
 
 
 if __name__ == "__main__":

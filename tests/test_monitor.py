@@ -202,3 +202,87 @@ def test_answers_given_with_a_caution_are_counted_and_noted(tmp_path, capsys) ->
     assert r["warnings"] == []  # a standing fact, not a change
     assert main(["monitor", str(log)]) == 0
     assert f"note: model {MODEL[:12]}: 13 of 80 answers" in capsys.readouterr().out
+
+
+def _model_file(path: Path, sensitivity: float, specificity: float) -> tuple[Path, str]:
+    """A model file whose stored operating point promises ``sensitivity``/``specificity``; its SHA-256."""
+    from torch import nn
+
+    from pneumolab.io import file_sha256
+    from pneumolab.models.checkpoint import save_model_file
+
+    op = {"split": "val", "views": 8, "sensitivity": sensitivity, "specificity": specificity}
+    meta = {"model_name": "x", "model_kwargs": {}, "preprocessing": {}, "classes": [], "operating_point": op}
+    save_model_file(path, nn.Linear(1, 1), meta)
+    return path, file_sha256(path)
+
+
+def _answers_with_outcomes(tmp_path: Path, model: str) -> tuple[Path, Path]:
+    """Six days of 40 answers, 20 of them pneumonia by outcome; every day 19 of 20 flagged and, but on day 6,
+    19 of 20 normals cleared (day 6: 12 of 20). Plus a not-assessed image with an outcome and an outcome whose answer
+    is in no log."""
+    lines, outcomes = [], ["request_id,label"]
+    for day in range(1, 7):
+        for i in range(40):
+            rid = f"d{day}i{i}"
+            truth = "PNEUMONIA" if i < 20 else "NORMAL"
+            wrong = i in (0, 20) or (day == 6 and 20 <= i < 28)
+            said = truth if not wrong else {"PNEUMONIA": "NORMAL", "NORMAL": "PNEUMONIA"}[truth]
+            t = f"2026-11-{day:02d}T09:00:{i:02d}+00:00"
+            lines.append({"time": t, "model_sha256": model, "request_id": rid, "label": said, "probability": 0.5})
+            outcomes.append(f"{rid},{truth.lower() if i % 2 else int(truth == 'PNEUMONIA')}")  # names or 0/1
+    na = {"time": "2026-11-06T10:00:00+00:00", "model_sha256": model, "request_id": "na", "label": "NOT_ASSESSED"}
+    lines.append(na)
+    outcomes += ["na,NORMAL", "elsewhere,PNEUMONIA"]
+    log = tmp_path / "audit.jsonl"
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (tmp_path / "outcomes.csv").write_text("\n".join(outcomes) + "\n")
+    return log, tmp_path / "outcomes.csv"
+
+
+def test_outcomes_give_sensitivity_and_specificity_and_drops_are_warned(tmp_path) -> None:
+    model, sha = _model_file(tmp_path / "model.pt", sensitivity=0.95, specificity=0.95)
+    log, outcomes = _answers_with_outcomes(tmp_path, sha)
+    r = monitor([log], outcomes=outcomes, models=[model])
+    day1, day6 = r["periods"][0], r["periods"][-1]
+    assert (day1["tp"], day1["fn"], day1["tn"], day1["fp"]) == (19, 1, 19, 1)
+    assert day1["sensitivity"] == {"value": 0.95, "ci": pytest.approx(list(wilson(19, 20))), "n": 20}
+    assert day6["specificity"]["value"] == pytest.approx(12 / 20) and day6["outcome_not_assessed"] == 1
+    assert r["outcomes"]["outcomes"] == 242 and r["outcomes"]["unmatched"] == 1 and r["outcomes"]["key"] == "request_id"
+    (pooled,) = r["outcomes"]["models"]
+    assert pooled["sensitivity"]["value"] == pytest.approx(114 / 120) and pooled["not_assessed"] == 1
+    assert pooled["specificity"]["value"] == pytest.approx(107 / 120)
+    assert pooled["promised"] == {"split": "val", "views": 8, "sensitivity": 0.95, "specificity": 0.95}
+    # day 6 against the other days (Fisher, one-sided, 0.05 / (5 kinds x 6 days)); the pooled specificity against
+    # the promise (binomial, 107 of 120 against 0.95: p = 0.006 < 0.05 / 2); the sensitivity keeps its promise
+    day_warning, promise_warning = r["warnings"]
+    assert (
+        day_warning.startswith("2026-11-06: specificity 60.0% [")
+        and "against 95.0% in the model's other" in day_warning
+    )
+    assert promise_warning.startswith(
+        f"model {sha[:12]}: specificity 89.2% ["
+    ) and "promised (fitted on validation)" in (promise_warning)
+    # a model whose promise the site keeps: no promise warning; a model file of other answers: said so
+    kept, _ = _model_file(tmp_path / "kept.pt", sensitivity=0.9, specificity=0.85)
+    r = monitor([log], outcomes=outcomes, models=[kept])
+    assert (
+        r["warnings"][0].startswith("2026-11-06: specificity") and "answered nothing in these logs" in r["warnings"][1]
+    )
+    assert len(r["warnings"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("request_id,label\na,NORMAL\na,PNEUMONIA\n", "line 3: request_id a has both outcomes"),
+        ("request_id,label\na,maybe\n", "line 2: label 'maybe' is not NORMAL/PNEUMONIA"),
+        ("id,label\na,NORMAL\n", "needs the columns request_id,label"),
+        ("request_id,label\nnot-in-the-log,NORMAL\n", "none of its 1 request_ids is in these logs"),
+    ],
+)
+def test_bad_outcomes_are_refused_with_file_and_line(tmp_path, content, message) -> None:
+    log, _ = _answers_with_outcomes(tmp_path, MODEL)
+    (tmp_path / "bad.csv").write_text(content)
+    with pytest.raises(InputError, match=message):
+        monitor([log], outcomes=tmp_path / "bad.csv")

@@ -265,9 +265,12 @@ def test_audit_log_records_every_answer_and_nothing_of_the_image(run, tmp_path) 
     first, second = (json.loads(line) for line in text.splitlines())
     assert log.name == f"predictions-{first['time'][:10]}.jsonl" and first["time"].endswith("+00:00")
     assert first["model_sha256"] == predictor.model_sha256 and first["pneumolab"]
-    assert {k: first[k] for k in ("label", "probability", "threshold", "assessed")} == {
-        k: ok.json()[k] for k in ("label", "probability", "threshold", "assessed")
+    assert {k: first[k] for k in ("request_id", "label", "probability", "threshold", "assessed")} == {
+        k: ok.json()[k] for k in ("request_id", "label", "probability", "threshold", "assessed")
     }
+    assert (
+        len(first["request_id"]) == 32 and _post(client, XRAY.read_bytes()).json()["request_id"] != first["request_id"]
+    )
     assert (second["refused"], second["status"]) == ("not_an_image", 415) and "label" not in second
     assert "Doe" not in text and "MRN" not in text and "image" not in first
     # a log that cannot be written withholds the answer: no untraced results
@@ -521,3 +524,20 @@ def test_the_service_does_not_import_the_training_stack() -> None:
     code = f"import sys, pneumolab.serve.server; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_monitor_cli_with_outcomes_of_predict_json_lines(run, tmp_path, capsys) -> None:
+    answers = tmp_path / "answers.jsonl"
+    assert main(["predict", str(run), str(XRAY), "--json"]) == 0
+    line = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert len(line["request_id"]) == 32
+    answers.write_text(json.dumps(line) + "\n")
+    (tmp_path / "outcomes.csv").write_text(f"image,label\n{XRAY},PNEUMONIA\n")
+    args = ["monitor", str(answers), "--outcomes", str(tmp_path / "outcomes.csv"), "--model", str(run)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    right = int(line["label"] == "PNEUMONIA")
+    assert f"outcomes: 1 of 1 in {tmp_path / 'outcomes.csv'} matched an answer by image" in out
+    assert f"sensitivity {right}/1 = {100.0 * right:.1f}% [" in out and "specificity -" in out and "promised" in out
+    assert main(["monitor", str(answers), "--model", str(run)]) == 2
+    assert "give --outcomes too" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Annotated
@@ -87,7 +88,12 @@ def predict_cmd(
         typer.echo(json.dumps({"image": str(path), "skipped": why}) if as_json else f"{path!s:<40} skipped: {why}")
     for path, cam in inputs:
         # time and model as in the service's audit log: `pneumolab monitor` reads both
-        stamp = {"image": str(path), "time": now_utc(), "model_sha256": predictor.model_sha256}
+        stamp = {
+            "image": str(path),
+            "request_id": uuid.uuid4().hex,
+            "time": now_utc(),
+            "model_sha256": predictor.model_sha256,
+        }
         try:
             r = predictor.predict(path.read_bytes(), name=str(path), gradcam=gradcam is not None)
         except (ImageReadError, OSError) as e:

@@ -120,12 +120,28 @@ def monitor_cmd(
     fail_on_warning: Annotated[
         bool, typer.Option("--fail-on-warning", help="Exit with code 1 when there is a warning (for a scheduled job).")
     ] = False,
+    outcomes: Annotated[
+        Path | None,
+        typer.Option(
+            help="A CSV of confirmed outcomes, request_id,label (the service's answers) or image,label (predict "
+            "--json's): adds sensitivity and specificity per period."
+        ),
+    ] = None,
+    model: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--model",
+            help="A model file or run of these answers (repeatable): with --outcomes, warn where the site's "
+            "sensitivity or specificity is below what its operating point promised.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Per period and model: images, refused, not assessed and flagged PNEUMONIA with 95% intervals, and warnings.
 
     Without labels this cannot say whether the answers were right; it shows when they change (more images the guard
     will not assess, another share flagged), which is when to check a labeled sample with `pneumolab evaluate`.
+    With --outcomes (the confirmed diagnoses of some answered images) it says how often they were right.
     """
     from pneumolab.errors import InputError
     from pneumolab.io import atomic_write_json
@@ -135,7 +151,7 @@ def monitor_cmd(
         raise InputError(f"--every {every!r}: choose day, week or month")
     if against not in ("all", "past"):
         raise InputError(f"--against {against!r}: choose all or past")
-    r = monitor(logs, every=every, against=against)  # type: ignore[arg-type]
+    r = monitor(logs, every=every, against=against, outcomes=outcomes, models=model)  # type: ignore[arg-type]
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "monitor.json", r)
@@ -150,22 +166,49 @@ def monitor_cmd(
 
 def _print_monitor(r: dict, out: Path | None) -> None:
     models = {row["model_sha256"] for row in r["periods"]}
+    rates = ("sensitivity", "specificity") if "outcomes" in r else ()
     head = f"{'period':<11} {'model':<13}" if len(models) > 1 else f"{'period':<11}"
-    typer.echo(f"{head} {'images':>6} {'refused':>7} {'not assessed':>26} {'flagged PNEUMONIA':>26} {'mean P':>6}")
+    typer.echo(
+        f"{head} {'images':>6} {'refused':>7} {'not assessed':>26} {'flagged PNEUMONIA':>26} {'mean P':>6}"
+        + "".join(f" {name:>26}" for name in rates)
+    )
     for row in r["periods"]:
         cells = [f"{row['period']:<11}"] + ([f"{(row['model_sha256'] or '?')[:12]:<13}"] if len(models) > 1 else [])
         na, fl = row["not_assessed_rate"], row["flagged_rate"]
         mean_p = "-" if row["mean_probability"] is None else f"{row['mean_probability']:.3f}"
         typer.echo(
             f"{' '.join(cells)} {row['images']:>6} {row['refused']:>7} {_share(row['not_assessed'], na):>26} "
-            f"{_share(row['flagged'], fl):>26} {mean_p:>6}"
+            f"{_share(row['flagged'], fl):>26} {mean_p:>6}" + "".join(f" {_of(row[name]):>26}" for name in rates)
         )
+    if "outcomes" in r:
+        o = r["outcomes"]
+        typer.echo(
+            f"outcomes: {o['outcomes'] - o['unmatched']} of {o['outcomes']} in {o['file']} matched an answer by "
+            f"{o['key']}" + (f" ({o['unmatched']} answered in no log given)" if o["unmatched"] else "")
+        )
+        for m in o["models"]:
+            promised = m["promised"]
+            said = (
+                f"; promised {100 * promised['sensitivity']:.1f}% / {100 * promised['specificity']:.1f}%"
+                if promised and promised.get("specificity") is not None
+                else ""
+            )
+            skipped = f"; {m['not_assessed']} not assessed (no label to check)" if m["not_assessed"] else ""
+            typer.echo(
+                f"  model {(m['model_sha256'] or '?')[:12]}: sensitivity {_of(m['sensitivity'])}, "
+                f"specificity {_of(m['specificity'])}{said}{skipped}"
+            )
     for w in r["warnings"]:
         typer.echo(f"warning: {w}")
     for note in r["notes"]:
         typer.echo(f"note: {note}")
     if out is not None:
         typer.echo(f"wrote {out / 'monitor.json'} and {out / 'monitor.png'}")
+
+
+def _of(rate: dict | None) -> str:
+    """``41/45 = 91.1% [79.3, 96.5]``, or ``-`` without outcomes to count."""
+    return "-" if rate is None else _share(round(rate["value"] * rate["n"]), rate).replace(" = ", f"/{rate['n']} = ")
 
 
 def _share(k: int, rate: dict | None) -> str:

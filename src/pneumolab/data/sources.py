@@ -18,7 +18,7 @@ from pneumolab.data.patient import TEST_NAMESPACE, kermany_label_hint, kermany_p
 from pneumolab.data.readers import NPZ_SEP, age_in_years
 from pneumolab.errors import InputError
 
-__all__ = ["Candidate", "SourceListing", "csv_column", "has_layout", "image_files", "list_source"]
+__all__ = ["Candidate", "SourceListing", "csv_column", "has_layout", "image_files", "list_source", "read_csv_table"]
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".dcm", ".dicom"}
 
@@ -289,7 +289,7 @@ def _list_npz(path: Path) -> SourceListing:
     return SourceListing("medmnist", path.parent, candidates, [], [note])
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str | None]]]:
+def read_csv_table(path: Path) -> tuple[list[str], list[dict[str, str | None]]]:
     """Header and rows of a UTF-8 CSV (Excel's "CSV UTF-8" byte-order mark included).
 
     The delimiter is read off the header line: a comma, or the semicolon that Excel writes where the decimal
@@ -326,7 +326,7 @@ def csv_column(path: Path, column: str) -> dict[str, str]:
     Raises:
         InputError: the CSV has no such column (the message lists those it has).
     """
-    fields, rows = _read_csv(path)
+    fields, rows = read_csv_table(path)
     cols = {c.strip().lower(): c for c in fields if c is not None}
     if "path" not in cols or column.strip().lower() not in cols or column.strip().lower() in ("path", "label"):
         others = [c for c in fields if c and c.strip().lower() not in ("path", "label")]
@@ -336,7 +336,7 @@ def csv_column(path: Path, column: str) -> dict[str, str]:
 
 
 def _list_csv(path: Path) -> SourceListing:
-    fields, rows = _read_csv(path)
+    fields, rows = read_csv_table(path)
     cols = {c.strip().lower(): c for c in fields if c is not None}
     if "path" not in cols or "label" not in cols:
         raise InputError(f"{path}: needs the columns path,label[,patient_id][,split][,age]; found {fields}")

@@ -23,6 +23,7 @@ from pneumolab.rundir import RunDir
 __all__ = [
     "load_encoder_file",
     "load_model_file",
+    "read_model_meta",
     "resolve_model_file",
     "save_encoder_file",
     "save_model_file",
@@ -61,9 +62,7 @@ def resolve_model_file(target: str | Path) -> Path:
     return target
 
 
-def load_model_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model (in eval mode) from a model file or run folder; returns it with its metadata."""
-    path = resolve_model_file(path)
+def _read_model_blob(path: Path) -> dict[str, Any]:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -72,6 +71,20 @@ def load_model_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise InputError(
             f"{path}: not a pneumolab model file (format {blob.get('format') if isinstance(blob, dict) else '?'})"
         )
+    return blob
+
+
+def read_model_meta(target: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The model file of a run folder or model file, and its metadata (threshold, operating point, ...), without
+    rebuilding its network."""
+    path = resolve_model_file(target)
+    return path, {k: v for k, v in _read_model_blob(path).items() if k != "state_dict"}
+
+
+def load_model_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model (in eval mode) from a model file or run folder; returns it with its metadata."""
+    path = resolve_model_file(path)
+    blob = _read_model_blob(path)
     meta = {k: v for k, v in blob.items() if k != "state_dict"}
     try:
         return _rebuild(meta, blob["state_dict"]), meta

@@ -13,6 +13,7 @@ import base64
 import json
 import logging
 import secrets
+import uuid
 from importlib import resources
 from typing import Annotated, Any
 
@@ -160,7 +161,9 @@ def create_app(
         except InputError as e:
             _audit(refused="input", status=422)
             raise HTTPException(422, str(e)) from None
-        body = result.to_dict()
+        # An opaque id of this answer (not derived from the image): the site keeps it beside its own study id, and
+        # `pneumolab monitor --outcomes` joins the confirmed diagnosis to the audit line by it.
+        body = {"request_id": uuid.uuid4().hex, **result.to_dict()}
         _audit(**{k: v for k, v in body.items() if k != "timings_ms"}, total_ms=result.timings_ms["total"])
         body["operating_point"] = predictor.meta.get("operating_point")
         body["site"] = predictor.site

@@ -28,6 +28,15 @@ holds.
 
 Answers given with a caution (a patient outside the ages the model learnt from) are counted per period and summed
 per model in ``notes``: a standing fact to act on, not a change to test.
+
+**Outcomes** (``outcomes=``: a CSV of ``request_id,label`` for the service's answers, or ``image,label`` for
+``predict --json``'s; the reading a radiologist or a later test confirmed) turn the counts into accuracy: per period
+and model, sensitivity and specificity at the threshold the answers were given with (Wilson intervals), and two more
+kinds of warning: a period's sensitivity or specificity below the model's other periods (one-sided Fisher's exact
+test), and a model's pooled sensitivity or specificity below what its stored operating point promised (``models=``,
+its model files; one-sided exact binomial test). The second is what the counts alone cannot see: a model that was
+worse at the site from its first day (on the official test split, ``fast`` keeps its flagged share and loses
+specificity; docs/BENCHMARKS.md, "Site monitoring").
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from pneumolab.data.manifest import normalise_label
+from pneumolab.data.sources import read_csv_table
 from pneumolab.errors import InputError
 from pneumolab.io import atomic_path
 
@@ -50,12 +61,14 @@ __all__ = [
     "monitor",
     "period_warnings",
     "plot_monitor",
+    "read_outcomes",
     "read_records",
     "wilson",
 ]
 
 EXPECTED_NOT_ASSESSED = 0.005  # the feature guard's threshold: 99.5th percentile of validation X-rays' distances
 MIN_IMAGES = 20  # images on each side (assessed ones for the flagged share) before two shares are compared
+RATES = (("sensitivity", "PNEUMONIA"), ("specificity", "NORMAL"))  # each rate and the outcome it is measured on
 Every = Literal["day", "week", "month"]
 Against = Literal["all", "past"]
 
@@ -74,6 +87,12 @@ class Period:
     refused: int = 0  # unreadable or refused before any model ran (not a chest radiograph's DICOM, corrupt...)
     probability_sum: float = 0.0
     cautioned: int = 0  # assessed and answered with a caution (e.g. a patient outside the training ages)
+    # assessed answers with a known outcome: PNEUMONIA flagged / missed, NORMAL cleared / flagged
+    tp: int = 0
+    fn: int = 0
+    tn: int = 0
+    fp: int = 0
+    outcome_not_assessed: int = 0  # outcomes of images the model gave no label: nothing to check
     reasons: Counter = field(default_factory=Counter)  # why images were not assessed
     cautions: Counter = field(default_factory=Counter)  # the cautions given with answers
     refusals: Counter = field(default_factory=Counter)  # the kinds of problem of the refused ones
@@ -86,12 +105,22 @@ class Period:
         elif rec["label"] == "NOT_ASSESSED":
             self.not_assessed += 1
             self.reasons.update(rec.get("reasons") or ["not assessed"])
+            self.outcome_not_assessed += "_outcome" in rec
         else:
             self.assessed += 1
-            self.flagged += rec["label"] == "PNEUMONIA"
+            flagged = rec["label"] == "PNEUMONIA"
+            self.flagged += flagged
+            if rec.get("_outcome") == "PNEUMONIA":
+                self.tp, self.fn = self.tp + flagged, self.fn + (not flagged)
+            elif rec.get("_outcome") == "NORMAL":
+                self.tn, self.fp = self.tn + (not flagged), self.fp + flagged
             self.probability_sum += float(rec["probability"])
             self.cautioned += bool(rec.get("cautions"))
             self.cautions.update(rec.get("cautions") or [])
+
+    def checked(self, cls: str) -> tuple[int, int]:
+        """Of the assessed answers whose outcome is ``cls``: how many were right, and how many there were."""
+        return (self.tp, self.tp + self.fn) if cls == "PNEUMONIA" else (self.tn, self.tn + self.fp)
 
     @property
     def images(self) -> int:
@@ -110,6 +139,7 @@ class Period:
             "not_assessed_rate": _rate(self.not_assessed, seen),
             "flagged_rate": _rate(self.flagged, self.assessed),
             "mean_probability": self.probability_sum / self.assessed if self.assessed else None,
+            **{name: _rate(*self.checked(cls)) for name, cls in RATES},
             "reasons": dict(self.reasons.most_common(5)),
             "refusals": dict(self.refusals.most_common(5)),
             "cautions": dict(self.cautions.most_common(5)),
@@ -122,6 +152,12 @@ def wilson(k: int, n: int) -> tuple[float, float]:
 
     ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
     return float(ci.low), float(ci.high)
+
+
+def _checked(periods: list[Period], cls: str) -> tuple[int, int]:
+    """:meth:`Period.checked` summed over ``periods``."""
+    pairs = [p.checked(cls) for p in periods]
+    return sum(k for k, _ in pairs), sum(n for _, n in pairs)
 
 
 def _rate(k: int, n: int) -> dict[str, Any] | None:
@@ -182,6 +218,49 @@ def read_records(paths: list[Path]) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: r["_utc"])
 
 
+def read_outcomes(path: Path) -> tuple[str, dict[str, str]]:
+    """``(key column, {key: NORMAL or PNEUMONIA})`` of an outcomes CSV: ``request_id,label`` (the service's
+    answers) or ``image,label`` (``predict --json``'s); a label is NORMAL/PNEUMONIA or 0/1."""
+    if not path.is_file():
+        raise InputError(f"--outcomes {path}: no such file")
+    fields, rows = read_csv_table(path)
+    cols = {c.strip().lower(): c for c in fields if c is not None}
+    key = next((k for k in ("request_id", "image") if k in cols), None)
+    if key is None or "label" not in cols:
+        raise InputError(
+            f"{path}: needs the columns request_id,label (the service's answers) or image,label (predict --json's); "
+            f"found {fields}"
+        )
+    table: dict[str, str] = {}
+    for line, row in enumerate(rows, start=2):
+        k, raw = (row.get(cols[key]) or "").strip(), (row.get(cols["label"]) or "").strip()
+        label = normalise_label(raw)
+        if not k or label is None:
+            why = f"no {key}" if not k else f"label {raw!r} is not NORMAL/PNEUMONIA (or 0/1)"
+            raise InputError(f"{path} line {line}: {why}; correct or remove the line")
+        if table.setdefault(k, label) != label:
+            raise InputError(
+                f"{path} line {line}: {key} {k} has both outcomes, NORMAL and PNEUMONIA; keep the right one"
+            )
+    return key, table
+
+
+def _attach_outcomes(records: list[dict[str, Any]], path: Path) -> dict[str, Any]:
+    """Set each answer's ``"_outcome"`` from the CSV; what matched and what did not."""
+    key, table = read_outcomes(path)
+    found = set()
+    for rec in records:
+        if "refused" not in rec and (v := rec.get(key)) in table:
+            rec["_outcome"] = table[v]
+            found.add(v)
+    if not found:
+        raise InputError(
+            f"{path}: none of its {len(table)} {key}s is in these logs; give the outcomes of these answers "
+            f"(the service's JSON and audit lines carry request_id, predict --json's lines image)"
+        )
+    return {"file": str(path), "key": key, "outcomes": len(table), "unmatched": len(table) - len(found)}
+
+
 def _period(t: datetime, every: Every) -> str:
     if every == "day":
         return t.strftime("%Y-%m-%d")
@@ -216,18 +295,20 @@ def _unlike(k: int, n: int, k_other: int, n_other: int, alpha: float, alternativ
     return bool(fisher_exact(table, alternative=alternative).pvalue < alpha)
 
 
-def period_warnings(periods: list[Period], against: Against = "all") -> list[str]:
+def period_warnings(periods: list[Period], against: Against = "all", outcomes: bool = False) -> list[str]:
     """The warnings of the module docstring, for periods in time order (one model or several); each period is
-    compared with the same model's other periods (``"all"``) or its earlier ones (``"past"``)."""
+    compared with the same model's other periods (``"all"``) or its earlier ones (``"past"``); with ``outcomes``
+    their sensitivity and specificity too."""
     from scipy.stats import binomtest
 
     out, which = [], "earlier" if against == "past" else "other"
+    n_kinds = 5 if outcomes else 3
     for p in periods:
         row = p.row()
         same = [q for q in periods if q.model_sha256 == p.model_sha256]  # in time order
         at = [q is p for q in same].index(True)
         others = same[:at] if against == "past" else same[:at] + same[at + 1 :]
-        alpha = 0.05 / (3 * len(same))  # Bonferroni over the model's periods and the three kinds of warning
+        alpha = 0.05 / (n_kinds * len(same))  # Bonferroni over the model's periods and the kinds of warning
         na = row["not_assessed_rate"]
         # exact tests: at rates like 0.5% an interval's bound is no test (Wilson's warned on a third of quiet months)
         if na and binomtest(p.not_assessed, na["n"], EXPECTED_NOT_ASSESSED, alternative="greater").pvalue < alpha:
@@ -252,6 +333,13 @@ def period_warnings(periods: list[Period], against: Against = "all") -> list[str
                 f"{100 * k / n:.1f}% in the model's {which} periods (most often: {kinds}): check what the sending "
                 "system changed (format, compression, modality)"
             )
+        for name, cls in RATES if outcomes else ():
+            (k, n), (k_other, n_other) = p.checked(cls), _checked(others, cls)
+            if _unlike(k, n, k_other, n_other, alpha, alternative="less"):
+                out.append(
+                    f"{p.period}: {name} {_pct(row[name])} on {n} {cls} outcomes against {100 * k_other / n_other:.1f}%"
+                    f" in the model's {which} periods: check what changed (scanner, population, the outcomes' source)"
+                )
     models = list(dict.fromkeys(p.model_sha256 for p in periods))
     if len(models) > 1:
         spans = [
@@ -279,18 +367,69 @@ def caution_notes(periods: list[Period]) -> list[str]:
     return out
 
 
-def monitor(paths: list[Path], every: Every = "day", against: Against = "all") -> dict[str, Any]:
-    """Counts, rates with 95% intervals and warnings per period and model, from audit or ``predict --json`` lines."""
+def outcome_summary(periods: list[Period], models: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Per model, its answers' pooled sensitivity and specificity against what its operating point promised (the
+    model files in ``models``; one-sided exact binomial tests, Bonferroni over the models and the two rates), and
+    the warnings where the site is below the promise."""
+    from scipy.stats import binomtest
+
+    from pneumolab.io import file_sha256
+    from pneumolab.models.checkpoint import read_model_meta
+
+    promised = {}
+    for target in models:
+        path, meta = read_model_meta(target)
+        promised[file_sha256(path)] = (path, meta.get("operating_point") or {})
+    rows, out = [], []
+    shas = list(dict.fromkeys(p.model_sha256 for p in periods))
+    alpha = 0.05 / (2 * max(1, sum(sha in promised for sha in shas)))
+    for sha in shas:
+        mine = [p for p in periods if p.model_sha256 == sha]
+        path, op = promised.get(sha, (None, {}))
+        row = {
+            "model_sha256": sha,
+            **{name: _rate(*_checked(mine, cls)) for name, cls in RATES},
+            "not_assessed": sum(p.outcome_not_assessed for p in mine),
+            "promised": {k: op.get(k) for k in ("split", "views", "sensitivity", "specificity")} if path else None,
+        }
+        rows.append(row)
+        for name, cls in RATES:
+            k, n = _checked(mine, cls)
+            if n and op.get(name) is not None and binomtest(k, n, op[name], alternative="less").pvalue < alpha:
+                where = "a site sample" if op.get("split") == "site" else "validation"
+                out.append(
+                    f"model {(sha or 'unknown')[:12]}: {name} {_pct(row[name])} on {n} {cls} outcomes, below the "
+                    f"{100 * op[name]:.1f}% its operating point promised (fitted on {where}): its threshold does not "
+                    "hold here; re-choose it on a labeled site sample (pneumolab calibrate) and evaluate it"
+                )
+    for sha, (path, _) in promised.items():
+        if sha not in shas:
+            out.append(f"--model {path}: this model file (SHA-256 {sha[:12]}) answered nothing in these logs")
+    return rows, out
+
+
+def monitor(
+    paths: list[Path],
+    every: Every = "day",
+    against: Against = "all",
+    outcomes: Path | None = None,
+    models: list[Path] | None = None,
+) -> dict[str, Any]:
+    """Counts, rates with 95% intervals and warnings per period and model, from audit or ``predict --json`` lines;
+    with ``outcomes`` also sensitivity and specificity, checked against the operating points of ``models``."""
     files = _files(paths)
-    periods = _group(read_records(files), every)
-    return {
-        "every": every,
-        "against": against,
-        "files": [str(f) for f in files],
-        "periods": [p.row() for p in periods],
-        "warnings": period_warnings(periods, against),
-        "notes": caution_notes(periods),
-    }
+    records = read_records(files)
+    matched = _attach_outcomes(records, outcomes) if outcomes is not None else None
+    periods = _group(records, every)
+    warnings = period_warnings(periods, against, outcomes=matched is not None)
+    result = {"every": every, "against": against, "files": [str(f) for f in files]}
+    if matched is not None:
+        per_model, promise_warnings = outcome_summary(periods, models or [])
+        result["outcomes"] = {**matched, "models": per_model}
+        warnings += promise_warnings
+    elif models:
+        raise InputError("--model checks a model's operating point against outcomes: give --outcomes too")
+    return {**result, "periods": [p.row() for p in periods], "warnings": warnings, "notes": caution_notes(periods)}
 
 
 def plot_monitor(result: dict[str, Any], path: Path) -> None:

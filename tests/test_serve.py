@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -534,8 +535,12 @@ def test_monitor_cli_with_outcomes_of_predict_json_lines(run, tmp_path, capsys) 
     answers.write_text(json.dumps(line) + "\n")
     (tmp_path / "outcomes.csv").write_text(f"image,label\n{XRAY},PNEUMONIA\n")
     args = ["monitor", str(answers), "--outcomes", str(tmp_path / "outcomes.csv"), "--model", str(run)]
-    assert main(args) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the console stays clean (no legend without points)
+        assert main([*args, "--out", str(tmp_path / "mon")]) == 0
     out = capsys.readouterr().out
+    assert (tmp_path / "mon" / "monitor.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "mon" / "monitor.json").read_text())["outcomes"]["models"][0]["promised"]
     right = int(line["label"] == "PNEUMONIA")
     assert f"outcomes: 1 of 1 in {tmp_path / 'outcomes.csv'} matched an answer by image" in out
     assert f"sensitivity {right}/1 = {100.0 * right:.1f}% [" in out and "specificity -" in out and "promised" in out

@@ -433,18 +433,27 @@ def monitor(
 
 
 def plot_monitor(result: dict[str, Any], path: Path) -> None:
-    """Flagged, not-assessed and refused shares per period with their 95% intervals, one colour per model."""
+    """Flagged, not-assessed and refused shares per period with their 95% intervals, one colour per model; with
+    outcomes, sensitivity and specificity too, beside what each model's operating point promised."""
     from pneumolab.evaluation.plots import fig_to_png, plt
 
     rows = result["periods"]
     labels = list(dict.fromkeys(r["period"] for r in rows))
-    fig, axes = plt.subplots(3, 1, figsize=(max(6.0, 0.5 * len(labels)), 8.5), sharex=True)
-    for ax, key, title in (
-        (axes[0], "flagged_rate", "assessed images flagged PNEUMONIA"),
-        (axes[1], "not_assessed_rate", "images not assessed (guard)"),
-        (axes[2], "refused_rate", "uploads refused before any model ran"),
-    ):
-        for m in dict.fromkeys(r["model_sha256"] for r in rows):
+    panels = [
+        ("flagged_rate", "assessed images flagged PNEUMONIA"),
+        ("not_assessed_rate", "images not assessed (guard)"),
+        ("refused_rate", "uploads refused before any model ran"),
+    ]
+    if "outcomes" in result:
+        panels += [
+            ("sensitivity", "sensitivity (confirmed PNEUMONIA)"),
+            ("specificity", "specificity (confirmed NORMAL)"),
+        ]
+    models = list(dict.fromkeys(r["model_sha256"] for r in rows))
+    promised = {m["model_sha256"]: m["promised"] for m in result.get("outcomes", {}).get("models", []) if m["promised"]}
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6.0, 0.5 * len(labels)), 2.8 * len(panels)), sharex=True)
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for colour, m in enumerate(models):
             pts = [(labels.index(r["period"]), r[key]) for r in rows if r["model_sha256"] == m and r[key]]
             if pts:
                 x = [i for i, _ in pts]
@@ -453,12 +462,17 @@ def plot_monitor(result: dict[str, Any], path: Path) -> None:
                     [100 * (v["value"] - v["ci"][0]) for _, v in pts],
                     [100 * (v["ci"][1] - v["value"]) for _, v in pts],
                 ]
-                ax.errorbar(x, y, yerr=err, fmt="o-", capsize=3, label=f"model {(m or 'unknown')[:12]}")
+                ax.errorbar(
+                    x, y, yerr=err, fmt="o-", capsize=3, color=f"C{colour}", label=f"model {(m or 'unknown')[:12]}"
+                )
+            if promised.get(m, {}).get(key) is not None:
+                ax.axhline(100 * promised[m][key], color=f"C{colour}", ls="--", lw=1, label="promised (stored operating point)")
         ax.set_ylabel("%")
         ax.set_title(f"{title}, 95% Wilson intervals")
     axes[1].axhline(100 * EXPECTED_NOT_ASSESSED, color="grey", ls="--", lw=1, label="expected at the training site")
-    axes[2].set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    axes[-1].set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     for ax in axes:
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # a panel without points (no outcomes of a class) has no legend
+            ax.legend(fontsize=8)
     with atomic_path(path, suffix=".png") as tmp:
         tmp.write_bytes(fig_to_png(fig))

@@ -466,7 +466,9 @@ def plot_monitor(result: dict[str, Any], path: Path) -> None:
                     x, y, yerr=err, fmt="o-", capsize=3, color=f"C{colour}", label=f"model {(m or 'unknown')[:12]}"
                 )
             if promised.get(m, {}).get(key) is not None:
-                ax.axhline(100 * promised[m][key], color=f"C{colour}", ls="--", lw=1, label="promised (stored operating point)")
+                ax.axhline(
+                    100 * promised[m][key], color=f"C{colour}", ls="--", lw=1, label="promised (stored operating point)"
+                )
         ax.set_ylabel("%")
         ax.set_title(f"{title}, 95% Wilson intervals")
     axes[1].axhline(100 * EXPECTED_NOT_ASSESSED, color="grey", ls="--", lw=1, label="expected at the training site")

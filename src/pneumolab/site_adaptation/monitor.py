@@ -59,6 +59,7 @@ __all__ = [
     "Period",
     "caution_notes",
     "monitor",
+    "outcome_summary",
     "period_warnings",
     "plot_monitor",
     "read_outcomes",
@@ -417,6 +418,8 @@ def monitor(
 ) -> dict[str, Any]:
     """Counts, rates with 95% intervals and warnings per period and model, from audit or ``predict --json`` lines;
     with ``outcomes`` also sensitivity and specificity, checked against the operating points of ``models``."""
+    if models and outcomes is None:
+        raise InputError("--model checks a model's operating point against outcomes: give --outcomes too")
     files = _files(paths)
     records = read_records(files)
     matched = _attach_outcomes(records, outcomes) if outcomes is not None else None
@@ -427,8 +430,6 @@ def monitor(
         per_model, promise_warnings = outcome_summary(periods, models or [])
         result["outcomes"] = {**matched, "models": per_model}
         warnings += promise_warnings
-    elif models:
-        raise InputError("--model checks a model's operating point against outcomes: give --outcomes too")
     return {**result, "periods": [p.row() for p in periods], "warnings": warnings, "notes": caution_notes(periods)}
 
 

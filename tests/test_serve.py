@@ -529,7 +529,8 @@ def test_the_service_does_not_import_the_training_stack() -> None:
 
 def test_monitor_cli_with_outcomes_of_predict_json_lines(run, tmp_path, capsys) -> None:
     answers = tmp_path / "answers.jsonl"
-    assert main(["predict", str(run), str(XRAY), "--json"]) == 0
+    # no guard: the join is under test, not whether the tiny model's guard passes the sample X-ray (see .ci/floors)
+    assert main(["predict", str(run), str(XRAY), "--json", "--no-guard"]) == 0
     line = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert len(line["request_id"]) == 32
     answers.write_text(json.dumps(line) + "\n")

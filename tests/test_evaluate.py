@@ -126,8 +126,13 @@ def test_an_operating_point_fitted_on_augmented_validation_views(sample_data, tm
     assert meta["temperature"] == pytest.approx(temperature)
     prob = apply_temperature(torch.from_numpy(kept), temperature).numpy()
     assert meta["threshold"] == pytest.approx(choose_threshold(prob, y.numpy(), "sensitivity>=0.9")["threshold"])
+    # the same threshold on the validation images as they are: what `evaluate --split val` measures
+    clean = meta["operating_point"]["images_as_they_are"]
+    scored = evaluate(run, sample_data, out=tmp_path / "val", split="val", n_boot=50)["at_threshold"]
+    assert clean == pytest.approx({k: scored[k]["value"] for k in ("sensitivity", "specificity")})
     card = (run / "MODEL_CARD.md").read_text()
     assert "3 copies of each validation image under the training augmentation" in card
+    assert f"the same threshold gives sensitivity {clean['sensitivity']:.3f} and specificity" in card
     assert "lr 0.001, 2 augmented views of each batch, best epoch" in card
     assert threshold_origin(meta).startswith("chosen on 3 augmented views of each validation image")
     # `evaluate --policy` re-chooses on the same views: from the kept logits, or predicting them again

@@ -98,8 +98,13 @@ def train_cmd(
             f"done: {s['model']} @ {s['image_size']}px, {s.get('select', 'best')} epoch {epoch} of {s['epochs_run']}: "
             f"val AUROC {best.get('val/auroc', nan):.4f}; at the stored threshold {op.get('threshold', nan):.3f} "
             f"({op.get('threshold_policy')}) {where} sensitivity {at.get('sensitivity', nan):.3f}, specificity "
-            f"{at.get('specificity', nan):.3f}; {s['wall_s']:.0f} s, {s['train_images_per_s']:.0f} img/s -> "
-            f"{result.run_dir}"
+            f"{at.get('specificity', nan):.3f}"
+            + (
+                f" (the images as they are: {clean['sensitivity']:.3f}, {clean['specificity']:.3f})"
+                if (clean := at.get("images_as_they_are"))
+                else ""
+            )
+            + f"; {s['wall_s']:.0f} s, {s['train_images_per_s']:.0f} img/s -> {result.run_dir}"
         )
         if warning := thin_validation(at.get("images"), op.get("threshold_policy")):
             typer.echo(f"warning: {warning}", err=True)

@@ -153,6 +153,15 @@ def render_model_card(meta: dict[str, Any], evaluations: list[dict[str, Any]]) -
         f"policy `{meta.get('threshold_policy', 'none')}`, "
         f"chosen on {where} (sensitivity {op.get('sensitivity', float('nan')):.3f}, "
         f"specificity {op.get('specificity', float('nan')):.3f} there)",
+        *(
+            [
+                f"- On the validation images as they are, the same threshold gives sensitivity "
+                f"{clean['sensitivity']:.3f} and specificity {clean['specificity']:.3f}: the augmented copies stand "
+                "for a shifted site, and a site as clean as the training images trades the other way"
+            ]
+            if (clean := op.get("images_as_they_are"))
+            else []
+        ),
         f"- Temperature scaling T = {meta.get('temperature', 1.0):.3f}, log-odds shift "
         f"{meta.get('prior_shift', 0.0):+.3f}, fitted on {where}; ECE {cal.get('ece_before', float('nan')):.3f} -> "
         f"{cal.get('ece_after', float('nan')):.3f}",

@@ -62,7 +62,8 @@ def resolve_model_file(target: str | Path) -> Path:
     return target
 
 
-def _read_model_blob(path: Path) -> dict[str, Any]:
+def _read_model_file(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A model file's metadata and its state dict."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -71,23 +72,22 @@ def _read_model_blob(path: Path) -> dict[str, Any]:
         raise InputError(
             f"{path}: not a pneumolab model file (format {blob.get('format') if isinstance(blob, dict) else '?'})"
         )
-    return blob
+    return {k: v for k, v in blob.items() if k != "state_dict"}, blob.get("state_dict", {})
 
 
 def read_model_meta(target: str | Path) -> tuple[Path, dict[str, Any]]:
     """The model file of a run folder or model file, and its metadata (threshold, operating point, ...), without
     rebuilding its network."""
     path = resolve_model_file(target)
-    return path, {k: v for k, v in _read_model_blob(path).items() if k != "state_dict"}
+    return path, _read_model_file(path)[0]
 
 
 def load_model_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model (in eval mode) from a model file or run folder; returns it with its metadata."""
     path = resolve_model_file(path)
-    blob = _read_model_blob(path)
-    meta = {k: v for k, v in blob.items() if k != "state_dict"}
+    meta, state = _read_model_file(path)
     try:
-        return _rebuild(meta, blob["state_dict"]), meta
+        return _rebuild(meta, state), meta
     except (InputError, RuntimeError) as e:  # options or layers of another pneumolab version (or a removed experiment)
         why = str(e).splitlines()[0]  # load_state_dict lists every key; the first line says what kind of mismatch
         raise InputError(

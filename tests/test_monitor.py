@@ -262,7 +262,7 @@ def test_outcomes_give_sensitivity_and_specificity_and_drops_are_warned(tmp_path
     )
     assert promise_warning.startswith(
         f"model {sha[:12]}: specificity 89.2% ["
-    ) and "promised (fitted on validation)" in (promise_warning)
+    ) and "promised (fitted on 8 augmented views of each validation image)" in (promise_warning)
     # a model whose promise the site keeps: no promise warning; a model file of other answers: said so
     kept, _ = _model_file(tmp_path / "kept.pt", sensitivity=0.9, specificity=0.85)
     r = monitor([log], outcomes=outcomes, models=[kept])

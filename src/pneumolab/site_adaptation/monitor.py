@@ -398,6 +398,8 @@ def outcome_summary(periods: list[Period], models: list[Path]) -> tuple[list[dic
             k, n = _checked(mine, cls)
             if n and op.get(name) is not None and binomtest(k, n, op[name], alternative="less").pvalue < alpha:
                 where = "a site sample" if op.get("split") == "site" else "validation"
+                if op.get("split") == "val" and op.get("views"):
+                    where = f"{op['views']} augmented views of each validation image"
                 out.append(
                     f"model {(sha or 'unknown')[:12]}: {name} {_pct(row[name])} on {n} {cls} outcomes, below the "
                     f"{100 * op[name]:.1f}% its operating point promised (fitted on {where}): its threshold does not "

@@ -8,6 +8,7 @@ import pytest
 
 from pneumolab.cli import main
 from pneumolab.errors import InputError
+from pneumolab.io import file_sha256
 from pneumolab.site_adaptation.monitor import monitor, wilson
 
 MODEL = "ab" * 32
@@ -208,7 +209,6 @@ def _model_file(path: Path, sensitivity: float, specificity: float) -> tuple[Pat
     """A model file whose stored operating point promises ``sensitivity``/``specificity``; its SHA-256."""
     from torch import nn
 
-    from pneumolab.io import file_sha256
     from pneumolab.models.checkpoint import save_model_file
 
     op = {"split": "val", "views": 8, "sensitivity": sensitivity, "specificity": specificity}
@@ -266,10 +266,40 @@ def test_outcomes_give_sensitivity_and_specificity_and_drops_are_warned(tmp_path
     # a model whose promise the site keeps: no promise warning; a model file of other answers: said so
     kept, _ = _model_file(tmp_path / "kept.pt", sensitivity=0.9, specificity=0.85)
     r = monitor([log], outcomes=outcomes, models=[kept])
-    assert (
-        r["warnings"][0].startswith("2026-11-06: specificity") and "answered nothing in these logs" in r["warnings"][1]
+    assert r["warnings"][0].startswith("2026-11-06: specificity") and r["warnings"][1] == (
+        f"--model {kept}: no answer in these logs came from it (SHA-256 kept.pt {file_sha256(kept)[:12]})"
     )
     assert len(r["warnings"]) == 2
+
+
+def _onnx_file(path: Path, sensitivity: float, specificity: float) -> tuple[Path, str]:
+    """A one-node ONNX file carrying the metadata ``pneumolab export`` writes (an operating point); its SHA-256."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1])
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["image"], ["logits"])], "g", [x], [y]))
+    op = {"split": "val", "views": 8, "sensitivity": sensitivity, "specificity": specificity}
+    helper.set_model_props(model, {"pneumolab": json.dumps({"operating_point": op})})
+    onnx.save(model, str(path))
+    return path, file_sha256(path)
+
+
+def test_a_served_onnx_export_is_checked_against_its_own_promise(tmp_path) -> None:
+    """The service logs the SHA-256 of the file it loaded: with --backend onnx, the .onnx file, not model.pt."""
+    run = tmp_path / "run"
+    run.mkdir()
+    _model_file(run / "model.pt", sensitivity=0.5, specificity=0.5)  # a promise the answers keep
+    onnx_path, sha = _onnx_file(run / "model.onnx", sensitivity=0.95, specificity=0.95)  # exported after calibrate
+    log, outcomes = _answers_with_outcomes(tmp_path, sha)
+    for target in (run, onnx_path):  # the run folder holds both files; or the .onnx named alone
+        r = monitor([log], outcomes=outcomes, models=[target])
+        assert r["outcomes"]["models"][0]["promised"]["specificity"] == 0.95
+        assert r["warnings"][1].startswith(f"model {sha[:12]}: specificity 89.2% [")
+    (tmp_path / "other.onnx").write_bytes(b"not a protobuf")
+    with pytest.raises(InputError, match=r"other\.onnx: not a readable ONNX file"):
+        monitor([log], outcomes=outcomes, models=[tmp_path / "other.onnx"])
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,8 @@
     RUN/config.yaml         resolved config (what ``--resume`` continues)
     RUN/checkpoints/        last.ckpt (resume), best.ckpt (slimmed, the best validation epoch)
     RUN/history.csv         one row per epoch;  RUN/tensorboard/  TensorBoard events
-    RUN/model.pt            self-describing model file;  RUN/summary.json  the run's result
+    RUN/model.pt            self-describing model file;  RUN/model.onnx  its ONNX export (``pneumolab export``)
+    RUN/summary.json        the run's result
     RUN/val_logits.npz      the model's validation logits, written once (its operating point came from them)
     RUN/MODEL_CARD.md       intended use, data, metrics
     RUN/eval/DATA-SPLIT/    ``pneumolab evaluate``;  RUN/robustness/DATA-SPLIT/  ``pneumolab robustness``
@@ -73,6 +74,11 @@ class RunDir:
     @property
     def model(self) -> Path:
         return self.path / "model.pt"
+
+    @property
+    def onnx(self) -> Path:
+        """Where ``pneumolab export`` writes by convention, and what ``--backend onnx`` loads from a run folder."""
+        return self.path / "model.onnx"
 
     @property
     def summary(self) -> Path:

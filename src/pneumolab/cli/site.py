@@ -131,8 +131,8 @@ def monitor_cmd(
         list[Path] | None,
         typer.Option(
             "--model",
-            help="A model file or run of these answers (repeatable): with --outcomes, warn where the site's "
-            "sensitivity or specificity is below what its operating point promised.",
+            help="A run folder, model.pt or model.onnx of these answers (repeatable): with --outcomes, warn where "
+            "the site's sensitivity or specificity is below what its operating point promised.",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,

@@ -17,7 +17,7 @@ from pneumolab.extras import require_extra
 from pneumolab.io import atomic_path, atomic_write_text
 from pneumolab.models.checkpoint import load_model_file
 
-__all__ = ["META_KEY", "export_onnx"]
+__all__ = ["META_KEY", "export_onnx", "onnx_meta", "read_onnx_meta"]
 
 META_KEY = "pneumolab"  # the ONNX metadata property holding the model file's metadata as JSON
 OPSET = 18  # the lowest the torch.export-based exporter writes
@@ -43,6 +43,25 @@ def _as_tuple(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tenso
 
 
 log = logging.getLogger(__name__)
+
+
+def onnx_meta(props: dict[str, str], path: str | Path) -> dict[str, Any]:
+    """The model file's metadata from an ONNX file's metadata properties (``path`` names it in the error)."""
+    if META_KEY not in props:
+        raise InputError(f"{path}: not exported by `pneumolab export` (no pneumolab metadata inside)")
+    return json.loads(props[META_KEY])
+
+
+def read_onnx_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata (threshold, operating point, ...) inside an exported ``.onnx`` file, without a runtime session."""
+    require_extra("onnx")
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise InputError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
+    return onnx_meta({p.key: p.value for p in model.metadata_props}, path)
 
 
 def export_onnx(

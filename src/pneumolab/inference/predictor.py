@@ -9,7 +9,6 @@ Predictor can serve concurrent requests safely.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -153,20 +152,17 @@ class Predictor:
         """From a run folder, ``model.pt`` or ``.onnx`` (its metadata inside); ``ood``: an autoencoder run;
         ``guard=False`` runs without any out-of-distribution guard (refused otherwise when the model has none)."""
         target = Path(target)
-        onnx_file = target / "model.onnx" if target.is_dir() else target
+        onnx_file = RunDir(target).onnx if target.is_dir() else target
         if target.suffix == ".onnx" or backend == "onnx":
             if not onnx_file.is_file() or onnx_file.suffix != ".onnx":
                 raise InputError(f"{target}: no ONNX model; run `pneumolab export RUN --onnx RUN/model.onnx` first")
             require_extra("onnx")
             import onnxruntime as ort
 
-            from pneumolab.inference.export import META_KEY
+            from pneumolab.inference.export import onnx_meta
 
             session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-            props = session.get_modelmeta().custom_metadata_map
-            if META_KEY not in props:
-                raise InputError(f"{onnx_file}: not exported by `pneumolab export` (no pneumolab metadata inside)")
-            meta = json.loads(props[META_KEY])
+            meta = onnx_meta(session.get_modelmeta().custom_metadata_map, onnx_file)
             torch_file = RunDir.of(onnx_file).model  # Grad-CAM needs gradients: the PyTorch model, if present
             model = None
             if torch_file.is_file():

@@ -374,13 +374,10 @@ def outcome_summary(periods: list[Period], models: list[Path]) -> tuple[list[dic
     the warnings where the site is below the promise."""
     from scipy.stats import binomtest
 
-    from pneumolab.io import file_sha256
-    from pneumolab.models.checkpoint import read_model_meta
-
-    promised = {}
-    for target in models:
-        path, meta = read_model_meta(target)
-        promised[file_sha256(path)] = (path, meta.get("operating_point") or {})
+    promised = {}  # SHA-256 -> (model file, its operating point)
+    files_of = {target: _model_files(target) for target in models}
+    for files in files_of.values():
+        promised.update(files)
     rows, out = [], []
     shas = list(dict.fromkeys(p.model_sha256 for p in periods))
     alpha = 0.05 / (2 * max(1, sum(sha in promised for sha in shas)))
@@ -405,10 +402,29 @@ def outcome_summary(periods: list[Period], models: list[Path]) -> tuple[list[dic
                     f"{100 * op[name]:.1f}% its operating point promised (fitted on {where}): its threshold does not "
                     "hold here; re-choose it on a labeled site sample (pneumolab calibrate) and evaluate it"
                 )
-    for sha, (path, _) in promised.items():
-        if sha not in shas:
-            out.append(f"--model {path}: this model file (SHA-256 {sha[:12]}) answered nothing in these logs")
+    for target, files in files_of.items():
+        if not set(files) & set(shas):
+            which = ", ".join(f"{path.name} {sha[:12]}" for sha, (path, _) in files.items())
+            out.append(f"--model {target}: no answer in these logs came from it (SHA-256 {which})")
     return rows, out
+
+
+def _model_files(target: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """The model files ``--model`` names, by SHA-256, each with its operating point: a ``.pt`` or ``.onnx`` file, or
+    a run folder's ``model.pt`` and, when exported, its ``model.onnx`` (the service may answer with either, and the
+    logs name the file it loaded)."""
+    from pneumolab.inference.export import read_onnx_meta
+    from pneumolab.io import file_sha256
+    from pneumolab.models.checkpoint import read_model_meta
+    from pneumolab.rundir import RunDir
+
+    if target.suffix == ".onnx" and target.is_file():
+        pairs = [(target, read_onnx_meta(target))]
+    else:
+        pairs = [read_model_meta(target)]
+        if target.is_dir() and RunDir(target).onnx.is_file():
+            pairs.append((RunDir(target).onnx, read_onnx_meta(RunDir(target).onnx)))
+    return {file_sha256(path): (path, meta.get("operating_point") or {}) for path, meta in pairs}
 
 
 def monitor(

@@ -104,7 +104,7 @@ def test_the_pretrain_preset_makes_encoders_the_fast_recipe_accepts() -> None:
 
     pre = load_config(PretrainConfig, "pretrain/simclr", ["data.data_dir=d"])
     fast = load_config(TrainConfig, "fast", ["data.data_dir=d"])
-    # What load_encoder_file compares: architecture, input size and normalisation.
+    # What load_init_file compares: architecture, input size and normalisation.
     assert (pre.model.name, pre.model.kwargs) == (fast.model.name, fast.model.kwargs)
     assert (pre.data.image_size, pre.data.normalization) == (fast.data.image_size, fast.data.normalization)
     assert pre.data.augment.batched and pre.trainer.monitor is None

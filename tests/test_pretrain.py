@@ -1,4 +1,5 @@
-"""Self-supervised pre-training: the loss against a hand computation, the encoder file, and model.init."""
+"""Self-supervised pre-training: the loss against a hand computation, the encoder file, and model.init (from an
+encoder, or a trained model to fine-tune)."""
 
 import contextlib
 import io
@@ -11,8 +12,11 @@ from conftest import tiny_train_args
 from pneumolab.cli import main
 from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
+from pneumolab.evaluation.model_card import trained_on
+from pneumolab.inference.predictor import Predictor
+from pneumolab.io import file_sha256
 from pneumolab.models import create_model
-from pneumolab.models.checkpoint import load_encoder_file
+from pneumolab.models.checkpoint import load_init_file
 from pneumolab.training.pretrain import nt_xent
 
 TINY = [
@@ -64,7 +68,7 @@ def test_pretrain_writes_an_encoder_without_head_that_model_init_loads(encoder, 
     net = create_model("cnn_improved", width=8)
     head_before = net.head[1].weight.clone()
     pre = Preprocessing.from_dict(blob["preprocessing"])
-    load_encoder_file(net, encoder, "cnn_improved", {"width": 8, "dropout": None}, pre)
+    load_init_file(net, encoder, "cnn_improved", {"width": 8, "dropout": None}, pre)
     for k, v in blob["state_dict"].items():
         assert torch.equal(net.state_dict()[k], v), k
     assert torch.equal(net.head[1].weight, head_before)
@@ -80,15 +84,15 @@ def test_pretrain_writes_an_encoder_without_head_that_model_init_loads(encoder, 
 def test_model_init_refuses_what_it_was_not_pretrained_for(encoder, sample_data, tmp_path, capsys) -> None:
     pre = Preprocessing(image_size=32, mean=0.5, std=0.25, normalization="per_image")
     with pytest.raises(InputError, match=r"pre-trained for cnn_improved \{'in_chans': 1, 'width': 8\}"):
-        load_encoder_file(create_model("cnn_improved"), encoder, "cnn_improved", {}, pre)
+        load_init_file(create_model("cnn_improved"), encoder, "cnn_improved", {}, pre)
     other_size = Preprocessing(image_size=64, mean=0.5, std=0.25, normalization="per_image")
     with pytest.raises(InputError, match="on 32 px per_image-normalised images, not cnn_improved"):
-        load_encoder_file(create_model("cnn_improved", width=8), encoder, "cnn_improved", {"width": 8}, other_size)
-    with pytest.raises(InputError, match="no such encoder file"):
-        load_encoder_file(create_model("cnn_improved"), tmp_path / "none.pt", "cnn_improved", {}, pre)
+        load_init_file(create_model("cnn_improved", width=8), encoder, "cnn_improved", {"width": 8}, other_size)
+    with pytest.raises(InputError, match="no such encoder or model file"):
+        load_init_file(create_model("cnn_improved"), tmp_path / "none.pt", "cnn_improved", {}, pre)
     torch.save({"state_dict": {}}, tmp_path / "model.pt")
-    with pytest.raises(InputError, match="not an encoder file of `pneumolab pretrain`"):
-        load_encoder_file(create_model("cnn_improved"), tmp_path / "model.pt", "cnn_improved", {}, pre)
+    with pytest.raises(InputError, match="not an encoder file of `pneumolab pretrain` nor a pneumolab model file"):
+        load_init_file(create_model("cnn_improved"), tmp_path / "model.pt", "cnn_improved", {}, pre)
     # From the CLI: the dataset-normalised recipe gets one sentence and exit code 2.
     args = tiny_train_args(sample_data, tmp_path / "ft", "-c", "cpu/cnn_improved", "model.kwargs.width=8")
     assert main([*args, f"model.init={encoder}"]) == 2
@@ -107,3 +111,40 @@ def test_pretrain_refuses_what_its_two_views_cannot_be(sample_data, tmp_path, ca
     args = ["pretrain", "--data", str(sample_data), f"out_dir={tmp_path}", *TINY, override]
     assert main(args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_model_init_fine_tunes_a_trained_model_and_records_it(sample_data, tmp_path) -> None:
+    first = tmp_path / "first"
+    assert main(tiny_train_args(sample_data, first, *FIT, "trainer.max_epochs=1")) == 0
+    run = first / "cnn_improved"
+    source = torch.load(run / "model.pt", weights_only=True)
+    pre = Preprocessing.from_dict(source["preprocessing"])
+    net = create_model("cnn_improved", width=8)
+    record = load_init_file(net, run, "cnn_improved", {"width": 8}, pre)  # a run folder: its model.pt
+    assert record == {
+        "kind": "model",
+        "file": str(run / "model.pt"),
+        "sha256": file_sha256(run / "model.pt"),
+        "training_data": source["training_data"],
+    }
+    for k, v in source["state_dict"].items():  # every weight, the head's too
+        assert torch.equal(net.state_dict()[k], v), k
+    # Through `train` at a learning rate of ~0: the fine-tuned network is the source's; its file and card say so.
+    out = tmp_path / "ft"
+    args = tiny_train_args(sample_data, out, *FIT, f"model.init={run}", "optim.lr=1e-12", "trainer.max_epochs=1")
+    assert main(args) == 0
+    tuned = torch.load(out / "cnn_improved" / "model.pt", weights_only=True)
+    for k in ("head.1.weight", "features.0.0.weight"):
+        assert torch.allclose(tuned["state_dict"][k], source["state_dict"][k], atol=1e-6), k
+    assert tuned["init"] == record
+    card = (out / "cnn_improved" / "MODEL_CARD.md").read_text()
+    line = f"- Initialised from `{run / 'model.pt'}` (SHA-256 `{record['sha256'][:16]}`), a classifier trained on"
+    assert line in card and "every weight, fine-tuned on the data below" in card
+    api = Predictor.load(out / "cnn_improved", guard=False).model_card()["initialised_from"]  # GET /api/v1/model
+    assert api == {"kind": "model", "sha256": record["sha256"], "trained_on": trained_on(source["training_data"])}
+    # Another architecture or other classes: refused, saying what differs.
+    with pytest.raises(InputError, match=r"was trained for cnn_improved \{'in_chans': 1, 'width': 8\} on 32 px"):
+        load_init_file(create_model("cnn_improved"), run, "cnn_improved", {}, pre)
+    viral = Preprocessing(image_size=32, mean=0.5, std=0.25, normalization="per_image", classes=("NORMAL", "VIRAL"))
+    with pytest.raises(InputError, match=r"its classes \['NORMAL', 'PNEUMONIA'\] are not \['NORMAL', 'VIRAL'\]"):
+        load_init_file(create_model("cnn_improved", width=8), run, "cnn_improved", {"width": 8}, viral)

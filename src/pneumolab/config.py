@@ -134,7 +134,8 @@ class ModelConfig(StrictModel):
     dropout: float | None = Field(None, ge=0, lt=1)  # before the head; None keeps the architecture's default
     weights: Path | None = None  # local torchvision ImageNet state dict; never downloaded
     # An encoder file of `pneumolab pretrain` (self-supervised, on the training images) for this model: every
-    # weight but the head's starts from it (a fresh run only; resuming continues from the checkpoint).
+    # weight but the head's starts from it; or a trained model file / run folder of the same recipe: every weight
+    # (fine-tuning, e.g. on a site's own labeled images). A resumed run continues from its checkpoint.
     init: Path | None = None
     kwargs: dict[str, Any] = {}
 

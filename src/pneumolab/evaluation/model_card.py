@@ -139,6 +139,7 @@ def render_model_card(meta: dict[str, Any], evaluations: list[dict[str, Any]]) -
         f"- Architecture: `{meta['model_name']}` ({meta['model_kwargs']}), pneumolab {meta.get('version', '?')}",
         f"- Training: {cfg['trainer']['max_epochs']} epochs max, {cfg['optim']['optimizer']} lr {cfg['optim']['lr']}, "
         f"{_views(cfg)}{_selected(cfg['trainer'], meta.get('best_epoch'))}",
+        *_init_lines(meta.get("init")),
         "",
         "## Data and splits",
         *_data_lines(cfg, meta.get("training_data")),
@@ -193,6 +194,19 @@ def render_model_card(meta: dict[str, Any], evaluations: list[dict[str, Any]]) -
         "",
     ]
     return "\n".join(lines)
+
+
+def _init_lines(init: dict[str, Any] | None) -> list[str]:
+    """Where ``model.init`` started the network (empty when it started from random or ImageNet weights)."""
+    if not init:
+        return []
+    what = (
+        "an encoder pre-trained without labels (`pneumolab pretrain`): every weight but the head's"
+        if init["kind"] == "encoder"
+        else f"a classifier trained on {trained_on(init.get('training_data'))}: every weight, fine-tuned on the data "
+        "below"
+    )
+    return [f"- Initialised from `{init['file']}` (SHA-256 `{init['sha256'][:16]}`), {what}"]
 
 
 def _site_section(steps: list[dict[str, Any]]) -> list[str]:

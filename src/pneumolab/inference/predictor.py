@@ -80,6 +80,14 @@ def age_side(age_years: float | None, ages: tuple[int, int] | None) -> str | Non
     return "older" if age_years >= ages[1] + 1 and ages[1] < AGE_CAP_YEARS else None
 
 
+def _init_summary(init: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``model.init``'s record without the server's paths: an encoder or a model (and what that model learnt from)."""
+    if not init:
+        return None
+    out = {"kind": init["kind"], "sha256": init["sha256"]}
+    return out | ({"trained_on": trained_on(init.get("training_data"))} if init["kind"] == "model" else {})
+
+
 def age_caution(age_years: float | None, ages: tuple[int, int] | None) -> str | None:
     """The caution for a patient outside the training ages (see :func:`age_side`), else None. The age itself is
     not repeated: the answer goes to the audit log, which holds no header data."""
@@ -313,6 +321,7 @@ class Predictor:
             "site_steps": m.get("site", []),
             "intended_use": "Research and decision support only; not a diagnostic device.",
             "trained_on": trained_on(m.get("training_data")),
+            "initialised_from": _init_summary(m.get("init")),
             "training_ages_years": self.ages,  # [youngest, oldest] where the source documents them, else None
         }
 

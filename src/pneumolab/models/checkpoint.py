@@ -21,7 +21,7 @@ from pneumolab.models.registry import create_model, get_spec
 from pneumolab.rundir import RunDir
 
 __all__ = [
-    "load_encoder_file",
+    "load_init_file",
     "load_model_file",
     "read_model_meta",
     "resolve_model_file",
@@ -147,26 +147,33 @@ def save_encoder_file(path: str | Path, encoder: nn.Module, meta: dict[str, Any]
         torch.save({"format": ENCODER_FORMAT, "version": __version__, **meta, "state_dict": state}, tmp)
 
 
-def load_encoder_file(
+def load_init_file(
     net: nn.Module, path: str | Path, model_name: str, model_kwargs: dict[str, Any], preprocessing: Preprocessing
 ) -> dict[str, Any]:
-    """Initialise ``net`` (a fresh ``model_name`` classifier) from a ``pneumolab pretrain`` encoder file: every
-    weight but the head's. Refused, naming what differs, unless the file was pre-trained for the same
-    architecture (name and shape-changing kwargs) and the same input (image size, normalisation). Returns its
-    metadata."""
+    """Initialise ``net`` (a fresh ``model_name`` classifier) for ``model.init``: from a ``pneumolab pretrain``
+    encoder file, every weight but the head's; from a model file (or a run folder with one), every weight, head
+    included: a trained classifier fine-tuned on new data, e.g. a site's own labeled images. Refused, naming what
+    differs, unless the file was made for the same architecture (name and shape-changing kwargs) and the same input
+    (image size, normalisation). Returns what the new model file records of it: kind, file, SHA-256 and, for a
+    model file, the data it was trained on (its ``training_data``)."""
     path = Path(path)
-    target = path / "encoder.pt" if path.is_dir() else path
+    target = path
+    if path.is_dir():  # a pretrain run holds encoder.pt, a training run model.pt
+        target = path / "encoder.pt" if (path / "encoder.pt").is_file() else RunDir(path).model
     if not target.is_file():
         raise InputError(
-            f"model.init {path}: no such encoder file (give RUN/encoder.pt of `pneumolab pretrain`, e.g. "
-            "`pneumolab pretrain -c pretrain/simclr --data DIR` writes runs/pretrain/simclr/encoder.pt)"
+            f"model.init {path}: no such encoder or model file (give RUN/encoder.pt of `pneumolab pretrain`, e.g. "
+            "`pneumolab pretrain -c pretrain/simclr --data DIR` writes runs/pretrain/simclr/encoder.pt, or a trained "
+            "run folder or model.pt to fine-tune)"
         )
     try:
         blob = torch.load(target, map_location="cpu", weights_only=True)
     except Exception as e:
         raise InputError(f"model.init {target}: not a loadable file ({type(e).__name__})") from None
-    if not isinstance(blob, dict) or blob.get("format") != ENCODER_FORMAT:
-        raise InputError(f"model.init {target}: not an encoder file of `pneumolab pretrain`")
+    kind = {ENCODER_FORMAT: "encoder", FORMAT: "model"}.get(blob.get("format") if isinstance(blob, dict) else None)
+    if kind is None:
+        raise InputError(f"model.init {target}: not an encoder file of `pneumolab pretrain` nor a pneumolab model file")
+    made = "pre-trained" if kind == "encoder" else "trained"
 
     def arch(kwargs: dict[str, Any]) -> dict[str, Any]:  # in_chans: 1 unless said (every builder's default)
         return {k: v for k, v in {"in_chans": 1, **kwargs}.items() if k not in _WEIGHTLESS_KWARGS}
@@ -180,17 +187,22 @@ def load_encoder_file(
     )
     if wanted != found:
         raise InputError(
-            f"model.init {target} was pre-trained for {found[0]} {found[1]} on {found[2]} px {found[3]}-normalised "
-            f"images, not {wanted[0]} {wanted[1]} on {wanted[2]} px {wanted[3]}-normalised: pre-train for this "
-            "recipe, or train the recipe it was made for"
+            f"model.init {target} was {made} for {found[0]} {found[1]} on {found[2]} px {found[3]}-normalised "
+            f"images, not {wanted[0]} {wanted[1]} on {wanted[2]} px {wanted[3]}-normalised: train the recipe it "
+            "was made for (its config.yaml), or make one for this recipe"
         )
+    if kind == "model" and list(blob["classes"]) != list(preprocessing.classes):
+        raise InputError(f"model.init {target}: its classes {blob['classes']} are not {list(preprocessing.classes)}")
     head = get_spec(model_name).classifier + "."
     try:
         missing, unexpected = net.load_state_dict(blob["state_dict"], strict=False)
     except RuntimeError:  # a tensor of another shape under the same name
         missing, unexpected = [], ["(tensors of other shapes)"]
-    if unexpected or any(not k.startswith(head) for k in missing):
+    if unexpected or any(kind == "model" or not k.startswith(head) for k in missing):
         raise InputError(
             f"model.init {target}: its weights do not fit {model_name} (e.g. {[*unexpected, *missing][:2]})"
         )
-    return {k: v for k, v in blob.items() if k != "state_dict"}
+    record = {"kind": kind, "file": str(target), "sha256": file_sha256(target)}
+    if kind == "model":
+        record["training_data"] = blob.get("training_data")
+    return record

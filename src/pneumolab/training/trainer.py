@@ -45,7 +45,7 @@ from pneumolab.evaluation.predict import validation_logits, view_targets, write_
 from pneumolab.evaluation.thresholds import choose_threshold
 from pneumolab.inference.guard import fit_model_guard
 from pneumolab.io import atomic_path, atomic_write_json, atomic_write_text
-from pneumolab.models.checkpoint import load_encoder_file, save_model_file, with_encoder
+from pneumolab.models.checkpoint import load_init_file, save_model_file, with_encoder
 from pneumolab.rundir import RunDir
 from pneumolab.training.callbacks import (
     AtomicCheckpointIO,
@@ -279,16 +279,23 @@ def train(
         channels_last=cfg.trainer.channels_last,
         monitor=cfg.trainer.monitor,
     )
-    if cfg.model.init is not None and last is None:  # a resumed run continues from its own checkpoint
-        load_encoder_file(module.net, cfg.model.init, cfg.model.name, model_kwargs, pre)
+    init = None
+    if cfg.model.init is not None:  # resumed: the checkpoint's weights replace these, the record is kept
+        init = load_init_file(module.net, cfg.model.init, cfg.model.name, model_kwargs, pre)
+        if last is None:
+            what = "every weight but the head" if init["kind"] == "encoder" else "every weight: fine-tuning"
+            log.info("starting from %s (%s)", init["file"], what)
     trainer, throughput = fit(cfg, module, dm, run_dir, last, progress_bar, extra_callbacks)
     if not trainer.is_global_zero:
         return TrainResult(run_dir, {})
-    return end_run(run_dir, _finish(trainer, throughput, run_dir, cfg))
+    return end_run(run_dir, _finish(trainer, throughput, run_dir, cfg, init))
 
 
-def _finish(trainer: L.Trainer, throughput: Throughput, run_dir: Path, cfg: TrainConfig) -> dict[str, Any]:
-    """Export the best checkpoint as ``model.pt`` and write ``summary.json``."""
+def _finish(
+    trainer: L.Trainer, throughput: Throughput, run_dir: Path, cfg: TrainConfig, init: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Export the best checkpoint as ``model.pt`` and write ``summary.json``; ``init``: what ``model.init``
+    started from (:func:`load_init_file`), recorded in the model file."""
     ckpt_cb = trainer.checkpoint_callback
     best_path = Path(ckpt_cb.best_model_path) if ckpt_cb and ckpt_cb.best_model_path else None
     monitor = cfg.trainer.monitor
@@ -332,6 +339,7 @@ def _finish(trainer: L.Trainer, throughput: Throughput, run_dir: Path, cfg: Trai
             **summary["operating_point"],
             "training_data": training_data_record(manifest),
             "ood_guard": guard,
+            **({"init": init} if init else {}),
         }
         save_model_file(RunDir(run_dir).model, net, meta)  # a latent model with its encoder: self-contained
         summary["model_file"] = str(RunDir(run_dir).model)

@@ -46,6 +46,7 @@ from pneumolab.evaluation.thresholds import choose_threshold
 from pneumolab.inference.guard import fit_model_guard
 from pneumolab.io import atomic_path, atomic_write_json, atomic_write_text
 from pneumolab.models.checkpoint import load_init_file, save_model_file, with_encoder
+from pneumolab.models.registry import get_spec
 from pneumolab.rundir import RunDir
 from pneumolab.training.callbacks import (
     AtomicCheckpointIO,
@@ -259,6 +260,7 @@ def train(
     Raises:
         InputError: unknown model, bad weights file, unprepared data, nothing to resume.
     """
+    get_spec(cfg.model.name)  # an unknown model fails before the data is read and summarised
     dm = None
     if cfg.latent is not None:
         from pneumolab.data.latent import LatentDataModule

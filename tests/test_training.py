@@ -1,6 +1,7 @@
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,6 +90,7 @@ def test_select_last_keeps_the_final_epoch_not_the_best_on_validation(
     epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
     assert [e.split(":")[0] for e in epochs] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"] * 2  # runs best, last
     assert all("train/loss" in e and "val/auroc" in e for e in epochs)
+    assert re.search(r"\(\d+ s; ~\d+ s left\)$", epochs[0]) and epochs[2].endswith(" s)")  # no time left to say
     assert "it/s" not in err
     model, meta = load_model_file(run / "model.pt")
     assert meta["best_epoch"] == 2

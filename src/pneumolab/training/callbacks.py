@@ -145,6 +145,9 @@ class EpochLog(L.Callback):
     """One log line per finished epoch, in place of the progress bar where it cannot redraw itself (output to a
     file or a pipe, e.g. ``nohup pneumolab train ... > log``: a bar there writes every refresh as a new line)."""
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_start, self._first_epoch = time.perf_counter(), trainer.current_epoch  # resumed: a later epoch
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
 
@@ -153,12 +156,13 @@ class EpochLog(L.Callback):
             return
         row = _epoch_row(trainer)
         numbers = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "lr") and v is not None)
+        now = time.perf_counter()
+        # The epochs left at this process's mean pace so far (validation included; an early stop ends sooner).
+        left = (trainer.max_epochs - trainer.current_epoch - 1) * (now - self._fit_start)
+        left /= trainer.current_epoch + 1 - self._first_epoch
+        eta = "" if left <= 0 else f"; ~{left:.0f} s left" if left < 90 else f"; ~{left / 60:.0f} min left"
         log.info(
-            "epoch %d/%d: %s (%.0f s)",
-            trainer.current_epoch + 1,
-            trainer.max_epochs,
-            numbers,
-            time.perf_counter() - self._start,
+            "epoch %d/%d: %s (%.0f s%s)", trainer.current_epoch + 1, trainer.max_epochs, numbers, now - self._start, eta
         )
 
 

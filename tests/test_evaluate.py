@@ -1,6 +1,7 @@
 import csv
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -195,6 +196,19 @@ def test_evaluate_writes_predictions_metrics_plots_and_keeps_the_threshold(
     assert m["at_threshold"]["net_benefit"]["value"] == pytest.approx((c["tp"] - c["fp"] * t / (1 - t)) / n)
     tp = sum(r["label"] == r["prediction"] == "PNEUMONIA" for r in rows)
     assert m["at_threshold"]["confusion"]["tp"] == tp
+    # errors.html: the 12 most confident false positives (Grad-CAM on) and the 12 lowest-scored false negatives
+    fp = sorted((r for r in rows if r["label"] == "NORMAL" != r["prediction"]), key=lambda r: -float(r["probability"]))
+    fn = sorted(
+        (r for r in rows if r["label"] == "PNEUMONIA" != r["prediction"]), key=lambda r: float(r["probability"])
+    )
+    assert m["errors"] == {
+        "false_positives": {"total": len(fp), "shown": [r["path"] for r in fp[:12]]},
+        "false_negatives": {"total": len(fn), "shown": [r["path"] for r in fn[:12]]},
+    }
+    page = (tmp_path / "errors.html").read_text()
+    assert page.count("<img ") == min(12, len(fp)) + min(12, len(fn)) and fp and fn
+    assert [page.index(r["path"]) for r in fp[:12]] == sorted(page.index(r["path"]) for r in fp[:12])
+    assert f"P(pneumonia) = {float(fn[0]['probability']):.3f}" in page
 
 
 def test_evaluating_the_selection_split_warns(two_runs, sample_data, tmp_path) -> None:
@@ -371,7 +385,7 @@ def test_evaluate_scores_a_sites_normals_alone_and_compare_refuses_them(two_runs
     normals = [r for r in m.records if r.label == "NORMAL"][:25]
     listed.write_text("path,label\n" + "".join(f"{m.root / r.path},NORMAL\n" for r in normals))
     args = ["evaluate", str(two_runs[0]), "--data", str(listed), "--split", "all", "--out", str(tmp_path / "e")]
-    assert main([*args, "--n-boot", "50"]) == 0
+    assert main([*args, "--n-boot", "50", "--errors", "3"]) == 0
     out, err = capsys.readouterr()
     r = json.loads((tmp_path / "e" / "metrics.json").read_text())
     with open(tmp_path / "e" / "predictions.csv") as f:
@@ -383,6 +397,16 @@ def test_evaluate_scores_a_sites_normals_alone_and_compare_refuses_them(two_runs
     assert not (tmp_path / "e" / "roc.png").exists() and (tmp_path / "e" / "confusion.png").is_file()
     assert "  auroc              -\n" in out and "undefined with no PNEUMONIA images" in out
     assert "Warning" not in err and "warning" not in err
+    flagged = sorted((p for p in probs if p >= r["threshold"]["value"]), reverse=True)
+    assert r["errors"]["false_positives"]["total"] == len(flagged) and r["errors"]["false_negatives"]["total"] == 0
+    page = (tmp_path / "e" / "errors.html").read_text()
+    assert page.count("<img ") == min(3, len(flagged)) and "(false negatives): none</h2>" in page
+    if len(flagged) > 3:
+        assert f"(false positives): the 3 most confident of {len(flagged)}</h2>" in page
+    args[-1] = str(tmp_path / "none")  # --out
+    assert main([*args, "--n-boot", "50", "--errors", "0"]) == 0
+    assert not (tmp_path / "none" / "errors.html").exists()
+    assert "errors" not in json.loads((tmp_path / "none" / "metrics.json").read_text())
     compare = ["compare", str(two_runs[0]), "--data", str(listed), "--split", "all", "--out", str(tmp_path / "r")]
     assert main(compare) == 2
     assert "holds one class only: the report ranks runs by AUROC" in capsys.readouterr().err
@@ -426,6 +450,8 @@ def test_compare_renders_every_section(two_runs, sample_data, tmp_path) -> None:
         text.index("![ROC") < text.index("![Decision curves") and (tmp_path / "report" / "decision_curve.png").is_file()
     )
     assert text.index("About this report") < text.index("MODEL_CARD.md")
+    galleries = re.findall(r"`([^`]*errors\.html)`", text)  # each run's errors to look at, evaluated for the report
+    assert len(galleries) == 4 and all(Path(g).is_file() for g in galleries)
     pairs = (tmp_path / "report" / "pairwise.csv").read_text().splitlines()
     assert len(pairs) == 1 + 4 * 3 // 2 and pairs[0].startswith("a,b,auroc_a_minus_b")
     assert "| GAN images | cnn_base_gan | cnn_base |" in text

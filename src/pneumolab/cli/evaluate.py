@@ -113,6 +113,14 @@ def evaluate_cmd(
             "or age (inside or outside the ages the model learnt from)."
         ),
     ] = None,
+    errors: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="errors.html shows this many of the most confident false positives (with Grad-CAM) and of the "
+            "false negatives; 0: none.",
+        ),
+    ] = 12,
     n_boot: Annotated[int, typer.Option(help="Patient-level bootstrap resamples.")] = 2000,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
 ) -> None:
@@ -121,10 +129,13 @@ def evaluate_cmd(
 
     if split not in (None, "test", "val", "train", "all"):
         raise InputError(f"--split {split!r}: choose test, val, train or all")
-    r = evaluate(model, data, split=split, out=out, policy=policy, n_boot=n_boot, seed=seed, by=by)
+    r = evaluate(model, data, split=split, out=out, policy=policy, n_boot=n_boot, seed=seed, by=by, errors=errors)
     _echo_metrics(r)
     if "subgroups" in r:
         _echo_subgroups(r["subgroups"])
+    if "errors" in r:
+        fp, fn = (len(r["errors"][k]["shown"]) for k in ("false_positives", "false_negatives"))
+        typer.echo(f"errors.html: the {fp} most confident false positives and {fn} false negatives, to look at")
     typer.echo(f"wrote {Path(r['plots']['confusion']).parent}")
 
 

@@ -27,6 +27,7 @@ from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
 from pneumolab.evaluation import plots
 from pneumolab.evaluation.calibration import OperatingPoint
+from pneumolab.evaluation.errors import write_error_gallery
 from pneumolab.evaluation.metrics import compute_metrics, metrics_with_ci
 from pneumolab.evaluation.model_card import training_ages, write_model_card
 from pneumolab.evaluation.predict import predict_logits, read_val_logits, validation_logits, view_targets
@@ -64,6 +65,7 @@ def evaluate(
     seed: int = 0,
     model_card: bool = True,
     by: str | None = None,
+    errors: int = 12,
 ) -> dict[str, Any]:
     """Evaluate a model on ``split`` of ``data`` and write predictions, metrics and plots to ``out``; with
     ``model_card``, a model inside a run folder also gets its MODEL_CARD.md updated with the result.
@@ -79,6 +81,8 @@ def evaluate(
         by: also score each group: a column of the CSV the images were listed in (scanner, view, site...), a
             DICOM attribute (``dicom:Manufacturer``, one of ``GROUPING_KEYWORDS``), or ``age`` (against the
             training ages).
+        errors: how many of the most confident false positives and of the false negatives ``errors.html`` shows
+            (0: no page).
     """
     model_file = resolve_model_file(model_target)
     model, meta = load_model_file(model_file)
@@ -144,6 +148,12 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
     _write_predictions(out / "predictions.csv", manifest, rows, prob, threshold, assessed)
     result["plots"] = _plots(result, prob, raw, y, groups, threshold, model_file, out)
+    if errors > 0:
+        title = f"{meta['model_name']} on the {split} split of {data.name}"
+        result["errors"] = write_error_gallery(
+            out / "errors.html", model, meta, manifest, rows, prob, y, assessed, errors, title
+        )
+        result["plots"]["errors"] = str(out / "errors.html")
     atomic_write_json(out / "metrics.json", result)
     run = RunDir.of(model_file)
     if model_card and model_file == run.model and run.config.is_file():  # inside a run folder

@@ -567,6 +567,13 @@ def compare(
     blocks += [("table", title, table) for title, table in extra_sections or []]
     blocks += [("figure", caption, f"samples-{i}.png", png) for i, (caption, png) in enumerate(_sample_grids(results))]
     cards = ", ".join(f"`{RunDir(r.run_dir).path / 'MODEL_CARD.md'}`" for r in results)
+    galleries = [f"`{r.metrics['plots']['errors']}`" for r in results if "errors" in r.metrics.get("plots", {})]
+    errors = (
+        f" Each run's errors to look at (its most confident false positives with Grad-CAM, and its false "
+        f"negatives): {', '.join(galleries)}."
+        if galleries
+        else ""
+    )
     blocks += [
         ("h2", "About this report"),
         (
@@ -577,7 +584,7 @@ def compare(
             "which narrows the intervals if a patient has several); a difference is only called significant when its "
             f"paired-bootstrap p-value is below 0.05 (all pairs: `pairwise.csv`). *Not assessed: the images of this "
             "split that `predict` and the service would not label with that model (its feature guard, a chest "
-            f"radiograph's proportions); they are scored in every number above. Model cards: {cards}.",
+            f"radiograph's proportions); they are scored in every number above. Model cards: {cards}.{errors}",
         ),
     ]
     out.mkdir(parents=True, exist_ok=True)

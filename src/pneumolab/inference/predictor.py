@@ -252,6 +252,13 @@ class Predictor:
             [caution] if caution else [],
         )
 
+    def heatmap(self, pixels: np.ndarray) -> np.ndarray:
+        """Grad-CAM ``(S, S)`` in [0, 1] for the PNEUMONIA logit of a decoded X-ray ``(H, W) uint8``, whatever the
+        answer (error analysis: ``evaluate``'s gallery of false positives)."""
+        x = self.preprocessing(self.preprocessing.resize(pixels))  # (1, 1, S, S)
+        with self.lock:
+            return self._gradcam(x)[0]
+
     def _gradcam(self, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
         """Grad-CAM for the PNEUMONIA logit on the registry's layer, upsampled to the input: (S, S) in [0, 1],
         and the logits of the same forward pass."""

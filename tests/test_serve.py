@@ -433,6 +433,11 @@ def test_gradcam_is_highest_where_a_toy_model_looks() -> None:
     peak = np.unravel_index(np.argmax(heat), heat.shape)
     assert 0 <= peak[0] < s // 2 and 0 <= peak[1] < s // 2, peak  # the top-left quadrant, where the patch is
     assert heat[: s // 2, : s // 2].mean() > 2 * heat[s // 2 :, s // 2 :].mean()
+    # evaluate's error gallery: one batched pass gives each image its own map, as one image at a time does
+    other = (np.clip(x[0, 0], 0, 1) * 255).astype(np.uint8)  # a negative example
+    both = Predictor(model, meta, guard=False).heatmaps([other, img])
+    assert both.shape == (2, s, s) and np.allclose(both[1], heat, atol=1e-5)
+    assert np.allclose(both[0], Predictor(model, meta, guard=False).heatmaps([other])[0], atol=1e-5)
 
 
 def _free_port() -> int:

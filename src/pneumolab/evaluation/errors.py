@@ -62,20 +62,23 @@ def write_error_gallery(
         ],
         strict=True,
     ):
-        figures, paths = [], []
-        shown[key] = {"total": len(errors), "shown": paths}
-        for j in errors[:k]:
-            record = manifest.records[rows[j]]
-            paths.append(record.path)
+        picked = errors[:k]
+        shown[key] = {"total": len(errors), "shown": [manifest.records[rows[j]].path for j in picked]}
+        pixels, problems = {}, {}  # position -> (H, W) uint8, or why it cannot be shown
+        for j in picked:
             try:
-                pixels = read_entry(manifest.root, record.path)[1].pixels
+                pixels[j] = read_entry(manifest.root, manifest.records[rows[j]].path)[1].pixels
             except ImageReadError as e:  # moved or deleted since it was scored
-                figures.append(_figure(None, record.path, f"{e.detail}; P = {prob[j]:.3f}"))
-                continue
-            # Grad-CAM of a negative answer points at whatever raised the score most: shown for positives only.
-            png = overlay_png(pixels, predictor.heatmap(pixels) if heat else None, max_side=THUMB_SIDE)
+                problems[j] = e.detail
+        # Grad-CAM of a negative answer points at whatever raised the score most: shown for positives only.
+        heats = dict(zip(pixels, predictor.heatmaps(list(pixels.values())), strict=True)) if heat and pixels else {}
+        figures = []
+        for j in picked:
             caption = f"P(pneumonia) = {prob[j]:.3f}" + ("" if assessed[j] else "; the service would not assess it")
-            figures.append(_figure(png, record.path, caption))
+            png = overlay_png(pixels[j], heats.get(j), max_side=THUMB_SIDE) if j in pixels else None
+            figures.append(
+                _figure(png, manifest.records[rows[j]].path, f"{problems[j]}; {caption}" if png is None else caption)
+            )
         which = f"all {len(errors)}, {order} first" if len(errors) <= k else f"the {k} {order} of {len(errors)}"
         sections.append(f"<h2>{heading}: {which if errors else 'none'}</h2><div class='grid'>{''.join(figures)}</div>")
     page = (

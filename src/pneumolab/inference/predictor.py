@@ -214,13 +214,14 @@ class Predictor:
         with self.lock:
             if gradcam and self.model is not None and self.session is None:
                 # One PyTorch forward serves both (ONNX has no gradients): Grad-CAM's pass also yields the logits.
-                heat, logits = self._gradcam(x)
+                heats, logits = self._gradcam(x)
+                heat = heats[0]
                 feats = self._tapped()
                 t2 = t3 = time.perf_counter()
             else:
                 logits, feats = self._logits(x)
                 t2 = time.perf_counter()
-                heat = self._gradcam(x)[0] if gradcam else None  # ONNX: no tap, the graph gave the features
+                heat = self._gradcam(x)[0][0] if gradcam else None  # ONNX: no tap, the graph gave the features
                 t3 = time.perf_counter()
             reasons, score = self._guard(img, feats)
         prob = float(self.operating_point.probability(logits.float())[0])
@@ -252,16 +253,16 @@ class Predictor:
             [caution] if caution else [],
         )
 
-    def heatmap(self, pixels: np.ndarray) -> np.ndarray:
-        """Grad-CAM ``(S, S)`` in [0, 1] for the PNEUMONIA logit of a decoded X-ray ``(H, W) uint8``, whatever the
-        answer (error analysis: ``evaluate``'s gallery of false positives)."""
-        x = self.preprocessing(self.preprocessing.resize(pixels))  # (1, 1, S, S)
+    def heatmaps(self, images: list[np.ndarray]) -> np.ndarray:
+        """Grad-CAM ``(N, S, S)``, each in [0, 1], for the PNEUMONIA logit of decoded X-rays ``(H, W) uint8``,
+        whatever the answers (error analysis: ``evaluate``'s gallery of false positives); one batched pass."""
+        x = torch.cat([self.preprocessing(self.preprocessing.resize(p)) for p in images])  # (N, 1, S, S)
         with self.lock:
             return self._gradcam(x)[0]
 
     def _gradcam(self, x: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
-        """Grad-CAM for the PNEUMONIA logit on the registry's layer, upsampled to the input: (S, S) in [0, 1],
-        and the logits of the same forward pass."""
+        """Grad-CAM for the PNEUMONIA logit on the registry's layer, upsampled to the input ``(N, 1, S, S)``:
+        ``(N, S, S)``, each image's map in [0, 1], and the logits ``(N, 2)`` of the same forward pass."""
         if self.model is None:
             raise InputError("Grad-CAM needs the PyTorch model (model.pt beside the .onnx file)")
         from captum.attr import LayerAttribution, LayerGradCam
@@ -277,8 +278,9 @@ class Predictor:
 
         cam = LayerGradCam(forward, layer).attribute(x.clone().requires_grad_(True), target=target)  # (1, 1, h, w)
         cam = LayerAttribution.interpolate(cam, (self.preprocessing.image_size,) * 2, interpolate_mode="bilinear")
-        cam = torch.relu(cam)[0, 0].detach().numpy()
-        return (cam / cam.max() if cam.max() > 0 else cam), seen["logits"].detach()
+        cam = torch.relu(cam)[:, 0].detach().numpy()  # (N, S, S); a model in eval mode keeps the images apart
+        peak = cam.max(axis=(1, 2), keepdims=True)
+        return np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0), seen["logits"].detach()
 
     def _guard(self, img: DecodedImage, feats: torch.Tensor | None) -> tuple[list[str], float | None]:
         """Why the image is not assessed (empty: it is), and the feature guard's score over its threshold."""

@@ -84,8 +84,8 @@ def write_error_gallery(
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>Errors: "
         f"{html.escape(title)}</title><style>body{{font-family:sans-serif;margin:1.5em}}"
-        ".grid{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0;width:320px}"
-        "figcaption{font-size:12px;word-break:break-all}img{max-width:320px}</style></head><body>"
+        f".grid{{display:flex;flex-wrap:wrap;gap:12px}}figure{{margin:0;width:{THUMB_SIDE}px}}"
+        "figcaption{font-size:12px;word-break:break-all}</style></head><body>"
         f"<h1>Errors at the stored threshold {threshold:.4f}: {html.escape(title)}</h1>"
         "<p>The X-rays as the source holds them (the model saw each squashed to a square). On a false positive the "
         "red-yellow map is Grad-CAM: where the network found most of what raised its pneumonia score. It shows "

@@ -166,7 +166,8 @@ def test_evaluate_writes_predictions_metrics_plots_and_keeps_the_threshold(
         ]
     )
     assert code == 0
-    assert "threshold" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "threshold" in printed
     assert (run / "model.pt").read_bytes() == before  # evaluate never changes the stored threshold
     m = json.loads((tmp_path / "metrics.json").read_text())
     _, meta = load_model_file(run / "model.pt")
@@ -209,6 +210,8 @@ def test_evaluate_writes_predictions_metrics_plots_and_keeps_the_threshold(
     assert page.count("<img ") == min(12, len(fp)) + min(12, len(fn)) and fp and fn
     assert [page.index(r["path"]) for r in fp[:12]] == sorted(page.index(r["path"]) for r in fp[:12])
     assert f"P(pneumonia) = {float(fn[0]['probability']):.3f}" in page
+    shown = f"errors.html: {min(12, len(fp))} of {len(fp)} false positives (most confident first, with Grad-CAM) and "
+    assert shown + f"{min(12, len(fn))} of {len(fn)} false negatives, to look at" in printed
 
 
 def test_evaluating_the_selection_split_warns(two_runs, sample_data, tmp_path) -> None:

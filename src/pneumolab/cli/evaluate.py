@@ -134,8 +134,11 @@ def evaluate_cmd(
     if "subgroups" in r:
         _echo_subgroups(r["subgroups"])
     if "errors" in r:
-        fp, fn = (len(r["errors"][k]["shown"]) for k in ("false_positives", "false_negatives"))
-        typer.echo(f"errors.html: the {fp} most confident false positives and {fn} false negatives, to look at")
+        fp, fn = (r["errors"][k] for k in ("false_positives", "false_negatives"))
+        typer.echo(
+            f"errors.html: {len(fp['shown'])} of {fp['total']} false positives (most confident first, with Grad-CAM) "
+            f"and {len(fn['shown'])} of {fn['total']} false negatives, to look at"
+        )
     typer.echo(f"wrote {Path(r['plots']['confusion']).parent}")
 
 

@@ -111,7 +111,7 @@ def test_view_logits_are_seeded_leave_the_random_stream_alone_and_reduce_to_plai
 
 def test_an_operating_point_fitted_on_augmented_validation_views(sample_data, tmp_path) -> None:
     from pneumolab.evaluation.calibration import apply_temperature, fit_temperature
-    from pneumolab.evaluation.thresholds import choose_threshold
+    from pneumolab.evaluation.thresholds import choose_threshold, effective_images
 
     extra = ("calibration_views=3", "threshold_policy=sensitivity>=0.9", "data.augment.aspect=0.4")
     extra += ("data.augment.batched=true", "data.augment.views=2")  # trained on 2 views, calibrated on 3
@@ -127,6 +127,10 @@ def test_an_operating_point_fitted_on_augmented_validation_views(sample_data, tm
     assert meta["temperature"] == pytest.approx(temperature)
     prob = apply_temperature(torch.from_numpy(kept), temperature).numpy()
     assert meta["threshold"] == pytest.approx(choose_threshold(prob, y.numpy(), "sensitivity>=0.9")["threshold"])
+    # what the rates are worth: between the images and 3 copies of each (the precision `monitor` tests against)
+    op = meta["operating_point"]
+    assert op["effective_images"] == effective_images(prob, y.numpy(), meta["threshold"], 3)
+    assert all(op["images"][c] <= op["effective_images"][c] <= 3 * op["images"][c] for c in op["images"])
     # the same threshold on the validation images as they are: what `evaluate --split val` measures
     clean = meta["operating_point"]["images_as_they_are"]
     scored = evaluate(run, sample_data, out=tmp_path / "val", split="val", n_boot=50)["at_threshold"]

@@ -9,7 +9,7 @@ from torchmetrics.functional.classification import binary_calibration_error
 from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import apply_temperature, fit_temperature
 from pneumolab.evaluation.metrics import bootstrap_weights, compute_metrics, metrics_with_ci, net_benefit
-from pneumolab.evaluation.thresholds import choose_threshold, parse_policy, thin_validation
+from pneumolab.evaluation.thresholds import choose_threshold, effective_images, parse_policy, thin_validation
 
 
 def test_metrics_match_hand_computed_values() -> None:
@@ -102,6 +102,22 @@ def test_threshold_policies() -> None:
     assert parse_policy("Sensitivity >= 0.9") == ("sensitivity", 0.9)
     with pytest.raises(InputError, match="not understood"):
         parse_policy("sensitivity>0.9")
+
+
+def test_effective_images_count_what_copies_of_one_image_add() -> None:
+    # 4 copies (view after view) of 4 pneumonia and 2 normal images; at t = 0.5 the pneumonia images have 4, 4, 3 and
+    # 1 of 4 copies right: shares 1, 1, .75, .25, p = .75, variance over images (.0625 + .0625 + 0 + .25) / 4 =
+    # .09375, so 4 x .75 x .25 / .09375 = 8 images' worth; the normals' copies all agree: 2 images, no more.
+    y = np.array([1, 1, 1, 1, 0, 0] * 4)
+    right = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 1, 1], [1, 1, 1, 0, 1, 1], [1, 1, 0, 0, 1, 1]])  # (views, N)
+    prob = np.where(right.ravel() == 1, np.where(y == 1, 0.9, 0.1), np.where(y == 1, 0.1, 0.9))
+    assert effective_images(prob, y, 0.5, views=4) == {"NORMAL": 2.0, "PNEUMONIA": 8.0}
+    # without copies every image counts once, right or wrong
+    assert effective_images(prob[:6], y[:6], 0.5) == {"NORMAL": 2.0, "PNEUMONIA": 4.0}
+    # copies as unlike as separate images count as such, never more: shares 1 and .5 would give 2 x .75 x .25 /
+    # .0625 = 6 from 2 images of 2 copies; capped at 4
+    y2, p2 = np.array([1, 1, 0] * 2), np.array([0.9, 0.9, 0.1, 0.9, 0.1, 0.1])
+    assert effective_images(p2, y2, 0.5, views=2) == {"NORMAL": 1.0, "PNEUMONIA": 4.0}
 
 
 def test_temperature_scaling_lowers_ece_on_an_overconfident_toy() -> None:

@@ -205,13 +205,14 @@ def test_answers_given_with_a_caution_are_counted_and_noted(tmp_path, capsys) ->
     assert f"note: model {MODEL[:12]}: 13 of 80 answers" in capsys.readouterr().out
 
 
-def _model_file(path: Path, sensitivity: float, specificity: float) -> tuple[Path, str]:
-    """A model file whose stored operating point promises ``sensitivity``/``specificity``; its SHA-256."""
+def _model_file(path: Path, sensitivity: float, specificity: float, **sizes: dict) -> tuple[Path, str]:
+    """A model file whose stored operating point promises ``sensitivity``/``specificity`` (on ``sizes``: images,
+    effective_images); its SHA-256."""
     from torch import nn
 
     from pneumolab.models.checkpoint import save_model_file
 
-    op = {"split": "val", "views": 8, "sensitivity": sensitivity, "specificity": specificity}
+    op = {"split": "val", "views": 8, "sensitivity": sensitivity, "specificity": specificity, **sizes}
     meta = {"model_name": "x", "model_kwargs": {}, "preprocessing": {}, "classes": [], "operating_point": op}
     save_model_file(path, nn.Linear(1, 1), meta)
     return path, file_sha256(path)
@@ -254,15 +255,28 @@ def test_outcomes_give_sensitivity_and_specificity_and_drops_are_warned(tmp_path
     assert pooled["specificity"]["value"] == pytest.approx(107 / 120)
     assert pooled["promised"] == {"split": "val", "views": 8, "sensitivity": 0.95, "specificity": 0.95}
     # day 6 against the other days (Fisher, one-sided, 0.05 / (5 kinds x 6 days)); the pooled specificity against
-    # the promise (binomial, 107 of 120 against 0.95: p = 0.006 < 0.05 / 2); the sensitivity keeps its promise
+    # the promise (a file with no sample size: binomial, 107 of 120 against 0.95: p = 0.007 < 0.05 / 2); the
+    # sensitivity keeps its promise
     day_warning, promise_warning = r["warnings"]
     assert (
         day_warning.startswith("2026-11-06: specificity 60.0% [")
         and "against 95.0% in the model's other" in day_warning
     )
-    assert promise_warning.startswith(
-        f"model {sha[:12]}: specificity 89.2% ["
-    ) and "promised (fitted on 8 augmented views of each validation image)" in (promise_warning)
+    assert promise_warning.startswith(f"model {sha[:12]}: specificity 89.2% [") and (
+        "promised (fitted on 8 augmented views of each validation image; its sample size is not stored: taken as "
+        "exact)" in promise_warning
+    )
+    # A promise measured on 135 normals is itself uncertain: 107 of 120 against 128 of 135 (Fisher, one-sided:
+    # p = 0.075) is no evidence at 0.025; against views worth 1000 images, 950 of 1000 (p = 0.012), it is.
+    for sizes, warned in (({"images": {"NORMAL": 135}}, False), ({"effective_images": {"NORMAL": 1000.0}}, True)):
+        folder = tmp_path / str(warned)
+        folder.mkdir()
+        sized, sized_sha = _model_file(folder / "model.pt", 0.95, 0.95, **sizes)
+        r = monitor([_answers_with_outcomes(folder, sized_sha)[0]], outcomes=outcomes, models=[sized])
+        said = [w for w in r["warnings"] if w.startswith(f"model {sized_sha[:12]}: specificity 89.2%")]
+        assert len(said) == warned and all(
+            "(fitted on 8 augmented views of each validation image; worth 1000 NORMAL images)" in w for w in said
+        )
     # a model whose promise the site keeps: no promise warning; a model file of other answers: said so
     kept, _ = _model_file(tmp_path / "kept.pt", sensitivity=0.9, specificity=0.85)
     r = monitor([log], outcomes=outcomes, models=[kept])

@@ -122,6 +122,7 @@ def test_calibrate_round_trip(runs, sample_data, tmp_path, capsys) -> None:
     prob = OperatingPoint(temperature=t, prior_shift=b).probability(logits).numpy()
     assert meta["threshold"] == pytest.approx(choose_threshold(prob, y, "youden")["threshold"])
     assert meta["operating_point"]["split"] == "site"
+    assert meta["operating_point"]["images"] == {c: labels.count(c) for c in ("NORMAL", "PNEUMONIA")}
     assert not list(new.rglob("*.npy")) and not list(new.rglob("manifest.csv"))  # no copy of the site's images
     card = (new / "MODEL_CARD.md").read_text()
     assert "## Site calibration and adaptation" in card and "pneumolab calibrate" in card

@@ -15,7 +15,7 @@ from sklearn.metrics import roc_curve
 from pneumolab.data.manifest import CLASSES
 from pneumolab.errors import InputError
 
-__all__ = ["choose_threshold", "min_images_per_class", "parse_policy", "thin_validation"]
+__all__ = ["choose_threshold", "effective_images", "min_images_per_class", "parse_policy", "thin_validation"]
 
 MIN_PER_CLASS = 10  # below this a per-class rate moves by >= 10 points per image: no operating point to speak of
 
@@ -102,3 +102,24 @@ def choose_threshold(prob: np.ndarray, y: np.ndarray, policy: str = "youden") ->
     sens_t = float((pred & (y == 1)).sum() / max(1, (y == 1).sum()))
     spec_t = float((~pred & (y == 0)).sum() / max(1, (y == 0).sum()))
     return {"threshold": t, "policy": policy, "sensitivity": sens_t, "specificity": spec_t}
+
+
+def effective_images(prob: np.ndarray, y: np.ndarray, threshold: float, views: int = 0) -> dict[str, float]:
+    """Per class, how many separate images the rate at ``threshold`` is worth (what a test against it may count on).
+
+    ``prob`` and ``y`` hold ``views`` copies of each of N images, view after view (as ``validation_logits`` gives
+    them; 0 or 1: the images once). Copies of one image mostly agree, so the rate rests on between N and
+    ``views`` x N images: N p (1 - p) / var(each image's share of copies right), from the rate's variance over
+    images (the cluster-robust variance; N when every image's copies agree, ``views`` x N when they are independent).
+    """
+    views = max(1, views)
+    right = ((np.asarray(prob) >= threshold) == (np.asarray(y) == 1)).reshape(views, -1).mean(0)  # (N,)
+    first = np.asarray(y).reshape(views, -1)[0]  # (N,) each image's class
+    sizes = {}
+    for c, name in enumerate(CLASSES):
+        share = right[first == c]
+        n, var = len(share), float(share.var())
+        if n:
+            p = float(share.mean())
+            sizes[name] = round(float(n if var == 0 else min(views * n, n * p * (1 - p) / var)), 1)
+    return sizes

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pneumolab.data.manifest import CLASSES
 from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import OperatingPoint
@@ -118,6 +119,7 @@ def calibrate_model(
             "split": "site",
             "sensitivity": chosen["sensitivity"],
             "specificity": chosen["specificity"],
+            "images": dict(zip(CLASSES, np.bincount(y.astype(int), minlength=2).tolist(), strict=True)),
         },
         "calibration": {
             "split": "site",

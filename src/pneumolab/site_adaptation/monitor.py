@@ -370,9 +370,9 @@ def caution_notes(periods: list[Period]) -> list[str]:
 
 def outcome_summary(periods: list[Period], models: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
     """Per model, its answers' pooled sensitivity and specificity against what its operating point promised (the
-    model files in ``models``; one-sided exact binomial tests, Bonferroni over the models and the two rates), and
-    the warnings where the site is below the promise."""
-    from scipy.stats import binomtest
+    model files in ``models``; Bonferroni over the models and the two rates), and the warnings where the site is
+    below the promise. The promise is itself measured, on a few hundred validation images: the site's rate is tested
+    against the images it rests on (one-sided Fisher's exact test, :func:`_below_promise`), not against a number."""
 
     promised = {}  # SHA-256 -> (model file, its operating point)
     files_of = {target: _model_files(target) for target in models}
@@ -393,20 +393,38 @@ def outcome_summary(periods: list[Period], models: list[Path]) -> tuple[list[dic
         rows.append(row)
         for name, cls in RATES:
             k, n = _checked(mine, cls)
-            if n and op.get(name) is not None and binomtest(k, n, op[name], alternative="less").pvalue < alpha:
+            if n and op.get(name) is not None and (size := _below_promise(k, n, op, name, cls, alpha)):
                 where = "a site sample" if op.get("split") == "site" else "validation"
                 if op.get("split") == "val" and op.get("views"):
                     where = f"{op['views']} augmented views of each validation image"
                 out.append(
                     f"model {(sha or 'unknown')[:12]}: {name} {_pct(row[name])} on {n} {cls} outcomes, below the "
-                    f"{100 * op[name]:.1f}% its operating point promised (fitted on {where}): its threshold does not "
-                    "hold here; re-choose it on a labeled site sample (pneumolab calibrate) and evaluate it"
+                    f"{100 * op[name]:.1f}% its operating point promised (fitted on {where}; {size}): its threshold "
+                    "does not hold here; re-choose it on a labeled site sample (pneumolab calibrate) and evaluate it"
                 )
     for target, files in files_of.items():
         if not set(files) & set(shas):
             which = ", ".join(f"{path.name} {sha[:12]}" for sha, (path, _) in files.items())
             out.append(f"--model {target}: no answer in these logs came from it (SHA-256 {which})")
     return rows, out
+
+
+def _below_promise(k: int, n: int, op: dict[str, Any], name: str, cls: str, alpha: float) -> str | None:
+    """Whether ``k`` right of ``n`` site outcomes of class ``cls`` are below the rate ``op[name]`` promised, at level
+    ``alpha``; if so, what the promise was counted as. Against the images the promise rests on (``op``'s
+    ``effective_images``, else ``images``): one-sided Fisher's exact test, as between periods; a model file that
+    stores neither is tested against the rate as if it were exact (one-sided binomial test), and the warning says so.
+    """
+    from scipy.stats import binomtest, fisher_exact
+
+    size = (op.get("effective_images") or op.get("images") or {}).get(cls)
+    if not size:
+        below = binomtest(k, n, op[name], alternative="less").pvalue < alpha
+        return "its sample size is not stored: taken as exact" if below else None
+    n_ref = max(1, round(size))  # the views' worth, in whole images
+    k_ref = round(op[name] * n_ref)
+    table = [[k, n - k], [k_ref, n_ref - k_ref]]
+    return f"worth {n_ref} {cls} images" if fisher_exact(table, alternative="less").pvalue < alpha else None
 
 
 def _model_files(target: Path) -> dict[str, tuple[Path, dict[str, Any]]]:

@@ -42,7 +42,7 @@ from pneumolab.evaluation.calibration import apply_temperature, fit_temperature
 from pneumolab.evaluation.metrics import compute_metrics
 from pneumolab.evaluation.model_card import write_model_card
 from pneumolab.evaluation.predict import validation_logits, view_targets, write_val_logits
-from pneumolab.evaluation.thresholds import choose_threshold
+from pneumolab.evaluation.thresholds import choose_threshold, effective_images
 from pneumolab.inference.guard import fit_model_guard
 from pneumolab.io import atomic_path, atomic_write_json, atomic_write_text
 from pneumolab.models.checkpoint import load_init_file, save_model_file, with_encoder
@@ -386,6 +386,8 @@ def _operating_point(
         "specificity": op["specificity"],
         # images, not views (augmented copies are no new patients): what the policy's precision rests on
         "images": dict(zip(CLASSES, np.bincount(y[: len(val)].astype(int), minlength=2).tolist(), strict=True)),
+        # ... and what the views add to them: the precision a site's outcomes are tested against (pneumolab monitor)
+        "effective_images": effective_images(calibrated, y, op["threshold"], views),
     }
     if views:
         # The same threshold on the validation images as they are. The views stand for a shifted site; on its own

@@ -3,6 +3,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import optuna
@@ -36,7 +37,10 @@ space:
 def test_a_three_trial_study_writes_runs_best_config_and_report(sample_data, tmp_path, capsys) -> None:
     cfg_file = _tune_yaml(tmp_path)
     best = tmp_path / "tuned.yaml"
-    assert main(["tune", "-c", str(cfg_file), "--data", str(sample_data), "--out-config", str(best)]) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["tune", "-c", str(cfg_file), "--data", str(sample_data), "--out-config", str(best)]) == 0
+    assert not [str(w.message) for w in caught if "optuna" in w.filename]  # no "experimental feature" notices
     out = capsys.readouterr().out
     assert "study t: 3 finished trials" in out
     study = optuna.load_study(study_name="t", storage=f"sqlite:///{tmp_path / 'tune' / 't' / 'study.db'}")

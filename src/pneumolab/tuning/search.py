@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -108,8 +109,11 @@ def _storage(cfg: TuneConfig, url: str | None):
         folder = cfg.out_dir / cfg.name
         folder.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{(folder / 'study.db').resolve()}"
-    # A heartbeat lets other workers mark the running trial of a killed worker as failed.
-    return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
+    # A heartbeat lets other workers mark the running trial of a killed worker as failed. Optuna calls the argument
+    # experimental and says so on every run: nothing a user can act on.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=90)
 
 
 def _pruner(cfg: TuneConfig):
@@ -258,7 +262,6 @@ def write_best(study: Any, cfg: TuneConfig, out: str | Path, data: Path | None =
 
 def write_report(study: Any, cfg: TuneConfig) -> Path:
     """``report.md`` with the best trials and the Optuna plots (history, importances, parallel coordinates)."""
-    import warnings
 
     import matplotlib
 

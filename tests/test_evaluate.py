@@ -111,6 +111,7 @@ def test_view_logits_are_seeded_leave_the_random_stream_alone_and_reduce_to_plai
 
 def test_an_operating_point_fitted_on_augmented_validation_views(sample_data, tmp_path) -> None:
     from pneumolab.evaluation.calibration import apply_temperature, fit_temperature
+    from pneumolab.evaluation.metrics import wilson
     from pneumolab.evaluation.thresholds import choose_threshold, effective_images
 
     extra = ("calibration_views=3", "threshold_policy=sensitivity>=0.9", "data.augment.aspect=0.4")
@@ -137,6 +138,10 @@ def test_an_operating_point_fitted_on_augmented_validation_views(sample_data, tm
     assert clean == pytest.approx({k: scored[k]["value"] for k in ("sensitivity", "specificity")})
     card = (run / "MODEL_CARD.md").read_text()
     assert "3 copies of each validation image under the training augmentation" in card
+    worth = {c: round(op["effective_images"][c]) for c in op["images"]}
+    low, high = wilson(round(op["specificity"] * worth["NORMAL"]), worth["NORMAL"])
+    assert f"-{high:.3f}, as precise as {worth['PNEUMONIA']} PNEUMONIA and {worth['NORMAL']} NORMAL images)" in card
+    assert f"and {low:.3f}-" in card
     assert f"the same threshold gives sensitivity {clean['sensitivity']:.3f} and specificity" in card
     assert "lr 0.001, 2 augmented views of each batch, best epoch" in card
     assert threshold_origin(meta).startswith("chosen on 3 augmented views of each validation image")

@@ -8,8 +8,9 @@ import pytest
 
 from pneumolab.cli import main
 from pneumolab.errors import InputError
+from pneumolab.evaluation.metrics import wilson
 from pneumolab.io import file_sha256
-from pneumolab.site_adaptation.monitor import monitor, wilson
+from pneumolab.site_adaptation.monitor import monitor
 
 MODEL = "ab" * 32
 

@@ -20,7 +20,15 @@ import numpy as np
 
 from pneumolab.errors import InputError
 
-__all__ = ["METRICS", "bootstrap_weights", "compute_metrics", "metrics_with_ci", "net_benefit", "rank_metrics"]
+__all__ = [
+    "METRICS",
+    "bootstrap_weights",
+    "compute_metrics",
+    "metrics_with_ci",
+    "net_benefit",
+    "rank_metrics",
+    "wilson",
+]
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +150,15 @@ def compute_metrics(prob: np.ndarray, y: np.ndarray, threshold: float = 0.5) -> 
         warnings.warn("only one class present: AUROC, AUPRC and class-conditional metrics are NaN", stacklevel=2)
     m = _weighted_metrics(prob, y, np.ones((1, len(y))), threshold)
     return {k: float(v[0]) for k, v in m.items()}
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval of the proportion ``k / n`` (``n > 0``): a rate's precision where no patients are
+    there to resample (a site's confirmed outcomes, a stored operating point)."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def bootstrap_weights(groups: np.ndarray, n_boot: int, seed: int) -> np.ndarray:

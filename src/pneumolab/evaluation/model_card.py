@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumolab.data.manifest import age_span
+from pneumolab.evaluation.metrics import wilson
 from pneumolab.io import atomic_write_text
 
 __all__ = ["KERMANY_AGES_YEARS", "render_model_card", "trained_on", "training_ages", "write_model_card"]
@@ -119,6 +120,21 @@ def _population(data: dict[str, Any] | None) -> list[str]:
     ]
 
 
+def _precision(op: dict[str, Any]) -> str:
+    """``"; 95% CIs ..."`` of the operating point's two rates from the images they rest on (what ``pneumolab
+    monitor`` tests a site's outcomes against); empty for a model file that does not store them."""
+    sizes = op.get("effective_images") or op.get("images") or {}
+    n = {cls: round(sizes.get(cls) or 0) for cls in ("PNEUMONIA", "NORMAL")}
+    if not all(n.values()):
+        return ""
+    low_s, high_s = wilson(round(op["sensitivity"] * n["PNEUMONIA"]), n["PNEUMONIA"])
+    low_n, high_n = wilson(round(op["specificity"] * n["NORMAL"]), n["NORMAL"])
+    return (
+        f"; 95% CIs {low_s:.3f}-{high_s:.3f} and {low_n:.3f}-{high_n:.3f}, as precise as {n['PNEUMONIA']} "
+        f"PNEUMONIA and {n['NORMAL']} NORMAL images"
+    )
+
+
 def render_model_card(meta: dict[str, Any], evaluations: list[dict[str, Any]]) -> str:
     """Markdown text of the card from a model file's metadata and its evaluations (``metrics.json``)."""
     cfg, pre = meta["config"], meta["preprocessing"]
@@ -153,7 +169,7 @@ def render_model_card(meta: dict[str, Any], evaluations: list[dict[str, Any]]) -
         f"- Threshold {meta.get('threshold', 0.5):.4f} on P(pneumonia), "
         f"policy `{meta.get('threshold_policy', 'none')}`, "
         f"chosen on {where} (sensitivity {op.get('sensitivity', float('nan')):.3f}, "
-        f"specificity {op.get('specificity', float('nan')):.3f} there)",
+        f"specificity {op.get('specificity', float('nan')):.3f} there{_precision(op)})",
         *(
             [
                 f"- On the validation images as they are, the same threshold gives sensitivity "

@@ -51,6 +51,7 @@ from typing import Any, Literal
 from pneumolab.data.manifest import normalise_label
 from pneumolab.data.sources import read_csv_table
 from pneumolab.errors import InputError
+from pneumolab.evaluation.metrics import wilson
 from pneumolab.io import atomic_path
 
 __all__ = [
@@ -64,7 +65,6 @@ __all__ = [
     "plot_monitor",
     "read_outcomes",
     "read_records",
-    "wilson",
 ]
 
 EXPECTED_NOT_ASSESSED = 0.005  # the feature guard's threshold: 99.5th percentile of validation X-rays' distances
@@ -145,14 +145,6 @@ class Period:
             "refusals": dict(self.refusals.most_common(5)),
             "cautions": dict(self.cautions.most_common(5)),
         }
-
-
-def wilson(k: int, n: int) -> tuple[float, float]:
-    """95% Wilson score interval of the proportion ``k / n`` (``n > 0``): what the table and plot show."""
-    from scipy.stats import binomtest
-
-    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return float(ci.low), float(ci.high)
 
 
 def _checked(periods: list[Period], cls: str) -> tuple[int, int]:

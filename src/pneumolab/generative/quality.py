@@ -4,6 +4,7 @@ generator (Kynkäänniemi et al. 2019, k-NN manifolds), nearest-real-neighbour d
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,9 @@ def synthetic_quality(real: torch.Tensor, fake: torch.Tensor, extractor: Classif
 
     fid = FrechetInceptionDistance(feature=extractor, normalize=False)
     subset = min(len(real), len(fake), 100)
-    kid = KernelInceptionDistance(feature=extractor, subset_size=subset, normalize=False)
+    with warnings.catch_warnings():  # its note that it keeps every feature vector: our sets are a few hundred images
+        warnings.filterwarnings("ignore", message="Metric `Kernel Inception Distance` will save all extracted")
+        kid = KernelInceptionDistance(feature=extractor, subset_size=subset, normalize=False)
     for metric in (fid, kid):
         metric.update(real, real=True)
         metric.update(fake, real=False)

@@ -34,9 +34,9 @@ per model in ``notes``: a standing fact to act on, not a change to test.
 and model, sensitivity and specificity at the threshold the answers were given with (Wilson intervals), and two more
 kinds of warning: a period's sensitivity or specificity below the model's other periods (one-sided Fisher's exact
 test), and a model's pooled sensitivity or specificity below what its stored operating point promised (``models=``,
-its model files; one-sided Fisher's exact test against the validation images the promise was measured on). The second is what the counts alone cannot see: a model that was
-worse at the site from its first day (on the official test split, ``fast`` keeps its flagged share and loses
-specificity; docs/BENCHMARKS.md, "Site monitoring").
+its model files; one-sided Fisher's exact test against the validation images the promise was measured on). The
+second is what the counts alone cannot see: a model that was worse at the site from its first day (on the official
+test split, ``fast`` keeps its flagged share and loses specificity; docs/BENCHMARKS.md, "Site monitoring").
 """
 
 from __future__ import annotations

@@ -221,11 +221,26 @@ def test_evaluate_writes_predictions_metrics_plots_and_keeps_the_threshold(
     assert f"P(pneumonia) = {float(fn[0]['probability']):.3f}" in page
     shown = f"errors.html: {min(12, len(fp))} of {len(fp)} false positives (most confident first, with Grad-CAM) and "
     assert shown + f"{min(12, len(fn))} of {len(fn)} false negatives, to look at" in printed
+    # each rate at the stored threshold against what the operating point promised, on the images it was measured on
+    from scipy.stats import fisher_exact
+
+    op = meta["operating_point"]
+    for name, cls in (("sensitivity", "PNEUMONIA"), ("specificity", "NORMAL")):
+        mine = [r for r in rows if r["label"] == cls]
+        k = sum(r["prediction"] == cls for r in mine)
+        n_ref = round(op["effective_images"][cls])
+        k_ref = round(op[name] * n_ref)
+        p = fisher_exact([[k, len(mine) - k], [k_ref, n_ref - k_ref]], alternative="less").pvalue
+        pr = m["promise"][name]
+        assert pr["here"] == {"value": k / len(mine), "k": k, "n": len(mine)} and pr["images"] == n_ref
+        assert pr["p_value"] == pytest.approx(p) and pr["below"] == (p < 0.025)
+        assert f"(promised {op[name]:.4f} [{pr['ci'][0]:.4f}, {pr['ci'][1]:.4f}]" in printed
+        assert (f"warning: {name} {k / len(mine):.3f} ({k} of {len(mine)}) is below" in printed) == pr["below"]
 
 
 def test_evaluating_the_selection_split_warns(two_runs, sample_data, tmp_path) -> None:
     m = evaluate(two_runs[0], sample_data, split="val", out=tmp_path, n_boot=100)
-    assert "optimistic" in m["warning"]
+    assert "optimistic" in m["warning"] and "promise" not in m  # the promise was measured on these very images
 
 
 def test_evaluate_on_a_raw_folder_indexes_it_first(two_runs, tmp_path) -> None:

@@ -9,7 +9,14 @@ from torchmetrics.functional.classification import binary_calibration_error
 from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import apply_temperature, fit_temperature
 from pneumolab.evaluation.metrics import bootstrap_weights, compute_metrics, metrics_with_ci, net_benefit
-from pneumolab.evaluation.thresholds import choose_threshold, effective_images, parse_policy, thin_validation
+from pneumolab.evaluation.thresholds import (
+    choose_threshold,
+    effective_images,
+    parse_policy,
+    promise_p_value,
+    promised_rates,
+    thin_validation,
+)
 
 
 def test_metrics_match_hand_computed_values() -> None:
@@ -118,6 +125,21 @@ def test_effective_images_count_what_copies_of_one_image_add() -> None:
     # .0625 = 6 from 2 images of 2 copies; capped at 4
     y2, p2 = np.array([1, 1, 0] * 2), np.array([0.9, 0.9, 0.1, 0.9, 0.1, 0.1])
     assert effective_images(p2, y2, 0.5, views=2) == {"NORMAL": 1.0, "PNEUMONIA": 4.0}
+
+
+def test_a_promised_rate_is_tested_against_the_images_it_rests_on() -> None:
+    op = {"sensitivity": 0.95, "specificity": 0.95, "images": {"NORMAL": 120, "PNEUMONIA": 100}}
+    rates = promised_rates(op)
+    assert rates["specificity"]["images"] == 120 and rates["sensitivity"]["images"] == 100
+    assert rates["specificity"]["ci"] == pytest.approx([0.8952, 0.9769], abs=1e-4)  # Wilson, 114 of 120
+    # 14 of 20 normals right against 114 of 120: one-sided Fisher p = 0.0022; 20 of 20 is never below
+    assert promise_p_value(14, 20, rates["specificity"]) == pytest.approx(0.00216, abs=1e-5)
+    assert promise_p_value(20, 20, rates["sensitivity"]) == pytest.approx(1.0)
+    # views worth more than the images are what counts; a file without sizes: the rate as if exact (binomial)
+    assert promised_rates({**op, "effective_images": {"NORMAL": 300.4}})["specificity"]["images"] == 300
+    bare = promised_rates({"specificity": 0.95})
+    assert bare == {"specificity": {"value": 0.95, "images": None, "ci": None}}
+    assert promise_p_value(14, 20, bare["specificity"]) == pytest.approx(0.000329, abs=1e-6)
 
 
 def test_temperature_scaling_lowers_ece_on_an_overconfident_toy() -> None:

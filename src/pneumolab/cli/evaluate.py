@@ -41,9 +41,14 @@ def _echo_metrics(r: dict) -> None:
         )
     typer.echo(f"threshold {r['threshold']['value']:.4f} ({r['threshold']['origin']})")
     typer.echo(f"model: {r['site'] or 'as trained (not site-calibrated or adapted)'}")
+    promise = r.get("promise") or {}
     for key in ("auroc", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy", "accuracy", "ece"):
         v = m[key]
         shown = "-" if v["value"] is None else f"{v['value']:.4f}  [{v['ci_low']:.4f}, {v['ci_high']:.4f}]"
+        if pr := promise.get(key):
+            ci = f" [{pr['ci'][0]:.4f}, {pr['ci'][1]:.4f}]" if pr["ci"] else ""
+            below = f": below it, p = {pr['p_value']:.3f}" if pr["below"] else ""
+            shown += f"  (promised {pr['value']:.4f}{ci}{below})"
         typer.echo(f"  {key:<18} {shown}")
     nb, nb_all = m["net_benefit"], m["net_benefit_treat_all"]
     typer.echo(
@@ -58,6 +63,17 @@ def _echo_metrics(r: dict) -> None:
     )
     if "warning" in r:
         typer.echo(f"warning: {r['warning']}")
+    for key, pr in promise.items():
+        if pr["below"]:
+            test = "binomial test, the model file stores no sample size"
+            if pr["images"]:
+                test = f"Fisher's exact test against the {pr['images']} images' worth it was measured on"
+            typer.echo(
+                f"warning: {key} {pr['here']['value']:.3f} ({pr['here']['k']} of {pr['here']['n']}) is below the "
+                f"{pr['value']:.3f} the operating point promised (one-sided {test}; p = {pr['p_value']:.3f}): its "
+                "threshold does not hold on these images; re-choose it on a labeled sample of them (pneumolab "
+                "calibrate) and evaluate that on others"
+            )
     if "alternative_threshold" in r:
         a = r["alternative_threshold"]
         am = a["metrics"]

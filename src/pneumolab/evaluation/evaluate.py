@@ -31,7 +31,7 @@ from pneumolab.evaluation.errors import write_error_gallery
 from pneumolab.evaluation.metrics import compute_metrics, metrics_with_ci
 from pneumolab.evaluation.model_card import training_ages, write_model_card
 from pneumolab.evaluation.predict import predict_logits, read_val_logits, validation_logits, view_targets
-from pneumolab.evaluation.thresholds import choose_threshold
+from pneumolab.evaluation.thresholds import RATES, choose_threshold, promise_p_value, promised_rates
 from pneumolab.inference.guard import FeatureTap, guard_reasons
 from pneumolab.inference.predictor import age_side, gradcam_layer
 from pneumolab.io import atomic_write_json, atomic_write_text, file_sha256, is_fresh
@@ -138,6 +138,8 @@ def evaluate(
             "the model was calibrated or adapted on these very images (`pneumolab calibrate/adapt`): "
             "these numbers are optimistic; score it on other images of the site"
         )
+    if "warning" not in result and (promise := _against_promise(meta.get("operating_point") or {}, prob, y, threshold)):
+        result["promise"] = promise  # not where the promise was measured: these images test it
     if by:
         result["subgroups"] = {"column": by, "groups": _subgroups(by_values, prob, y, groups, threshold, n_boot, seed)}
     if policy:
@@ -160,6 +162,22 @@ def evaluate(
         evaluations = [json.loads(p.read_text()) for p in sorted(model_file.parent.glob("eval/*/metrics.json"))]
         write_model_card(model_file.parent, meta, evaluations)
     return result
+
+
+def _against_promise(op: dict[str, Any], prob: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Sensitivity and specificity at the stored threshold on these images against what the operating point promised
+    (:func:`promised_rates`; one-sided tests, Bonferroni over the two rates). Images, not patients: the test counts
+    each image once, as the promise does."""
+    promise, out = promised_rates(op), {}
+    for name, cls in RATES:
+        c = CLASSES.index(cls)
+        mine = y == c
+        if name in promise and mine.any():
+            k, n = int(((prob >= threshold) == bool(c))[mine].sum()), int(mine.sum())  # right of this class
+            p = promise_p_value(k, n, promise[name])
+            here = {"value": k / n, "k": k, "n": n}
+            out[name] = {**promise[name], "here": here, "p_value": p, "below": p < 0.05 / len(promise)}
+    return out
 
 
 def _ages_against_training(ages: list[float | None], meta: dict[str, Any]) -> dict[str, Any] | None:

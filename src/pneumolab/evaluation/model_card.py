@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumolab.data.manifest import age_span
-from pneumolab.evaluation.metrics import wilson
+from pneumolab.evaluation.thresholds import promised_rates
 from pneumolab.io import atomic_write_text
 
 __all__ = ["KERMANY_AGES_YEARS", "render_model_card", "trained_on", "training_ages", "write_model_card"]
@@ -122,16 +122,14 @@ def _population(data: dict[str, Any] | None) -> list[str]:
 
 def _precision(op: dict[str, Any]) -> str:
     """``"; 95% CIs ..."`` of the operating point's two rates from the images they rest on (what ``pneumolab
-    monitor`` tests a site's outcomes against); empty for a model file that does not store them."""
-    sizes = op.get("effective_images") or op.get("images") or {}
-    n = {cls: round(sizes.get(cls) or 0) for cls in ("PNEUMONIA", "NORMAL")}
-    if not all(n.values()):
+    monitor`` and ``evaluate`` test a site's rates against); empty for a model file that does not store them."""
+    rates = promised_rates(op)
+    if len(rates) < 2 or not all(r["ci"] for r in rates.values()):
         return ""
-    low_s, high_s = wilson(round(op["sensitivity"] * n["PNEUMONIA"]), n["PNEUMONIA"])
-    low_n, high_n = wilson(round(op["specificity"] * n["NORMAL"]), n["NORMAL"])
+    sens, spec = rates["sensitivity"], rates["specificity"]
     return (
-        f"; 95% CIs {low_s:.3f}-{high_s:.3f} and {low_n:.3f}-{high_n:.3f}, as precise as {n['PNEUMONIA']} "
-        f"PNEUMONIA and {n['NORMAL']} NORMAL images"
+        f"; 95% CIs {sens['ci'][0]:.3f}-{sens['ci'][1]:.3f} and {spec['ci'][0]:.3f}-{spec['ci'][1]:.3f}, as precise "
+        f"as {sens['images']} PNEUMONIA and {spec['images']} NORMAL images"
     )
 
 

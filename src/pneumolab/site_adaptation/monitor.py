@@ -52,6 +52,7 @@ from pneumolab.data.manifest import normalise_label
 from pneumolab.data.sources import read_csv_table
 from pneumolab.errors import InputError
 from pneumolab.evaluation.metrics import wilson
+from pneumolab.evaluation.thresholds import RATES, promise_p_value, promised_rates
 from pneumolab.io import atomic_path
 
 __all__ = [
@@ -69,7 +70,6 @@ __all__ = [
 
 EXPECTED_NOT_ASSESSED = 0.005  # the feature guard's threshold: 99.5th percentile of validation X-rays' distances
 MIN_IMAGES = 20  # images on each side (assessed ones for the flagged share) before two shares are compared
-RATES = (("sensitivity", "PNEUMONIA"), ("specificity", "NORMAL"))  # each rate and the outcome it is measured on
 Every = Literal["day", "week", "month"]
 Against = Literal["all", "past"]
 
@@ -364,7 +364,7 @@ def outcome_summary(periods: list[Period], models: list[Path]) -> tuple[list[dic
     """Per model, its answers' pooled sensitivity and specificity against what its operating point promised (the
     model files in ``models``; Bonferroni over the models and the two rates), and the warnings where the site is
     below the promise. The promise is itself measured, on a few hundred validation images: the site's rate is tested
-    against the images it rests on (one-sided Fisher's exact test, :func:`_below_promise`), not against a number."""
+    against the images it rests on (one-sided Fisher's exact test, :func:`promise_p_value`), not against a number."""
 
     promised = {}  # SHA-256 -> (model file, its operating point)
     files_of = {target: _model_files(target) for target in models}
@@ -383,12 +383,15 @@ def outcome_summary(periods: list[Period], models: list[Path]) -> tuple[list[dic
             "promised": {k: op.get(k) for k in ("split", "views", "sensitivity", "specificity")} if path else None,
         }
         rows.append(row)
+        promise = promised_rates(op)
         for name, cls in RATES:
             k, n = _checked(mine, cls)
-            if n and op.get(name) is not None and (size := _below_promise(k, n, op, name, cls, alpha)):
+            if n and name in promise and promise_p_value(k, n, promise[name]) < alpha:
                 where = "a site sample" if op.get("split") == "site" else "validation"
                 if op.get("split") == "val" and op.get("views"):
                     where = f"{op['views']} augmented views of each validation image"
+                size = promise[name]["images"]
+                size = f"worth {size} {cls} images" if size else "its sample size is not stored: taken as exact"
                 out.append(
                     f"model {(sha or 'unknown')[:12]}: {name} {_pct(row[name])} on {n} {cls} outcomes, below the "
                     f"{100 * op[name]:.1f}% its operating point promised (fitted on {where}; {size}): its threshold "
@@ -399,24 +402,6 @@ def outcome_summary(periods: list[Period], models: list[Path]) -> tuple[list[dic
             which = ", ".join(f"{path.name} {sha[:12]}" for sha, (path, _) in files.items())
             out.append(f"--model {target}: no answer in these logs came from it (SHA-256 {which})")
     return rows, out
-
-
-def _below_promise(k: int, n: int, op: dict[str, Any], name: str, cls: str, alpha: float) -> str | None:
-    """Whether ``k`` right of ``n`` site outcomes of class ``cls`` are below the rate ``op[name]`` promised, at level
-    ``alpha``; if so, what the promise was counted as. Against the images the promise rests on (``op``'s
-    ``effective_images``, else ``images``): one-sided Fisher's exact test, as between periods; a model file that
-    stores neither is tested against the rate as if it were exact (one-sided binomial test), and the warning says so.
-    """
-    from scipy.stats import binomtest, fisher_exact
-
-    size = (op.get("effective_images") or op.get("images") or {}).get(cls)
-    if not size:
-        below = binomtest(k, n, op[name], alternative="less").pvalue < alpha
-        return "its sample size is not stored: taken as exact" if below else None
-    n_ref = max(1, round(size))  # the views' worth, in whole images
-    k_ref = round(op[name] * n_ref)
-    table = [[k, n - k], [k_ref, n_ref - k_ref]]
-    return f"worth {n_ref} {cls} images" if fisher_exact(table, alternative="less").pvalue < alpha else None
 
 
 def _model_files(target: Path) -> dict[str, tuple[Path, dict[str, Any]]]:

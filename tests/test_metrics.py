@@ -8,15 +8,15 @@ from torchmetrics.functional.classification import binary_calibration_error
 
 from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import apply_temperature, fit_temperature
-from pneumolab.evaluation.metrics import bootstrap_weights, compute_metrics, metrics_with_ci, net_benefit
-from pneumolab.evaluation.thresholds import (
-    choose_threshold,
-    effective_images,
-    parse_policy,
+from pneumolab.evaluation.metrics import (
+    bootstrap_weights,
+    compute_metrics,
+    metrics_with_ci,
+    net_benefit,
     promise_p_value,
     promised_rates,
-    thin_validation,
 )
+from pneumolab.evaluation.thresholds import choose_threshold, effective_images, parse_policy, thin_validation
 
 
 def test_metrics_match_hand_computed_values() -> None:

@@ -23,6 +23,7 @@ from PIL import Image
 from pneumolab.cli import main
 from pneumolab.data import sample_root
 from pneumolab.errors import InputError
+from pneumolab.evaluation.metrics import wilson
 from pneumolab.inference.export import export_onnx
 from pneumolab.inference.predictor import Predictor
 from pneumolab.models import create_model
@@ -63,6 +64,10 @@ def test_predict_a_real_xray_with_gradcam(client) -> None:
     assert 0 <= body["probability"] <= 1
     assert body["label"] == ("PNEUMONIA" if body["probability"] >= body["threshold"] else "NORMAL")
     assert body["operating_point"]["split"] == "val" and "not a diagnosis" in body["notice"]
+    op = body["operating_point"]  # with the 95% CI of each rate from the images it rests on (the page shows them)
+    for name, cls in (("sensitivity", "PNEUMONIA"), ("specificity", "NORMAL")):
+        n = round(op["effective_images"][cls])
+        assert op["ci95"][name] == pytest.approx(list(wilson(round(op[name] * n), n)))
     overlay = Image.open(io.BytesIO(base64.b64decode(body["gradcam_png"])))
     w, h = Image.open(XRAY).size  # the upload at its own aspect ratio (at most 768 px), not the 32 px input
     scale = min(1.0, 768 / max(w, h))
@@ -480,6 +485,7 @@ def test_real_browser_sees_a_result_a_refused_ct_and_a_not_assessed_image(run, t
             page.wait_for_function("document.getElementById('prob').textContent.endsWith('%')", timeout=20000)
             shown = float(page.text_content("#prob").rstrip("%"))
             label = page.text_content("#label")
+            rates = page.text_content("#op")
             src = page.get_attribute("#overlay", "src")
             loaded = page.evaluate("document.getElementById('overlay').naturalWidth")
             # A CT (refused: 422) and a blank image (read, then not assessed by the guard).
@@ -507,6 +513,12 @@ def test_real_browser_sees_a_result_a_refused_ct_and_a_not_assessed_image(run, t
     expected = Predictor.load(run).predict(XRAY.read_bytes())
     assert shown == pytest.approx(100 * expected.probability, abs=0.051)
     assert label in ("Pneumonia suspected (at or above the decision threshold)", "Below the decision threshold")
+    op = Predictor.load(run).meta["operating_point"]
+    n = round(op["effective_images"]["NORMAL"])
+    low, high = wilson(round(op["specificity"] * n), n)
+    assert rates.startswith("sensitivity ") and rates.endswith(
+        f"specificity {100 * op['specificity']:.1f}% (95% CI {100 * low:.1f}-{100 * high:.1f}%)"
+    )
     assert src.startswith("data:image/png;base64,") and loaded == min(768, Image.open(XRAY).size[0])
     assert refused.startswith("Could not analyse ct.dcm. This file cannot be used: ") and "Modality 'CT'" in refused
     assert flagged_visible and flagged_name == "blank.png"

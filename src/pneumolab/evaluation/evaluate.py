@@ -28,10 +28,10 @@ from pneumolab.errors import InputError
 from pneumolab.evaluation import plots
 from pneumolab.evaluation.calibration import OperatingPoint
 from pneumolab.evaluation.errors import write_error_gallery
-from pneumolab.evaluation.metrics import compute_metrics, metrics_with_ci
+from pneumolab.evaluation.metrics import RATES, compute_metrics, metrics_with_ci, promise_p_value, promised_rates
 from pneumolab.evaluation.model_card import training_ages, write_model_card
 from pneumolab.evaluation.predict import predict_logits, read_val_logits, validation_logits, view_targets
-from pneumolab.evaluation.thresholds import RATES, choose_threshold, promise_p_value, promised_rates
+from pneumolab.evaluation.thresholds import choose_threshold
 from pneumolab.inference.guard import FeatureTap, guard_reasons
 from pneumolab.inference.predictor import age_side, gradcam_layer
 from pneumolab.io import atomic_write_json, atomic_write_text, file_sha256, is_fresh

@@ -22,13 +22,18 @@ from pneumolab.errors import InputError
 
 __all__ = [
     "METRICS",
+    "RATES",
     "bootstrap_weights",
     "compute_metrics",
     "metrics_with_ci",
     "net_benefit",
+    "promise_p_value",
+    "promised_rates",
     "rank_metrics",
     "wilson",
 ]
+
+RATES = (("sensitivity", "PNEUMONIA"), ("specificity", "NORMAL"))  # each rate and the class it is measured on
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +164,33 @@ def wilson(k: int, n: int) -> tuple[float, float]:
 
     ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
     return float(ci.low), float(ci.high)
+
+
+def promised_rates(op: dict) -> dict[str, dict]:
+    """The rates a stored operating point promises (``op``: a model file's ``operating_point``), each with the
+    images it rests on (``effective_images``, else ``images``; None in a file that stores neither) and its 95% Wilson
+    interval from them."""
+    sizes = op.get("effective_images") or op.get("images") or {}
+    rates = {}
+    for name, cls in RATES:
+        if op.get(name) is not None:
+            n = round(sizes.get(cls) or 0)
+            ci = list(wilson(round(op[name] * n), n)) if n else None
+            rates[name] = {"value": op[name], "images": n or None, "ci": ci}
+    return rates
+
+
+def promise_p_value(k: int, n: int, promised: dict) -> float:
+    """One-sided p-value of ``k`` right of ``n`` new images against a promised rate (one of :func:`promised_rates`):
+    Fisher's exact test against the images the promise rests on, the rate as if exact (binomial test) where the
+    model file stores no sample size."""
+    from scipy.stats import binomtest, fisher_exact
+
+    if not promised["images"]:
+        return float(binomtest(k, n, promised["value"], alternative="less").pvalue)
+    n_ref = promised["images"]
+    k_ref = round(promised["value"] * n_ref)
+    return float(fisher_exact([[k, n - k], [k_ref, n_ref - k_ref]], alternative="less").pvalue)
 
 
 def bootstrap_weights(groups: np.ndarray, n_boot: int, seed: int) -> np.ndarray:

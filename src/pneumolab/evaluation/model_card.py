@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pneumolab.data.manifest import age_span
-from pneumolab.evaluation.thresholds import promised_rates
+from pneumolab.evaluation.metrics import promised_rates
 from pneumolab.io import atomic_write_text
 
 __all__ = ["KERMANY_AGES_YEARS", "render_model_card", "trained_on", "training_ages", "write_model_card"]

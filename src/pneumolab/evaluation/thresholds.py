@@ -14,20 +14,8 @@ from sklearn.metrics import roc_curve
 
 from pneumolab.data.manifest import CLASSES
 from pneumolab.errors import InputError
-from pneumolab.evaluation.metrics import wilson
 
-__all__ = [
-    "RATES",
-    "choose_threshold",
-    "effective_images",
-    "min_images_per_class",
-    "parse_policy",
-    "promise_p_value",
-    "promised_rates",
-    "thin_validation",
-]
-
-RATES = (("sensitivity", "PNEUMONIA"), ("specificity", "NORMAL"))  # each rate and the class it is measured on
+__all__ = ["choose_threshold", "effective_images", "min_images_per_class", "parse_policy", "thin_validation"]
 
 MIN_PER_CLASS = 10  # below this a per-class rate moves by >= 10 points per image: no operating point to speak of
 
@@ -135,30 +123,3 @@ def effective_images(prob: np.ndarray, y: np.ndarray, threshold: float, views: i
             p = float(share.mean())
             sizes[name] = round(float(n if var == 0 else min(views * n, n * p * (1 - p) / var)), 1)
     return sizes
-
-
-def promised_rates(op: dict) -> dict[str, dict]:
-    """The rates a stored operating point promises (``op``: a model file's ``operating_point``), each with the
-    images it rests on (``effective_images``, else ``images``; None in a file that stores neither) and its 95% Wilson
-    interval from them."""
-    sizes = op.get("effective_images") or op.get("images") or {}
-    rates = {}
-    for name, cls in RATES:
-        if op.get(name) is not None:
-            n = round(sizes.get(cls) or 0)
-            ci = list(wilson(round(op[name] * n), n)) if n else None
-            rates[name] = {"value": op[name], "images": n or None, "ci": ci}
-    return rates
-
-
-def promise_p_value(k: int, n: int, promised: dict) -> float:
-    """One-sided p-value of ``k`` right of ``n`` new images against a promised rate (one of :func:`promised_rates`):
-    Fisher's exact test against the images the promise rests on, the rate as if exact (binomial test) where the
-    model file stores no sample size."""
-    from scipy.stats import binomtest, fisher_exact
-
-    if not promised["images"]:
-        return float(binomtest(k, n, promised["value"], alternative="less").pvalue)
-    n_ref = promised["images"]
-    k_ref = round(promised["value"] * n_ref)
-    return float(fisher_exact([[k, n - k], [k_ref, n_ref - k_ref]], alternative="less").pvalue)

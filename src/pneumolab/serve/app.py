@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from pneumolab import __version__
 from pneumolab.errors import ImageReadError, InputError
+from pneumolab.evaluation.metrics import promised_rates
 from pneumolab.inference.overlay import overlay_png
 from pneumolab.inference.predictor import Prediction, Predictor
 from pneumolab.serve.audit import AuditLog
@@ -97,6 +98,10 @@ def create_app(
         redoc_url=None,
     )
     limit = int(max_upload_mb * 1024 * 1024)
+    # The operating point's rates with their 95% CIs from the images they rest on: each answer's page shows them.
+    op = predictor.meta.get("operating_point")
+    if op:
+        op = {**op, "ci95": {name: r["ci"] for name, r in promised_rates(op).items() if r["ci"]}}
     app.add_middleware(UploadLimit, limit=limit + 64 * 1024, mb=max_upload_mb)  # + room for the multipart framing
 
     @app.exception_handler(RequestValidationError)
@@ -165,7 +170,7 @@ def create_app(
         # `pneumolab monitor --outcomes` joins the confirmed diagnosis to the audit line by it.
         body = {"request_id": uuid.uuid4().hex, **result.to_dict()}
         _audit(**{k: v for k, v in body.items() if k != "timings_ms"}, total_ms=result.timings_ms["total"])
-        body["operating_point"] = predictor.meta.get("operating_point")
+        body["operating_point"] = op
         body["site"] = predictor.site
         body["notice"] = "Decision support only: not a diagnosis. A qualified reader must review the image."
         if gradcam:

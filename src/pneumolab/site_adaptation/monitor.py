@@ -51,8 +51,7 @@ from typing import Any, Literal
 from pneumolab.data.manifest import normalise_label
 from pneumolab.data.sources import read_csv_table
 from pneumolab.errors import InputError
-from pneumolab.evaluation.metrics import wilson
-from pneumolab.evaluation.thresholds import RATES, promise_p_value, promised_rates
+from pneumolab.evaluation.metrics import RATES, promise_p_value, promised_rates, wilson
 from pneumolab.io import atomic_path
 
 __all__ = [

@@ -558,9 +558,12 @@ def test_monitor_cli_with_outcomes_of_predict_json_lines(run, tmp_path, capsys) 
         assert main([*args, "--out", str(tmp_path / "mon")]) == 0
     out = capsys.readouterr().out
     assert (tmp_path / "mon" / "monitor.png").read_bytes()[:4] == b"\x89PNG"
-    assert json.loads((tmp_path / "mon" / "monitor.json").read_text())["outcomes"]["models"][0]["promised"]
+    promised = json.loads((tmp_path / "mon" / "monitor.json").read_text())["outcomes"]["models"][0]["promised"]
+    low, high = promised["ci95"]["specificity"]
+    assert low <= promised["specificity"] <= high
     right = int(line["label"] == "PNEUMONIA")
     assert f"outcomes: 1 of 1 in {tmp_path / 'outcomes.csv'} matched an answer by image" in out
     assert f"sensitivity {right}/1 = {100.0 * right:.1f}% [" in out and "specificity -" in out and "promised" in out
+    assert f"/ {100 * promised['specificity']:.1f}% [{100 * low:.1f}, {100 * high:.1f}]" in out
     assert main(["monitor", str(answers), "--model", str(run)]) == 2
     assert "give --outcomes too" in capsys.readouterr().err

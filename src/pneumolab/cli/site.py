@@ -187,12 +187,13 @@ def _print_monitor(r: dict, out: Path | None) -> None:
             f"{o['key']}" + (f" ({o['unmatched']} answered in no log given)" if o["unmatched"] else "")
         )
         for m in o["models"]:
-            promised = m["promised"]
-            said = (
-                f"; promised {100 * promised['sensitivity']:.1f}% / {100 * promised['specificity']:.1f}%"
-                if promised and promised.get("specificity") is not None
-                else ""
-            )
+            promised, said = m["promised"], ""
+            if promised and promised.get("specificity") is not None:
+                ci = promised.get("ci95") or {}
+                said = "; promised " + " / ".join(
+                    f"{100 * promised[k]:.1f}%" + (f" [{100 * ci[k][0]:.1f}, {100 * ci[k][1]:.1f}]" if k in ci else "")
+                    for k in ("sensitivity", "specificity")
+                )
             skipped = f"; {m['not_assessed']} not assessed (no label to check)" if m["not_assessed"] else ""
             typer.echo(
                 f"  model {(m['model_sha256'] or '?')[:12]}: sensitivity {_of(m['sensitivity'])}, "

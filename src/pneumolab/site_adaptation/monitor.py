@@ -375,14 +375,19 @@ def outcome_summary(periods: list[Period], models: list[Path]) -> tuple[list[dic
     for sha in shas:
         mine = [p for p in periods if p.model_sha256 == sha]
         path, op = promised.get(sha, (None, {}))
+        promise = promised_rates(op)
         row = {
             "model_sha256": sha,
             **{name: _rate(*_checked(mine, cls)) for name, cls in RATES},
             "not_assessed": sum(p.outcome_not_assessed for p in mine),
-            "promised": {k: op.get(k) for k in ("split", "views", "sensitivity", "specificity")} if path else None,
+            "promised": {
+                **{k: op.get(k) for k in ("split", "views", "sensitivity", "specificity")},
+                "ci95": {name: r["ci"] for name, r in promise.items() if r["ci"]},
+            }
+            if path
+            else None,
         }
         rows.append(row)
-        promise = promised_rates(op)
         for name, cls in RATES:
             k, n = _checked(mine, cls)
             if n and name in promise and promise_p_value(k, n, promise[name]) < alpha:

@@ -110,7 +110,7 @@ def test_view_logits_are_seeded_leave_the_random_stream_alone_and_reduce_to_plai
 
 
 def test_an_operating_point_fitted_on_augmented_validation_views(sample_data, tmp_path) -> None:
-    from pneumolab.evaluation.calibration import apply_temperature, fit_temperature
+    from pneumolab.evaluation.calibration import apply_temperature, fit_temperature, reference_normal_calls
     from pneumolab.evaluation.metrics import wilson
     from pneumolab.evaluation.thresholds import choose_threshold, effective_images
 
@@ -136,6 +136,11 @@ def test_an_operating_point_fitted_on_augmented_validation_views(sample_data, tm
     clean = meta["operating_point"]["images_as_they_are"]
     scored = evaluate(run, sample_data, out=tmp_path / "val", split="val", n_boot=50)["at_threshold"]
     assert clean == pytest.approx({k: scored[k]["value"] for k in ("sensitivity", "specificity")})
+    # ... and what `monitor --model` compares a site's NORMAL answers with: those images' own scores, not the views'
+    with open(tmp_path / "val" / "predictions.csv", newline="") as f:
+        val_prob = np.array([float(r["probability"]) for r in csv.DictReader(f)])
+    assert meta["reference_scores"]["split"] == "val" and meta["reference_scores"]["images"] == len(val)
+    np.testing.assert_allclose(reference_normal_calls(meta), np.sort(val_prob[val_prob < meta["threshold"]]), atol=1e-3)
     card = (run / "MODEL_CARD.md").read_text()
     assert "3 copies of each validation image under the training augmentation" in card
     worth = {c: round(op["effective_images"][c]) for c in op["images"]}

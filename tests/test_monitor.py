@@ -4,10 +4,12 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pneumolab.cli import main
 from pneumolab.errors import InputError
+from pneumolab.evaluation.calibration import reference_normal_calls, score_reference
 from pneumolab.evaluation.metrics import wilson
 from pneumolab.io import file_sha256
 from pneumolab.site_adaptation.monitor import monitor
@@ -332,3 +334,78 @@ def test_bad_outcomes_are_refused_with_file_and_line(tmp_path, content, message)
     (tmp_path / "bad.csv").write_text(content)
     with pytest.raises(InputError, match=message):
         monitor([log], outcomes=tmp_path / "bad.csv")
+
+
+def _normal_answers(path: Path, model: str, probabilities: list[float], flagged: int = 10) -> Path:
+    """A day's log: NORMAL answers with these probabilities, and ``flagged`` PNEUMONIA answers (P 0.9)."""
+    answers = [("NORMAL", p) for p in probabilities] + [("PNEUMONIA", 0.9)] * flagged
+    lines = [
+        {
+            "time": f"2026-11-02T09:{i // 60:02d}:{i % 60:02d}+00:00",
+            "model_sha256": model,
+            "label": lab,
+            "probability": p,
+        }
+        for i, (lab, p) in enumerate(answers)
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_normal_answers_less_certain_than_on_validation_are_warned_without_labels(tmp_path, capsys) -> None:
+    from torch import nn
+
+    from pneumolab.models.checkpoint import save_model_file
+
+    # The reference: 20 validation images called NORMAL (P 0.01-0.20 at temperature 2, threshold 0.5) and 5 above
+    # the threshold, which a site's NORMAL answers are not compared with.
+    ref = np.array([0.01 * (i + 1) for i in range(20)] + [0.6, 0.7, 0.8, 0.9, 0.95])
+    margins = 2 * np.log(ref / (1 - ref))  # sigmoid(margin / 2) = ref
+    meta = {"model_name": "x", "model_kwargs": {}, "preprocessing": {}, "classes": [], "threshold": 0.5}
+    meta |= {"temperature": 2.0, "reference_scores": score_reference(np.stack([0 * margins, margins], 1), "val")}
+    np.testing.assert_allclose(reference_normal_calls(meta), ref[:20], atol=1e-4)
+    save_model_file(tmp_path / "model.pt", nn.Linear(1, 1), meta)
+    sha = file_sha256(tmp_path / "model.pt")
+
+    # 30 NORMAL answers, every one above every reference image: U = 600 of 30 x 20, no ties; the normal
+    # approximation with continuity correction gives z = (600 - 300 - 0.5) / sqrt(30 x 20 x 51 / 12)
+    shifted = _normal_answers(tmp_path / "shifted.jsonl", sha, [0.2 + 0.01 * i + 0.001 for i in range(30)])
+    r = monitor([shifted], models=[tmp_path / "model.pt"])
+    (row,) = r["normal_calls"]
+    z = (600 - 300 - 0.5) / math.sqrt(30 * 20 * 51 / 12)
+    assert row["p_value"] == pytest.approx(0.5 * math.erfc(z / math.sqrt(2)), rel=1e-6)
+    assert (row["answers"], row["reference"], row["reference_split"]) == (30, 20, "val")
+    assert row["median"] == pytest.approx(0.346) and row["reference_median"] == pytest.approx(0.105, abs=1e-4)
+    (warning,) = r["warnings"]
+    assert warning.startswith(f"model {sha[:12]}: its 30 NORMAL answers are less certain than on the 20 validation")
+    assert "median P(pneumonia) 0.346 against 0.105" in warning and "(pneumolab calibrate)" in warning
+    assert main(["monitor", str(shifted), "--model", str(tmp_path / "model.pt")]) == 0
+    out = capsys.readouterr().out
+    assert f"model {sha[:12]}: 30 NORMAL answers, median P(pneumonia) 0.346; on its validation images called " in out
+    assert "NORMAL 0.105 (20 images), one-sided p = 1.5e-09" in out
+
+    # answers like the reference: no warning; too few NORMAL answers to judge: none either, whatever the p-value
+    alike = _normal_answers(tmp_path / "alike.jsonl", sha, [0.01 * (i + 1) + 0.0005 for i in range(20)] * 2)
+    r = monitor([alike], models=[tmp_path / "model.pt"])
+    assert r["normal_calls"][0]["p_value"] > 0.3 and r["warnings"] == []
+    few = _normal_answers(tmp_path / "few.jsonl", sha, [0.45] * 19)
+    r = monitor([few], models=[tmp_path / "model.pt"])
+    assert r["normal_calls"][0]["p_value"] < 1e-6 and r["warnings"] == []
+    # a model file made before the reference was kept: said so, not checked
+    old, old_sha = _model_file(tmp_path / "old.pt", 0.95, 0.95)
+    r = monitor([_normal_answers(tmp_path / "old.jsonl", old_sha, [0.4] * 30)], models=[old])
+    assert r["normal_calls"] == [] and r["warnings"] == []
+    assert r["notes"] == [
+        f"model {old_sha[:12]} ({old}) keeps no reference scores (made by an older pneumolab): "
+        "retrain it to compare its NORMAL answers with its validation images'"
+    ]
+
+
+def test_a_reference_keeps_at_most_its_cap_of_sorted_margins() -> None:
+    from pneumolab.evaluation.calibration import REFERENCE_MAX
+
+    logits = np.stack([np.zeros(5001), np.linspace(5, -5, 5001)], 1)  # margins from 5 down to -5
+    ref = score_reference(logits, "val")
+    assert ref["images"] == 5001 and len(ref["margins"]) == REFERENCE_MAX
+    assert ref["margins"][0] == -5.0 and ref["margins"][-1] == 5.0 and ref["margins"] == sorted(ref["margins"])
+    assert score_reference(logits[:3], "site") == {"split": "site", "images": 3, "margins": [4.996, 4.998, 5.0]}

@@ -123,6 +123,10 @@ def test_calibrate_round_trip(runs, sample_data, tmp_path, capsys) -> None:
     assert meta["threshold"] == pytest.approx(choose_threshold(prob, y, "youden")["threshold"])
     assert meta["operating_point"]["split"] == "site"
     assert meta["operating_point"]["images"] == {c: labels.count(c) for c in ("NORMAL", "PNEUMONIA")}
+    # the site's later answers are compared with these images' scores (monitor --model): the same logits, sorted
+    ref = meta["reference_scores"]
+    assert ref["split"] == "site" and ref["images"] == 75
+    np.testing.assert_allclose(ref["margins"], np.sort((logits[:, 1] - logits[:, 0]).numpy()), atol=1e-4)
     assert not list(new.rglob("*.npy")) and not list(new.rglob("manifest.csv"))  # no copy of the site's images
     card = (new / "MODEL_CARD.md").read_text()
     assert "## Site calibration and adaptation" in card and "pneumolab calibrate" in card
@@ -211,6 +215,9 @@ def test_adapt_round_trip_on_a_folder_of_unlabeled_images(runs, sample_data, tmp
         math.log(p["site_estimate"] / (1 - p["site_estimate"])) - math.log(p["source"] / (1 - p["source"]))
     )
     assert meta["threshold"] == meta0["threshold"]
+    # new BatchNorm statistics give new scores: the site's images are the reference for its later answers
+    assert meta0["reference_scores"]["split"] == "val" and meta["reference_scores"]["split"] == "site"
+    assert meta["reference_scores"]["images"] == 75
     card = (new / "MODEL_CARD.md").read_text()
     assert "`pneumolab adapt` on 75 images" in card and "8 layers re-estimated, labels unused" in card
 

@@ -102,6 +102,7 @@ def adapt_cmd(
         "pneumolab monitor /var/log/pneumolab                      # the folder of `serve --audit`",
         "pneumolab monitor results-*.jsonl --every week --out runs/monitor   # `predict --json` output",
         "pneumolab monitor /var/log/pneumolab --against past --fail-on-warning   # a daily job: exit 1 on a warning",
+        "pneumolab monitor /var/log/pneumolab --model runs/train/fast   # its NORMAL answers against its validation",
     ],
 )
 def monitor_cmd(
@@ -131,8 +132,9 @@ def monitor_cmd(
         list[Path] | None,
         typer.Option(
             "--model",
-            help="A run folder, model.pt or model.onnx of these answers (repeatable): with --outcomes, warn where "
-            "the site's sensitivity or specificity is below what its operating point promised.",
+            help="A run folder, model.pt or model.onnx of these answers (repeatable): warn where its NORMAL answers "
+            "are less certain than on its validation images (no labels needed); with --outcomes, also where the "
+            "site's sensitivity or specificity is below what its operating point promised.",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -140,7 +142,8 @@ def monitor_cmd(
     """Per period and model: images, refused, not assessed and flagged PNEUMONIA with 95% intervals, and warnings.
 
     Without labels this cannot say whether the answers were right; it shows when they change (more images the guard
-    will not assess, another share flagged), which is when to check a labeled sample with `pneumolab evaluate`.
+    will not assess, another share flagged) and, with --model, when the NORMAL answers are less certain than on the
+    model's validation images, which is when to check a labeled sample with `pneumolab evaluate`.
     With --outcomes (the confirmed diagnoses of some answered images) it says how often they were right.
     """
     from pneumolab.errors import InputError
@@ -179,6 +182,13 @@ def _print_monitor(r: dict, out: Path | None) -> None:
         typer.echo(
             f"{' '.join(cells)} {row['images']:>6} {row['refused']:>7} {_share(row['not_assessed'], na):>26} "
             f"{_share(row['flagged'], fl):>26} {mean_p:>6}" + "".join(f" {_of(row[name]):>26}" for name in rates)
+        )
+    for m in r.get("normal_calls", []):
+        where = "validation" if m["reference_split"] == "val" else "site sample"
+        site, ref = ("-" if v is None else f"{v:.3f}" for v in (m["median"], m["reference_median"]))
+        typer.echo(
+            f"model {(m['model_sha256'] or '?')[:12]}: {m['answers']} NORMAL answers, median P(pneumonia) {site}; "
+            f"on its {where} images called NORMAL {ref} ({m['reference']} images), one-sided p = {m['p_value']:.2g}"
         )
     if "outcomes" in r:
         o = r["outcomes"]

@@ -17,7 +17,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["OperatingPoint", "apply_temperature", "estimate_prior_em", "fit_temperature"]
+__all__ = [
+    "OperatingPoint",
+    "apply_temperature",
+    "estimate_prior_em",
+    "fit_temperature",
+    "reference_normal_calls",
+    "score_reference",
+]
+
+REFERENCE_MAX = 2000  # margins kept in a model file: beyond it, evenly spaced order statistics (a smaller sample)
 
 
 def fit_temperature(logits: torch.Tensor, y: torch.Tensor, max_iter: int = 200) -> float:
@@ -96,3 +105,30 @@ class OperatingPoint:
         """Calibrated P(pneumonia); ``logits``: (N, 2) -> (N,) float32."""
         z = logits.double()
         return torch.sigmoid((z[:, 1] - z[:, 0]) / self.temperature + self.prior_shift).float()
+
+    def margin_probability(self, margins: np.ndarray) -> np.ndarray:
+        """Calibrated P(pneumonia) of logit margins ``z_1 - z_0`` ((N,) -> (N,) float64), as :meth:`probability`."""
+        return 1 / (1 + np.exp(-(np.asarray(margins, np.float64) / self.temperature + self.prior_shift)))
+
+
+def score_reference(logits: torch.Tensor | np.ndarray, split: str) -> dict[str, Any]:
+    """What a model file keeps of the images it was fitted on, for comparing a site's answers with them without
+    labels (``pneumolab monitor --model``): each image's logit margin ``z_1 - z_0`` ((N, 2) logits), sorted (no
+    order, no label, no file name is kept), at most ``REFERENCE_MAX`` of them (evenly spaced order statistics: a
+    smaller sample, so a test against it is conservative)."""
+    z = torch.as_tensor(logits).double()
+    margins = np.sort((z[:, 1] - z[:, 0]).numpy())
+    if len(margins) > REFERENCE_MAX:
+        margins = margins[np.linspace(0, len(margins) - 1, REFERENCE_MAX).round().astype(int)]
+    return {"split": split, "images": len(z), "margins": [round(float(m), 4) for m in margins]}
+
+
+def reference_normal_calls(meta: dict[str, Any]) -> np.ndarray | None:
+    """P(pneumonia) of the reference images (:func:`score_reference`) a model file would call NORMAL, under its own
+    operating point; None where the file keeps no reference (made before pneumolab stored one)."""
+    ref = meta.get("reference_scores")
+    if not ref:
+        return None
+    op = OperatingPoint.from_meta(meta)
+    prob = op.margin_probability(np.array(ref["margins"]))
+    return prob[prob < op.threshold]

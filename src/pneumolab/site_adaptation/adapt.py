@@ -21,7 +21,7 @@ from torch import nn
 from pneumolab.data.manifest import Manifest
 from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
-from pneumolab.evaluation.calibration import OperatingPoint, estimate_prior_em
+from pneumolab.evaluation.calibration import OperatingPoint, estimate_prior_em, score_reference
 from pneumolab.evaluation.predict import pixel_logits, predict_logits
 from pneumolab.models.checkpoint import load_model_file, resolve_model_file
 from pneumolab.site_adaptation.provenance import (
@@ -113,8 +113,10 @@ def adapt_model(
         n = reestimate_batchnorm(model, (pre.transform(x) for x in torch.from_numpy(pixels)[:, None].split(batch_size)))
         details["batchnorm"] = {"layers": n, "images": len(sample.rows)}
     new = dict(meta)
+    logits = torch.from_numpy(pixel_logits(model, pre, pixels))  # (N, 2), after the new statistics
+    if batchnorm:  # the training site's scores came from other statistics: the site's images are the reference now
+        new["reference_scores"] = score_reference(logits, "site")
     if prior:
-        logits = torch.from_numpy(pixel_logits(model, pre, pixels))
         prob = OperatingPoint.from_meta({**meta, "prior_shift": 0.0}).probability(logits).double().numpy()
         site = estimate_prior_em(prob, src_prior)
         new["prior_shift"] = OperatingPoint.prior_shift_for(site, src_prior)

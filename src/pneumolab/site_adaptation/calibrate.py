@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from pneumolab.data.manifest import CLASSES
 from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
-from pneumolab.evaluation.calibration import OperatingPoint
+from pneumolab.evaluation.calibration import OperatingPoint, score_reference
 from pneumolab.evaluation.metrics import compute_metrics
 from pneumolab.evaluation.predict import pixel_logits
 from pneumolab.evaluation.thresholds import choose_threshold, min_images_per_class, parse_policy
@@ -126,6 +126,8 @@ def calibrate_model(
             "ece_before": details["on_site_sample"]["ece_before"],
             "ece_after": details["on_site_sample"]["ece_after"],
         },
+        # the threshold now rests on the site's images: the site's later answers are compared with them
+        "reference_scores": score_reference(logits, "site"),
     }
     return new, details
 

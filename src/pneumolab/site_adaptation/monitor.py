@@ -48,6 +48,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from pneumolab.data.manifest import normalise_label
 from pneumolab.data.sources import read_csv_table
 from pneumolab.errors import InputError
@@ -59,7 +61,10 @@ __all__ = [
     "MIN_IMAGES",
     "Period",
     "caution_notes",
+    "model_files",
     "monitor",
+    "normal_call_summary",
+    "normal_call_test",
     "outcome_summary",
     "period_warnings",
     "plot_monitor",
@@ -96,6 +101,7 @@ class Period:
     reasons: Counter = field(default_factory=Counter)  # why images were not assessed
     cautions: Counter = field(default_factory=Counter)  # the cautions given with answers
     refusals: Counter = field(default_factory=Counter)  # the kinds of problem of the refused ones
+    normal_probabilities: list[float] = field(default_factory=list)  # P(pneumonia) of the NORMAL answers
 
     def add(self, rec: dict[str, Any]) -> None:
         """Count one answer: ``{"refused": kind}``, or a ``label`` (with ``probability`` unless NOT_ASSESSED)."""
@@ -115,6 +121,8 @@ class Period:
             elif rec.get("_outcome") == "NORMAL":
                 self.tn, self.fp = self.tn + (not flagged), self.fp + flagged
             self.probability_sum += float(rec["probability"])
+            if not flagged:
+                self.normal_probabilities.append(float(rec["probability"]))
             self.cautioned += bool(rec.get("cautions"))
             self.cautions.update(rec.get("cautions") or [])
 
@@ -132,7 +140,9 @@ class Period:
         seen = self.assessed + self.not_assessed
         return {
             **{
-                k: v for k, v in asdict(self).items() if k not in ("probability_sum", "reasons", "refusals", "cautions")
+                k: v
+                for k, v in asdict(self).items()
+                if k not in ("probability_sum", "reasons", "refusals", "cautions", "normal_probabilities")
             },
             "images": self.images,
             "refused_rate": _rate(self.refused, self.images),
@@ -364,11 +374,7 @@ def outcome_summary(periods: list[Period], models: list[Path]) -> tuple[list[dic
     model files in ``models``; Bonferroni over the models and the two rates), and the warnings where the site is
     below the promise. The promise is itself measured, on a few hundred validation images: the site's rate is tested
     against the images it rests on (one-sided Fisher's exact test, :func:`promise_p_value`), not against a number."""
-
-    promised = {}  # SHA-256 -> (model file, its operating point)
-    files_of = {target: _model_files(target) for target in models}
-    for files in files_of.values():
-        promised.update(files)
+    promised = {sha: (path, meta.get("operating_point") or {}) for sha, (path, meta) in model_files(models).items()}
     rows, out = [], []
     shas = list(dict.fromkeys(p.model_sha256 for p in periods))
     alpha = 0.05 / (2 * max(1, sum(sha in promised for sha in shas)))
@@ -401,17 +407,83 @@ def outcome_summary(periods: list[Period], models: list[Path]) -> tuple[list[dic
                     f"{100 * op[name]:.1f}% its operating point promised (fitted on {where}; {size}): its threshold "
                     "does not hold here; re-choose it on a labeled site sample (pneumolab calibrate) and evaluate it"
                 )
-    for target, files in files_of.items():
-        if not set(files) & set(shas):
-            which = ", ".join(f"{path.name} {sha[:12]}" for sha, (path, _) in files.items())
-            out.append(f"--model {target}: no answer in these logs came from it (SHA-256 {which})")
     return rows, out
 
 
+def normal_call_summary(periods: list[Period], models: list[Path]) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """Per model, without labels: its NORMAL answers' probabilities, pooled over the log, against those of the
+    images its model file keeps as the reference (the validation images, or the site sample it was calibrated or
+    adapted on) that it calls NORMAL; a warning where the site's are higher (one-sided Mann-Whitney test, Bonferroni
+    over the models), with at least ``MIN_IMAGES`` NORMAL answers. On the official test split ``fast`` keeps its
+    flagged share and loses specificity, and its NORMAL answers there are less certain than its validation images'
+    (docs/BENCHMARKS.md, "Site monitoring"): what the counts alone cannot see. Returns rows, warnings and notes."""
+    from pneumolab.evaluation.calibration import reference_normal_calls  # torch: only where models are checked
+
+    files = model_files(models)
+    shas = [sha for sha in dict.fromkeys(p.model_sha256 for p in periods) if sha in files]
+    alpha = 0.05 / max(1, len(shas))
+    rows, out, notes = [], [], []
+    for sha in shas:
+        path, meta = files[sha]
+        ref = reference_normal_calls(meta)
+        site = [v for p in periods if p.model_sha256 == sha for v in p.normal_probabilities]
+        if ref is None:
+            notes.append(
+                f"model {sha[:12]} ({path}) keeps no reference scores (made by an older pneumolab): retrain it "
+                "to compare its NORMAL answers with its validation images'"
+            )
+            continue
+        row = normal_call_test(np.array(site), ref)
+        where = (meta.get("reference_scores") or {}).get("split")
+        rows.append({"model_sha256": sha, **row, "reference_split": where})
+        if len(site) >= MIN_IMAGES and row["p_value"] < alpha:
+            what = "validation images" if where == "val" else "site sample's images (calibrated or adapted there)"
+            out.append(
+                f"model {sha[:12]}: its {len(site)} NORMAL answers are less certain than on the {row['reference']} "
+                f"{what} it calls NORMAL (median P(pneumonia) {row['median']:.3f} against {row['reference_median']:.3f}"
+                f"; one-sided Mann-Whitney p = {row['p_value']:.2g}): normal X-rays here look more like pneumonia to "
+                "it, or more of its NORMAL answers are missed pneumonia, so the specificity or sensitivity it promised "
+                "may not hold; check it on a labeled site sample (pneumolab evaluate) and re-choose the threshold "
+                "there (pneumolab calibrate)"
+            )
+    return rows, out, notes
+
+
+def normal_call_test(site: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    """A site's NORMAL answers' probabilities ``(n,)`` against a reference's ``(m,)``: sizes, medians and the
+    one-sided Mann-Whitney p-value of the site's being higher (1.0 where either side is empty)."""
+    from scipy.stats import mannwhitneyu
+
+    both = len(site) and len(reference)
+    return {
+        "answers": len(site),
+        "median": float(np.median(site)) if len(site) else None,
+        "reference": len(reference),
+        "reference_median": float(np.median(reference)) if len(reference) else None,
+        "p_value": float(mannwhitneyu(site, reference, alternative="greater").pvalue) if both else 1.0,
+    }
+
+
+def model_files(models: list[Path]) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """The model files ``--model`` names, by SHA-256, each with its metadata: a ``.pt`` or ``.onnx`` file, or a run
+    folder's ``model.pt`` and, when exported, its ``model.onnx`` (the service may answer with either, and the logs
+    name the file it loaded)."""
+    return {sha: pair for target in models for sha, pair in _model_files(target).items()}
+
+
+def _unused_models(models: list[Path], periods: list[Period]) -> list[str]:
+    """A warning per ``--model`` none of whose files answered in these logs (a wrong file or log)."""
+    shas, out = {p.model_sha256 for p in periods}, []
+    for target in models:
+        files = _model_files(target)
+        if not set(files) & shas:
+            which = ", ".join(f"{path.name} {sha[:12]}" for sha, (path, _) in files.items())
+            out.append(f"--model {target}: no answer in these logs came from it (SHA-256 {which})")
+    return out
+
+
 def _model_files(target: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
-    """The model files ``--model`` names, by SHA-256, each with its operating point: a ``.pt`` or ``.onnx`` file, or
-    a run folder's ``model.pt`` and, when exported, its ``model.onnx`` (the service may answer with either, and the
-    logs name the file it loaded)."""
+    """:func:`model_files` of one ``--model``."""
     from pneumolab.inference.export import read_onnx_meta
     from pneumolab.io import file_sha256
     from pneumolab.models.checkpoint import read_model_meta
@@ -423,7 +495,7 @@ def _model_files(target: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
         pairs = [read_model_meta(target)]
         if target.is_dir() and RunDir(target).onnx.is_file():
             pairs.append((RunDir(target).onnx, read_onnx_meta(RunDir(target).onnx)))
-    return {file_sha256(path): (path, meta.get("operating_point") or {}) for path, meta in pairs}
+    return {file_sha256(path): (path, meta) for path, meta in pairs}
 
 
 def monitor(
@@ -434,20 +506,26 @@ def monitor(
     models: list[Path] | None = None,
 ) -> dict[str, Any]:
     """Counts, rates with 95% intervals and warnings per period and model, from audit or ``predict --json`` lines;
-    with ``outcomes`` also sensitivity and specificity, checked against the operating points of ``models``."""
-    if models and outcomes is None:
-        raise InputError("--model checks a model's operating point against outcomes: give --outcomes too")
+    with ``models``, their NORMAL answers against the images each model file keeps as its reference; with
+    ``outcomes`` also sensitivity and specificity, checked against the operating points of ``models``."""
+    models = models or []
     files = _files(paths)
     records = read_records(files)
     matched = _attach_outcomes(records, outcomes) if outcomes is not None else None
     periods = _group(records, every)
     warnings = period_warnings(periods, against, outcomes=matched is not None)
     result = {"every": every, "against": against, "files": [str(f) for f in files]}
+    notes = caution_notes(periods)
+    if models:
+        result["normal_calls"], said, unchecked = normal_call_summary(periods, models)
+        warnings += said
+        notes += unchecked
     if matched is not None:
-        per_model, promise_warnings = outcome_summary(periods, models or [])
+        per_model, promise_warnings = outcome_summary(periods, models)
         result["outcomes"] = {**matched, "models": per_model}
         warnings += promise_warnings
-    return {**result, "periods": [p.row() for p in periods], "warnings": warnings, "notes": caution_notes(periods)}
+    warnings += _unused_models(models, periods)
+    return {**result, "periods": [p.row() for p in periods], "warnings": warnings, "notes": notes}
 
 
 def plot_monitor(result: dict[str, Any], path: Path) -> None:

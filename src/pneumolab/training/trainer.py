@@ -38,7 +38,7 @@ from pneumolab.data.manifest import CLASSES, Manifest
 from pneumolab.data.summary import training_data_record
 from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError
-from pneumolab.evaluation.calibration import apply_temperature, fit_temperature
+from pneumolab.evaluation.calibration import apply_temperature, fit_temperature, score_reference
 from pneumolab.evaluation.metrics import compute_metrics
 from pneumolab.evaluation.model_card import write_model_card
 from pneumolab.evaluation.predict import validation_logits, view_targets, write_val_logits
@@ -327,7 +327,7 @@ def _finish(
         hp = best.hparams
         pre = Preprocessing.from_dict(dict(hp.preprocessing))
         net = with_encoder(best.net, pre)  # latent models see pixels through their autoencoder's encoder
-        summary["operating_point"], val_logits = _operating_point(net, pre, cfg)
+        summary["operating_point"], val_logits, clean_logits = _operating_point(net, pre, cfg)
         guard = fit_model_guard(net, hp.model_name, pre, cfg.data.data_dir)
         manifest = Manifest.load(cfg.data.data_dir)
         meta = {
@@ -341,6 +341,8 @@ def _finish(
             **summary["operating_point"],
             "training_data": training_data_record(manifest),
             "ood_guard": guard,
+            # the validation images' scores, for `monitor --model` to compare a site's answers with, without labels
+            "reference_scores": score_reference(clean_logits, "val"),
             **({"init": init} if init else {}),
         }
         save_model_file(RunDir(run_dir).model, net, meta)  # a latent model with its encoder: self-contained
@@ -365,10 +367,10 @@ def _slim_checkpoint(path: Path) -> None:
 
 def _operating_point(
     net: torch.nn.Module, preprocessing: Preprocessing, cfg: TrainConfig
-) -> tuple[dict[str, Any], np.ndarray]:
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Fit temperature scaling and choose the decision threshold, both on the validation split only (its images,
     or ``calibration_views`` augmented copies of each); ``net`` takes pixels. Also returns the validation logits
-    ``(N, 2)`` or ``(views * N, 2)`` they came from."""
+    ``(N, 2)`` or ``(views * N, 2)`` they came from, and those of the images as they are ``(N, 2)``."""
     manifest = Manifest.load(cfg.data.data_dir)
     val, views = manifest.indices("val"), cfg.calibration_views
     logits = validation_logits(
@@ -389,6 +391,7 @@ def _operating_point(
         # ... and what the views add to them: the precision a site's outcomes are tested against (pneumolab monitor)
         "effective_images": effective_images(calibrated, y, op["threshold"], views),
     }
+    clean = logits
     if views:
         # The same threshold on the validation images as they are. The views stand for a shifted site; on its own
         # clean images the model trades the other way (`fast`: sensitivity 0.887 and specificity 0.993 against the
@@ -397,17 +400,25 @@ def _operating_point(
         prob = apply_temperature(torch.from_numpy(clean), temperature).numpy()
         m = compute_metrics(prob, y[: len(val)], op["threshold"])
         point["images_as_they_are"] = {"sensitivity": m["sensitivity"], "specificity": m["specificity"]}
-    return {
-        "temperature": temperature,
-        "threshold": op["threshold"],
-        "threshold_policy": cfg.threshold_policy,
-        "operating_point": point,
-        # The prior `pneumolab adapt` shifts from: what the calibrated probabilities average to on validation.
-        "class_prior": {"split": "val", "prevalence": float(y.mean()), "mean_probability": float(calibrated.mean())},
-        "calibration": {
-            "split": "val",
-            "views": views,
-            "ece_before": compute_metrics(raw, y)["ece"],
-            "ece_after": compute_metrics(calibrated, y)["ece"],
+    return (
+        {
+            "temperature": temperature,
+            "threshold": op["threshold"],
+            "threshold_policy": cfg.threshold_policy,
+            "operating_point": point,
+            # The prior `pneumolab adapt` shifts from: what the calibrated probabilities average to on validation.
+            "class_prior": {
+                "split": "val",
+                "prevalence": float(y.mean()),
+                "mean_probability": float(calibrated.mean()),
+            },
+            "calibration": {
+                "split": "val",
+                "views": views,
+                "ece_before": compute_metrics(raw, y)["ece"],
+                "ece_after": compute_metrics(calibrated, y)["ece"],
+            },
         },
-    }, logits
+        logits,
+        clean,
+    )

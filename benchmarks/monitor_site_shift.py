@@ -14,6 +14,12 @@ outcomes of a share of the answers (`--labeled`, `monitor --outcomes`): the same
 the pooled sensitivity and specificity against the model's stored operating point (`monitor --model`) for a model
 installed at either site and watched for `--days` days (at the training site a specificity warning is a false
 alarm; its sensitivity on the clean images is below what the augmented views promised, so that warning is right).
+Last, without labels again, the check of a model's NORMAL answers against its validation images' (`monitor --model`):
+at the other site against the model file's stored reference; at the training site, where the stored reference holds
+the very images the days would be drawn from, each log splits the validation patients in two halves, one the
+reference and the other the site (a false alarm there is one a new site like the training site would see). These
+days are drawn without replacement (a resampled image would count as new evidence: with replacement the false
+alarms rose from ~6% to ~9-10%), so only as many days as the images allow in every log (`-` beyond).
 
     .venv/bin/python benchmarks/monitor_site_shift.py --run runs/train/fast --data runs/data/kermany \
         --external ../shared/data/chest_xray_external --before 20 --after 10 --images 50 --repeats 1000 \
@@ -31,16 +37,36 @@ import numpy as np
 from pneumolab.data.manifest import Manifest
 from pneumolab.data.sources import image_files
 from pneumolab.inference.predictor import Predictor
-from pneumolab.site_adaptation.monitor import Period, outcome_summary, period_warnings
+from pneumolab.site_adaptation.monitor import (
+    MIN_IMAGES,
+    Period,
+    normal_call_summary,
+    normal_call_test,
+    outcome_summary,
+    period_warnings,
+)
 
 
-def answers(predictor: Predictor, paths: list[Path], labels: list[str]) -> list[dict[str, Any]]:
-    """Each image's answer as the service logs it (guard on): label and probability; and its true label."""
+def answers(predictor: Predictor, paths: list[Path], labels: list[str], patients: list[str]) -> list[dict[str, Any]]:
+    """Each image's answer as the service logs it (guard on): label and probability; its true label and patient."""
     out = []
-    for p, truth in zip(paths, labels, strict=True):
+    for p, truth, patient in zip(paths, labels, patients, strict=True):
         a = predictor.predict(p.read_bytes(), name=p.name)
-        out.append({"label": a.label, "probability": a.probability, "_outcome": truth})
+        out.append({"label": a.label, "probability": a.probability, "_outcome": truth, "_patient": patient})
     return out
+
+
+def distinct_days(pool: list[dict[str, Any]], rng: np.random.Generator, k: int, n: int, model: str) -> list[Period]:
+    """``k`` days of ``n`` answers, each answer of ``pool`` at most once (``k * n <= len(pool)``), no outcomes."""
+    picks = rng.permutation(len(pool))[: k * n]
+    days = [Period(f"d{d:03d}", model, "", "") for d in range(k)]
+    for j, i in enumerate(picks):
+        days[j // n].add({key: v for key, v in pool[i].items() if key != "_outcome"})
+    return days
+
+
+def normal_probabilities(days: list[Period]) -> np.ndarray:
+    return np.array([v for d in days for v in d.normal_probabilities])
 
 
 def day(
@@ -83,9 +109,10 @@ def main() -> None:
     predictor = Predictor.load(args.run)
     manifest = Manifest.load(args.data)
     val_records = [manifest.records[i] for i in manifest.indices("val")]
-    val = answers(predictor, [manifest.root / r.path for r in val_records], [r.label for r in val_records])
+    paths, labels = [manifest.root / r.path for r in val_records], [r.label for r in val_records]
+    val = answers(predictor, paths, labels, [r.patient_id for r in val_records])
     ext_paths = image_files(args.external)[0]
-    ext = answers(predictor, ext_paths, [p.parent.name for p in ext_paths])  # NORMAL/ or PNEUMONIA/
+    ext = answers(predictor, ext_paths, [p.parent.name for p in ext_paths], [p.name for p in ext_paths])
     print(summary("validation (the training site)", val))
     print(summary(f"{args.external} (another site)", ext))
 
@@ -121,6 +148,28 @@ def main() -> None:
                 for name in warned:
                     warned[name] += f": {name} " in said
             cells.append(f"{warned['sensitivity'] / n:.3f} / {warned['specificity'] / n:.3f}")
+        print(f"| {k} | {cells[0]} | {cells[1]} |")
+
+    print(
+        f"\nWithout labels: its NORMAL answers against the reference's, {args.images} answers a day; share of {n} logs"
+    )
+    print("| days watched | training site (half of the validation patients against the other half) | other site |")
+    print("|---|---|---|")
+    patients = sorted({a["_patient"] for a in val})
+    for k in args.days:
+        warned, tried = [0, 0], [0, 0]
+        for _ in range(n):
+            half = set(rng.permutation(patients)[: len(patients) // 2])
+            ref = np.array([a["probability"] for a in val if a["_patient"] in half and a["label"] == "NORMAL"])
+            site = [a for a in val if a["_patient"] not in half]
+            if k * args.images <= len(site):
+                said = normal_probabilities(distinct_days(site, rng, k, args.images, sha))
+                warned[0] += len(said) >= MIN_IMAGES and normal_call_test(said, ref)["p_value"] < 0.05
+                tried[0] += 1
+            if k * args.images <= len(ext):
+                warned[1] += bool(normal_call_summary(distinct_days(ext, rng, k, args.images, sha), [args.run])[1])
+                tried[1] += 1
+        cells = [f"{w / n:.3f}" if t == n else "-" for w, t in zip(warned, tried, strict=True)]  # every log, or none
         print(f"| {k} | {cells[0]} | {cells[1]} |")
 
 

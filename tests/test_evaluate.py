@@ -148,6 +148,7 @@ def test_an_operating_point_fitted_on_augmented_validation_views(sample_data, tm
     assert f"-{high:.3f}, as precise as {worth['PNEUMONIA']} PNEUMONIA and {worth['NORMAL']} NORMAL images)" in card
     assert f"and {low:.3f}-" in card
     assert f"the same threshold gives sensitivity {clean['sensitivity']:.3f} and specificity" in card
+    assert f"- Keeps the scores of the {len(val)} validation images (logit margins only" in card
     assert "lr 0.001, 2 augmented views of each batch, best epoch" in card
     assert threshold_origin(meta).startswith("chosen on 3 augmented views of each validation image")
     # `evaluate --policy` re-chooses on the same views: from the kept logits, or predicting them again

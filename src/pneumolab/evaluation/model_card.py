@@ -180,6 +180,15 @@ def render_model_card(meta: dict[str, Any], evaluations: list[dict[str, Any]]) -
         f"- Temperature scaling T = {meta.get('temperature', 1.0):.3f}, log-odds shift "
         f"{meta.get('prior_shift', 0.0):+.3f}, fitted on {where}; ECE {cal.get('ece_before', float('nan')):.3f} -> "
         f"{cal.get('ece_after', float('nan')):.3f}",
+        *(
+            [
+                f"- Keeps the scores of the {ref['images']} {'validation' if ref['split'] == 'val' else 'site sample'} "
+                "images (logit margins only: no pixels, names or labels): `pneumolab monitor --model` tests a site's "
+                "NORMAL answers against those it calls NORMAL, without labels"
+            ]
+            if (ref := meta.get("reference_scores"))
+            else []
+        ),
         "",
         *_site_section(meta.get("site") or []),
         "## Metrics (95% CIs from a patient-level bootstrap)",

@@ -26,6 +26,12 @@ differ from before? A verdict then never changes; the first periods have no base
 A warning says what to look at; checking a labeled sample (``pneumolab evaluate``) says whether the model still
 holds.
 
+**The model files** (``models=``) add a check without labels that the counts cannot make: a model's NORMAL answers,
+pooled over the log, against the validation images it calls NORMAL (their scores are kept in the model file,
+``reference_scores``; after ``calibrate``, or ``adapt`` with new BatchNorm statistics, the site sample's): one-sided
+Mann-Whitney test at 5% over the models. Normals that look more like pneumonia to the model than the training site's
+did are what cost ``fast`` its specificity on the official test split, where the flagged share did not move.
+
 Answers given with a caution (a patient outside the ages the model learnt from) are counted per period and summed
 per model in ``notes``: a standing fact to act on, not a change to test.
 

@@ -422,7 +422,8 @@ def normal_call_summary(periods: list[Period], models: list[Path]) -> tuple[list
     adapted on) that it calls NORMAL; a warning where the site's are higher (one-sided Mann-Whitney test, Bonferroni
     over the models), with at least ``MIN_IMAGES`` NORMAL answers. On the official test split ``fast`` keeps its
     flagged share and loses specificity, and its NORMAL answers there are less certain than its validation images'
-    (docs/BENCHMARKS.md, "Site monitoring"): what the counts alone cannot see. Returns rows, warnings and notes."""
+    (docs/BENCHMARKS.md, "Without labels: the NORMAL answers"): what the counts cannot see. Returns rows, warnings
+    and notes."""
     from pneumolab.evaluation.calibration import reference_normal_calls  # torch: only where models are checked
 
     files = model_files(models)

@@ -40,6 +40,8 @@ from pneumolab.inference.predictor import Predictor
 from pneumolab.site_adaptation.monitor import (
     MIN_IMAGES,
     Period,
+    merged,
+    model_files,
     normal_call_summary,
     normal_call_test,
     outcome_summary,
@@ -107,6 +109,7 @@ def main() -> None:
     args = ap.parse_args()
 
     predictor = Predictor.load(args.run)
+    files = merged(model_files([args.run]))  # read once: the checks below run thousands of times
     manifest = Manifest.load(args.data)
     val_records = [manifest.records[i] for i in manifest.indices("val")]
     paths, labels = [manifest.root / r.path for r in val_records], [r.label for r in val_records]
@@ -144,7 +147,7 @@ def main() -> None:
             warned = {"sensitivity": 0, "specificity": 0}
             for _ in range(n):
                 days = [day(f"d{d:03d}", pool, rng, args.images, args.labeled, sha) for d in range(k)]
-                said = " ".join(w for w in outcome_summary(days, [args.run])[1] if w.startswith("model "))
+                said = " ".join(w for w in outcome_summary(days, files)[1] if w.startswith("model "))
                 for name in warned:
                     warned[name] += f": {name} " in said
             cells.append(f"{warned['sensitivity'] / n:.3f} / {warned['specificity'] / n:.3f}")
@@ -167,7 +170,7 @@ def main() -> None:
                 warned[0] += len(said) >= MIN_IMAGES and normal_call_test(said, ref)["p_value"] < 0.05
                 tried[0] += 1
             if k * args.images <= len(ext):
-                warned[1] += bool(normal_call_summary(distinct_days(ext, rng, k, args.images, sha), [args.run])[1])
+                warned[1] += bool(normal_call_summary(distinct_days(ext, rng, k, args.images, sha), files)[1])
                 tried[1] += 1
         cells = [f"{w / n:.3f}" if t == n else "-" for w, t in zip(warned, tried, strict=True)]  # every log, or none
         print(f"| {k} | {cells[0]} | {cells[1]} |")

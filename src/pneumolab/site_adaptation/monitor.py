@@ -67,6 +67,7 @@ __all__ = [
     "MIN_IMAGES",
     "Period",
     "caution_notes",
+    "merged",
     "model_files",
     "monitor",
     "normal_call_summary",
@@ -375,12 +376,15 @@ def caution_notes(periods: list[Period]) -> list[str]:
     return out
 
 
-def outcome_summary(periods: list[Period], models: list[Path]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Per model, its answers' pooled sensitivity and specificity against what its operating point promised (the
-    model files in ``models``; Bonferroni over the models and the two rates), and the warnings where the site is
-    below the promise. The promise is itself measured, on a few hundred validation images: the site's rate is tested
-    against the images it rests on (one-sided Fisher's exact test, :func:`promise_p_value`), not against a number."""
-    promised = {sha: (path, meta.get("operating_point") or {}) for sha, (path, meta) in model_files(models).items()}
+def outcome_summary(
+    periods: list[Period], files: dict[str, tuple[Path, dict[str, Any]]]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Per model, its answers' pooled sensitivity and specificity against what its operating point promised (its model
+    file in ``files``, :func:`merged`; Bonferroni over the models and the two rates), and the warnings where the site
+    is below the promise. The promise is itself measured, on a few hundred validation images: the site's rate is
+    tested against the images it rests on (one-sided Fisher's exact test, :func:`promise_p_value`), not against a
+    number."""
+    promised = {sha: (path, meta.get("operating_point") or {}) for sha, (path, meta) in files.items()}
     rows, out = [], []
     shas = list(dict.fromkeys(p.model_sha256 for p in periods))
     alpha = 0.05 / (2 * max(1, sum(sha in promised for sha in shas)))
@@ -416,17 +420,18 @@ def outcome_summary(periods: list[Period], models: list[Path]) -> tuple[list[dic
     return rows, out
 
 
-def normal_call_summary(periods: list[Period], models: list[Path]) -> tuple[list[dict[str, Any]], list[str], list[str]]:
-    """Per model, without labels: its NORMAL answers' probabilities, pooled over the log, against those of the
-    images its model file keeps as the reference (the validation images, or the site sample it was calibrated or
-    adapted on) that it calls NORMAL; a warning where the site's are higher (one-sided Mann-Whitney test, Bonferroni
-    over the models), with at least ``MIN_IMAGES`` NORMAL answers. On the official test split ``fast`` keeps its
-    flagged share and loses specificity, and its NORMAL answers there are less certain than its validation images'
-    (docs/BENCHMARKS.md, "Without labels: the NORMAL answers"): what the counts cannot see. Returns rows, warnings
-    and notes."""
+def normal_call_summary(
+    periods: list[Period], files: dict[str, tuple[Path, dict[str, Any]]]
+) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """Per model, without labels: its NORMAL answers' probabilities, pooled over the log, against those of the images
+    its model file (in ``files``, :func:`merged`) keeps as the reference (the validation images, or the site sample
+    it was calibrated or adapted on) that it calls NORMAL; a warning where the site's are higher (one-sided
+    Mann-Whitney test, Bonferroni over the models), with at least ``MIN_IMAGES`` NORMAL answers. On the official test
+    split ``fast`` keeps its flagged share and loses specificity, and its NORMAL answers there are less certain than
+    its validation images' (docs/BENCHMARKS.md, "Without labels: the NORMAL answers"): what the counts cannot see.
+    Returns rows, warnings and notes."""
     from pneumolab.evaluation.calibration import reference_normal_calls  # torch: only where models are checked
 
-    files = model_files(models)
     shas = [sha for sha in dict.fromkeys(p.model_sha256 for p in periods) if sha in files]
     alpha = 0.05 / max(1, len(shas))
     rows, out, notes = [], [], []
@@ -471,18 +476,22 @@ def normal_call_test(site: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
     }
 
 
-def model_files(models: list[Path]) -> dict[str, tuple[Path, dict[str, Any]]]:
-    """The model files ``--model`` names, by SHA-256, each with its metadata: a ``.pt`` or ``.onnx`` file, or a run
-    folder's ``model.pt`` and, when exported, its ``model.onnx`` (the service may answer with either, and the logs
-    name the file it loaded)."""
-    return {sha: pair for target in models for sha, pair in _model_files(target).items()}
+def model_files(models: list[Path]) -> dict[Path, dict[str, tuple[Path, dict[str, Any]]]]:
+    """Per ``--model``, the model files it names, by SHA-256, each with its metadata: a ``.pt`` or ``.onnx`` file, or
+    a run folder's ``model.pt`` and, when exported, its ``model.onnx`` (the service may answer with either, and the
+    logs name the file it loaded). Read once: the checks take them merged, :func:`merged`."""
+    return {target: _model_files(target) for target in models}
 
 
-def _unused_models(models: list[Path], periods: list[Period]) -> list[str]:
+def merged(by_model: dict[Path, dict[str, tuple[Path, dict[str, Any]]]]) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """:func:`model_files` as one ``{SHA-256: (file, metadata)}``."""
+    return {sha: pair for files in by_model.values() for sha, pair in files.items()}
+
+
+def _unused_models(by_model: dict[Path, dict[str, tuple[Path, dict[str, Any]]]], periods: list[Period]) -> list[str]:
     """A warning per ``--model`` none of whose files answered in these logs (a wrong file or log)."""
     shas, out = {p.model_sha256 for p in periods}, []
-    for target in models:
-        files = _model_files(target)
+    for target, files in by_model.items():
         if not set(files) & shas:
             which = ", ".join(f"{path.name} {sha[:12]}" for sha, (path, _) in files.items())
             out.append(f"--model {target}: no answer in these logs came from it (SHA-256 {which})")
@@ -490,7 +499,7 @@ def _unused_models(models: list[Path], periods: list[Period]) -> list[str]:
 
 
 def _model_files(target: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
-    """:func:`model_files` of one ``--model``."""
+    """The model files of one ``--model`` (:func:`model_files`)."""
     from pneumolab.inference.export import read_onnx_meta
     from pneumolab.io import file_sha256
     from pneumolab.models.checkpoint import read_model_meta
@@ -523,15 +532,16 @@ def monitor(
     warnings = period_warnings(periods, against, outcomes=matched is not None)
     result = {"every": every, "against": against, "files": [str(f) for f in files]}
     notes = caution_notes(periods)
+    by_model = model_files(models)
     if models:
-        result["normal_calls"], said, unchecked = normal_call_summary(periods, models)
+        result["normal_calls"], said, unchecked = normal_call_summary(periods, merged(by_model))
         warnings += said
         notes += unchecked
     if matched is not None:
-        per_model, promise_warnings = outcome_summary(periods, models)
+        per_model, promise_warnings = outcome_summary(periods, merged(by_model))
         result["outcomes"] = {**matched, "models": per_model}
         warnings += promise_warnings
-    warnings += _unused_models(models, periods)
+    warnings += _unused_models(by_model, periods)
     return {**result, "periods": [p.row() for p in periods], "warnings": warnings, "notes": notes}
 
 

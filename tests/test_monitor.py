@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -379,8 +380,12 @@ def test_normal_answers_less_certain_than_on_validation_are_warned_without_label
     (warning,) = r["warnings"]
     assert warning.startswith(f"model {sha[:12]}: its 30 NORMAL answers are less certain than on the 20 validation")
     assert "median P(pneumonia) 0.346 against 0.105" in warning and "(pneumolab calibrate)" in warning
-    assert main(["monitor", str(shifted), "--model", str(tmp_path / "model.pt")]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the log-scale panel draws without matplotlib's complaints
+        assert main(["monitor", str(shifted), "--model", str(tmp_path / "model.pt"), "--out", str(tmp_path / "m")]) == 0
     out = capsys.readouterr().out
+    (day,) = json.loads((tmp_path / "m" / "monitor.json").read_text())["periods"]
+    assert day["normal_median"] == pytest.approx(0.346) and (tmp_path / "m" / "monitor.png").stat().st_size > 1000
     assert f"model {sha[:12]}: 30 NORMAL answers, median P(pneumonia) 0.346; on its validation images called " in out
     assert "NORMAL 0.105 (20 images), one-sided p = 1.5e-09" in out
 

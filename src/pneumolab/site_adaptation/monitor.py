@@ -156,6 +156,8 @@ class Period:
             "not_assessed_rate": _rate(self.not_assessed, seen),
             "flagged_rate": _rate(self.flagged, self.assessed),
             "mean_probability": self.probability_sum / self.assessed if self.assessed else None,
+            # what `--model` tests, pooled over the periods, against the model's reference
+            "normal_median": float(np.median(self.normal_probabilities)) if self.normal_probabilities else None,
             **{name: _rate(*self.checked(cls)) for name, cls in RATES},
             "reasons": dict(self.reasons.most_common(5)),
             "refusals": dict(self.refusals.most_common(5)),
@@ -547,7 +549,8 @@ def monitor(
 
 def plot_monitor(result: dict[str, Any], path: Path) -> None:
     """Flagged, not-assessed and refused shares per period with their 95% intervals, one colour per model; with
-    outcomes, sensitivity and specificity too, beside what each model's operating point promised."""
+    ``--model``, the NORMAL answers' median probability beside the model's reference; with outcomes, sensitivity and
+    specificity too, beside what each model's operating point promised."""
     from pneumolab.evaluation.plots import fig_to_png, plt
 
     rows = result["periods"]
@@ -557,6 +560,8 @@ def plot_monitor(result: dict[str, Any], path: Path) -> None:
         ("not_assessed_rate", "images not assessed (guard)"),
         ("refused_rate", "uploads refused before any model ran"),
     ]
+    if result.get("normal_calls"):
+        panels += [("normal_median", "median P(pneumonia) of the NORMAL answers (log scale)")]
     if "outcomes" in result:
         panels += [
             ("sensitivity", "sensitivity (confirmed PNEUMONIA)"),
@@ -564,10 +569,20 @@ def plot_monitor(result: dict[str, Any], path: Path) -> None:
         ]
     models = list(dict.fromkeys(r["model_sha256"] for r in rows))
     promised = {m["model_sha256"]: m["promised"] for m in result.get("outcomes", {}).get("models", []) if m["promised"]}
+    reference = {m["model_sha256"]: m["reference_median"] for m in result.get("normal_calls", [])}
     fig, axes = plt.subplots(len(panels), 1, figsize=(max(6.0, 0.5 * len(labels)), 2.8 * len(panels)), sharex=True)
     for ax, (key, title) in zip(axes, panels, strict=True):
         for colour, m in enumerate(models):
             pts = [(labels.index(r["period"]), r[key]) for r in rows if r["model_sha256"] == m and r[key]]
+            if key == "normal_median":  # a median per period, no interval: the test pools the periods
+                if pts and m in reference:
+                    ax.plot(*zip(*pts, strict=True), "o-", color=f"C{colour}", label=f"model {(m or 'unknown')[:12]}")
+                    if reference[m] is not None:
+                        ax.axhline(
+                            reference[m], color=f"C{colour}", ls="--", lw=1, label="its reference images called NORMAL"
+                        )
+                ax.set_yscale("log")
+                continue
             if pts:
                 x = [i for i, _ in pts]
                 y = [100 * v["value"] for _, v in pts]
@@ -584,6 +599,9 @@ def plot_monitor(result: dict[str, Any], path: Path) -> None:
                 )
         ax.set_ylabel("%")
         ax.set_title(f"{title}, 95% Wilson intervals")
+        if key == "normal_median":
+            ax.set_ylabel("P(pneumonia)")
+            ax.set_title(title)
     axes[1].axhline(100 * EXPECTED_NOT_ASSESSED, color="grey", ls="--", lw=1, label="expected at the training site")
     axes[-1].set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     for ax in axes:

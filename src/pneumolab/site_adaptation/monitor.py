@@ -551,6 +551,8 @@ def plot_monitor(result: dict[str, Any], path: Path) -> None:
     """Flagged, not-assessed and refused shares per period with their 95% intervals, one colour per model; with
     ``--model``, the NORMAL answers' median probability beside the model's reference; with outcomes, sensitivity and
     specificity too, beside what each model's operating point promised."""
+    from matplotlib.ticker import FuncFormatter
+
     from pneumolab.evaluation.plots import fig_to_png, plt
 
     rows = result["periods"]
@@ -582,6 +584,9 @@ def plot_monitor(result: dict[str, Any], path: Path) -> None:
                             reference[m], color=f"C{colour}", ls="--", lw=1, label="its reference images called NORMAL"
                         )
                 ax.set_yscale("log")
+                # plain numbers (0.01, 0.02, 0.05), not mathtext powers of ten: easier to read, and no pyparsing
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
                 continue
             if pts:
                 x = [i for i, _ in pts]

@@ -583,10 +583,6 @@ def plot_monitor(result: dict[str, Any], path: Path) -> None:
                         ax.axhline(
                             reference[m], color=f"C{colour}", ls="--", lw=1, label="its reference images called NORMAL"
                         )
-                ax.set_yscale("log")
-                # plain numbers (0.01, 0.02, 0.05), not mathtext powers of ten: easier to read, and no pyparsing
-                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-                ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
                 continue
             if pts:
                 x = [i for i, _ in pts]
@@ -602,11 +598,16 @@ def plot_monitor(result: dict[str, Any], path: Path) -> None:
                 ax.axhline(
                     100 * promised[m][key], color=f"C{colour}", ls="--", lw=1, label="promised (stored operating point)"
                 )
-        ax.set_ylabel("%")
-        ax.set_title(f"{title}, 95% Wilson intervals")
         if key == "normal_median":
+            ax.set_yscale("log")
+            # plain numbers (0.01, 0.02, 0.05), not mathtext powers of ten: easier to read, and no pyparsing
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
             ax.set_ylabel("P(pneumonia)")
             ax.set_title(title)
+        else:
+            ax.set_ylabel("%")
+            ax.set_title(f"{title}, 95% Wilson intervals")
     axes[1].axhline(100 * EXPECTED_NOT_ASSESSED, color="grey", ls="--", lw=1, label="expected at the training site")
     axes[-1].set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     for ax in axes:

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from pneumolab.inference.predictor import Predictor
 from pneumolab.models.checkpoint import load_model_file
 from pneumolab.serve.app import create_app
 from pneumolab.site_adaptation.adapt import reestimate_batchnorm
-from pneumolab.site_adaptation.calibrate import fit_platt
+from pneumolab.site_adaptation.calibrate import answer_margins, fit_platt
 from pneumolab.site_adaptation.folds import site_fold_metrics
 from pneumolab.site_adaptation.provenance import rows_digest
 
@@ -220,6 +221,150 @@ def test_adapt_round_trip_on_a_folder_of_unlabeled_images(runs, sample_data, tmp
     assert meta["reference_scores"]["images"] == 75
     card = (new / "MODEL_CARD.md").read_text()
     assert "`pneumolab adapt` on 75 images" in card and "8 layers re-estimated, labels unused" in card
+
+
+def test_answer_margins_invert_the_operating_point() -> None:
+    d = np.array([-6.0, -0.5, 0.0, 1.5, 7.0])
+    meta = {"temperature": 2.0, "prior_shift": -0.4}
+    p = OperatingPoint.from_meta(meta).margin_probability(d).astype(np.float32)  # as a log holds them
+    np.testing.assert_allclose(answer_margins(p, meta), d, atol=1e-5)
+    assert answer_margins(np.array([0.0, 1.0]), meta) == pytest.approx([-31.44, 33.04], abs=0.01)  # clipped at 1e-7
+
+
+def _answers(run, folder, tmp_path, capsys) -> tuple:
+    """``predict --json`` on ``folder``'s images and a CSV image,label of their true classes (their folder names)."""
+    assert main(["predict", str(run), str(folder), "--json"]) == 0
+    log = tmp_path / "answers.jsonl"
+    log.write_text(capsys.readouterr().out)
+    images = [json.loads(line)["image"] for line in log.read_text().splitlines()]
+    outcomes = tmp_path / "outcomes.csv"
+    outcomes.write_text("image,label\n" + "".join(f"{i},{Path(i).parent.name}\n" for i in images))
+    return log, outcomes, images
+
+
+def test_calibrate_on_confirmed_outcomes_equals_calibrating_on_the_images(runs, sample_data, tmp_path, capsys) -> None:
+    """The same site images, given as the model's logged answers with their outcomes, calibrate to the same numbers
+    as given as labeled images: the answers' probabilities carry the margins."""
+    from pneumolab.io import file_sha256
+
+    # The tiny model's margins span only 0.02 (a Platt fit on them is ill-conditioned): its head is scaled so that
+    # they span ~4 around 0, as a trained model's do.
+    blob = torch.load(runs["bn"] / "model.pt", weights_only=True)
+    w, b = blob["state_dict"]["head.1.weight"], blob["state_dict"]["head.1.bias"]
+    w.mul_(200), b.mul_(200)
+    b[1] -= 200 * 1.58  # margin: 200 x (old margin - ~1.58)
+    run = tmp_path / "model.pt"
+    torch.save(blob, run)
+    model0, meta0 = load_model_file(run)
+    manifest = Manifest.load(sample_data)
+    rows = manifest.indices("test")
+    logits = torch.from_numpy(
+        predict_logits(model0, Preprocessing.from_meta(meta0), manifest, rows, sample_data / "cache")
+    )
+    margins = logits[:, 1] - logits[:, 0]
+    assert 2 < margins.max() - margins.min() < 20 and margins.min() < 0 < margins.max()
+    probabilities = OperatingPoint.from_meta(meta0).probability(logits).tolist()  # float32, as the service logs them
+    images = [manifest.records[i].path for i in rows]
+    log = tmp_path / "predictions-2026-12-07.jsonl"
+    sha = file_sha256(run)
+    log.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "time": "2026-12-07T10:00:00Z",
+                    "model_sha256": sha,
+                    "image": i,
+                    "probability": p,
+                    "label": "PNEUMONIA" if p >= meta0["threshold"] else "NORMAL",
+                }
+            )
+            + "\n"
+            for i, p in zip(images, probabilities, strict=True)
+        )
+    )
+    outcomes = tmp_path / "outcomes.csv"
+    outcomes.write_text(
+        "image,label\n" + "".join(f"{manifest.records[i].path},{manifest.records[i].label}\n" for i in rows)
+    )
+    assert (
+        main(["calibrate", str(run), "--data", str(sample_data), "--split", "test", "--out", str(tmp_path / "img")])
+        == 0
+    )
+    capsys.readouterr()
+    args = ["calibrate", str(run), "--outcomes", str(outcomes), "--logs", str(log), "--out", str(tmp_path / "oc")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "calibrated on 75 answers with confirmed outcomes" in out and "warning" not in out
+    meta_img, meta = load_model_file(tmp_path / "img")[1], load_model_file(tmp_path / "oc")[1]
+    np.testing.assert_allclose(meta["reference_scores"]["margins"], meta_img["reference_scores"]["margins"], atol=2e-4)
+    for k in ("temperature", "prior_shift", "threshold"):
+        assert meta[k] == pytest.approx(meta_img[k], rel=1e-3, abs=1e-4)
+    assert meta["operating_point"] == meta_img["operating_point"]
+    step = meta["site"][-1]
+    assert step["source"] == "outcomes" and step["images"] == 75 and step["logs"] == [str(log.resolve())]
+    assert step["classes"] == meta_img["site"][-1]["classes"]
+    assert "answers with the confirmed outcomes" in (tmp_path / "oc" / "MODEL_CARD.md").read_text()
+    assert main(["evaluate", str(tmp_path / "oc"), "--data", str(sample_data), "--split", "val", "--n-boot", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "site-calibrated on 75 answers with confirmed outcomes" in out and "calibrate --outcomes" in out
+
+    # an image answered twice counts once; an outcome for no logged answer is counted and said
+    with log.open("a") as f:
+        f.write(log.read_text().splitlines()[0] + "\n")
+    with outcomes.open("a") as f:
+        f.write("elsewhere.jpeg,NORMAL\n")
+    args[-1] = str(tmp_path / "oc2")
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "calibrated on 75 answers" in out and "left out: 1 answers given again" in out
+    assert "left out: 1 outcomes of no answer in these logs" in out
+
+
+def test_outcomes_of_only_the_flagged_answers_are_warned_about(runs, tmp_path, capsys) -> None:
+    from pneumolab.data import sample_root
+
+    run = runs["bn"]
+    log, outcomes, images = _answers(run, sample_root() / "test", tmp_path, capsys)
+    answers = {json.loads(line)["image"]: json.loads(line)["label"] for line in log.read_text().splitlines()}
+    # every flagged answer followed up, only every fourth NORMAL answer
+    kept = [i for n, i in enumerate(images) if answers[i] == "PNEUMONIA" or n % 4 == 0]
+    outcomes.write_text("image,label\n" + "".join(f"{i},{Path(i).parent.name}\n" for i in kept))
+    args = ["calibrate", str(run), "--outcomes", str(outcomes), "--logs", str(log), "--out", str(tmp_path / "oc")]
+    assert main([*args, "--policy", "youden"]) == 0
+    assert "warning: outcomes are known for" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "give the site sample as --data (labeled images) or --outcomes with --logs"),
+        (["--outcomes", "OC"], "--outcomes needs --logs"),
+        (["--data", "DATA", "--outcomes", "OC", "--logs", "LOG"], "one of the two"),
+        (["--outcomes", "OC", "--logs", "LOG", "--split", "test"], "the answers of --logs have no splits"),
+        (["--outcomes", "OC", "--logs", "OTHER"], "none of its outcomes belongs to an answer of"),
+        (["--outcomes", "ONE", "--logs", "LOG"], "holds only PNEUMONIA confirmed answers"),
+    ],
+)
+def test_calibrate_on_outcomes_refuses_bad_input_with_one_sentence(
+    runs, sample_data, tmp_path, capsys, extra, message
+) -> None:
+    from pneumolab.data import sample_root
+
+    log, outcomes, images = _answers(runs["bn"], sample_root() / "test", tmp_path, capsys)
+    other = tmp_path / "other.jsonl"  # the same answers, given by another model file
+    other.write_text(
+        "".join(
+            json.dumps({**json.loads(line), "model_sha256": "ab" * 32}) + "\n" for line in log.read_text().splitlines()
+        )
+    )
+    one = tmp_path / "one.csv"
+    one.write_text("image,label\n" + "".join(f"{i},PNEUMONIA\n" for i in images if "PNEUMONIA" in i))
+    names = {"OC": outcomes, "LOG": log, "OTHER": other, "ONE": one, "DATA": sample_data}
+    args = ["calibrate", str(runs["bn"]), "--out", str(tmp_path / "new"), *[str(names.get(a, a)) for a in extra]]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "new" / "model.pt").exists()
 
 
 @pytest.mark.parametrize(

@@ -31,25 +31,67 @@ def _echo_skipped(r: dict) -> None:
     [
         "pneumolab calibrate runs/train/fast --data site/labeled_sample --out runs/site/fast-calibrated",
         "pneumolab calibrate runs/train/fast --data site.csv --out runs/site/fast-cal --policy 'sensitivity>=0.9'",
+        "pneumolab calibrate runs/train/fast --outcomes confirmed.csv --logs audit/ --out runs/site/fast-oc",
     ],
 )
 def calibrate_cmd(
     model: Annotated[Path, typer.Argument(help="Run folder or model.pt.")],
-    data: SiteData,
     out: NewRun,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="The site's labeled images: dataset folder, Kaggle-layout folder, CSV or npz."),
+    ] = None,
+    outcomes: Annotated[
+        Path | None,
+        typer.Option(
+            help="Instead of images: a CSV of confirmed outcomes of the model's logged answers, request_id,label or "
+            "image,label (as for monitor); needs --logs."
+        ),
+    ] = None,
+    logs: Annotated[
+        list[Path] | None,
+        typer.Option(help="With --outcomes: the audit log folder (`serve --audit DIR`) or `predict --json` files."),
+    ] = None,
     policy: Annotated[
         str | None, typer.Option(help="Threshold policy on the site's images (default: the model's own).")
     ] = None,
     split: SiteSplit = "all",
 ) -> None:
-    """Refit temperature and intercept and re-choose the threshold on a LABELED site sample; writes a new run."""
-    from pneumolab.site_adaptation.calibrate import calibrate
+    """Refit temperature and intercept and re-choose the threshold on a LABELED site sample (--data), or on the
+    answers the model gave at the site whose outcomes were confirmed (--outcomes, --logs); writes a new run."""
+    from pneumolab.errors import InputError
+    from pneumolab.site_adaptation.calibrate import calibrate, calibrate_from_outcomes
 
-    r = calibrate(model, data, out, policy=policy, split=split)
+    if (data is None) == (outcomes is None):
+        raise InputError("give the site sample as --data (labeled images) or --outcomes with --logs, one of the two")
+    if outcomes is not None and not logs:
+        raise InputError("--outcomes needs --logs: the audit log or predict --json files that hold those answers")
+    if data is not None and logs:
+        raise InputError("--logs goes with --outcomes (answers with confirmed outcomes), not with --data")
+    if outcomes is not None:
+        if split != "all":
+            raise InputError("--split selects rows of --data; the answers of --logs have no splits")
+        r = calibrate_from_outcomes(model, logs, outcomes, out, policy=policy)
+        a = r["answers"]
+        classes = ", ".join(f"{n} {c}" for c, n in r["classes"].items())
+        typer.echo(f"calibrated on {r['images']} answers with confirmed outcomes ({classes}), policy {r['policy']}")
+        left = {
+            "repeated": "answers given again to the same image (the latest kept)",
+            "not_assessed": "outcomes of images the model did not assess",
+            "other_models": "outcomes of answers of other model files",
+            "outcomes_unmatched": "outcomes of no answer in these logs",
+        }
+        for k, what in left.items():
+            if a[k]:
+                typer.echo(f"  left out: {a[k]} {what}")
+        for w in r["warnings"]:
+            typer.echo(f"warning: {w}")
+    else:
+        r = calibrate(model, data, out, policy=policy, split=split)
+        classes = ", ".join(f"{n} {c}" for c, n in r["classes"].items())
+        typer.echo(f"calibrated on {r['images']} labeled images of {r['data']} ({classes}), policy {r['policy']}")
+        _echo_skipped(r)
     fit = r["on_site_sample"]
-    classes = ", ".join(f"{n} {c}" for c, n in r["classes"].items())
-    typer.echo(f"calibrated on {r['images']} labeled images of {r['data']} ({classes}), policy {r['policy']}")
-    _echo_skipped(r)
     typer.echo(
         f"  threshold {r['threshold']['before']:.4f} -> {r['threshold']['after']:.4f}, temperature "
         f"{r['temperature']['before']:.3f} -> {r['temperature']['after']:.3f}, "

@@ -239,6 +239,8 @@ def _site_section(steps: list[dict[str, Any]]) -> list[str]:
     lines = ["## Site calibration and adaptation", ""]
     for s in steps:
         images = f"{s['images']} images of `{s['data']}` (SHA-256 of their hashes `{s['data_sha256'][:16]}`)"
+        if s.get("source") == "outcomes":
+            images = f"{s['images']} logged answers with the confirmed outcomes of `{s['data']}` (no images)"
         lines.append(f"- {s['date']}: `pneumolab {s['step']}` on {images}, from `{s['from_model']}`")
         if s["step"] == "calibrate":
             lines.append(

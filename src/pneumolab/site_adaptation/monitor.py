@@ -66,6 +66,7 @@ __all__ = [
     "EXPECTED_NOT_ASSESSED",
     "MIN_IMAGES",
     "Period",
+    "attach_outcomes",
     "caution_notes",
     "merged",
     "model_files",
@@ -256,7 +257,7 @@ def read_outcomes(path: Path) -> tuple[str, dict[str, str]]:
     return key, table
 
 
-def _attach_outcomes(records: list[dict[str, Any]], path: Path) -> dict[str, Any]:
+def attach_outcomes(records: list[dict[str, Any]], path: Path) -> dict[str, Any]:
     """Set each answer's ``"_outcome"`` from the CSV; what matched and what did not."""
     key, table = read_outcomes(path)
     found = set()
@@ -529,7 +530,7 @@ def monitor(
     models = models or []
     files = _files(paths)
     records = read_records(files)
-    matched = _attach_outcomes(records, outcomes) if outcomes is not None else None
+    matched = attach_outcomes(records, outcomes) if outcomes is not None else None
     periods = _group(records, every)
     warnings = period_warnings(periods, against, outcomes=matched is not None)
     result = {"every": every, "against": against, "files": [str(f) for f in files]}

@@ -30,7 +30,9 @@ __all__ = [
     "assessable",
     "check_out",
     "describe_site",
+    "digest_of",
     "load_site_sample",
+    "provenance_entry",
     "rows_digest",
     "site_entry",
     "threshold_origin",
@@ -181,13 +183,22 @@ def load_site_sample(data: str | Path, work_dir: Path, split: str = "all", *, la
 
 def site_entry(step: str, sample: SiteSample, model_file: Path, **details: Any) -> dict[str, Any]:
     """One provenance record: which step, on which images (a digest, count, classes), when, from which model."""
-    return {
-        "step": step,
+    source = {
         "data": sample.data,
         "data_sha256": sample.digest(),
         "images": len(sample.rows),
         **({"classes": sample.counts()} if step == "calibrate" else {}),
         **({"skipped_files": sample.skipped} if sample.skipped else {}),
+    }
+    return provenance_entry(step, source, model_file, **details)
+
+
+def provenance_entry(step: str, source: dict[str, Any], model_file: Path, **details: Any) -> dict[str, Any]:
+    """:func:`site_entry` for any ``source`` (``data``, ``data_sha256``, ``images``, ...): the step, when, from
+    which model."""
+    return {
+        "step": step,
+        **source,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "from_model": str(model_file.resolve()),
         "from_model_sha256": file_sha256(model_file),
@@ -205,7 +216,10 @@ def describe_site(meta: dict[str, Any]) -> str | None:
     parts = []
     for s in steps:
         what = "labeled" if s["step"] == "calibrate" else "unlabeled"
-        parts.append(f"{words[s['step']]} on {s['images']} {what} images of {s['data']} ({s['date'][:10]})")
+        sample = f"{s['images']} {what} images of {s['data']}"
+        if s.get("source") == "outcomes":
+            sample = f"{s['images']} answers with confirmed outcomes ({s['data']})"
+        parts.append(f"{words[s['step']]} on {sample} ({s['date'][:10]})")
     return "; ".join(parts)
 
 
@@ -217,6 +231,11 @@ def threshold_origin(meta: dict[str, Any]) -> str:
     calibrated = [s for s in meta.get("site") or [] if s["step"] == "calibrate"]
     if calibrated:
         s = calibrated[-1]
+        if s.get("source") == "outcomes":
+            return (
+                f"chosen on the site's answers with confirmed outcomes by `pneumolab calibrate --outcomes`, policy "
+                f"{policy}: {s['images']} answers ({s['data']}, {s['date'][:10]})"
+            )
         return (
             f"chosen on a labeled site sample by `pneumolab calibrate`, policy {policy}: {s['images']} images "
             f"of {s['data']} ({s['date'][:10]})"

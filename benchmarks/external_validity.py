@@ -61,9 +61,6 @@ STRONG = [
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast": ("fast", []),
     "fast-1view": ("fast", ["data.augment.views=1"]),
-    "fast-ampmix-0.5": ("fast", ["data.augment.amplitude_mix=0.5"]),
-    "fast-ampmix-1": ("fast", ["data.augment.amplitude_mix=1.0"]),
-    "fast-mixstyle": ("fast", ["model.kwargs.mixstyle=0.5"]),
     "fast-no-aspect": ("fast", ["data.augment.aspect=0"]),
     "fast-no-zoom-border": ("fast", ["data.augment.scale=[0.9,1.1]", "data.augment.border_erase=0.0"]),
     "fast-dataset-norm": ("fast", ["data.normalization=dataset"]),

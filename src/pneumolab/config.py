@@ -80,10 +80,6 @@ class AugmentConfig(StrictModel):
     # > 0: a tone curve x ** g per image, log g ~ U(-gamma, gamma), on [0, 1] grey levels. Exposure, penetration and
     # each vendor's look-up table bend the grey scale; per-image normalisation undoes only its linear part.
     gamma: float = Field(0.0, ge=0, le=1)
-    # > 0: each image's Fourier amplitude spectrum is mixed with that of another image of the batch by U(0, value),
-    # its phase kept (FACT's amplitude mix, Xu et al. 2021): texture, sharpness and noise spectrum -- what a detector
-    # and its post-processing set -- travel between images and classes, the anatomy (the phase) stays. Needs batched.
-    amplitude_mix: float = Field(0.0, ge=0, le=1)
     # true: the loader yields raw uint8 batches and the DataModule augments each whole batch on the device
     # (per-sample random parameters, vectorised: ~50x less CPU per image than per-image transforms, and on
     # the GPU when training there); false: torchvision's per-image transforms in the loader workers.
@@ -104,11 +100,7 @@ class AugmentConfig(StrictModel):
 
     @model_validator(mode="after")
     def _batched_only(self) -> AugmentConfig:
-        for what, on in (
-            ("views", self.views > 1),
-            ("supersample", self.supersample > 1),
-            ("amplitude_mix", self.amplitude_mix > 0),
-        ):
+        for what, on in (("views", self.views > 1), ("supersample", self.supersample > 1)):
             if on and not (self.enabled and self.batched):
                 raise ValueError(
                     f"{what}={getattr(self, what)} augments whole batches: set data.augment.batched=true "

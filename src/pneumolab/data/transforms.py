@@ -170,8 +170,6 @@ class BatchTrainPreset(torch.nn.Module):
             # Sampling the output grid straight from the larger input costs 1/3 as much but aliases: its operating
             # point, fitted on such validation views, called 16-22% of the external normals pneumonia (ninth round).
             x = F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear", antialias=True)
-        if self.augment.enabled and self.augment.amplitude_mix:  # at the model's size: the spectrum it sees, 4x cheaper
-            x = _amplitude_mix(x, torch.rand(x.shape[0], device=x.device) * self.augment.amplitude_mix)
         return self.eval.normalize(x)
 
     def _augment(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
@@ -216,17 +214,6 @@ class BatchTrainPreset(torch.nn.Module):
         if a.hflip:
             x = torch.where((torch.rand(b, device=x.device) < 0.5)[:, None, None, None], x.flip(-1), x)
         return x
-
-
-def _amplitude_mix(x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    """Mix each image's amplitude spectrum with that of a random other image of ``x`` (B, 1, H, W) by ``lam``
-    (B,), keeping its phase; the result is clamped to the [0, 1] grey levels."""
-    spectrum = torch.fft.rfft2(x.float())  # (B, 1, H, W // 2 + 1) complex
-    amplitude, phase = spectrum.abs(), spectrum.angle()
-    other = amplitude[torch.randperm(x.shape[0], device=x.device)]
-    lam = lam[:, None, None, None]
-    mixed = torch.polar((1 - lam) * amplitude + lam * other, phase)
-    return torch.fft.irfft2(mixed, s=x.shape[-2:]).clamp_(0, 1).to(x.dtype)
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 from typing import Literal
 
-import torch
 from torch import nn
 
 from pneumolab.errors import InputError
@@ -122,27 +121,6 @@ class SmallCNN(nn.Module):
         return self.head(self.pool(self.features(x)).flatten(1))  # features: (B, C', H/2^k, W/2^k)
 
 
-class MixStyle(nn.Module):
-    """MixStyle (Zhou et al., ICLR 2021), training only: with probability ``p`` a batch's feature maps keep their
-    normalised content but take a mix of their own and a random other sample's per-channel mean and std (the
-    "style" a scanner and its post-processing give the early features), mixed by Beta(0.1, 0.1). Identity in eval."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
-        if not self.training or torch.rand(()) >= self.p:
-            return x
-        b = x.shape[0]
-        mu = x.mean(dim=(2, 3), keepdim=True).detach()  # (B, C, 1, 1)
-        sig = (x.var(dim=(2, 3), keepdim=True) + 1e-6).sqrt().detach()
-        lam = torch.distributions.Beta(0.1, 0.1).sample((b, 1, 1, 1)).to(x)
-        perm = torch.randperm(b, device=x.device)
-        mu_mix, sig_mix = lam * mu + (1 - lam) * mu[perm], lam * sig + (1 - lam) * sig[perm]
-        return (x - mu) / sig * sig_mix + mu_mix
-
-
 def _norm(kind: str, channels: int) -> nn.Module:
     # Group norm (8 groups) normalises each image by itself: no batch statistics to carry to another site.
     return nn.BatchNorm2d(channels) if kind == "batch" else nn.GroupNorm(8, channels)
@@ -197,7 +175,6 @@ def cnn_improved(
     width: int = 16,
     norm: Literal["batch", "group"] = "batch",
     stem_stride: Literal[1, 2] = 1,
-    mixstyle: float = 0.0,
 ) -> SmallCNN:
     """Improved CNN (deeper, BatchNorm, dropout): 4 x [(Conv3x3 -> BN -> ReLU) x 2 -> MaxPool2]
     (16, 32, 64, 128 channels), global average pool, Dropout(0.3) -> Linear(128, num_classes).
@@ -219,9 +196,6 @@ def cnn_improved(
             for i, (a, b) in enumerate(itertools.pairwise(chans))
         ]
     )
-    if mixstyle:  # after the first two blocks (no parameters: the state dict and layer names stay the same)
-        for block in features[:2]:
-            block.append(MixStyle(mixstyle))
     head = nn.Sequential(nn.Dropout(0.3 if dropout is None else dropout), nn.Linear(8 * width, num_classes))
     return SmallCNN(features, head)
 

@@ -88,3 +88,19 @@ def test_a_commands_working_copy_is_decoded_under_the_users_source_name(
     with caplog.at_level(logging.INFO, logger="pneumolab"):
         load_cache(m, 24, data_dir / "cache")
     assert {r.getMessage() for r in caplog.records} == {f"decoding the {len(m)} images of {listed} once at 24 px"}
+
+
+def test_cached_images_are_what_predict_and_the_service_feed_the_model(sample_data) -> None:
+    """The validation images a threshold is fitted on and the external images `evaluate` scores come from the cache;
+    `predict` and the service decode each upload in full and resize it with the model's preprocessing. The two must
+    give the same pixels, or the measured operating point is not the served one (real Kermany JPEGs)."""
+    from pneumolab.data.readers import decode_bytes
+    from pneumolab.data.transforms import Preprocessing
+
+    m = Manifest.load(sample_data)
+    arr = load_cache(m, 32, sample_data / "cache")
+    pre = Preprocessing(image_size=32, mean=0.5, std=0.25)
+    for i in range(0, len(m), 7):
+        path = m.root / m.records[i].path
+        assert path.suffix == ".jpeg"
+        assert np.array_equal(arr[i], pre.resize(decode_bytes(path.read_bytes(), path.name).pixels)), path.name

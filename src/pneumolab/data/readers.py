@@ -147,7 +147,7 @@ def _dicom_padding(ds, stored: np.ndarray) -> np.ndarray | None:
     return mask if mask.any() else None
 
 
-def _decode_pil(data: bytes, name: str, max_pixels: int, draft: int | None) -> DecodedImage:
+def _decode_pil(data: bytes, name: str, max_pixels: int) -> DecodedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit below decides
@@ -158,9 +158,6 @@ def _decode_pil(data: bytes, name: str, max_pixels: int, draft: int | None) -> D
                     name, "decompression_bomb", f"{w}x{h} pixels exceeds the {max_pixels:,}-pixel limit"
                 )
             mode = img.mode
-            if draft and img.format == "JPEG":
-                # Let libjpeg decode at 1/2..1/8 scale when the target is small: much faster on big originals.
-                img.draft("L", (draft, draft))
             img.load()
     except ImageReadError:
         raise
@@ -171,7 +168,7 @@ def _decode_pil(data: bytes, name: str, max_pixels: int, draft: int | None) -> D
         kind = "truncated" if "truncat" in msg.lower() else "corrupt"
         raise ImageReadError(name, kind, f"cannot decode the image ({msg or type(e).__name__})") from None
     if img.format == "JPEG":
-        _check_jpeg_strictly(data, name, draft)
+        _check_jpeg_strictly(data, name)
     if mode == "1":
         raise ImageReadError(
             name,
@@ -200,13 +197,13 @@ def _colourfulness(img: Image.Image) -> float:
     return float(np.abs(arr - arr.mean(axis=2, keepdims=True)).mean())
 
 
-def _check_jpeg_strictly(data: bytes, name: str, draft: int | None) -> None:
+def _check_jpeg_strictly(data: bytes, name: str) -> None:
     """PIL decodes a JPEG with corrupt entropy data without complaint (libjpeg only warns, and the damaged
     part comes out grey); libjpeg-turbo through simplejpeg in strict mode turns those warnings into errors."""
     import simplejpeg
 
     try:
-        simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=True, min_height=draft or 0, min_width=draft or 0)
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=True)
     except ValueError as e:
         msg = str(e)
         if "Corrupt JPEG data" in msg or "Premature end" in msg:
@@ -401,9 +398,7 @@ def _dicom_pixels(ds) -> DecodedImage:
     return DecodedImage(out, f"DICOM {photometric} {bits}-bit", True, ds.get("PatientID"))
 
 
-def decode_bytes(
-    data: bytes, name: str, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE, draft: int | None = None
-) -> DecodedImage:
+def decode_bytes(data: bytes, name: str, *, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE) -> DecodedImage:
     """Decode an image file's bytes to ``(H, W) uint8`` grayscale.
 
     Args:
@@ -411,16 +406,15 @@ def decode_bytes(
         name: how to name the file in errors (a path, never a patient name).
         max_pixels: larger images are refused as decompression bombs.
         min_side: images with a side shorter than this are refused.
-        draft: if given, JPEGs may be decoded at reduced scale as long as both sides stay >= draft.
     """
     if not data:
         raise ImageReadError(name, "empty_file", "file is empty (0 bytes)")
     fmt = sniff_format(data[:132])
     if fmt is None:
         raise ImageReadError(name, "not_an_image", "content is not JPEG, PNG or DICOM (whatever the extension says)")
-    img = _decode_dicom(data, name, max_pixels) if fmt == "dicom" else _decode_pil(data, name, max_pixels, draft)
+    img = _decode_dicom(data, name, max_pixels) if fmt == "dicom" else _decode_pil(data, name, max_pixels)
     h, w = img.pixels.shape[:2]
-    if min(h, w) < min_side and not draft:
+    if min(h, w) < min_side:
         raise ImageReadError(name, "too_small", f"{w}x{h} px is smaller than the {min_side} px minimum")
     return img
 
@@ -431,7 +425,7 @@ def _npz_images(path: str, split: str) -> np.ndarray:
         return z[f"{split}_images"]
 
 
-def read_entry(root: Path, rel: str, *, draft: int | None = None) -> tuple[bytes, DecodedImage]:
+def read_entry(root: Path, rel: str) -> tuple[bytes, DecodedImage]:
     """Read one manifest entry (a file, or ``file.npz#split/index``) and decode it.
 
     Returns:
@@ -462,4 +456,4 @@ def read_entry(root: Path, rel: str, *, draft: int | None = None) -> tuple[bytes
         raise ImageReadError(rel, "unreadable", f"no such file{where}") from None
     except OSError as e:
         raise ImageReadError(rel, "unreadable", f"cannot read the file ({e.strerror})") from None
-    return data, decode_bytes(data, rel, draft=draft)
+    return data, decode_bytes(data, rel)

@@ -180,8 +180,8 @@ def calibrate(
 
 def answer_margins(probabilities: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
     """The logit margins ``z_1 - z_0`` behind answers a model file gave: its operating point's
-    ``p = sigmoid(d / T + b)`` inverted. A float32 probability keeps margins to about +-16 / T - b; beyond, the answer
-    was certain and its exact margin does not move a fit."""
+    ``p = sigmoid(d / T + b)`` inverted. A float32 probability keeps the log-odds to ~1e-5 between 0.01 and 0.99 and
+    saturates at +-16; beyond, the answer was certain and its exact margin does not move a fit."""
     op = OperatingPoint.from_meta(meta)
     p = np.clip(np.asarray(probabilities, np.float64), 1e-7, 1 - 1e-7)
     return (np.log(p / (1 - p)) - op.prior_shift) * op.temperature

@@ -247,22 +247,27 @@ def test_calibrate_on_confirmed_outcomes_equals_calibrating_on_the_images(runs, 
     as given as labeled images: the answers' probabilities carry the margins."""
     from pneumolab.io import file_sha256
 
-    # The tiny model's margins span only 0.02 (a Platt fit on them is ill-conditioned): its head is scaled so that
-    # they span ~4 around 0, as a trained model's do.
-    blob = torch.load(runs["bn"] / "model.pt", weights_only=True)
-    w, b = blob["state_dict"]["head.1.weight"], blob["state_dict"]["head.1.bias"]
-    w.mul_(200), b.mul_(200)
-    b[1] -= 200 * 1.58  # margin: 200 x (old margin - ~1.58)
-    run = tmp_path / "model.pt"
-    torch.save(blob, run)
-    model0, meta0 = load_model_file(run)
+    # A tiny model's margins span a few hundredths (a Platt fit on them is ill-conditioned): its head is scaled so that
+    # they span 4 around 0, as a trained model's do.
     manifest = Manifest.load(sample_data)
     rows = manifest.indices("test")
-    logits = torch.from_numpy(
-        predict_logits(model0, Preprocessing.from_meta(meta0), manifest, rows, sample_data / "cache")
-    )
-    margins = logits[:, 1] - logits[:, 0]
-    assert 2 < margins.max() - margins.min() < 20 and margins.min() < 0 < margins.max()
+
+    def margins_of(model_file):  # (N,) logit margins of the test rows, and the file's metadata
+        model, meta = load_model_file(model_file)
+        z = predict_logits(model, Preprocessing.from_meta(meta), manifest, rows, sample_data / "cache")
+        return torch.from_numpy(z[:, 1] - z[:, 0]), meta
+
+    m, _ = margins_of(runs["bn"])
+    k, centre = 4 / float(m.max() - m.min()), float(m.median())
+    blob = torch.load(runs["bn"] / "model.pt", weights_only=True)
+    w, b = blob["state_dict"]["head.1.weight"], blob["state_dict"]["head.1.bias"]
+    w.mul_(k), b.mul_(k)
+    b[1] -= k * centre  # margin: k x (old margin - its median)
+    run = tmp_path / "model.pt"
+    torch.save(blob, run)
+    margins, meta0 = margins_of(run)
+    assert float(margins.max() - margins.min()) == pytest.approx(4, rel=1e-3) and margins.min() < 0 < margins.max()
+    logits = torch.stack([torch.zeros_like(margins), margins], 1)
     probabilities = OperatingPoint.from_meta(meta0).probability(logits).tolist()  # float32, as the service logs them
     images = [manifest.records[i].path for i in rows]
     log = tmp_path / "predictions-2026-12-07.jsonl"

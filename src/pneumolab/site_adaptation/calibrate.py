@@ -250,7 +250,8 @@ def calibrate_from_outcomes(
         which = ", ".join(sorted(s[:12] for s in shas))
         raise InputError(
             f"{outcomes}: none of its outcomes belongs to an answer of {model_target} (SHA-256 {which}) in these "
-            f"logs ({answers['other_models']} belong to other model files); give the model that gave the answers"
+            f"logs ({answers['other_models']} belong to other model files); give the model that gave the answers "
+            "(its run folder, if the service ran its model.onnx)"
         )
     chosen = list(latest.values())
     y = np.array([r["_outcome"] == "PNEUMONIA" for r in chosen], dtype=np.int64)

@@ -418,7 +418,8 @@ def outcome_summary(
                 out.append(
                     f"model {(sha or 'unknown')[:12]}: {name} {_pct(row[name])} on {n} {cls} outcomes, below the "
                     f"{100 * op[name]:.1f}% its operating point promised (fitted on {where}; {size}): its threshold "
-                    "does not hold here; re-choose it on a labeled site sample (pneumolab calibrate) and evaluate it"
+                    "does not hold here; re-choose it on these outcomes (pneumolab calibrate MODEL --outcomes CSV "
+                    "--logs LOGS) or a labeled site sample, and evaluate it on other site images"
                 )
     return rows, out
 

@@ -225,7 +225,7 @@ def calibrate_from_outcomes(
         The provenance record written into the new model file (``meta["site"][-1]``), with ``model_file``,
         ``answers`` (what was used and left out) and ``warnings``.
     """
-    from pneumolab.site_adaptation.monitor import attach_outcomes, model_files, read_records
+    from pneumolab.site_adaptation.monitor import attach_outcomes, merged, model_files, read_records
 
     model_file, out = resolve_model_file(model_target), Path(out)
     check_out(out, model_file)
@@ -233,7 +233,7 @@ def calibrate_from_outcomes(
         parse_policy(policy)
     model, meta = load_model_file(model_file)
     policy = _policy(meta, policy)
-    shas = set(model_files([Path(model_target)])[Path(model_target)])
+    shas = set(merged(model_files([Path(model_target)])))  # model.pt, and a run folder's model.onnx
     records = read_records(logs)
     matched = attach_outcomes(records, outcomes)
     key = matched["key"]

@@ -278,6 +278,10 @@ def write_report(study: Any, cfg: TuneConfig) -> Path:
         "importances": vis.plot_param_importances,
         "parallel": vis.plot_parallel_coordinate,
     }
+    if len({t.value for t in study.trials if t.state == TrialState.COMPLETE}) < 2:
+        # every trial scored the same: the parallel coordinates have no objective axis to draw (matplotlib warns)
+        log.info("no parallel plot: every complete trial has the same %s", cfg.objective)
+        del plots["parallel"]
     made = []
     for name, fn in plots.items():
         try:

@@ -50,7 +50,10 @@ def calibrate_cmd(
     ] = None,
     logs: Annotated[
         list[Path] | None,
-        typer.Option(help="With --outcomes: the audit log folder (`serve --audit DIR`) or `predict --json` files."),
+        typer.Option(
+            metavar="<path>",
+            help="With --outcomes: the audit log folder (`serve --audit DIR`) or a `predict --json` file (repeatable).",
+        ),
     ] = None,
     policy: Annotated[
         str | None, typer.Option(help="Threshold policy on the site's images (default: the model's own).")
@@ -174,6 +177,7 @@ def monitor_cmd(
         list[Path] | None,
         typer.Option(
             "--model",
+            metavar="<path>",
             help="A run folder, model.pt or model.onnx of these answers (repeatable): warn where its NORMAL answers "
             "are less certain than on its validation images (no labels needed); with --outcomes, also where the "
             "site's sensitivity or specificity is below what its operating point promised.",

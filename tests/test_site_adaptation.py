@@ -231,6 +231,20 @@ def test_answer_margins_invert_the_operating_point() -> None:
     assert answer_margins(np.array([0.0, 1.0]), meta) == pytest.approx([-31.44, 33.04], abs=0.01)  # clipped at 1e-7
 
 
+def _log(path: Path, model_file: Path, images: list[str], probabilities: list[float], threshold: float) -> Path:
+    """``predict --json``-style lines: each image's answer by ``model_file`` at ``threshold``."""
+    from pneumolab.io import file_sha256
+
+    sha = file_sha256(model_file)
+    lines = [
+        {"time": "2026-12-07T10:00:00Z", "model_sha256": sha, "image": i, "probability": p}
+        | {"label": "PNEUMONIA" if p >= threshold else "NORMAL"}
+        for i, p in zip(images, probabilities, strict=True)
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
 def _answers(run, folder, tmp_path, capsys) -> tuple:
     """``predict --json`` on ``folder``'s images and a CSV image,label of their true classes (their folder names)."""
     assert main(["predict", str(run), str(folder), "--json"]) == 0
@@ -245,8 +259,6 @@ def _answers(run, folder, tmp_path, capsys) -> tuple:
 def test_calibrate_on_confirmed_outcomes_equals_calibrating_on_the_images(runs, sample_data, tmp_path, capsys) -> None:
     """The same site images, given as the model's logged answers with their outcomes, calibrate to the same numbers
     as given as labeled images: the answers' probabilities carry the margins."""
-    from pneumolab.io import file_sha256
-
     # A tiny model's margins span a few hundredths (a Platt fit on them is ill-conditioned): its head is scaled so that
     # they span 4 around 0, as a trained model's do.
     manifest = Manifest.load(sample_data)
@@ -270,23 +282,7 @@ def test_calibrate_on_confirmed_outcomes_equals_calibrating_on_the_images(runs, 
     logits = torch.stack([torch.zeros_like(margins), margins], 1)
     probabilities = OperatingPoint.from_meta(meta0).probability(logits).tolist()  # float32, as the service logs them
     images = [manifest.records[i].path for i in rows]
-    log = tmp_path / "predictions-2026-12-07.jsonl"
-    sha = file_sha256(run)
-    log.write_text(
-        "".join(
-            json.dumps(
-                {
-                    "time": "2026-12-07T10:00:00Z",
-                    "model_sha256": sha,
-                    "image": i,
-                    "probability": p,
-                    "label": "PNEUMONIA" if p >= meta0["threshold"] else "NORMAL",
-                }
-            )
-            + "\n"
-            for i, p in zip(images, probabilities, strict=True)
-        )
-    )
+    log = _log(tmp_path / "predictions-2026-12-07.jsonl", run, images, probabilities, meta0["threshold"])
     outcomes = tmp_path / "outcomes.csv"
     outcomes.write_text(
         "image,label\n" + "".join(f"{manifest.records[i].path},{manifest.records[i].label}\n" for i in rows)
@@ -326,17 +322,20 @@ def test_calibrate_on_confirmed_outcomes_equals_calibrating_on_the_images(runs, 
 
 
 def test_outcomes_of_only_the_flagged_answers_are_warned_about(runs, tmp_path, capsys) -> None:
-    from pneumolab.data import sample_root
-
-    run = runs["bn"]
-    log, outcomes, images = _answers(run, sample_root() / "test", tmp_path, capsys)
-    answers = {json.loads(line)["image"]: json.loads(line)["label"] for line in log.read_text().splitlines()}
-    # every flagged answer followed up, only every fourth NORMAL answer
-    kept = [i for n, i in enumerate(images) if answers[i] == "PNEUMONIA" or n % 4 == 0]
-    outcomes.write_text("image,label\n" + "".join(f"{i},{Path(i).parent.name}\n" for i in kept))
+    run = runs["bn"] / "model.pt"
+    p = np.linspace(0.01, 0.99, 60)  # 30 answers under 0.5 (NORMAL), 30 over (PNEUMONIA)
+    images = [f"img{n:02d}.png" for n in range(60)]
+    log = _log(tmp_path / "answers.jsonl", run, images, p.tolist(), 0.5)
+    # every PNEUMONIA answer followed up (20 confirmed, 10 normal after all), 6 of the 30 NORMAL answers
+    confirmed = {i: ("PNEUMONIA" if n % 3 else "NORMAL") for n, i in enumerate(images[30:])}
+    confirmed |= dict.fromkeys(images[:30:5], "NORMAL")
+    outcomes = tmp_path / "outcomes.csv"
+    outcomes.write_text("image,label\n" + "".join(f"{i},{label}\n" for i, label in confirmed.items()))
     args = ["calibrate", str(run), "--outcomes", str(outcomes), "--logs", str(log), "--out", str(tmp_path / "oc")]
     assert main([*args, "--policy", "youden"]) == 0
-    assert "warning: outcomes are known for" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "calibrated on 36 answers with confirmed outcomes (16 NORMAL, 20 PNEUMONIA)" in out
+    assert "warning: outcomes are known for 30 of 30 PNEUMONIA answers (100%) but 6 of 30 NORMAL ones (20%)" in out
 
 
 @pytest.mark.parametrize(

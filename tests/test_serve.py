@@ -453,13 +453,16 @@ def _free_port() -> int:
 
 @pytest.mark.skipif(not shutil.which("chromium"), reason="needs Debian's chromium (.ci/run installs it with apt)")
 def test_real_browser_sees_a_result_a_refused_ct_and_a_not_assessed_image(run, tmp_path) -> None:
+    """The page as a hospital deploys it: behind a reverse proxy that serves it under a path (a Starlette mount
+    strips the prefix as nginx's ``proxy_pass http://127.0.0.1:8000/`` does), with a token."""
     import uvicorn
     from playwright.sync_api import sync_playwright
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
 
     port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(Predictor.load(run)), host="127.0.0.1", port=port, log_level="error")
-    )
+    proxied = Starlette(routes=[Mount("/pneumolab", app=create_app(Predictor.load(run), token="s3cret"))])
+    server = uvicorn.Server(uvicorn.Config(proxied, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 20
@@ -480,7 +483,12 @@ def test_real_browser_sees_a_result_a_refused_ct_and_a_not_assessed_image(run, t
                 ],
             )
             page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}/")
+            page.goto(f"http://127.0.0.1:{port}/pneumolab/")
+            page.wait_for_load_state("networkidle")
+            model_before_token = page.text_content("#model")
+            page.fill("#token", "s3cret")
+            page.press("#token", "Tab")  # the field's change event
+            page.wait_for_function("document.getElementById('model').textContent.startsWith('Model:')")
             page.set_input_files("#file", str(XRAY))
             page.wait_for_function("document.getElementById('prob').textContent.endsWith('%')", timeout=20000)
             shown = float(page.text_content("#prob").rstrip("%"))
@@ -510,6 +518,7 @@ def test_real_browser_sees_a_result_a_refused_ct_and_a_not_assessed_image(run, t
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+    assert model_before_token == ""  # the model's line needs the token too
     expected = Predictor.load(run).predict(XRAY.read_bytes())
     assert shown == pytest.approx(100 * expected.probability, abs=0.051)
     assert label in ("Pneumonia suspected (at or above the decision threshold)", "Below the decision threshold")

@@ -363,6 +363,9 @@ def test_predict_cli_table_json_and_per_file_errors(run, tmp_path, capsys) -> No
     out = capsys.readouterr().out
     assert "P(pneumonia)" in out
     rows = {line.split()[0]: line for line in out.splitlines() if line.startswith(str(tmp_path)) or XRAY.name in line}
+    # the probabilities line up under their header, however long the paths (tmp_path's are over 40 characters)
+    column_end = next(line for line in out.splitlines() if "P(pneumonia)" in line).index("P(pneumonia)") + 12
+    assert all(row[column_end - 6 : column_end].startswith("0.") for row in rows.values())
     assert "(the patient is older than" in rows[str(adult)] and "(" not in rows[str(XRAY)]
 
 

@@ -79,13 +79,15 @@ def predict_cmd(
     inputs, skipped = _inputs(images)
     predictor = Predictor.load(model, ood=ood, guard=not no_guard)
     failed, labels = 0, Counter()
+    # the table's first column as wide as the longest path (up to 100 characters): the columns line up
+    w = min(max([40, *(len(str(path)) for path, _ in [*inputs, *skipped])]), 100)
     if not as_json:
         typer.echo(f"model {model}: {predictor.site or 'as trained (not site-calibrated or adapted)'}")
         if no_guard:
             typer.echo("warning: --no-guard: every image gets a label, even one that is not a chest X-ray")
-        typer.echo(f"{'image':<40} {'P(pneumonia)':>12}  {'label':<12} ms   (threshold {predictor.threshold:.3f})")
+        typer.echo(f"{'image':<{w}} {'P(pneumonia)':>12}  {'label':<12} ms   (threshold {predictor.threshold:.3f})")
     for path, why in skipped:
-        typer.echo(json.dumps({"image": str(path), "skipped": why}) if as_json else f"{path!s:<40} skipped: {why}")
+        typer.echo(json.dumps({"image": str(path), "skipped": why}) if as_json else f"{path!s:<{w}} skipped: {why}")
     for path, cam in inputs:
         # time and model as in the service's audit log: `pneumolab monitor` reads both
         stamp = {
@@ -100,7 +102,7 @@ def predict_cmd(
             failed += 1
             msg, kind = (e.detail, e.kind) if isinstance(e, ImageReadError) else (e.strerror, "unreadable")
             said = {**stamp, "error": msg, "refused": kind}
-            typer.echo(json.dumps(said) if as_json else f"{path!s:<40} error: {msg}")
+            typer.echo(json.dumps(said) if as_json else f"{path!s:<{w}} error: {msg}")
             continue
         labels[r.label] += 1
         written = {}
@@ -114,7 +116,7 @@ def predict_cmd(
         else:
             p_text = "-" if r.probability is None else f"{r.probability:.4f}"
             why = f"  ({'; '.join(r.reasons + r.cautions)})" if r.reasons or r.cautions else ""
-            typer.echo(f"{path!s:<40} {p_text:>12}  {r.label:<12} {r.timings_ms['total']:.0f}{why}")
+            typer.echo(f"{path!s:<{w}} {p_text:>12}  {r.label:<12} {r.timings_ms['total']:.0f}{why}")
     if len(inputs) + len(skipped) > 1:  # after a folder's hundreds of lines, the tally (stderr: --json stays JSON)
         tally = [f"{labels[k]} {k}" for k in ("PNEUMONIA", "NORMAL", "NOT_ASSESSED") if labels[k]]
         tally += [f"{n} {what}" for n, what in ((failed, "failed"), (len(skipped), "skipped")) if n]

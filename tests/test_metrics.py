@@ -9,8 +9,10 @@ from torchmetrics.functional.classification import binary_calibration_error
 from pneumolab.errors import InputError
 from pneumolab.evaluation.calibration import apply_temperature, fit_temperature
 from pneumolab.evaluation.metrics import (
+    _weighted_metrics,
     bootstrap_weights,
     compute_metrics,
+    ece_if_calibrated,
     metrics_with_ci,
     net_benefit,
     promise_p_value,
@@ -93,6 +95,33 @@ def test_ci_is_seeded_and_contains_the_point_estimate() -> None:
     for name in ("auroc", "sensitivity", "specificity", "f1", "ece"):
         assert a[name]["ci_low"] <= a[name]["value"] <= a[name]["ci_high"], name
     assert a["n_patients"] == 50 and a["bootstrap"]["unit"] == "patient"
+
+
+def test_ece_noise_floor_of_a_calibrated_model_matches_hand_computed_values() -> None:
+    # four images at 0.5: K ~ Binomial(4, 1/2) of them positive, ECE = |0.5 - K/4|: 0.5 w.p. 2/16, 0.25 w.p. 8/16,
+    # 0 w.p. 6/16 -> mean 3/16; P(ECE >= 0.5) = 2/16
+    floor = ece_if_calibrated(np.full(4, 0.5), observed=0.5, n_sim=40_000)
+    assert floor["mean"] == pytest.approx(3 / 16, abs=0.004) and floor["p_value"] == pytest.approx(2 / 16, abs=0.006)
+    assert (floor["low"], floor["high"]) == (0.0, 0.5)
+    # certain probabilities come true every time: no noise at all
+    certain = ece_if_calibrated(np.array([0.0, 1.0, 1.0]), observed=0.0)
+    assert certain == {"mean": 0.0, "low": 0.0, "high": 0.0, "p_value": 1.0}
+
+
+def test_ece_interval_is_the_bootstrap_percentile_interval_reflected_about_the_estimate() -> None:
+    # A calibrated toy: binned ECE is biased upward, a resample's more (its percentile interval lies above the estimate)
+    rng = np.random.default_rng(1)
+    p = rng.random(150)
+    y = (rng.random(150) < p).astype(int)
+    groups = np.arange(150)
+    m = metrics_with_ci(p, y, groups, 0.5, n_boot=400, seed=2)
+    boot = _weighted_metrics(p.astype(float), y, bootstrap_weights(groups, 400, 2), 0.5)["ece"]
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    ece = m["ece"]["value"]
+    assert lo > ece - 0.01  # the percentile interval barely reaches down to the estimate
+    assert m["ece"]["ci_low"] == pytest.approx(max(2 * ece - hi, 0.0))
+    assert m["ece"]["ci_high"] == pytest.approx(2 * ece - lo)
+    assert m["ece_if_calibrated"]["low"] <= ece <= m["ece_if_calibrated"]["high"]  # calibrated: inside the floor
 
 
 def test_threshold_policies() -> None:

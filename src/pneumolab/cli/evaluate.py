@@ -45,6 +45,12 @@ def _echo_metrics(r: dict) -> None:
     for key in ("auroc", "sensitivity", "specificity", "precision", "f1", "balanced_accuracy", "accuracy", "ece"):
         v = m[key]
         shown = "-" if v["value"] is None else f"{v['value']:.4f}  [{v['ci_low']:.4f}, {v['ci_high']:.4f}]"
+        if key == "ece" and (cal := m.get("ece_if_calibrated")):
+            # binned ECE is biased upward: its interval is reflected about it, and the noise floor says what it means
+            shown = (
+                f"{v['value']:.4f}  (a perfectly calibrated model scores {cal['mean']:.4f} [{cal['low']:.4f}, "
+                f"{cal['high']:.4f}] on these images; bias-corrected CI [{v['ci_low']:.4f}, {v['ci_high']:.4f}])"
+            )
         if pr := promise.get(key):
             ci = f" [{pr['ci'][0]:.4f}, {pr['ci'][1]:.4f}]" if pr["ci"] else ""
             below = f": below it, p = {pr['p_value']:.3f}" if pr["below"] else ""

@@ -581,10 +581,12 @@ def compare(
             f"Data: the {split} split of `{data.resolve()}`. Thresholds were chosen on each run's validation split "
             f"when training ended and are not changed here. Intervals are 95% percentile CIs from a bootstrap that "
             f"resamples patients ({n_boot} resamples; an image without a patient id is resampled as its own patient, "
-            "which narrows the intervals if a patient has several); a difference is only called significant when its "
-            f"paired-bootstrap p-value is below 0.05 (all pairs: `pairwise.csv`). *Not assessed: the images of this "
-            "split that `predict` and the service would not label with that model (its feature guard, a chest "
-            f"radiograph's proportions); they are scored in every number above. Model cards: {cards}.{errors}",
+            "which narrows the intervals if a patient has several; the ECE's is reflected about the estimate, as the "
+            "ECE is biased upward on a few hundred images: `pneumolab evaluate` gives its noise floor); a difference "
+            "is only called significant when its paired-bootstrap p-value is below 0.05 (all pairs: `pairwise.csv`). "
+            "*Not assessed: the images of this split that `predict` and the service would not label with that model "
+            "(its feature guard, a chest radiograph's proportions); they are scored in every number above. Model "
+            f"cards: {cards}.{errors}",
         ),
     ]
     out.mkdir(parents=True, exist_ok=True)

@@ -499,6 +499,12 @@ def test_real_browser_sees_a_result_a_refused_ct_and_a_not_assessed_image(run, t
             rates = page.text_content("#op")
             src = page.get_attribute("#overlay", "src")
             loaded = page.evaluate("document.getElementById('overlay').naturalWidth")
+            # on a desktop-wide window the answer sits beside the image, and the bar is red only for a positive result
+            beside = page.evaluate(
+                "document.getElementById('overlay').getBoundingClientRect().right"
+                " <= document.querySelector('.answer').getBoundingClientRect().left"
+            )
+            grey_bar = page.evaluate("document.getElementById('fill').classList.contains('below')")
             # A CT (refused: 422) and a blank image (read, then not assessed by the guard).
             ct, blank = tmp_path / "ct.dcm", tmp_path / "blank.png"
             shutil.copy(Path(pydicom.data.__file__).parent / "test_files" / "CT_small.dcm", ct)
@@ -522,6 +528,7 @@ def test_real_browser_sees_a_result_a_refused_ct_and_a_not_assessed_image(run, t
         server.should_exit = True
         thread.join(timeout=10)
     assert model_before_token == ""  # the model's line needs the token too
+    assert beside and grey_bar == (label == "Below the decision threshold")
     expected = Predictor.load(run).predict(XRAY.read_bytes())
     assert shown == pytest.approx(100 * expected.probability, abs=0.051)
     assert label in ("Pneumonia suspected (at or above the decision threshold)", "Below the decision threshold")

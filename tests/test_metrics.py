@@ -12,6 +12,7 @@ from pneumolab.evaluation.metrics import (
     _weighted_metrics,
     bootstrap_weights,
     compute_metrics,
+    consistency_bands,
     ece_if_calibrated,
     metrics_with_ci,
     net_benefit,
@@ -106,6 +107,15 @@ def test_ece_noise_floor_of_a_calibrated_model_matches_hand_computed_values() ->
     # certain probabilities come true every time: no noise at all
     certain = ece_if_calibrated(np.array([0.0, 1.0, 1.0]), observed=0.0)
     assert certain == {"mean": 0.0, "low": 0.0, "high": 0.0, "p_value": 1.0}
+
+
+def test_consistency_bands_are_the_binomial_range_of_each_bin() -> None:
+    # 40 images at 0.5 (bin 7 of 15) and 10 certain positives (bin 14): Binomial(40, 1/2) / 40 has its 2.5% and 97.5%
+    # quantiles at 14/40 and 26/40; a certain bin cannot move
+    band = consistency_bands(np.r_[np.full(40, 0.5), np.ones(10)], n_sim=20_000)
+    assert band["confidence"].tolist() == [0.5, 1.0]
+    assert band["low"][0] == pytest.approx(14 / 40, abs=0.026) and band["high"][0] == pytest.approx(26 / 40, abs=0.026)
+    assert band["low"][1] == band["high"][1] == 1.0
 
 
 def test_ece_interval_is_the_bootstrap_percentile_interval_reflected_about_the_estimate() -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "RATES",
     "bootstrap_weights",
     "compute_metrics",
+    "consistency_bands",
     "ece_if_calibrated",
     "metrics_with_ci",
     "net_benefit",
@@ -213,19 +214,35 @@ def bootstrap_weights(groups: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     return counts[:, inverse]  # (B, N)
 
 
-def ece_if_calibrated(prob: np.ndarray, observed: float, *, n_sim: int = 2000, seed: int = 0) -> dict[str, float]:
-    """What a perfectly calibrated model's ECE would be on these probabilities ``(N,)``: outcomes drawn from them
-    (``y ~ Bernoulli(p)``, ``n_sim`` times; consistency resampling, Broecker & Smith 2007). Binned ECE is biased
-    upward on a few hundred images (a calibrated model scores ~0.04 on 314 of them), so an observed ECE means
-    something only against this: ``{"mean", "low", "high"}`` (95% range) and ``p_value``, the share of calibrated
-    draws at least as large as ``observed``."""
+def _calibrated_draws(prob: np.ndarray, n_sim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Outcomes a perfectly calibrated model's probabilities ``(N,)`` would meet, ``y ~ Bernoulli(p)`` ``(S, N)``,
+    and the probabilities' bins ``(N, bins)``: consistency resampling (Broecker & Smith 2007)."""
     prob = np.asarray(prob, np.float64)
-    onehot = _bins(prob)  # (N, bins)
-    y = (np.random.default_rng(seed).random((n_sim, len(prob))) < prob).astype(np.float64)  # (S, N)
-    sims = np.abs(prob @ onehot - y @ onehot).sum(1) / len(prob)  # (S,)
+    return _bins(prob), (np.random.default_rng(seed).random((n_sim, len(prob))) < prob).astype(np.float64)
+
+
+def ece_if_calibrated(prob: np.ndarray, observed: float, *, n_sim: int = 2000, seed: int = 0) -> dict[str, float]:
+    """What a perfectly calibrated model's ECE would be on these probabilities ``(N,)`` (outcomes drawn from them,
+    ``n_sim`` times). Binned ECE is biased upward on a few hundred images (a calibrated model scores ~0.04 on 314 of
+    them), so an observed ECE means something only against this: ``{"mean", "low", "high"}`` (95% range) and
+    ``p_value``, the share of calibrated draws at least as large as ``observed``."""
+    onehot, y = _calibrated_draws(prob, n_sim, seed)
+    sims = np.abs(np.asarray(prob, np.float64) @ onehot - y @ onehot).sum(1) / len(prob)  # (S,)
     low, high = np.quantile(sims, [0.025, 0.975])
     p_value = float(np.mean(sims >= observed))
     return {"mean": float(sims.mean()), "low": float(low), "high": float(high), "p_value": p_value}
+
+
+def consistency_bands(prob: np.ndarray, *, n_sim: int = 2000, seed: int = 0) -> dict[str, np.ndarray]:
+    """Per non-empty ECE bin of the probabilities ``(N,)``: their mean (``confidence``) and the 95% range of the
+    pneumonia rate a perfectly calibrated model would show there (``low``, ``high``), each ``(K,)``: the reliability
+    diagram's consistency bars. A bin of 5 images at 0.2 shows 0% or 40% by chance alone."""
+    onehot, y = _calibrated_draws(prob, n_sim, seed)
+    counts = onehot.sum(0)  # (bins,)
+    full = counts > 0
+    rates = (y @ onehot)[:, full] / counts[full]  # (S, K)
+    low, high = np.quantile(rates, [0.025, 0.975], axis=0)
+    return {"confidence": (np.asarray(prob, np.float64) @ onehot)[full] / counts[full], "low": low, "high": high}
 
 
 def metrics_with_ci(

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.calibration import calibration_curve
 
-from pneumolab.evaluation.metrics import N_ECE_BINS, bootstrap_weights
+from pneumolab.evaluation.metrics import N_ECE_BINS, bootstrap_weights, consistency_bands
 from pneumolab.io import atomic_path
 
 __all__ = [
@@ -150,6 +150,11 @@ def plot_reliability(prob_raw, prob_cal, y, ece: tuple[float, float], title: str
         # the same equal-width bins as the ECE; empty bins are left out
         acc, conf = calibration_curve(y, p, n_bins=N_ECE_BINS, strategy="uniform")
         ax.plot(conf, acc, "o-", label=f"{name} (ECE {e:.3f})")
+    # where a perfectly calibrated model's points would fall by chance, bin by bin (of the temperature-scaled
+    # probabilities): a point outside its bar is miscalibration, one inside is noise
+    band = consistency_bands(prob_cal)
+    bars = {"color": "grey", "alpha": 0.3, "lw": 6, "zorder": 0, "label": "95% if calibrated"}
+    ax.vlines(band["confidence"], band["low"], band["high"], **bars)
     ax.plot(edges, edges, ":", color="grey")
     ax.set(xlabel="predicted P(pneumonia)", ylabel="observed pneumonia rate", title=title, xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc="upper left", fontsize=7)

@@ -18,6 +18,7 @@ from pneumolab.cli import main
 from pneumolab.data.manifest import Manifest
 from pneumolab.data.transforms import Preprocessing
 from pneumolab.evaluation.calibration import OperatingPoint, estimate_prior_em
+from pneumolab.evaluation.metrics import compute_metrics, ece_if_calibrated
 from pneumolab.evaluation.predict import predict_logits
 from pneumolab.evaluation.thresholds import choose_threshold, min_images_per_class
 from pneumolab.inference.predictor import Predictor
@@ -102,7 +103,8 @@ def test_calibrate_round_trip(runs, sample_data, tmp_path, capsys) -> None:
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     args = ["calibrate", str(run), "--data", str(sample_data), "--split", "test", "--out", str(new)]
     assert main(args) == 0
-    assert "calibrated on 75 labeled images" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "calibrated on 75 labeled images" in said
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # the original is untouched
 
     model, meta = load_model_file(new)
@@ -122,6 +124,9 @@ def test_calibrate_round_trip(runs, sample_data, tmp_path, capsys) -> None:
     assert (meta["temperature"], meta["prior_shift"]) == pytest.approx((t, b))
     prob = OperatingPoint(temperature=t, prior_shift=b).probability(logits).numpy()
     assert meta["threshold"] == pytest.approx(choose_threshold(prob, y, "youden")["threshold"])
+    # the ECE it reached, beside what a perfectly calibrated model would show on these 75 images' probabilities
+    floor = ece_if_calibrated(prob, compute_metrics(prob, y)["ece"])
+    assert f"a perfectly calibrated model: {floor['mean']:.3f} [{floor['low']:.3f}, {floor['high']:.3f}]" in said
     assert meta["operating_point"]["split"] == "site"
     assert meta["operating_point"]["images"] == {c: labels.count(c) for c in ("NORMAL", "PNEUMONIA")}
     # the site's later answers are compared with these images' scores (monitor --model): the same logits, sorted

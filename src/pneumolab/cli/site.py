@@ -102,7 +102,9 @@ def calibrate_cmd(
     )
     typer.echo(
         f"  on the site sample itself (optimistic: fitted there): sensitivity {fit['sensitivity']:.3f}, "
-        f"specificity {fit['specificity']:.3f}, ECE {fit['ece_before']:.3f} -> {fit['ece_after']:.3f}"
+        f"specificity {fit['specificity']:.3f}, ECE {fit['ece_before']:.3f} -> {fit['ece_after']:.3f} (a perfectly "
+        f"calibrated model: {fit['ece_if_calibrated']['mean']:.3f} [{fit['ece_if_calibrated']['low']:.3f}, "
+        f"{fit['ece_if_calibrated']['high']:.3f}] on this many images)"
     )
     typer.echo(f"wrote {r['model_file']}; score it on other site images: pneumolab evaluate {out} --data OTHER")
 

@@ -403,6 +403,8 @@ def main() -> None:
                 "threshold": ev["threshold"]["value"],
                 "external": _point(ev["at_threshold"]),
                 "external_ci": _ci(ev["at_threshold"]),
+                # the ECE target read against noise: what a perfectly calibrated model shows on these probabilities
+                "external_ece_if_calibrated": ev["at_threshold"]["ece_if_calibrated"],
             }
             if not args.no_site:
                 from pneumolab.site_adaptation.folds import site_fold_metrics
@@ -497,14 +499,17 @@ def render(result: dict[str, Any]) -> str:
         "",
         "Per model, external at the stored threshold with patient-bootstrap 95% CIs:",
         "",
-        "| model | AUROC | sensitivity | specificity | accuracy |",
-        "|---|---|---|---|---|",
+        "| model | AUROC | sensitivity | specificity | accuracy | ECE (a calibrated model's; p) |",
+        "|---|---|---|---|---|---|",
     ]
     for m in result["models"]:
         e, ci = m["external"], m["external_ci"]
         cells = [
             f"{e[k]:.3f} [{ci[k][0]:.3f}, {ci[k][1]:.3f}]" for k in ("auroc", "sensitivity", "specificity", "accuracy")
         ]
+        cal = m.get("external_ece_if_calibrated")  # absent from results.json files of older rounds
+        floor = f" ({cal['mean']:.3f} [{cal['low']:.3f}, {cal['high']:.3f}]; {cal['p_value']:.2f})" if cal else ""
+        cells.append(f"{e['ece']:.3f}{floor}")
         lines.append(f"| {m['recipe']} s{m['seed']} | " + " | ".join(cells) + " |")
     if all("robustness" in s for s in rec.values()):
         lines += [

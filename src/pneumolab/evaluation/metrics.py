@@ -214,11 +214,11 @@ def bootstrap_weights(groups: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     return counts[:, inverse]  # (B, N)
 
 
-def _calibrated_draws(prob: np.ndarray, n_sim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Outcomes a perfectly calibrated model's probabilities ``(N,)`` would meet, ``y ~ Bernoulli(p)`` ``(S, N)``,
-    and the probabilities' bins ``(N, bins)``: consistency resampling (Broecker & Smith 2007)."""
+def _calibrated_draws(prob: np.ndarray, n_sim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The probabilities ``(N,)`` as float64, their bins ``(N, bins)``, and the outcomes a perfectly calibrated
+    model would meet, ``y ~ Bernoulli(p)`` ``(S, N)``: consistency resampling (Broecker & Smith 2007)."""
     prob = np.asarray(prob, np.float64)
-    return _bins(prob), (np.random.default_rng(seed).random((n_sim, len(prob))) < prob).astype(np.float64)
+    return prob, _bins(prob), (np.random.default_rng(seed).random((n_sim, len(prob))) < prob).astype(np.float64)
 
 
 def ece_if_calibrated(prob: np.ndarray, observed: float, *, n_sim: int = 2000, seed: int = 0) -> dict[str, float]:
@@ -226,8 +226,8 @@ def ece_if_calibrated(prob: np.ndarray, observed: float, *, n_sim: int = 2000, s
     ``n_sim`` times). Binned ECE is biased upward on a few hundred images (a calibrated model scores ~0.04 on 314 of
     them), so an observed ECE means something only against this: ``{"mean", "low", "high"}`` (95% range) and
     ``p_value``, the share of calibrated draws at least as large as ``observed``."""
-    onehot, y = _calibrated_draws(prob, n_sim, seed)
-    sims = np.abs(np.asarray(prob, np.float64) @ onehot - y @ onehot).sum(1) / len(prob)  # (S,)
+    prob, onehot, y = _calibrated_draws(prob, n_sim, seed)
+    sims = np.abs(prob @ onehot - y @ onehot).sum(1) / len(prob)  # (S,)
     low, high = np.quantile(sims, [0.025, 0.975])
     p_value = float(np.mean(sims >= observed))
     return {"mean": float(sims.mean()), "low": float(low), "high": float(high), "p_value": p_value}
@@ -237,12 +237,12 @@ def consistency_bands(prob: np.ndarray, *, n_sim: int = 2000, seed: int = 0) -> 
     """Per non-empty ECE bin of the probabilities ``(N,)``: their mean (``confidence``) and the 95% range of the
     pneumonia rate a perfectly calibrated model would show there (``low``, ``high``), each ``(K,)``: the reliability
     diagram's consistency bars. A bin of 5 images at 0.2 shows 0% or 40% by chance alone."""
-    onehot, y = _calibrated_draws(prob, n_sim, seed)
+    prob, onehot, y = _calibrated_draws(prob, n_sim, seed)
     counts = onehot.sum(0)  # (bins,)
     full = counts > 0
     rates = (y @ onehot)[:, full] / counts[full]  # (S, K)
     low, high = np.quantile(rates, [0.025, 0.975], axis=0)
-    return {"confidence": (np.asarray(prob, np.float64) @ onehot)[full] / counts[full], "low": low, "high": high}
+    return {"confidence": (prob @ onehot)[full] / counts[full], "low": low, "high": high}
 
 
 def metrics_with_ci(

@@ -153,6 +153,16 @@ def test_batched_augmentation_without_randomness_is_the_eval_preset() -> None:
     torch.testing.assert_close(_batch_preset()(x), want, atol=1e-5, rtol=0)  # identity grid = the input pixels
 
 
+def test_the_affine_grid_is_torchs_affine_grid() -> None:
+    from pneumolab.data.transforms import _affine_grid
+
+    torch.manual_seed(0)
+    theta = torch.randn(5, 2, 3)  # rotation, stretch, shear and shift at once
+    for side in (1, 7, 64):
+        want = torch.nn.functional.affine_grid(theta, [5, 1, side, side], align_corners=False)
+        torch.testing.assert_close(_affine_grid(theta, side), want, atol=1e-6, rtol=0)
+
+
 def test_batched_zoom_and_brightness_match_hand_computed_values() -> None:
     x = torch.zeros(3, 1, 32, 32, dtype=torch.uint8)
     x[:, :, 12:20, 12:20] = 255  # an 8x8 white square in the centre

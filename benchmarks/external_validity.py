@@ -218,6 +218,12 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # Round 19, measured, then removed with its option (lost; docs/BENCHMARKS.md, "Nineteenth round"): at b9ed283
     # "fast-fill-reflection" and "fast-fill-border" (data.augment.fill=reflection|border: what the zoom, stretch and
     # shift fill in where they move the image off an edge, instead of black).
+    # Leave one out of today's `fast` (2026-12-07, third session): what each adopted lever adds, by removing it
+    # (with fast-no-aspect and fast-1view above).
+    "fast-no-supersample": ("fast", ["data.augment.supersample=1"]),
+    "fast-select-best": ("fast", ["trainer.select=best"]),
+    "fast-no-ema": ("fast", ["trainer.ema_decay=null"]),
+    "fast-clean-threshold": ("fast", ["calibration_views=0"]),
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

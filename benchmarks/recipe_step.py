@@ -94,7 +94,7 @@ def main() -> None:
                 "inputs_per_s": round(x.shape[0] / (aug_ms + step_ms) * 1000),
                 "affine_grid_ms_per_view": {
                     "torch": round(torch_grid_ms, 2),
-                    "broadcast": round(ms_per_call(lambda: _affine_grid(theta, side), 2), 2),
+                    "broadcast": round(ms_per_call(lambda: _affine_grid(theta, side, side), 2), 2),
                 },
             },
             indent=2,

@@ -158,9 +158,9 @@ def test_the_affine_grid_is_torchs_affine_grid() -> None:
 
     torch.manual_seed(0)
     theta = torch.randn(5, 2, 3)  # rotation, stretch, shear and shift at once
-    for side in (1, 7, 64):
-        want = torch.nn.functional.affine_grid(theta, [5, 1, side, side], align_corners=False)
-        torch.testing.assert_close(_affine_grid(theta, side), want, atol=1e-6, rtol=0)
+    for h, w in ((1, 1), (7, 7), (64, 64), (5, 9)):
+        want = torch.nn.functional.affine_grid(theta, [5, 1, h, w], align_corners=False)
+        torch.testing.assert_close(_affine_grid(theta, h, w), want, atol=1e-6, rtol=0)
 
 
 def test_batched_zoom_and_brightness_match_hand_computed_values() -> None:

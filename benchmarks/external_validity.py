@@ -224,6 +224,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-select-best": ("fast", ["trainer.select=best"]),
     "fast-no-ema": ("fast", ["trainer.ema_decay=null"]),
     "fast-clean-threshold": ("fast", ["calibration_views=0"]),
+    "fast-no-intensity": ("fast", ["data.augment.brightness=0", "data.augment.contrast=0"]),
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

@@ -225,11 +225,6 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-no-ema": ("fast", ["trainer.ema_decay=null"]),
     "fast-clean-threshold": ("fast", ["calibration_views=0"]),
     "fast-no-intensity": ("fast", ["data.augment.brightness=0", "data.augment.contrast=0"]),
-    # Round 24: FreezeOut of the first block (its backward ~30% of the step) for the last quarter of the epochs,
-    # where the cosine schedule has the learning rate under 17% of its peak; and the time it saves spent on a ninth epoch
-    "fast-freeze": ("fast", ["trainer.freeze=[net.features.0]"]),
-    "fast-freeze-9ep": ("fast", ["trainer.freeze=[net.features.0]", "trainer.freeze_after=0.67", "trainer.max_epochs=9"]),
-    "fast-freeze-2blocks": ("fast", ["trainer.freeze=[net.features.0,net.features.1]"]),
     # what a CPU without native bf16 pays (fp32 arithmetic on this one)
     "fast-fp32": ("fast", ["trainer.precision=32"]),
     "fast-1view-fp32": ("fast", ["data.augment.views=1", "trainer.precision=32"]),

@@ -279,36 +279,6 @@ def test_ema_weights_are_validated_checkpointed_and_exported(sample_data, tmp_pa
     assert any(not torch.allclose(w1[k], w2[k]) for k in w1)  # the two steps did change the weights
 
 
-def test_freeze_stops_a_block_training_after_its_fraction_of_the_epochs(sample_data, tmp_path, capsys) -> None:
-    import lightning as L
-
-    class Snapshots(L.Callback):  # the first block's raw weights and BatchNorm statistics after each step
-        def __init__(self) -> None:
-            self.states: list[dict[str, torch.Tensor]] = []
-            self.trainable: list[bool] = []
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            block = pl_module.net.features[0]
-            self.states.append({k: v.detach().clone() for k, v in block.state_dict().items()})
-            self.trainable.append(all(p.requires_grad for p in block.parameters()))
-
-    freeze = ("model.name=cnn_improved", "trainer.limit_train_batches=2", "trainer.freeze=[net.features.0]")
-    cfg = _cfg(sample_data, tmp_path, "freeze", "trainer.max_epochs=3", "trainer.freeze_after=0.5", *freeze)
-    snaps = Snapshots()
-    train(cfg, progress_bar=False, extra_callbacks=[snaps])
-    s = snaps.states  # 2 steps per epoch; 0.5 of 3 epochs -> frozen from epoch 2 (steps 4 and 5) on
-    assert snaps.trainable == [True] * 4 + [False] * 2
-    weights = [k for k in s[0] if k.endswith("weight") or k.endswith("bias")]  # conv and BatchNorm parameters
-    assert all(not torch.equal(s[2][k], s[3][k]) for k in weights if k.startswith("0."))  # epoch 1 trains...
-    assert all(torch.equal(s[3][k], s[5][k]) for k in weights)  # ...epoch 2 does not: the steps skip the block
-    assert not torch.equal(s[3]["1.running_mean"], s[5]["1.running_mean"])  # its statistics follow the data
-
-    # A module the model does not have: exit 2, naming it and the ones it has
-    assert main(tiny_train_args(sample_data, tmp_path, "name=bad", "trainer.freeze=[net.feature.0]")) == 2
-    err = capsys.readouterr().err
-    assert "trainer.freeze: the model has no module 'net.feature.0'" in err and "net.features.0" in err
-
-
 def test_a_training_console_shows_only_what_a_user_can_act_on(sample_data, tmp_path) -> None:
     """No GPU/TPU lines, product tips, AMP notices, model table or framework deprecation warnings; --verbose
     brings Lightning's lines back."""

@@ -166,11 +166,6 @@ class TrainerConfig(StrictModel):
     # validation, checkpoints and the exported model use the average; training continues on the raw weights.
     # Its horizon is ~1 / (1 - decay) optimiser steps. None: off.
     ema_decay: float | None = Field(None, gt=0, lt=1)
-    # FreezeOut at epoch granularity: these submodules of the trained module (e.g. net.features.0, the first block)
-    # stop training once `freeze_after` of max_epochs have run, so their backward pass is skipped. Late in a
-    # cosine schedule the first block barely moves, and its backward is ~30% of the fast recipe's step.
-    freeze: list[str] = []
-    freeze_after: float = Field(0.75, gt=0, lt=1)
     monitor: Literal["val/auroc", "val/loss", "val/acc"] = "val/auroc"  # validation only, never test
     # Which epoch's model becomes model.pt: "best" on `monitor` (validation), or "last", where the learning-rate
     # schedule ends. A saturated validation split ranks epochs by the noise of a few images; the fast recipe

@@ -1,11 +1,10 @@
-"""Callbacks: TensorBoard extras (input grid, histograms), throughput, atomic checkpoint writes, layer freezing."""
+"""Callbacks: TensorBoard extras (input grid, histograms), throughput, atomic checkpoint writes."""
 
 from __future__ import annotations
 
 import csv
 import io
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -14,20 +13,11 @@ import lightning as L
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from pneumolab.errors import InputError
 from pneumolab.io import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "AtomicCheckpointIO",
-    "EpochHistory",
-    "EpochLog",
-    "FreezeLayers",
-    "TensorBoardExtras",
-    "Throughput",
-    "read_history",
-]
+__all__ = ["AtomicCheckpointIO", "EpochHistory", "EpochLog", "TensorBoardExtras", "Throughput", "read_history"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -123,35 +113,6 @@ class Throughput(L.Callback):
             "train_images_per_s": round(self.images_per_s, 1),
             "train_s": round(self.train_seconds, 2),
         }
-
-
-class FreezeLayers(L.Callback):
-    """FreezeOut (Brock et al., 2017) at epoch granularity: the named submodules of the trained module stop
-    training once ``after`` of ``max_epochs`` have run (0.75 of 8: from epoch 6 on), so autograd skips their
-    backward pass. Their BatchNorm statistics keep following the data. A resumed run freezes them again from the
-    epoch it resumes at; after the fit they train again (for callers that go on training the module)."""
-
-    def __init__(self, modules: list[str], after: float) -> None:
-        self.modules, self.after = modules, after
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for path in self.modules:
-            try:
-                pl_module.get_submodule(path)
-            except AttributeError:
-                names = [n for n, _ in pl_module.named_modules() if n and n.count(".") < 3]
-                raise InputError(
-                    f"trainer.freeze: the model has no module {path!r}; its modules: {', '.join(names[:40])}"
-                ) from None
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch >= math.ceil(self.after * trainer.max_epochs):
-            for path in self.modules:
-                pl_module.get_submodule(path).requires_grad_(False)
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for path in self.modules:
-            pl_module.get_submodule(path).requires_grad_(True)
 
 
 def read_history(path: str | Path) -> list[dict[str, float]]:

@@ -52,7 +52,6 @@ from pneumolab.training.callbacks import (
     AtomicCheckpointIO,
     EpochHistory,
     EpochLog,
-    FreezeLayers,
     TensorBoardExtras,
     Throughput,
     read_history,
@@ -117,8 +116,6 @@ def build_trainer(
         # Updated after every step with the foreach EMA (one fused lerp per dtype), cheaper than
         # EMAWeightAveraging's tensor-by-tensor update (docs/BENCHMARKS.md, "Time to accuracy").
         callbacks.append(WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay)))
-    if t.freeze:
-        callbacks.append(FreezeLayers(t.freeze, t.freeze_after))
     if t.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=mode, patience=t.early_stopping_patience))
     callbacks += extra_callbacks or []
@@ -139,8 +136,7 @@ def build_trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        # A frozen module's parameters get no gradient: DDP's reducer must be told that some may go unused.
-        strategy=("ddp_find_unused_parameters_true" if t.freeze else "ddp") if n_proc > 1 else "auto",
+        strategy="ddp" if n_proc > 1 else "auto",
         callbacks=callbacks,
         logger=[
             TensorBoardLogger(run_dir, name="tensorboard", version="", log_graph=t.log_graph, default_hp_metric=False),

@@ -163,6 +163,21 @@ def test_the_affine_grid_is_torchs_affine_grid() -> None:
         torch.testing.assert_close(_affine_grid(theta, h, w), want, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("normalization", ["dataset", "per_image", "equalize"])
+def test_the_eval_preset_gives_torchvisions_pixels_bit_for_bit(normalization) -> None:
+    # The preset no longer imports torchvision for its dtype conversion and standardisation (an import of ~1.5 s):
+    # every model file trained before must still see the same pixels, to the last bit.
+    from torchvision.transforms import v2
+
+    from pneumolab.data.transforms import EvalPreset, PerImageStandardize
+
+    x = torch.randint(0, 256, (5, 1, 32, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    norm = v2.Normalize([0.48], [0.237]) if normalization == "dataset" else PerImageStandardize()
+    steps = [v2.RandomEqualize(p=1.0)] if normalization == "equalize" else []
+    want = v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), norm])(x)
+    assert torch.equal(EvalPreset(mean=0.48, std=0.237, normalization=normalization)(x), want)
+
+
 def test_batched_zoom_and_brightness_match_hand_computed_values() -> None:
     x = torch.zeros(3, 1, 32, 32, dtype=torch.uint8)
     x[:, :, 12:20, 12:20] = 255  # an 8x8 white square in the centre

@@ -6,6 +6,9 @@ and the service all go through it. ``EvalPreset`` is that deterministic normalis
 ``TrainPreset`` adds random augmentation in front of it and is used by the training loader only.
 ``BatchTrainPreset`` does the same augmentation to a whole ``(B, 1, H, W)`` batch at once, with random
 parameters per sample, where the batch already is (the CPU main process, or the GPU).
+
+torchvision is imported only for histogram equalisation: importing it costs ~1.5 s on a 2-core CPU (its ops pull
+in torch._dynamo), which every `pneumolab predict` would otherwise pay for a division.
 """
 
 from __future__ import annotations
@@ -18,13 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 
 from pneumolab.config import AugmentConfig
 from pneumolab.data.cache import resize_square
 from pneumolab.data.manifest import CLASSES
 
-__all__ = ["BatchTrainPreset", "EvalPreset", "PerImageStandardize", "Preprocessing", "TrainPreset"]
+__all__ = ["BatchTrainPreset", "EvalPreset", "PerImageStandardize", "Preprocessing", "Standardize", "TrainPreset"]
 
 
 class PerImageStandardize(torch.nn.Module):
@@ -34,6 +36,25 @@ class PerImageStandardize(torch.nn.Module):
         mean = x.mean(dim=(-2, -1), keepdim=True)
         std = x.std(dim=(-2, -1), keepdim=True)
         return (x - mean) / (std + 1e-6)
+
+
+class Standardize(torch.nn.Module):
+    """``(x - mean) / std`` with the training set's grey-level statistics (torchvision's ``Normalize`` for one
+    channel)."""
+
+    def __init__(self, mean: float, std: float) -> None:
+        super().__init__()
+        self.mean, self.std = mean, std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., 1, H, W) float
+        return (x - self.mean) / self.std
+
+
+def equalize(x: torch.Tensor) -> torch.Tensor:
+    """torchvision's histogram equalisation of ``(..., 1, H, W) uint8`` images, each on its own histogram."""
+    from torchvision.transforms.v2.functional import equalize
+
+    return equalize(x)
 
 
 class EvalPreset:
@@ -47,12 +68,12 @@ class EvalPreset:
         self.params = {"mean": float(mean), "std": float(std), "normalization": normalization}
         self.equalize = normalization == "equalize"
         per_image = normalization in ("per_image", "equalize")
-        self.normalize = PerImageStandardize() if per_image else v2.Normalize([mean], [std])
-        steps = [v2.RandomEqualize(p=1.0)] if self.equalize else []
-        self.transform = v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), self.normalize])
+        self.normalize = PerImageStandardize() if per_image else Standardize(float(mean), float(std))
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.transform(x)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # (..., 1, H, W) uint8 -> float
+        if self.equalize:
+            x = equalize(x)
+        return self.normalize(x.to(torch.float32).mul_(1 / 255))  # as torchvision's ToDtype(float32, scale=True)
 
     def __repr__(self) -> str:
         return f"EvalPreset({self.params})"
@@ -161,7 +182,7 @@ class BatchTrainPreset(torch.nn.Module):
         """``x`` (B, 1, H, W) uint8 -> (B, 1, S, S) float (S: ``out_size``, else H = W); ``y`` (B,) targets, read
         only for the aspect offsets."""
         if self.eval.equalize:
-            x = v2.functional.equalize(x)
+            x = equalize(x)
         x = x.float().div_(255)
         if self.augment.enabled:
             x = self._augment(x, y)

@@ -4,6 +4,10 @@ two fast CPU models, with a 1-channel stem and a 2-class head.
 ``weights`` loads a local torchvision ImageNet state dict (never downloaded); the stem's RGB kernels
 are summed into one grayscale kernel, which gives the same response to a gray image replicated
 over three channels.
+
+torchvision is imported when one of these models is built, not when they are registered: importing it costs
+~1.5 s on a 2-core CPU (its ops import torch._dynamo), which every command that never builds one (predict on the
+study's CNN, evaluate, serve) would pay.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision.models as tvm
 from torch import nn
 
 from pneumolab.errors import InputError
@@ -64,9 +67,11 @@ def _adapt(model: nn.Module, name: str, *, num_classes: int, in_chans: int, drop
     return model
 
 
-def _tv(name: str, factory: Any, ignore: tuple[str, ...] = (), **factory_kwargs: Any):
+def _tv(name: str, ignore: tuple[str, ...] = (), **factory_kwargs: Any):
     def build(*, num_classes: int = 2, in_chans: int = 1, dropout: float | None = None, weights=None) -> nn.Module:
-        model = factory(weights=None, **factory_kwargs)
+        import torchvision.models as tvm
+
+        model = getattr(tvm, name)(weights=None, **factory_kwargs)
         if weights is not None:
             _load_imagenet(model, name, weights, ignore)
         return _adapt(model, name, num_classes=num_classes, in_chans=in_chans, dropout=dropout)
@@ -77,14 +82,13 @@ def _tv(name: str, factory: Any, ignore: tuple[str, ...] = (), **factory_kwargs:
 
 
 _TV = [
-    # name, factory, grad-cam layer, head, stem, description, factory kwargs, state-dict keys to ignore
-    ("vgg19", tvm.vgg19, "features.35", "classifier.6", "features.0", "VGG19 (~140M params; GPU preset)", {}, ()),
-    ("resnet18", tvm.resnet18, "layer4", "fc", "conv1", "ResNet18: the fast CPU baseline", {}, ()),
-    ("resnet34", tvm.resnet34, "layer4", "fc", "conv1", "ResNet34 (study)", {}, ()),
-    ("densenet121", tvm.densenet121, "features", "classifier", "features.conv0", "DenseNet121 (study)", {}, ()),
+    # torchvision name, grad-cam layer, head, stem, description, factory kwargs, state-dict keys to ignore
+    ("vgg19", "features.35", "classifier.6", "features.0", "VGG19 (~140M params; GPU preset)", {}, ()),
+    ("resnet18", "layer4", "fc", "conv1", "ResNet18: the fast CPU baseline", {}, ()),
+    ("resnet34", "layer4", "fc", "conv1", "ResNet34 (study)", {}, ()),
+    ("densenet121", "features", "classifier", "features.conv0", "DenseNet121 (study)", {}, ()),
     (
         "googlenet",
-        tvm.googlenet,
         "inception5b",
         "fc",
         "conv1.conv",
@@ -92,20 +96,11 @@ _TV = [
         {"aux_logits": False, "init_weights": True, "transform_input": False},
         ("aux1.", "aux2."),
     ),
-    (
-        "mobilenet_v3_small",
-        tvm.mobilenet_v3_small,
-        "features",
-        "classifier.3",
-        "features.0.0",
-        "MobileNetV3-Small: fastest on a CPU",
-        {},
-        (),
-    ),
-    ("efficientnet_b0", tvm.efficientnet_b0, "features", "classifier.1", "features.0.0", "EfficientNet-B0", {}, ()),
+    ("mobilenet_v3_small", "features", "classifier.3", "features.0.0", "MobileNetV3-Small: fastest on a CPU", {}, ()),
+    ("efficientnet_b0", "features", "classifier.1", "features.0.0", "EfficientNet-B0", {}, ()),
 ]
 
-for _name, _factory, _cam, _head, _stem, _desc, _kw, _ignore in _TV:
+for _name, _cam, _head, _stem, _desc, _kw, _ignore in _TV:
     register_model(
         _name,
         input_size=128,
@@ -114,4 +109,4 @@ for _name, _factory, _cam, _head, _stem, _desc, _kw, _ignore in _TV:
         first_conv=_stem,
         description=_desc,
         pretrainable=True,
-    )(_tv(_name, _factory, _ignore, **_kw))
+    )(_tv(_name, _ignore, **_kw))

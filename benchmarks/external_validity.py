@@ -37,7 +37,7 @@ from pneumolab.data.index import index_source
 from pneumolab.data.manifest import Manifest
 from pneumolab.evaluation.evaluate import evaluate
 from pneumolab.evaluation.robustness import robustness_many
-from pneumolab.training.callbacks import read_history
+from pneumolab.rundir import read_history
 from pneumolab.training.trainer import train
 
 # name -> (preset, overrides). Cheap recipes only: 3 seeds of each fit a 2-core session.

@@ -19,7 +19,7 @@ from pneumolab.config import TrainConfig, load_config
 from pneumolab.data.datamodule import ChestXrayDataModule
 from pneumolab.data.manifest import Manifest
 from pneumolab.models.checkpoint import load_model_file
-from pneumolab.training.callbacks import read_history
+from pneumolab.rundir import read_history
 from pneumolab.training.classifier import ClassifierModule
 from pneumolab.training.trainer import train
 
@@ -117,7 +117,7 @@ def test_same_seed_same_data_same_metrics(sample_data, tmp_path) -> None:
 def test_training_never_reads_the_test_split(sample_data, tmp_path, monkeypatch) -> None:
     """Every image training touches (the epochs, the operating point, the guard) comes through CachedImages:
     record which manifest rows it hands out, and check none is a test row."""
-    from pneumolab.data.datamodule import CachedImages
+    from pneumolab.data.dataset import CachedImages
     from pneumolab.data.manifest import Manifest
 
     seen: set[int] = set()

@@ -15,13 +15,14 @@ called ``data`` never share (and overwrite) an evaluation folder.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from pneumolab.errors import InputError
 
-__all__ = ["RunDir", "data_key"]
+__all__ = ["RunDir", "data_key", "read_history"]
 
 
 def data_key(data: str | Path) -> str:
@@ -95,3 +96,12 @@ class RunDir:
     def robustness_dir(self, data: str | Path, split: str) -> Path:
         """Where ``pneumolab robustness`` writes this run's result on ``split`` of ``data`` by default."""
         return self.path / "robustness" / f"{data_key(data)}-{split}"
+
+
+def read_history(path: str | Path) -> list[dict[str, float]]:
+    """Rows of a ``history.csv`` as floats (empty list if there is none)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]

@@ -22,34 +22,15 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomS
 
 from pneumolab.config import DataConfig
 from pneumolab.data.cache import load_cache
+from pneumolab.data.dataset import CachedImages
 from pneumolab.data.manifest import CLASSES, Manifest
 from pneumolab.data.summary import MIN_SHAPED_PER_CLASS, log_proportions
 from pneumolab.data.transforms import BatchTrainPreset, EvalPreset, Preprocessing, TrainPreset
 from pneumolab.errors import InputError, LeakageError
 
-__all__ = ["CachedImages", "ChestXrayDataModule", "aspect_offsets", "train_statistics"]
+__all__ = ["ChestXrayDataModule", "aspect_offsets", "train_statistics"]
 
 log = logging.getLogger(__name__)
-
-
-class CachedImages(Dataset):
-    """Rows ``indices`` of a ``(N, S, S) uint8`` cache; items are ``(transform(image), target)``."""
-
-    def __init__(self, images: np.ndarray, indices: list[int], targets: list[int], transform: Any) -> None:
-        self.images, self.indices, self.targets, self.transform = images, list(indices), list(targets), transform
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        x = torch.from_numpy(np.array(self.images[self.indices[i]]))  # copied out of the mmap
-        if x.ndim == 2:
-            x = x[None]  # (S, S) image -> (1, S, S); latent codes are already (C, h, w)
-        return self.transform(x), self.targets[i]
-
-    def __repr__(self) -> str:
-        counts = Counter(self.targets)
-        return f"CachedImages({len(self)}: " + ", ".join(f"{c}={counts[i]}" for i, c in enumerate(CLASSES)) + ")"
 
 
 def _counts(ds: Dataset) -> str:

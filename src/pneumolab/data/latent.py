@@ -16,7 +16,8 @@ import torch
 
 from pneumolab.config import DataConfig
 from pneumolab.data.cache import load_cache
-from pneumolab.data.datamodule import CachedImages, ChestXrayDataModule
+from pneumolab.data.datamodule import ChestXrayDataModule
+from pneumolab.data.dataset import CachedImages
 from pneumolab.data.manifest import Manifest
 from pneumolab.data.transforms import Preprocessing
 from pneumolab.errors import InputError

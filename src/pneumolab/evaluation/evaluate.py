@@ -36,9 +36,8 @@ from pneumolab.inference.guard import FeatureTap, guard_reasons
 from pneumolab.inference.predictor import age_side, gradcam_layer
 from pneumolab.io import atomic_write_json, atomic_write_text, file_sha256, is_fresh
 from pneumolab.models.checkpoint import load_model_file, resolve_model_file
-from pneumolab.rundir import RunDir
+from pneumolab.rundir import RunDir, read_history
 from pneumolab.site_adaptation.provenance import describe_site, rows_digest, threshold_origin
-from pneumolab.training.callbacks import read_history
 
 __all__ = ["evaluate"]
 

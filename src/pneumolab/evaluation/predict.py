@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from pneumolab.config import AugmentConfig
 from pneumolab.data.cache import load_cache
-from pneumolab.data.datamodule import CachedImages
+from pneumolab.data.dataset import CachedImages
 from pneumolab.data.manifest import Manifest
 from pneumolab.data.transforms import BatchTrainPreset, Preprocessing
 from pneumolab.io import atomic_path

@@ -21,8 +21,7 @@ from pneumolab.config import AutoencoderConfig
 from pneumolab.data.datamodule import ChestXrayDataModule
 from pneumolab.generative.autoencoder import ConvAutoencoder, fit_ood_guard, save_autoencoder
 from pneumolab.io import atomic_path
-from pneumolab.rundir import RunDir
-from pneumolab.training.callbacks import read_history
+from pneumolab.rundir import RunDir, read_history
 from pneumolab.training.optim import configure_optimizers
 from pneumolab.training.trainer import TrainResult, begin_run, end_run, fit
 

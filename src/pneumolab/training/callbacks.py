@@ -14,10 +14,11 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from pneumolab.io import atomic_path, atomic_write_text
+from pneumolab.rundir import read_history
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AtomicCheckpointIO", "EpochHistory", "EpochLog", "TensorBoardExtras", "Throughput", "read_history"]
+__all__ = ["AtomicCheckpointIO", "EpochHistory", "EpochLog", "TensorBoardExtras", "Throughput"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -113,15 +114,6 @@ class Throughput(L.Callback):
             "train_images_per_s": round(self.images_per_s, 1),
             "train_s": round(self.train_seconds, 2),
         }
-
-
-def read_history(path: str | Path) -> list[dict[str, float]]:
-    """Rows of a ``history.csv`` as floats (empty list if there is none)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
 
 def _epoch_row(trainer: L.Trainer) -> dict[str, Any]:

@@ -19,8 +19,7 @@ from pneumolab.config import PretrainConfig
 from pneumolab.errors import InputError
 from pneumolab.models import create_model, get_spec
 from pneumolab.models.checkpoint import save_encoder_file
-from pneumolab.rundir import RunDir
-from pneumolab.training.callbacks import read_history
+from pneumolab.rundir import RunDir, read_history
 from pneumolab.training.optim import configure_optimizers
 from pneumolab.training.trainer import TrainResult, begin_run, end_run, fit
 

@@ -47,14 +47,13 @@ from pneumolab.inference.guard import fit_model_guard
 from pneumolab.io import atomic_path, atomic_write_json, atomic_write_text
 from pneumolab.models.checkpoint import load_init_file, save_model_file, with_encoder
 from pneumolab.models.registry import get_spec
-from pneumolab.rundir import RunDir
+from pneumolab.rundir import RunDir, read_history
 from pneumolab.training.callbacks import (
     AtomicCheckpointIO,
     EpochHistory,
     EpochLog,
     TensorBoardExtras,
     Throughput,
-    read_history,
 )
 from pneumolab.training.classifier import ClassifierModule
 from pneumolab.training.console import quiet_frameworks, verbose

@@ -372,15 +372,17 @@ def test_predict_cli_table_json_and_per_file_errors(run, tmp_path, capsys) -> No
 def test_predict_and_evaluate_never_import_torchvision_or_lightning(run, sample_data, tmp_path) -> None:
     # Importing torchvision takes ~1.5 s on 2 cores (its ops import torch._dynamo), Lightning ~1.7 s: more than the
     # rest of a one-image `pneumolab predict`. Neither command needs them; a module-level import would creep back.
+    # predict without the guard: Grad-CAM runs whatever the tiny model's guard says (evaluate runs the guard).
     code = (
         "import sys; from pneumolab.cli import main; "
-        "rc = [main(['predict', *sys.argv[1:5]]), main(['evaluate', sys.argv[1], '--data', *sys.argv[5:]])]; "
+        "rc = [main(['predict', *sys.argv[1:6]]), main(['evaluate', sys.argv[1], '--data', *sys.argv[6:]])]; "
         "print(rc, [m in sys.modules for m in ('torchvision', 'torch._dynamo', 'lightning')])"
     )
-    args = [str(run), str(XRAY), "--gradcam", str(tmp_path / "cam"), str(sample_data), "--out", str(tmp_path / "ev")]
+    cam, ev = tmp_path / "cam", tmp_path / "ev"
+    args = [str(run), str(XRAY), "--gradcam", str(cam), "--no-guard", str(sample_data), "--out", str(ev)]
     res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
     assert res.stdout.splitlines()[-1] == "[0, 0] [False, False, False]", res.stdout + res.stderr[-2000:]
-    assert (tmp_path / "cam" / f"{XRAY.stem}_gradcam.png").is_file() and (tmp_path / "ev" / "metrics.json").is_file()
+    assert (cam / f"{XRAY.stem}_gradcam.png").is_file() and (ev / "metrics.json").is_file()
 
 
 def test_predict_a_pacs_style_folder_uses_every_image_and_reports_every_other_file(run, tmp_path, capsys) -> None:

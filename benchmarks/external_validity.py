@@ -60,10 +60,6 @@ STRONG = [
 ]
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast": ("fast", []),
-    # InfoBatch (round 25): well-fitted images thinned by half until the last epoch(s); the same epochs, or more
-    "fast-infobatch": ("fast", ["data.prune=0.5", "data.prune_stop=7"]),
-    "fast-infobatch-11ep": ("fast", ["data.prune=0.5", "data.prune_stop=10", "trainer.max_epochs=11"]),
-    "fast-infobatch-13ep": ("fast", ["data.prune=0.5", "data.prune_stop=11", "trainer.max_epochs=13"]),
     "fast-1view": ("fast", ["data.augment.views=1"]),
     "fast-no-aspect": ("fast", ["data.augment.aspect=0"]),
     "fast-no-zoom-border": ("fast", ["data.augment.scale=[0.9,1.1]", "data.augment.border_erase=0.0"]),

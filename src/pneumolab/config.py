@@ -125,10 +125,6 @@ class DataConfig(StrictModel):
     duplicate_real: dict[Literal["NORMAL", "PNEUMONIA"], int] = {}
     real_train: bool = True  # false: train on the synthetic sets alone (train-on-synthetic, test-on-real)
     seed: int = 0
-    # > 0: InfoBatch (data/pruning.py): each epoch skips this share of the well-fitted training images, until
-    # epoch prune_stop (the last epochs see every image)
-    prune: float = Field(0.0, ge=0, lt=1)
-    prune_stop: int = Field(7, ge=0)
 
 
 class ModelConfig(StrictModel):

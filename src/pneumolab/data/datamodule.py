@@ -24,7 +24,6 @@ from pneumolab.config import DataConfig
 from pneumolab.data.cache import load_cache
 from pneumolab.data.dataset import CachedImages
 from pneumolab.data.manifest import CLASSES, Manifest
-from pneumolab.data.pruning import Indexed, InfoBatchSampler
 from pneumolab.data.summary import MIN_SHAPED_PER_CLASS, log_proportions
 from pneumolab.data.transforms import BatchTrainPreset, EvalPreset, Preprocessing, TrainPreset
 from pneumolab.errors import InputError, LeakageError
@@ -108,7 +107,6 @@ class ChestXrayDataModule(L.LightningDataModule):
         self.std: float | None = None
         self.datasets: dict[str, Dataset] = {}
         self.batch_augment: torch.nn.Module | None = None  # set by setup() when augment.batched
-        self.pruner: InfoBatchSampler | None = None  # the training loader's sampler when data.prune > 0
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -232,20 +230,13 @@ class ChestXrayDataModule(L.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         cfg = self.config
         sampler = None
-        dataset = self.datasets[split]
-        if train and cfg.prune:  # the loader is rebuilt every epoch (the trainer reloads it) around one sampler
-            dataset = Indexed(dataset)
-            if self.pruner is None:
-                self.pruner = InfoBatchSampler(len(dataset), cfg.prune, cfg.prune_stop, cfg.seed)
-            self.pruner.start_epoch(self.trainer.current_epoch if self.trainer else 0)
-            sampler = self.pruner
-        elif train and cfg.balance == "sampler":
+        if train and cfg.balance == "sampler":
             targets = np.asarray(self.train_targets)
             w = 1.0 / np.bincount(targets, minlength=len(CLASSES))[targets]
             g = torch.Generator().manual_seed(cfg.seed)
             sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(targets), generator=g)
         return DataLoader(
-            dataset,
+            self.datasets[split],
             batch_size=cfg.batch_size,
             shuffle=train and sampler is None,
             sampler=sampler,

@@ -81,24 +81,7 @@ class ClassifierModule(L.LightningModule):
         # training accuracy is scored against the dominant image's label
         return loss, logits.float().softmax(dim=1)[:, 1], y if lam >= 0.5 else y[perm]
 
-    def _pruned_step(self, batch: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """InfoBatch: each image's loss (mean of its views) goes to the sampler, which weighs it."""
-        x, y, idx = batch  # (V*B, 1, H, W), (V*B,), (V*B,): view v of image i at row v*B + i
-        logits = self(x)
-        ce = F.cross_entropy(logits.float(), y, reduction="none")  # (V*B,)
-        n = len(torch.unique(idx))
-        views = len(idx) // n
-        w = self.trainer.datamodule.pruner.update(idx[:n], ce.view(views, n).mean(0)).to(ce.device).repeat(views)
-        cw = self.class_weights[y]
-        loss = (w * cw * ce).sum() / cw.sum()
-        return loss, logits.float().softmax(dim=1)[:, 1], y
-
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        if len(batch) == 3:
-            loss, prob, y = self._pruned_step(batch)
-            self.train_acc(prob, y)
-            self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
-            return loss
         alpha = self.hparams.optim.get("mixup_alpha", 0.0)
         loss, prob, y = self._mixup_step(batch, alpha) if alpha > 0 else self._step(batch)
         self.train_acc(prob, y)

@@ -36,11 +36,7 @@ def configure_optimizers(module: L.LightningModule, o: dict[str, Any], monitor: 
         total = max(1, int(trainer.estimated_stepping_batches))
         warm = min(total - 1, int(o["warmup_epochs"] * total / max(1, trainer.max_epochs)))
 
-        pruner = getattr(getattr(trainer, "datamodule", None), "pruner", None)
-
         def lr_lambda(step: int) -> float:
-            if pruner is not None:  # epochs of varying length: the schedule follows the share of epochs done
-                step = int((trainer.current_epoch + pruner.fraction_done()) / trainer.max_epochs * total)
             if step < warm:
                 return (step + 1) / warm
             return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))

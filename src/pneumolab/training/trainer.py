@@ -127,7 +127,6 @@ def build_trainer(
     trainer = L.Trainer(
         default_root_dir=run_dir,
         max_epochs=t.max_epochs,
-        reload_dataloaders_every_n_epochs=1 if cfg.data.prune else 0,  # InfoBatch: each epoch its own length
         max_steps=t.max_steps,
         max_time=None if t.max_time_min is None else {"minutes": t.max_time_min},
         precision=effective_precision(t.precision, t.accelerator),

@@ -6,7 +6,7 @@ import torchvision.models as tvm
 from torch import nn
 
 from pneumolab.errors import InputError
-from pneumolab.models import count_flops, create_model, get_spec, list_models, register_model
+from pneumolab.models import count_flops, create_model, get_spec, list_models, model_table, register_model
 
 STUDY = {
     "cnn_base",
@@ -96,6 +96,19 @@ def test_alexnet_improved_is_exactly_the_printed_structure() -> None:
 def test_flops_match_a_hand_count() -> None:
     conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
     assert count_flops(conv, 8) == 2 * 4 * 9 * 8 * 8  # 2 per multiply-add, 4 maps of 8x8, 3x3 kernel
+
+
+def test_the_model_table_counts_on_meta_tensors_what_real_models_have() -> None:
+    """``pneumolab models`` builds no weights; its counts must still be the real models'."""
+    rows = {r["name"]: r for r in model_table(64)}
+    assert set(rows) == set(list_models())
+    for name in ("cnn_improved", "alexnet_improved", "resnet18"):
+        real = create_model(name)
+        assert rows[name]["params"] == sum(p.numel() for p in real.parameters())
+        assert rows[name]["gflops"] == pytest.approx(count_flops(real, 64) / 1e9)
+    small = {r["name"]: r for r in model_table(16)}
+    assert small["alexnet_base"]["gflops"] is None  # its pooling leaves nothing of a 16 px image
+    assert small["cnn_improved"]["gflops"] == pytest.approx(count_flops(create_model("cnn_improved"), 16) / 1e9)
 
 
 def test_cnn_improved_width_and_group_norm() -> None:

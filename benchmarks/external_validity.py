@@ -60,6 +60,9 @@ STRONG = [
 ]
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast": ("fast", []),
+    # Muon on the convolution weights (round 26), AdamW's lr and decay (its step scaled to AdamW's RMS), or twice it
+    "fast-muon": ("fast", ["optim.optimizer=muon"]),
+    "fast-muon-lr3e-3": ("fast", ["optim.optimizer=muon", "optim.lr=3e-3"]),
     "fast-1view": ("fast", ["data.augment.views=1"]),
     "fast-no-aspect": ("fast", ["data.augment.aspect=0"]),
     "fast-no-zoom-border": ("fast", ["data.augment.scale=[0.9,1.1]", "data.augment.border_erase=0.0"]),

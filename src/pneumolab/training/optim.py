@@ -8,7 +8,42 @@ from typing import Any
 import lightning as L
 import torch
 
-__all__ = ["configure_optimizers"]
+__all__ = ["MuonAdamW", "configure_optimizers"]
+
+
+class MuonAdamW(torch.optim.AdamW):
+    """AdamW, except for the groups flagged ``muon``: there Muon (Jordan et al. 2024; torch.optim.Muon's update)
+    on each weight seen as a matrix ``(out, in * kh * kw)``, which torch's Muon refuses for convolutions.
+    Its step is scaled to AdamW's RMS (Moonlight's ``0.2 * sqrt(max(out, fan_in))``) so both share lr and decay."""
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        from torch.optim._muon import DEFAULT_A, DEFAULT_B, DEFAULT_C, _zeropower_via_newtonschulz
+
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        stashed = []
+        for group in self.param_groups:
+            if not group.get("muon"):
+                continue
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad.reshape(len(p), -1).float()  # (out, fan_in)
+                buf = self.state[p].setdefault("muon_momentum", torch.zeros_like(g))
+                buf.lerp_(g, 0.05)  # momentum 0.95
+                update = _zeropower_via_newtonschulz(g.lerp(buf, 0.95), (DEFAULT_A, DEFAULT_B, DEFAULT_C), 5, 1e-7)
+                scale = 0.2 * max(g.shape) ** 0.5
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(update.view_as(p).to(p.dtype), alpha=-group["lr"] * scale)
+                stashed.append((p, p.grad))
+                p.grad = None  # AdamW skips parameters without a gradient
+        super().step()
+        for p, g in stashed:
+            p.grad = g
+        return loss
 
 
 def configure_optimizers(module: L.LightningModule, o: dict[str, Any], monitor: str) -> Any:
@@ -19,7 +54,16 @@ def configure_optimizers(module: L.LightningModule, o: dict[str, Any], monitor: 
         {"params": [p for p in params if p.ndim > 1], "weight_decay": o["weight_decay"]},
         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
     ]
-    if o["optimizer"] == "sgd":
+    if o["optimizer"] == "muon":  # convolution weights by Muon; norms, biases and the head by AdamW
+        conv = [p for p in params if p.ndim == 4]
+        rest = [p for p in params if p.ndim != 4]
+        groups = [
+            {"params": conv, "weight_decay": o["weight_decay"], "muon": True},
+            {"params": [p for p in rest if p.ndim > 1], "weight_decay": o["weight_decay"]},
+            {"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0},
+        ]
+        opt = MuonAdamW(groups, lr=o["lr"])
+    elif o["optimizer"] == "sgd":
         opt = torch.optim.SGD(groups, lr=o["lr"], momentum=o["momentum"], nesterov=True)
     elif o["optimizer"] == "adam":
         opt = torch.optim.Adam(groups, lr=o["lr"])

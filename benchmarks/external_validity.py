@@ -45,8 +45,10 @@ from pneumolab.training.trainer import train
 # the earlier "fast + X" recipes were measured without it (`fast-no-aspect` is that reference; add
 # "data.augment.aspect=0" to reproduce one of them). In the seventh round it gained a second view of each batch
 # (data.augment.views=2): recipes of rounds 1-6 were measured with one (`fast-1view` is the sixth round's `fast`).
-# In the ninth it gained supersample=2 and lr 1.5e-3 (R8 restores the eighth round's `fast`).
-R8 = ["optim.lr=3e-3", "data.augment.supersample=1"]
+# In the ninth it gained supersample=2 and lr 1.5e-3 (R8 restores the eighth round's `fast`). In the 26th Muon for
+# its convolutions at lr 3e-3 (R25 restores AdamW at 1.5e-3: add it to reproduce a recipe of rounds 9-25).
+R25 = ["optim.optimizer=adamw", "optim.lr=1.5e-3"]
+R8 = ["optim.optimizer=adamw", "optim.lr=3e-3", "data.augment.supersample=1"]
 # The SimCLR augmentation strength (configs/pretrain/simclr.yaml), tried in supervised training:
 STRONG = [
     "data.augment.rotation_deg=10",
@@ -60,9 +62,8 @@ STRONG = [
 ]
 RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast": ("fast", []),
-    # Muon on the convolution weights (round 26), AdamW's lr and decay (its step scaled to AdamW's RMS), or twice it
-    "fast-muon": ("fast", ["optim.optimizer=muon"]),
-    "fast-muon-lr3e-3": ("fast", ["optim.optimizer=muon", "optim.lr=3e-3"]),
+    "fast-adamw": ("fast", R25),  # `fast` of rounds 9-25
+    "fast-muon-lr1.5e-3": ("fast", ["optim.lr=1.5e-3"]),  # round 26: Muon at AdamW's learning rate
     "fast-1view": ("fast", ["data.augment.views=1"]),
     "fast-no-aspect": ("fast", ["data.augment.aspect=0"]),
     "fast-no-zoom-border": ("fast", ["data.augment.scale=[0.9,1.1]", "data.augment.border_erase=0.0"]),

@@ -112,11 +112,14 @@ def test_the_pretrain_preset_makes_encoders_the_fast_recipe_accepts() -> None:
     tuned = load_config(TrainConfig, "fast_pretrained", ["data.data_dir=d"])
     assert tuned.model.init == pre.out_dir / pre.name / "encoder.pt"
     assert tuned.optim.lr < fast.optim.lr and fast.data.augment.views == 2
+    assert (fast.optim.optimizer, tuned.optim.optimizer) == ("muon", "adamw")  # as measured, as fast_long below
     as_measured = {"views": 1, "supersample": 1.0}  # the sixth round's augmentation: one view, at 64 px
     assert tuned.data == fast.data.model_copy(update={"augment": fast.data.augment.model_copy(update=as_measured)})
     assert tuned.trainer.select == "best" and fast.trainer.select == "last"
     assert tuned.trainer.model_copy(update={"max_epochs": fast.trainer.max_epochs, "select": "last"}) == fast.trainer
-    # fast_long is fast, longer, and nothing else
+    # fast_long is fast, longer, with the optimiser it was measured with (AdamW: fast's before the 26th round)
     long = load_config(TrainConfig, "fast_long", ["data.data_dir=d"])
     assert long.trainer.model_copy(update={"max_epochs": 8, "select": "last"}) == fast.trainer
-    assert long.trainer.max_epochs == 38 and long.model_copy(update={"name": "fast", "trainer": fast.trainer}) == fast
+    assert long.optim == fast.optim.model_copy(update={"optimizer": "adamw", "lr": 1.5e-3})
+    same = {"name": "fast", "trainer": fast.trainer, "optim": fast.optim}
+    assert long.trainer.max_epochs == 38 and long.model_copy(update=same) == fast

@@ -68,3 +68,26 @@ def test_muon_takes_the_convolutions_and_adamw_the_rest() -> None:
     assert names == {n for n, p in net.named_parameters() if p.ndim == 4} and len(names) == 8
     decay = {g["weight_decay"] for g in opt.param_groups if not g.get("muon") for p in g["params"] if p.ndim == 1}
     assert decay == {0.0}  # norms and biases: no decay, as with AdamW
+
+
+def test_a_resumed_optimiser_steps_as_one_that_never_stopped() -> None:
+    """The Muon momentum travels in the state dict (a checkpoint), with AdamW's moments."""
+    torch.manual_seed(4)
+    start = [torch.randn(6, 2, 3, 3), torch.randn(6)]
+    grads = [[torch.randn(6, 2, 3, 3), torch.randn(6)] for _ in range(4)]
+
+    def optimiser(params: list[torch.Tensor]) -> MuonAdamW:
+        return MuonAdamW([{"params": params[:1], "muon": True}, {"params": params[1:]}], lr=1e-2, weight_decay=0.1)
+
+    straight = [t.clone().requires_grad_() for t in start]
+    _steps(optimiser(straight), straight, grads)
+    first = [t.clone().requires_grad_() for t in start]
+    opt = optimiser(first)
+    _steps(opt, first, grads[:2])
+    saved = opt.state_dict()
+    resumed = [t.detach().clone().requires_grad_() for t in first]
+    again = optimiser(resumed)
+    again.load_state_dict(saved)
+    _steps(again, resumed, grads[2:])
+    for a, b in zip(resumed, straight, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

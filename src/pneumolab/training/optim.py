@@ -56,7 +56,12 @@ class MuonAdamW(torch.optim.AdamW):
                 if p.grad is None:
                     continue
                 g = p.grad.reshape(len(p), -1)  # (out, fan_in)
-                buf = self.state[p].setdefault("muon_momentum", torch.zeros_like(g))
+                state = self.state[p]
+                if not state:  # a "step" as every AdamW state has: AdamW's load_state_dict reads it
+                    state["step"] = torch.tensor(0.0)
+                    state["muon_momentum"] = torch.zeros_like(g)
+                state["step"] += 1
+                buf = state["muon_momentum"]
                 buf.lerp_(g, 1 - _MUON_MOMENTUM)
                 update = orthogonalize(g.lerp(buf, _MUON_MOMENTUM))  # nesterov
                 p.mul_(1 - group["lr"] * group["weight_decay"])

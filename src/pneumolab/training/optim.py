@@ -84,12 +84,10 @@ def configure_optimizers(module: L.LightningModule, o: dict[str, Any], monitor: 
         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
     ]
     if o["optimizer"] == "muon":  # convolution weights by Muon; linear layers (the head), norms, biases by AdamW
-        conv = [p for p in params if p.ndim == 4]
-        rest = [p for p in params if p.ndim != 4]
-        groups = [
-            {"params": conv, "weight_decay": o["weight_decay"], "muon": True},
-            {"params": [p for p in rest if p.ndim > 1], "weight_decay": o["weight_decay"]},
-            {"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0},
+        decayed = groups[0]["params"]
+        groups[:1] = [
+            {"params": [p for p in decayed if p.ndim == 4], "weight_decay": o["weight_decay"], "muon": True},
+            {"params": [p for p in decayed if p.ndim != 4], "weight_decay": o["weight_decay"]},
         ]
         opt = MuonAdamW(groups, lr=o["lr"])
     elif o["optimizer"] == "sgd":

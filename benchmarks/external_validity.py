@@ -65,6 +65,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-adamw": ("fast", R25),  # `fast` of rounds 9-25
     "fast-muon-lr1.5e-3": ("fast", ["optim.lr=1.5e-3"]),  # round 26: Muon at AdamW's learning rate
     "fast-6ep": ("fast", ["trainer.max_epochs=6"]),  # round 26: does Muon buy time instead?
+    "fast-stem2": ("fast", ["model.kwargs.stem_stride=2"]),  # round 26: Muon with the cheaper first convolution
     "fast-1view": ("fast", ["data.augment.views=1"]),
     "fast-no-aspect": ("fast", ["data.augment.aspect=0"]),
     "fast-no-zoom-border": ("fast", ["data.augment.scale=[0.9,1.1]", "data.augment.border_erase=0.0"]),

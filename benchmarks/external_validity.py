@@ -66,17 +66,10 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-muon-lr1.5e-3": ("fast", ["optim.lr=1.5e-3"]),  # round 26: Muon at AdamW's learning rate
     "fast-6ep": ("fast", ["trainer.max_epochs=6"]),  # round 26: does Muon buy time instead?
     "fast-stem2": ("fast", ["model.kwargs.stem_stride=2"]),  # round 26: Muon with the cheaper first convolution
-    # round 27: progressive resizing, the first epochs at 48 px growing to 64 px by half (or 3/4) of the epochs
-    "fast-prog48": ("fast", ["data.augment.progressive_from=48"]),
-    "fast-prog48-10ep": ("fast", ["data.augment.progressive_from=48", "trainer.max_epochs=10"]),
     # round 27: weight decay that counters the growth of the convolution weights under Muon (1.4-3x their initial
     # RMS in 8 epochs at 1e-4: behind BatchNorm a larger weight is a smaller effective learning rate)
     "fast-wd0.1": ("fast", ["optim.weight_decay=0.1"]),
     "fast-wd0.5": ("fast", ["optim.weight_decay=0.5"]),
-    "fast-prog32-10ep": (
-        "fast",
-        ["data.augment.progressive_from=32", "data.augment.progressive_until=0.75", "trainer.max_epochs=10"],
-    ),
     "fast-1view": ("fast", ["data.augment.views=1"]),
     "fast-no-aspect": ("fast", ["data.augment.aspect=0"]),
     "fast-no-zoom-border": ("fast", ["data.augment.scale=[0.9,1.1]", "data.augment.border_erase=0.0"]),
@@ -161,6 +154,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-src128": ("fast", [*R8, "data.augment.supersample=2"]),
     "fast-lr1.5e-3-src128": ("fast", []),
     "fast-stem2-now": ("fast", ["model.kwargs.stem_stride=2"]),  # the speed option on the ninth round's fast
+    "fast_long-muon": ("fast_long", ["optim.optimizer=muon", "optim.lr=3e-3"]),  # round 27: fast's optimiser, 38 ep
     "fast_long-now": ("fast_long", []),  # fast_long inherits fast's ninth-round changes since
     # Round 10: the cheaper first block spends the time it saves on more epochs of the ninth round's fast.
     "fast-stem2-11ep": ("fast", ["model.kwargs.stem_stride=2", "trainer.max_epochs=11"]),

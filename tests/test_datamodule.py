@@ -409,24 +409,3 @@ def test_supersample_feeds_the_training_loader_and_the_calibration_views_only(pr
     assert logits.shape == (2 * len(val), 2)
     with pytest.raises(ValueError, match=r"supersample=2\.0 augments whole batches: set data\.augment\.batched=true"):
         AugmentConfig(supersample=2)
-
-
-def test_progressive_resizing_grows_the_training_size_by_epoch_and_leaves_validation_alone(prepared_dir) -> None:
-    from types import SimpleNamespace
-
-    aug = AugmentConfig(batched=True, progressive_from=48, progressive_until=0.5)
-    # 8 epochs, full size by epoch 4: 48 + 16 * e / 4 px, rounded down to 8 px (52 -> 48, 60 -> 56)
-    assert [aug.train_size(64, e, 8) for e in range(8)] == [48, 48, 56, 56, 64, 64, 64, 64]
-    assert [aug.train_size(64, e, 1) for e in range(1)] == [48]  # one epoch: all of it at the start size
-    assert AugmentConfig(batched=True).train_size(64, 0, 8) == 64  # off
-    dm = _dm(prepared_dir, augment=AugmentConfig(batched=True, progressive_from=16, progressive_until=0.5))
-    raw, y = next(iter(dm.train_dataloader()))
-    assert dm.on_after_batch_transfer([raw, y], 0)[0].shape == (8, 1, 32, 32)  # no trainer: the model's size
-    sizes = []
-    for epoch in range(4):
-        dm.trainer = SimpleNamespace(current_epoch=epoch, max_epochs=4)
-        sizes.append(dm.on_after_batch_transfer([raw, y], 0)[0].shape[-1])
-    assert sizes == [16, 24, 32, 32]
-    assert next(iter(dm.val_dataloader()))[0].shape == (8, 1, 32, 32)
-    with pytest.raises(ValueError, match=r"progressive_from=48 augments whole batches: set data\.augment\.batched"):
-        AugmentConfig(progressive_from=48)

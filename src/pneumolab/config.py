@@ -93,33 +93,14 @@ class AugmentConfig(StrictModel):
     # zoomed image is interpolated between its pixels (a blur: a 1.25x zoom keeps half the pixel-to-pixel detail of
     # an X-ray at 64 px) while the images a model is scored on are sharp. Needs `batched`; the fast recipe uses 2.
     supersample: float = Field(1.0, ge=1, le=4)
-    # Progressive resizing (as FFCV's and fast.ai's ImageNet recipes): the first epoch trains at this smaller size,
-    # which grows linearly to data.image_size by the `progressive_until` fraction of the epochs, in steps of 8 px, and
-    # stays there; a step costs about the square of the size. The model must pool globally (any size runs). Needs
-    # `batched` (the size is set per batch). None: every epoch at data.image_size.
-    progressive_from: int | None = Field(None, ge=8)
-    progressive_until: float = Field(0.5, gt=0, le=1)
 
     def source_size(self, image_size: int) -> int:
         """The cache size (px) the training images are augmented from, for a model of ``image_size`` px."""
         return round(image_size * self.supersample)
 
-    def train_size(self, image_size: int, epoch: int, max_epochs: int) -> int:
-        """The side (px) training epoch ``epoch`` (0-based) of ``max_epochs`` trains at (``progressive_from``)."""
-        start = self.progressive_from
-        if start is None or start >= image_size:
-            return image_size
-        ramp = max(self.progressive_until * max_epochs, 1.0)  # epochs from the smallest to the full size
-        size = start + (image_size - start) * min(epoch / ramp, 1.0)
-        return image_size if size >= image_size else max(start, int(size) // 8 * 8)
-
     @model_validator(mode="after")
     def _batched_only(self) -> AugmentConfig:
-        for what, on in (
-            ("views", self.views > 1),
-            ("supersample", self.supersample > 1),
-            ("progressive_from", self.progressive_from is not None),
-        ):
+        for what, on in (("views", self.views > 1), ("supersample", self.supersample > 1)):
             if on and not (self.enabled and self.batched):
                 raise ValueError(
                     f"{what}={getattr(self, what)} augments whole batches: set data.augment.batched=true "

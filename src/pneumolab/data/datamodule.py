@@ -180,33 +180,23 @@ class ChestXrayDataModule(L.LightningDataModule):
         images = load_cache(syn, self.config.augment.source_size(self.config.image_size), Path(syn_dir) / "cache")
         return CachedImages(images, list(range(len(syn))), [r.target for r in syn.records], None)
 
-    def augment_batch(self, x: torch.Tensor, y: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
+    def augment_batch(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Augment and normalise a raw training batch ``(B, 1, S, S) uint8`` (``augment.batched`` only);
-        ``y`` (B,): its targets, for ``augment.aspect_balance`` (None: no per-class offset); ``size``: the output
-        side (None: ``image_size``)."""
+        ``y`` (B,): its targets, for ``augment.aspect_balance`` (None: no per-class offset)."""
         if self.batch_augment is None:
             raise RuntimeError("augment_batch() needs data.augment.batched=true and setup() first")
-        return self.batch_augment(x, y, size)
-
-    def train_size(self) -> int:
-        """The side (px) of this epoch's training inputs: ``image_size``, or smaller early on under
-        ``augment.progressive_from``."""
-        cfg, trainer = self.config, self.trainer
-        if trainer is None or cfg.augment.progressive_from is None:
-            return cfg.image_size
-        return cfg.augment.train_size(cfg.image_size, trainer.current_epoch, trainer.max_epochs)
+        return self.batch_augment(x, y)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Only the batched training loader yields uint8 images (val/test come normalised, latents are float).
         x, *rest = batch
         if self.batch_augment is not None and x.dtype == torch.uint8:
             y = rest[0] if rest else None
-            views, size = self.config.augment.views, self.train_size()
+            views = self.config.augment.views
             if views == 1:
-                return [self.augment_batch(x, y, size), *rest]
+                return [self.augment_batch(x, y), *rest]
             # (V*B, 1, S, S): view v of image i at row v*B + i; targets (and any other field) repeated alike
-            views_x = [self.augment_batch(x, y, size) for _ in range(views)]
-            return [torch.cat(views_x), *(r.repeat(views) for r in rest)]
+            return [torch.cat([self.augment_batch(x, y) for _ in range(views)]), *(r.repeat(views) for r in rest)]
         return batch
 
     @property

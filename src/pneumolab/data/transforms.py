@@ -178,20 +178,19 @@ class BatchTrainPreset(torch.nn.Module):
         # log(width/height) added to the stretch of each class (by target index): ``augment.aspect_balance``
         self.aspect_offsets = None if aspect_offsets is None else torch.tensor(aspect_offsets)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, size: int | None = None) -> torch.Tensor:
-        """``x`` (B, 1, H, W) uint8 -> (B, 1, S, S) float (S: ``size``, else ``out_size``, else H = W); ``y`` (B,)
-        targets, read only for the aspect offsets."""
-        size = size or self.out_size
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` (B, 1, H, W) uint8 -> (B, 1, S, S) float (S: ``out_size``, else H = W); ``y`` (B,) targets, read
+        only for the aspect offsets."""
         if self.eval.equalize:
             x = equalize(x)
         x = x.float().div_(255)
         if self.augment.enabled:
             x = self._augment(x, y)
-        if size is not None and x.shape[-1] != size:
+        if self.out_size is not None and x.shape[-1] != self.out_size:
             # Antialiased (a triangle filter over the input pixels each output pixel covers), as a cache is made.
             # Sampling the output grid straight from the larger input costs 1/3 as much but aliases: its operating
             # point, fitted on such validation views, called 16-22% of the external normals pneumonia (ninth round).
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+            x = F.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear", antialias=True)
         return self.eval.normalize(x)
 
     def _augment(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:

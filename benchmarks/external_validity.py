@@ -68,7 +68,6 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-stem2": ("fast", ["model.kwargs.stem_stride=2"]),  # round 26: Muon with the cheaper first convolution
     # round 27: weight decay that counters the growth of the convolution weights under Muon (1.4-3x their initial
     # RMS in 8 epochs at 1e-4: behind BatchNorm a larger weight is a smaller effective learning rate)
-    "fast-adamw-stem": ("fast", ["optim.muon_input_layer=false"]),  # round 27: the first convolution by AdamW
     "fast-wd0.1": ("fast", ["optim.weight_decay=0.1"]),
     "fast-wd0.5": ("fast", ["optim.weight_decay=0.5"]),
     "fast-1view": ("fast", ["data.augment.views=1"]),

@@ -142,9 +142,6 @@ class ModelConfig(StrictModel):
 
 class OptimConfig(StrictModel):
     optimizer: Literal["adamw", "adam", "sgd", "muon"] = "adamw"
-    # muon: false steps the first convolution (the one on the pixels) by AdamW, as Muon's authors advise for input
-    # layers; true: every convolution by Muon
-    muon_input_layer: bool = True
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd only

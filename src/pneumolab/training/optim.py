@@ -85,11 +85,9 @@ def configure_optimizers(module: L.LightningModule, o: dict[str, Any], monitor: 
     ]
     if o["optimizer"] == "muon":  # convolution weights by Muon; linear layers (the head), norms, biases by AdamW
         decayed = groups[0]["params"]
-        convs = [p for p in decayed if p.ndim == 4]  # in module order: convs[0] takes the pixels
-        muon = convs if o.get("muon_input_layer", True) else convs[1:]
         groups[:1] = [
-            {"params": muon, "weight_decay": o["weight_decay"], "muon": True},
-            {"params": [p for p in decayed if all(p is not q for q in muon)], "weight_decay": o["weight_decay"]},
+            {"params": [p for p in decayed if p.ndim == 4], "weight_decay": o["weight_decay"], "muon": True},
+            {"params": [p for p in decayed if p.ndim != 4], "weight_decay": o["weight_decay"]},
         ]
         opt = MuonAdamW(groups, lr=o["lr"])
     elif o["optimizer"] == "sgd":

@@ -66,7 +66,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-muon-lr1.5e-3": ("fast", ["optim.lr=1.5e-3"]),  # round 26: Muon at AdamW's learning rate
     "fast-6ep": ("fast", ["trainer.max_epochs=6"]),  # round 26: does Muon buy time instead?
     "fast-stem2": ("fast", ["model.kwargs.stem_stride=2"]),  # round 26: Muon with the cheaper first convolution
-    # round 27: weight decay that counters the growth of the convolution weights under Muon (1.4-3x their initial
+    # round 27: weight decay that counters the growth of the convolution weights under Muon (1.1-2.9x their initial
     # RMS in 8 epochs at 1e-4: behind BatchNorm a larger weight is a smaller effective learning rate)
     "fast-wd0.1": ("fast", ["optim.weight_decay=0.1"]),
     "fast-wd0.5": ("fast", ["optim.weight_decay=0.5"]),

@@ -70,6 +70,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     # RMS in 8 epochs at 1e-4: behind BatchNorm a larger weight is a smaller effective learning rate)
     "fast-wd0.1": ("fast", ["optim.weight_decay=0.1"]),
     "fast-wd0.5": ("fast", ["optim.weight_decay=0.5"]),
+    "fast-muon-lr6e-3": ("fast", ["optim.lr=6e-3"]),  # round 27: twice fast's learning rate
     "fast-1view": ("fast", ["data.augment.views=1"]),
     "fast-no-aspect": ("fast", ["data.augment.aspect=0"]),
     "fast-no-zoom-border": ("fast", ["data.augment.scale=[0.9,1.1]", "data.augment.border_erase=0.0"]),

@@ -77,12 +77,6 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-1view-16ep": ("fast", ["data.augment.views=1", "trainer.max_epochs=16"]),
     "fast-1view-12ep": ("fast", ["data.augment.views=1", "trainer.max_epochs=12"]),  # 1.5x the steps: seed 0 0.984
     "fast-1view": ("fast", ["data.augment.views=1"]),
-    "fast-muon-m0.9": ("fast", ["optim.muon_momentum=0.9"]),  # round 29: Muon's momentum (0.95 in fast)
-    "fast-muon-m0.98": ("fast", ["optim.muon_momentum=0.98"]),
-    "fast-muon-m0.8": ("fast", ["optim.muon_momentum=0.8"]),
-    # round 29: Muon's original step size, the same relative to every layer's initial weight scale
-    "fast-muon-orig-lr0.01": ("fast", ["optim.muon_scale=original", "optim.muon_lr=0.01"]),
-    "fast-muon-orig-lr0.02": ("fast", ["optim.muon_scale=original", "optim.muon_lr=0.02"]),
     "fast-7ep": ("fast", ["trainer.max_epochs=7"]),  # round 29: between fast-6ep and fast's 8 epochs
     "fast-no-aspect": ("fast", ["data.augment.aspect=0"]),
     "fast-no-zoom-border": ("fast", ["data.augment.scale=[0.9,1.1]", "data.augment.border_erase=0.0"]),

@@ -145,11 +145,6 @@ class OptimConfig(StrictModel):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd only
-    muon_momentum: float = Field(0.95, ge=0, lt=1)  # muon only: its (nesterov) momentum on the convolutions
-    # muon only: how a step is sized. "match_rms_adamw": every layer's update has AdamW's RMS (lr 3e-3 shared);
-    # "original" (Jordan et al.): max(1, rows / cols) ** 0.5, the same step relative to each layer's init scale.
-    muon_scale: Literal["match_rms_adamw", "original"] = "match_rms_adamw"
-    muon_lr: float | None = Field(None, gt=0)  # muon only: the convolutions' peak lr (None: lr)
     schedule: Literal["cosine", "plateau", "none"] = "cosine"
     warmup_epochs: float = Field(1.0, ge=0)  # cosine: linear warm-up, then cosine decay to 0 over max_epochs
     plateau_patience: int = Field(2, ge=0)

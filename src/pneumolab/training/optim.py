@@ -62,14 +62,10 @@ class MuonAdamW(torch.optim.AdamW):
                     state["muon_momentum"] = torch.zeros_like(g)
                 state["step"] += 1
                 buf = state["muon_momentum"]
-                beta = group.get("momentum", _MUON_MOMENTUM)
-                buf.lerp_(g, 1 - beta)
-                update = orthogonalize(g.lerp(buf, beta))  # nesterov
+                buf.lerp_(g, 1 - _MUON_MOMENTUM)
+                update = orthogonalize(g.lerp(buf, _MUON_MOMENTUM))  # nesterov
                 p.mul_(1 - group["lr"] * group["weight_decay"])
-                if group.get("scale", "match_rms_adamw") == "original":
-                    scale = max(1.0, g.shape[0] / g.shape[1]) ** 0.5
-                else:
-                    scale = 0.2 * max(g.shape) ** 0.5  # Muon's unit-spectral-norm step to AdamW's RMS
+                scale = 0.2 * max(g.shape) ** 0.5  # Muon's unit-spectral-norm step to AdamW's RMS
                 p.add_(update.view_as(p), alpha=-group["lr"] * scale)
                 taken.append((p, p.grad))
                 p.grad = None  # AdamW's step skips a parameter without a gradient
@@ -90,14 +86,7 @@ def configure_optimizers(module: L.LightningModule, o: dict[str, Any], monitor: 
     if o["optimizer"] == "muon":  # convolution weights by Muon; linear layers (the head), norms, biases by AdamW
         decayed = groups[0]["params"]
         groups[:1] = [
-            {
-                "params": [p for p in decayed if p.ndim == 4],
-                "weight_decay": o["weight_decay"],
-                "muon": True,
-                "momentum": o["muon_momentum"],
-                "scale": o["muon_scale"],
-                "lr": o["muon_lr"] or o["lr"],
-            },
+            {"params": [p for p in decayed if p.ndim == 4], "weight_decay": o["weight_decay"], "muon": True},
             {"params": [p for p in decayed if p.ndim != 4], "weight_decay": o["weight_decay"]},
         ]
         opt = MuonAdamW(groups, lr=o["lr"])

@@ -78,6 +78,11 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-1view-12ep": ("fast", ["data.augment.views=1", "trainer.max_epochs=12"]),  # 1.5x the steps: seed 0 0.984
     "fast-1view": ("fast", ["data.augment.views=1"]),
     "fast-7ep": ("fast", ["trainer.max_epochs=7"]),  # round 29: between fast-6ep and fast's 8 epochs
+    # round 29: fast's steps and inputs a step, but 128 different images a step instead of 64 seen twice
+    "fast-bs128-1view-16ep": (
+        "fast",
+        ["data.batch_size=128", "data.augment.views=1", "trainer.max_epochs=16", "optim.warmup_epochs=1"],
+    ),
     "fast-no-aspect": ("fast", ["data.augment.aspect=0"]),
     "fast-no-zoom-border": ("fast", ["data.augment.scale=[0.9,1.1]", "data.augment.border_erase=0.0"]),
     "fast-dataset-norm": ("fast", ["data.normalization=dataset"]),

@@ -78,6 +78,8 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fast-1view-12ep": ("fast", ["data.augment.views=1", "trainer.max_epochs=12"]),  # 1.5x the steps: seed 0 0.984
     "fast-1view": ("fast", ["data.augment.views=1"]),
     "fast-7ep": ("fast", ["trainer.max_epochs=7"]),  # round 29: between fast-6ep and fast's 8 epochs
+    "fast-ema0.9": ("fast", ["trainer.ema_decay=0.9"]),  # round 29: the weight average's horizon under Muon
+    "fast-ema0.98": ("fast", ["trainer.ema_decay=0.98"]),
     # round 29: fast's steps and inputs a step, but 128 different images a step instead of 64 seen twice
     "fast-bs128-1view-16ep": (
         "fast",
